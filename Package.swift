@@ -1,0 +1,40 @@
+// swift-tools-version:6.0
+// lorac: an ahead-of-time compiler for LoRA fine-tuning and inference on CPUs.
+
+import PackageDescription
+
+let package = Package(
+  name: "lorac",
+  products: [
+    .executable(name: "lorac", targets: ["lorac"]),
+    .library(name: "IR", targets: ["IR"]),
+    .library(name: "Passes", targets: ["Passes"]),
+    .library(name: "Runtime", targets: ["Runtime"]),
+    .library(name: "Models", targets: ["Models"]),
+  ],
+  dependencies: [
+    .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
+  ],
+  targets: [
+    // Libraries: no Swift package dependencies (DESIGN.md section 2).
+    .target(name: "IR"),
+    .target(name: "Passes", dependencies: ["IR"]),
+    .target(name: "Runtime", dependencies: ["IR"]),
+    .target(name: "Models", dependencies: ["IR"]),
+    .executableTarget(
+      name: "lorac",
+      dependencies: [
+        "IR", "Passes", "Runtime", "Models",
+        .product(name: "ArgumentParser", package: "swift-argument-parser"),
+      ]
+    ),
+    .executableTarget(
+      name: "LoracBench",
+      dependencies: ["IR", "Models"],
+      path: "Benchmarks/LoracBench"
+    ),
+    .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
+    .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"]),
+    .testTarget(name: "LoracTests", dependencies: ["lorac", "IR"]),
+  ]
+)

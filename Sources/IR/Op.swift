@@ -1,0 +1,75 @@
+/// Elementwise functions of one operand.
+public enum UnaryOp: String, Hashable, Sendable, CaseIterable {
+  case neg, abs, exp, log, sqrt, rsqrt, reciprocal, tanh, sigmoid, relu, silu, sin, cos
+
+  /// Whether the function is defined on `i32` as well as `f32`.
+  public var acceptsIntegers: Bool { self == .neg || self == .abs || self == .relu }
+}
+
+/// Elementwise functions of two operands, broadcast numpy-style.
+public enum BinaryOp: String, Hashable, Sendable, CaseIterable {
+  case add, sub, mul, div, max, min, pow
+}
+
+/// Elementwise comparisons; the result is `i32` holding 1 where the comparison holds, else 0.
+public enum Comparison: String, Hashable, Sendable, CaseIterable {
+  case eq, ne, lt, le, gt, ge
+}
+
+/// Reductions over a set of axes.
+public enum ReduceOp: String, Hashable, Sendable, CaseIterable {
+  case sum, max, mean
+}
+
+/// An operation: its kind and its attributes, nothing else.
+///
+/// The exhaustive `switch` over `Op` is the checklist: adding a case breaks the type rules, the
+/// printer, the parser and the interpreter until each handles it. Axes are stored non-negative.
+public enum Op: Hashable, Sendable {
+  /// `y = f(x)` elementwise.
+  case unary(UnaryOp)
+  /// `z = f(x, y)` elementwise with broadcasting; either side may be a scalar literal.
+  case binary(BinaryOp)
+  /// `z = (x <op> y) ? 1 : 0` as `i32`, with broadcasting.
+  case compare(Comparison)
+  /// `select(c, a, b) = c != 0 ? a : b` with broadcasting; `c` is `i32`.
+  case select
+  /// Reduces the given axes; `keepDims` keeps them as size-1 dimensions.
+  case reduce(ReduceOp, axes: [Int], keepDims: Bool)
+  /// `[..., M, K] x [..., K, N] -> [..., M, N]`, batch dimensions broadcast; the flags transpose
+  /// the two innermost dimensions of an operand first. The right operand may be a storage type.
+  case matmul(transposeA: Bool, transposeB: Bool)
+  /// Reinterprets the row-major elements with another shape of the same element count.
+  case reshape(to: [Int])
+  /// `y[i_p0, i_p1, ...] = x[i_0, i_1, ...]`: result dimension `k` is operand dimension `permutation[k]`.
+  case transpose(permutation: [Int])
+  /// Broadcasts numpy-style (aligned on the right, size-1 dimensions stretch) to a shape.
+  case broadcast(to: [Int])
+  /// The box `start[k] ..< end[k]` of every dimension.
+  case slice(start: [Int], end: [Int])
+  /// Joins operands of equal shape except along `axis`.
+  case concat(axis: Int)
+  /// `take(table, indices, axis)`: the result shape is `table[..<axis] + indices + table[axis+1...]`.
+  case gather(axis: Int)
+  /// `scatter_add(target, indices, updates)`: target with `updates` added at `indices` along `axis`
+  /// (the transpose of `gather`).
+  case scatterAdd(axis: Int)
+  /// Converts elements to another dtype (`f32 <-> i32`, or any storage type to `f32`).
+  case cast(to: DType)
+  /// A tensor whose elements are their index along `axis`.
+  case iota(axis: Int, type: TensorType)
+  /// A tensor with every element equal to `value`.
+  case fill(value: Double, type: TensorType)
+  /// `exp(x - max) / sum(exp(x - max))` along `axis`.
+  case softmax(axis: Int)
+  /// `x - max - log(sum(exp(x - max)))` along `axis`.
+  case logSoftmax(axis: Int)
+  /// Rotary position embedding of `x: f32[..., H, D]` at `positions: i32[...]` (the dimensions of
+  /// `x` before `H`): the pair `(x_i, x_j)` rotates by `position * theta^(-2k/D)`, where the pairs
+  /// are `(k, k + D/2)` (Hugging Face's rotate-half) or `(2k, 2k + 1)` when `interleaved`.
+  case rope(theta: Double, interleaved: Bool)
+  /// The box of the given sizes at `starts: i32[rank]`, starts clamped so the box fits.
+  case dynamicSlice(sizes: [Int])
+  /// `x` with the box at `starts: i32[rank]` (clamped) replaced by `update`.
+  case dynamicUpdateSlice
+}

@@ -1,0 +1,252 @@
+/// An attribute value in the text form: `{transpose_b}`, `{axis=1}`, `{theta=10000.0}`,
+/// `{axes=[0,1]}`, `{init=zeros}`.
+public enum AttributeValue: Hashable, Sendable {
+  case flag
+  case integer(Int)
+  case number(Double)
+  case integers([Int])
+  case word(String)
+
+  /// The printed form of the value (nothing for a flag).
+  var text: String {
+    switch self {
+    case .flag: ""
+    case .integer(let value): String(value)
+    case .number(let value): formatNumber(value)
+    case .integers(let values): "[" + values.map(String.init).joined(separator: ",") + "]"
+    case .word(let word): word
+    }
+  }
+}
+
+/// Prints a number so that `Double(text)` gives it back exactly and it reads as a float (`2.0`).
+public func formatNumber(_ value: Double) -> String {
+  if value.isNaN { return "nan" }
+  if value.isInfinite { return value < 0 ? "-inf" : "inf" }
+  return value.description
+}
+
+/// An attribute list failed to describe an op: names the op and the attribute.
+public struct AttributeError: Error, Hashable, Sendable, CustomStringConvertible {
+  public var message: String
+  public var description: String { message }
+}
+
+extension Op {
+  /// Every mnemonic the text format accepts, for error messages.
+  public static let allMnemonics: [String] =
+    UnaryOp.allCases.map(\.rawValue) + BinaryOp.allCases.map(\.rawValue)
+    + Comparison.allCases.map(\.rawValue)
+    + ["select"] + ReduceOp.allCases.map { "reduce_" + $0.rawValue }
+    + [
+      "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "gather", "scatter_add",
+      "cast", "iota", "fill", "softmax", "log_softmax", "rope", "dynamic_slice",
+      "dynamic_update_slice",
+    ]
+
+  /// The op's name in the text format.
+  public var mnemonic: String {
+    switch self {
+    case .unary(let function): function.rawValue
+    case .binary(let function): function.rawValue
+    case .compare(let comparison): comparison.rawValue
+    case .select: "select"
+    case .reduce(let function, _, _): "reduce_" + function.rawValue
+    case .matmul: "matmul"
+    case .reshape: "reshape"
+    case .transpose: "transpose"
+    case .broadcast: "broadcast"
+    case .slice: "slice"
+    case .concat: "concat"
+    case .gather: "gather"
+    case .scatterAdd: "scatter_add"
+    case .cast: "cast"
+    case .iota: "iota"
+    case .fill: "fill"
+    case .softmax: "softmax"
+    case .logSoftmax: "log_softmax"
+    case .rope: "rope"
+    case .dynamicSlice: "dynamic_slice"
+    case .dynamicUpdateSlice: "dynamic_update_slice"
+    }
+  }
+
+  /// The attributes the text shows, in order, leaving out defaults and what the result type
+  /// already says (the target shape of `reshape`/`broadcast`/`dynamic_slice`, the dtype of
+  /// `cast`, the type of `iota`/`fill`).
+  public var attributes: [(key: String, value: AttributeValue)] {
+    switch self {
+    case .unary, .binary, .compare, .select, .reshape, .broadcast, .cast, .dynamicSlice,
+      .dynamicUpdateSlice:
+      return []
+    case .reduce(_, let axes, let keepDims):
+      return [("axes", .integers(axes))] + (keepDims ? [("keep_dims", .flag)] : [])
+    case .matmul(let transposeA, let transposeB):
+      return (transposeA ? [("transpose_a", .flag)] : [])
+        + (transposeB ? [("transpose_b", .flag)] : [])
+    case .transpose(let permutation):
+      return [("perm", .integers(permutation))]
+    case .slice(let start, let end):
+      return [("start", .integers(start)), ("end", .integers(end))]
+    case .concat(let axis), .gather(let axis), .scatterAdd(let axis), .iota(let axis, _),
+      .softmax(let axis), .logSoftmax(let axis):
+      return [("axis", .integer(axis))]
+    case .fill(let value, _):
+      return [("value", .number(value))]
+    case .rope(let theta, let interleaved):
+      return [("theta", .number(theta))] + (interleaved ? [("interleaved", .flag)] : [])
+    }
+  }
+
+  /// Builds an op from its mnemonic, its attributes and its annotated result types.
+  ///
+  /// - Throws: `AttributeError` for an unknown mnemonic, an unknown, missing, repeated or
+  ///   ill-typed attribute, or result types the op cannot have.
+  public static func make(
+    mnemonic: String, attributes: [(key: String, value: AttributeValue)],
+    resultTypes: [TensorType]
+  ) throws(AttributeError) -> Op {
+    var reader = AttributeReader(mnemonic: mnemonic, attributes: attributes)
+    let op: Op
+    if let function = UnaryOp(rawValue: mnemonic) {
+      op = .unary(function)
+    } else if let function = BinaryOp(rawValue: mnemonic) {
+      op = .binary(function)
+    } else if let comparison = Comparison(rawValue: mnemonic) {
+      op = .compare(comparison)
+    } else if mnemonic.hasPrefix("reduce_"),
+      let function = ReduceOp(rawValue: String(mnemonic.dropFirst(7)))
+    {
+      op = .reduce(
+        function, axes: try reader.integers("axes"), keepDims: try reader.flag("keep_dims"))
+    } else {
+      func single() throws(AttributeError) -> TensorType {
+        guard resultTypes.count == 1, let type = resultTypes.first else {
+          throw AttributeError(
+            message: "\(mnemonic): expected 1 result type, got \(resultTypes.count)")
+        }
+        return type
+      }
+      switch mnemonic {
+      case "select": op = .select
+      case "matmul":
+        op = .matmul(
+          transposeA: try reader.flag("transpose_a"), transposeB: try reader.flag("transpose_b"))
+      case "reshape": op = .reshape(to: try single().shape)
+      case "transpose": op = .transpose(permutation: try reader.integers("perm"))
+      case "broadcast": op = .broadcast(to: try single().shape)
+      case "slice": op = .slice(start: try reader.integers("start"), end: try reader.integers("end"))
+      case "concat": op = .concat(axis: try reader.integer("axis"))
+      case "gather": op = .gather(axis: try reader.integer("axis"))
+      case "scatter_add": op = .scatterAdd(axis: try reader.integer("axis"))
+      case "cast": op = .cast(to: try single().dtype)
+      case "iota": op = .iota(axis: try reader.integer("axis"), type: try single())
+      case "fill": op = .fill(value: try reader.number("value"), type: try single())
+      case "softmax": op = .softmax(axis: try reader.integer("axis"))
+      case "log_softmax": op = .logSoftmax(axis: try reader.integer("axis"))
+      case "rope":
+        op = .rope(theta: try reader.number("theta"), interleaved: try reader.flag("interleaved"))
+      case "dynamic_slice": op = .dynamicSlice(sizes: try single().shape)
+      case "dynamic_update_slice": op = .dynamicUpdateSlice
+      default:
+        throw AttributeError(message: "unknown op '\(mnemonic)'")
+      }
+    }
+    try reader.finish()
+    return op
+  }
+}
+
+/// Reads attributes by key, remembering which were used, so leftovers are reported.
+struct AttributeReader {
+  let mnemonic: String
+  var remaining: [(key: String, value: AttributeValue)]
+  var known: [String] = []
+
+  init(mnemonic: String, attributes: [(key: String, value: AttributeValue)]) {
+    self.mnemonic = mnemonic
+    self.remaining = attributes
+  }
+
+  private mutating func take(_ key: String) throws(AttributeError) -> AttributeValue? {
+    known.append(key)
+    let matches = remaining.indices.filter { remaining[$0].key == key }
+    if matches.count > 1 { throw AttributeError(message: "\(mnemonic): repeated attribute '\(key)'") }
+    guard let index = matches.first else { return nil }
+    return remaining.remove(at: index).value
+  }
+
+  private func wrong(_ key: String, _ expected: String) -> AttributeError {
+    AttributeError(message: "\(mnemonic): attribute '\(key)' must be \(expected)")
+  }
+
+  private func missing(_ key: String) -> AttributeError {
+    AttributeError(message: "\(mnemonic): missing attribute '\(key)'")
+  }
+
+  mutating func flag(_ key: String) throws(AttributeError) -> Bool {
+    switch try take(key) {
+    case nil: return false
+    case .flag: return true
+    default: throw wrong(key, "a flag without a value")
+    }
+  }
+
+  mutating func integer(_ key: String) throws(AttributeError) -> Int {
+    switch try take(key) {
+    case nil: throw missing(key)
+    case .integer(let value): return value
+    default: throw wrong(key, "an integer")
+    }
+  }
+
+  mutating func integers(_ key: String) throws(AttributeError) -> [Int] {
+    switch try take(key) {
+    case nil: throw missing(key)
+    case .integers(let values): return values
+    default: throw wrong(key, "a list of integers like [0,1]")
+    }
+  }
+
+  mutating func number(_ key: String) throws(AttributeError) -> Double {
+    switch try take(key) {
+    case nil: throw missing(key)
+    case .number(let value): return value
+    case .integer(let value): return Double(value)
+    default: throw wrong(key, "a number")
+    }
+  }
+
+  mutating func optionalNumber(_ key: String) throws(AttributeError) -> Double? {
+    switch try take(key) {
+    case nil: return nil
+    case .number(let value): return value
+    case .integer(let value): return Double(value)
+    default: throw wrong(key, "a number")
+    }
+  }
+
+  mutating func word(_ key: String) throws(AttributeError) -> String? {
+    switch try take(key) {
+    case nil: return nil
+    case .word(let word): return word
+    default: throw wrong(key, "a word")
+    }
+  }
+
+  mutating func optionalInteger(_ key: String) throws(AttributeError) -> Int? {
+    switch try take(key) {
+    case nil: return nil
+    case .integer(let value): return value
+    default: throw wrong(key, "an integer")
+    }
+  }
+
+  /// Fails when an attribute was not consumed, listing the ones the op accepts.
+  func finish() throws(AttributeError) {
+    guard let extra = remaining.first else { return }
+    let accepted = known.isEmpty ? "none" : known.joined(separator: ", ")
+    throw AttributeError(
+      message: "\(mnemonic): unknown attribute '\(extra.key)' (accepted: \(accepted))")
+  }
+}

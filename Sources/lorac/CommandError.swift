@@ -1,0 +1,30 @@
+import Foundation
+
+/// Prints `error: message` to standard error and exits with status 1.
+///
+/// Commands report every failure through this, so stdout carries only the requested output.
+func fail(_ message: String) -> Never {
+  FileHandle.standardError.write(Data("error: \(message)\n".utf8))
+  exit(1)
+}
+
+/// Reads a whole file as UTF-8 text, `-` meaning standard input.
+func readText(_ path: String) -> String {
+  let data: Data
+  if path == "-" {
+    data = FileHandle.standardInput.readDataToEndOfFile()
+  } else {
+    guard let contents = FileManager.default.contents(atPath: path) else {
+      var isDirectory: ObjCBool = false
+      if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+        fail(isDirectory.boolValue ? "'\(path)' is a directory" : "cannot read '\(path)'")
+      }
+      fail("no such file '\(path)'")
+    }
+    data = contents
+  }
+  guard let text = String(data: data, encoding: .utf8) else {
+    fail("'\(path)' is not UTF-8 text")
+  }
+  return text
+}

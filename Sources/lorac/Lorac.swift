@@ -1,0 +1,12 @@
+import ArgumentParser
+
+/// The `lorac` command: compile, inspect, train and run LoRA adapters on CPUs.
+@main
+struct Lorac: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    commandName: "lorac",
+    abstract: "An ahead-of-time compiler for LoRA fine-tuning and inference on CPUs.",
+    version: "lorac 0.1.0",
+    subcommands: [DumpIR.self, CheckIR.self]
+  )
+}
