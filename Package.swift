@@ -34,7 +34,7 @@ let package = Package(
       path: "Benchmarks/LoracBench"
     ),
     .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
-    .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"]),
+    .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"], exclude: ["Golden"]),
     .testTarget(name: "LoracTests", dependencies: ["lorac", "IR"]),
   ]
 )

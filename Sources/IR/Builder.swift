@@ -65,11 +65,13 @@ public final class GraphBuilder {
     name: String, shape: [Int], dtype: DType = .f32, initializer: Initializer,
     seed: UInt64? = nil
   ) throws(TraceError) -> Tensor {
-    try declare(.parameter, name: name, type: TensorType(dtype, shape), initializer: initializer, seed: seed)
+    try declare(
+      .parameter, name: name, type: TensorType(dtype, shape), initializer: initializer, seed: seed)
   }
 
   /// A frozen constant named by the scope path; its data is bound by name when the graph runs.
-  public func constant(name: String, shape: [Int], dtype: DType = .f32) throws(TraceError) -> Tensor {
+  public func constant(name: String, shape: [Int], dtype: DType = .f32) throws(TraceError) -> Tensor
+  {
     try declare(.constant, name: name, type: TensorType(dtype, shape), initializer: nil, seed: nil)
   }
 
@@ -77,7 +79,8 @@ public final class GraphBuilder {
   public func state(
     name: String, shape: [Int], dtype: DType = .f32, initializer: Initializer? = .zeros
   ) throws(TraceError) -> Tensor {
-    try declare(.state, name: name, type: TensorType(dtype, shape), initializer: initializer, seed: nil)
+    try declare(
+      .state, name: name, type: TensorType(dtype, shape), initializer: initializer, seed: nil)
   }
 
   private func declare(
@@ -104,7 +107,9 @@ public final class GraphBuilder {
   // MARK: - Instructions
 
   /// Appends one instruction after checking its type rule, and returns its results.
-  public func emit(_ op: Op, _ operands: [Operand], name: String? = nil) throws(TraceError) -> [Tensor] {
+  public func emit(_ op: Op, _ operands: [Operand], name: String? = nil) throws(TraceError)
+    -> [Tensor]
+  {
     let operandTypes = operands.map { operand -> OperandType in
       switch operand {
       case .value(let value): .tensor(graph.type(of: value))
@@ -152,7 +157,8 @@ public final class GraphBuilder {
   }
 
   /// A tensor filled with `value`.
-  public func fill(_ value: Double, shape: [Int], dtype: DType = .f32) throws(TraceError) -> Tensor {
+  public func fill(_ value: Double, shape: [Int], dtype: DType = .f32) throws(TraceError) -> Tensor
+  {
     try emit1(.fill(value: value, type: TensorType(dtype, shape)), [])
   }
 

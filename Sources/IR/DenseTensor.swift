@@ -109,7 +109,9 @@ extension Initializer {
         let u2 = generator.nextUnit()
         let radius = (-2.0 * log(u1)).squareRoot()
         scalars[index] = mean + std * radius * cos(2.0 * Double.pi * u2)
-        if index + 1 < count { scalars[index + 1] = mean + std * radius * sin(2.0 * Double.pi * u2) }
+        if index + 1 < count {
+          scalars[index + 1] = mean + std * radius * sin(2.0 * Double.pi * u2)
+        }
         index += 2
       }
     }

@@ -59,6 +59,8 @@ public struct HostTensor: Hashable, Sendable {
 /// Bytes and a tensor type that do not fit together.
 public struct HostTensorError: Error, Hashable, Sendable, CustomStringConvertible {
   public var message: String
+
+  public init(message: String) { self.message = message }
   public var description: String { message }
 }
 
@@ -100,13 +102,19 @@ public func bfloat16FromFloat(_ value: Float) -> UInt16 {
 
 /// Decodes `out.count` elements of `dtype` from `raw`, one block at a time (the scalar reference
 /// implementation of every GGUF block layout lorac reads).
-func decodeElements(_ raw: UnsafeRawBufferPointer, dtype: DType, into out: UnsafeMutableBufferPointer<Float>) {
-  func half(_ offset: Int) -> Float { floatFromHalf(raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self)) }
+func decodeElements(
+  _ raw: UnsafeRawBufferPointer, dtype: DType, into out: UnsafeMutableBufferPointer<Float>
+) {
+  func half(_ offset: Int) -> Float {
+    floatFromHalf(raw.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+  }
   func byte(_ offset: Int) -> UInt8 { raw[offset] }
   let blocks = out.count / dtype.blockSize
   switch dtype {
   case .f32:
-    for index in 0..<out.count { out[index] = raw.loadUnaligned(fromByteOffset: 4 * index, as: Float.self) }
+    for index in 0..<out.count {
+      out[index] = raw.loadUnaligned(fromByteOffset: 4 * index, as: Float.self)
+    }
   case .i32:
     for index in 0..<out.count {
       out[index] = Float(raw.loadUnaligned(fromByteOffset: 4 * index, as: Int32.self))

@@ -96,7 +96,8 @@ struct Lexer {
         }
         return token(.word, text(start, position))
       }
-      let shown = byte < 0x80 ? "'\(Character(Unicode.Scalar(byte)))'" : "byte 0x\(String(byte, radix: 16))"
+      let shown =
+        byte < 0x80 ? "'\(Character(Unicode.Scalar(byte)))'" : "byte 0x\(String(byte, radix: 16))"
       throw ParseError(line: line, column: column, message: "unexpected character \(shown)")
     }
   }
@@ -114,7 +115,9 @@ struct Lexer {
     }
     func digits() -> Int {
       let from = position
-      while position < bytes.count && (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[position]) {
+      while position < bytes.count
+        && (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[position])
+      {
         position += 1
       }
       return position - from
@@ -127,7 +130,9 @@ struct Lexer {
       while position < bytes.count && Names.isNameByte(bytes[position]) { position += 1 }
       let word = text(wordStart, position)
       guard word == "inf" || word == "nan" else {
-        throw ParseError(line: line, column: column, message: "expected a number, found '\(text(start, position))'")
+        throw ParseError(
+          line: line, column: column, message: "expected a number, found '\(text(start, position))'"
+        )
       }
       return Token(kind: .number, text: text(start, position), line: line, column: column)
     }
@@ -139,17 +144,24 @@ struct Lexer {
       position += 1
       _ = digits()
     }
-    if position < bytes.count && (bytes[position] == UInt8(ascii: "e") || bytes[position] == UInt8(ascii: "E")) {
+    if position < bytes.count
+      && (bytes[position] == UInt8(ascii: "e") || bytes[position] == UInt8(ascii: "E"))
+    {
       isFloat = true
       position += 1
-      if position < bytes.count && (bytes[position] == UInt8(ascii: "-") || bytes[position] == UInt8(ascii: "+")) {
+      if position < bytes.count
+        && (bytes[position] == UInt8(ascii: "-") || bytes[position] == UInt8(ascii: "+"))
+      {
         position += 1
       }
       if digits() == 0 {
-        throw ParseError(line: line, column: column, message: "expected digits in the exponent of '\(text(start, position))'")
+        throw ParseError(
+          line: line, column: column,
+          message: "expected digits in the exponent of '\(text(start, position))'")
       }
     }
-    return Token(kind: isFloat ? .number : .integer, text: text(start, position), line: line, column: column)
+    return Token(
+      kind: isFloat ? .number : .integer, text: text(start, position), line: line, column: column)
   }
 
   /// Reads a string literal after its opening quote, decoding `\" \\ \n \t \u{hex}`.
@@ -173,18 +185,22 @@ struct Lexer {
         case UInt8(ascii: "t"): contents.append(UInt8(ascii: "\t"))
         case UInt8(ascii: "u"):
           guard position < bytes.count, bytes[position] == UInt8(ascii: "{") else {
-            throw ParseError(line: line, column: column, message: "expected '{' after \\u in string literal")
+            throw ParseError(
+              line: line, column: column, message: "expected '{' after \\u in string literal")
           }
           position += 1
           let hexStart = position
-          while position < bytes.count && bytes[position] != UInt8(ascii: "}") && position - hexStart < 8 {
+          while position < bytes.count && bytes[position] != UInt8(ascii: "}")
+            && position - hexStart < 8
+          {
             position += 1
           }
           guard position < bytes.count, bytes[position] == UInt8(ascii: "}"),
             let code = UInt32(text(hexStart, position), radix: 16),
             let scalar = Unicode.Scalar(code)
           else {
-            throw ParseError(line: line, column: column, message: "invalid \\u{...} escape in string literal")
+            throw ParseError(
+              line: line, column: column, message: "invalid \\u{...} escape in string literal")
           }
           position += 1
           contents.append(contentsOf: Array(String(Character(scalar)).utf8))

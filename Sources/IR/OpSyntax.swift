@@ -29,6 +29,8 @@ public func formatNumber(_ value: Double) -> String {
 /// An attribute list failed to describe an op: names the op and the attribute.
 public struct AttributeError: Error, Hashable, Sendable, CustomStringConvertible {
   public var message: String
+
+  public init(message: String) { self.message = message }
   public var description: String { message }
 }
 
@@ -135,7 +137,8 @@ extension Op {
       case "reshape": op = .reshape(to: try single().shape)
       case "transpose": op = .transpose(permutation: try reader.integers("perm"))
       case "broadcast": op = .broadcast(to: try single().shape)
-      case "slice": op = .slice(start: try reader.integers("start"), end: try reader.integers("end"))
+      case "slice":
+        op = .slice(start: try reader.integers("start"), end: try reader.integers("end"))
       case "concat": op = .concat(axis: try reader.integer("axis"))
       case "gather": op = .gather(axis: try reader.integer("axis"))
       case "scatter_add": op = .scatterAdd(axis: try reader.integer("axis"))
@@ -171,7 +174,9 @@ struct AttributeReader {
   private mutating func take(_ key: String) throws(AttributeError) -> AttributeValue? {
     known.append(key)
     let matches = remaining.indices.filter { remaining[$0].key == key }
-    if matches.count > 1 { throw AttributeError(message: "\(mnemonic): repeated attribute '\(key)'") }
+    if matches.count > 1 {
+      throw AttributeError(message: "\(mnemonic): repeated attribute '\(key)'")
+    }
     guard let index = matches.first else { return nil }
     return remaining.remove(at: index).value
   }

@@ -102,7 +102,9 @@ public struct Parser {
   private mutating func parseGraph() throws(ParseError) -> Graph {
     try skipNewlines()
     let keyword = try expect(.word, "'func'")
-    guard keyword.text == "func" else { throw error("expected 'func', found '\(keyword.text)'", at: keyword) }
+    guard keyword.text == "func" else {
+      throw error("expected 'func', found '\(keyword.text)'", at: keyword)
+    }
     let nameToken = try expect(.global, "a function name like @train")
     guard Names.isValid(nameToken.text) else {
       throw error("invalid function name '@\(nameToken.text)'", at: nameToken)
@@ -179,7 +181,8 @@ public struct Parser {
     }
     for ((value, at), (type, _)) in zip(outputs, resultTypes) where graph.type(of: value) != type {
       throw error(
-        "returned value has type \(graph.type(of: value)) but the signature declares \(type)", at: at)
+        "returned value has type \(graph.type(of: value)) but the signature declares \(type)",
+        at: at)
     }
     graph.outputs = outputs.map(\.0)
     try endOfLine()
@@ -225,7 +228,8 @@ public struct Parser {
     }
     let value = try define("@" + nameToken.text, type, at: nameToken)
     graph.declarations.append(
-      Declaration(kind: kind, name: nameToken.text, value: value, initializer: initializer, seed: seed))
+      Declaration(
+        kind: kind, name: nameToken.text, value: value, initializer: initializer, seed: seed))
     try endOfLine()
   }
 
@@ -262,7 +266,9 @@ public struct Parser {
     if token.kind == .leftBrace { attributes = try parseAttributes() }
     let colon = token
     guard try accept(.colon) else {
-      throw expected(operands.isEmpty ? "operands, attributes or ':'" : "',', attributes or ':' and the result type")
+      throw expected(
+        operands.isEmpty
+          ? "operands, attributes or ':'" : "',', attributes or ':' and the result type")
     }
     var annotated: [(TensorType, Token)] = []
     repeat {
@@ -299,12 +305,14 @@ public struct Parser {
         at: annotated[0].1)
     }
     for ((given, at), computed) in zip(annotated, types) where given != computed {
-      throw error("\(op.mnemonic): result type is \(computed), but the annotation says \(given)", at: at)
+      throw error(
+        "\(op.mnemonic): result type is \(computed), but the annotation says \(given)", at: at)
     }
     var name: String?
     if token.kind == .string {
       guard Names.isValid(token.text) else {
-        throw error("invalid value name \"\(token.text)\": expected a dotted name like \"layers.0.attn.q\"")
+        throw error(
+          "invalid value name \"\(token.text)\": expected a dotted name like \"layers.0.attn.q\"")
       }
       name = token.text
       try advance()
@@ -318,7 +326,9 @@ public struct Parser {
   }
 
   /// `{key, key=value, ...}`.
-  private mutating func parseAttributes() throws(ParseError) -> [(key: String, value: AttributeValue)] {
+  private mutating func parseAttributes() throws(ParseError) -> [(
+    key: String, value: AttributeValue
+  )] {
     _ = try expect(.leftBrace, "'{'")
     var attributes: [(key: String, value: AttributeValue)] = []
     if token.kind == .rightBrace {
@@ -337,7 +347,9 @@ public struct Parser {
           value = .number(try number(token))
           try advance()
         case .word:
-          value = token.text == "inf" || token.text == "nan" ? .number(try number(token)) : .word(token.text)
+          value =
+            token.text == "inf" || token.text == "nan"
+            ? .number(try number(token)) : .word(token.text)
           try advance()
         case .leftBracket:
           try advance()
@@ -399,7 +411,9 @@ public struct Parser {
 
   // MARK: - Names
 
-  private mutating func define(_ key: String, _ type: TensorType, at token: Token) throws(ParseError) -> Value {
+  private mutating func define(_ key: String, _ type: TensorType, at token: Token)
+    throws(ParseError) -> Value
+  {
     if scope[key] != nil {
       throw error("redefinition of '\(key)'", at: token)
     }
@@ -427,7 +441,8 @@ func closest(_ word: String, in candidates: [String]) -> String? {
     for (i, x) in a.enumerated() {
       var current = [i + 1]
       for (j, y) in b.enumerated() {
-        current.append(Swift.min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1)))
+        current.append(
+          Swift.min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1)))
       }
       previous = current
     }

@@ -60,8 +60,10 @@ public struct Printer: Sendable {
   }
 
   /// The text of one instruction, without indentation: `%3 = add %1, %2 : f32[4]   "fc"`.
+  ///
+  /// `aligned: false` separates the parts by single spaces, for quoting in messages.
   public func instructionText(
-    _ instruction: Instruction, in graph: Graph, numbering: Numbering
+    _ instruction: Instruction, in graph: Graph, numbering: Numbering, aligned: Bool = true
   ) -> String {
     var text = "  "  // Columns count from the start of the indented line.
     for (index, result) in instruction.results.enumerated() {
@@ -79,14 +81,14 @@ public struct Printer: Sendable {
     }
     let attributes = instruction.op.attributes
     if !attributes.isEmpty { text += " " + attributeText(attributes) }
-    pad(&text, to: Printer.typeColumn)
+    pad(&text, to: aligned ? Printer.typeColumn : 0)
     text += ": "
     for (index, result) in instruction.results.enumerated() {
       if index > 0 { text += ", " }
       text += typeText(of: result, in: graph)
     }
     if let name = instruction.name {
-      pad(&text, to: Printer.nameColumn)
+      pad(&text, to: aligned ? Printer.nameColumn : 0)
       text += quoted(name)
     }
     text.removeFirst(2)
@@ -212,7 +214,9 @@ extension Declaration {
       )
     }
     let seed = try reader.optionalInteger("seed")
-    if let seed, seed < 0 { throw AttributeError(message: "seed must not be negative, got \(seed)") }
+    if let seed, seed < 0 {
+      throw AttributeError(message: "seed must not be negative, got \(seed)")
+    }
     try reader.finish()
     return (initializer, seed.map { UInt64($0) })
   }

@@ -23,7 +23,9 @@ public struct Tensor {
   // MARK: - Elementwise
 
   /// `f(self)` elementwise.
-  public func apply(_ function: UnaryOp) throws(TraceError) -> Tensor { try apply(.unary(function)) }
+  public func apply(_ function: UnaryOp) throws(TraceError) -> Tensor {
+    try apply(.unary(function))
+  }
 
   /// `self <op> other` elementwise with broadcasting.
   public func apply(_ function: BinaryOp, _ other: Tensor) throws(TraceError) -> Tensor {
@@ -45,14 +47,30 @@ public struct Tensor {
     try apply(.compare(comparison), [.scalar(scalar)])
   }
 
-  public static func + (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor { try lhs.apply(.add, rhs) }
-  public static func - (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor { try lhs.apply(.sub, rhs) }
-  public static func * (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor { try lhs.apply(.mul, rhs) }
-  public static func / (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor { try lhs.apply(.div, rhs) }
-  public static func + (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor { try lhs.apply(.add, rhs) }
-  public static func - (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor { try lhs.apply(.sub, rhs) }
-  public static func * (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor { try lhs.apply(.mul, rhs) }
-  public static func / (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor { try lhs.apply(.div, rhs) }
+  public static func + (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor {
+    try lhs.apply(.add, rhs)
+  }
+  public static func - (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor {
+    try lhs.apply(.sub, rhs)
+  }
+  public static func * (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor {
+    try lhs.apply(.mul, rhs)
+  }
+  public static func / (lhs: Tensor, rhs: Tensor) throws(TraceError) -> Tensor {
+    try lhs.apply(.div, rhs)
+  }
+  public static func + (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor {
+    try lhs.apply(.add, rhs)
+  }
+  public static func - (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor {
+    try lhs.apply(.sub, rhs)
+  }
+  public static func * (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor {
+    try lhs.apply(.mul, rhs)
+  }
+  public static func / (lhs: Tensor, rhs: Double) throws(TraceError) -> Tensor {
+    try lhs.apply(.div, rhs)
+  }
   public static func + (lhs: Double, rhs: Tensor) throws(TraceError) -> Tensor {
     try rhs.builder.emit1(.binary(.add), [.scalar(lhs), .value(rhs.value)])
   }
@@ -65,7 +83,9 @@ public struct Tensor {
   public static func / (lhs: Double, rhs: Tensor) throws(TraceError) -> Tensor {
     try rhs.builder.emit1(.binary(.div), [.scalar(lhs), .value(rhs.value)])
   }
-  public static prefix func - (operand: Tensor) throws(TraceError) -> Tensor { try operand.apply(.neg) }
+  public static prefix func - (operand: Tensor) throws(TraceError) -> Tensor {
+    try operand.apply(.neg)
+  }
 
   // MARK: - Reductions
 
@@ -87,7 +107,9 @@ public struct Tensor {
   /// Sums every element into a scalar.
   public func sum() throws(TraceError) -> Tensor { try sum(axes: Array(0..<rank)) }
 
-  private func reduce(_ function: ReduceOp, _ axes: [Int], _ keepDims: Bool) throws(TraceError) -> Tensor {
+  private func reduce(_ function: ReduceOp, _ axes: [Int], _ keepDims: Bool) throws(TraceError)
+    -> Tensor
+  {
     try apply(.reduce(function, axes: axes.map { normalize($0, rank: rank) }, keepDims: keepDims))
   }
 
@@ -98,7 +120,9 @@ public struct Tensor {
     var target = shape
     if let inferred = shape.firstIndex(of: -1), shape.filter({ $0 == -1 }).count == 1 {
       let known = shape.filter { $0 != -1 }.reduce(1, *)
-      if known > 0 && type.elementCount % known == 0 { target[inferred] = type.elementCount / known }
+      if known > 0 && type.elementCount % known == 0 {
+        target[inferred] = type.elementCount / known
+      }
     }
     return try apply(.reshape(to: target))
   }
@@ -166,7 +190,7 @@ public func concat(_ tensors: [Tensor], axis: Int) throws(TraceError) -> Tensor 
     .concat(axis: normalize(axis, rank: first.rank)), tensors.map { .value($0.value) })
 }
 
-/// `take(table, indices, axis)`, e.g. an embedding lookup `gather(embed, ids, axis: 0)`.
+/// `take(table, indices, axis)`: an embedding lookup is `gather(embed, ids, axis: 0)`.
 public func gather(_ table: Tensor, _ indices: Tensor, axis: Int = 0) throws(TraceError) -> Tensor {
   try table.builder.emit1(
     .gather(axis: normalize(axis, rank: table.rank)), [.value(table.value), .value(indices.value)])

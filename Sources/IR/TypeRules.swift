@@ -325,8 +325,7 @@ extension Op {
       if tensor(1).shape != [type.rank] {
         throw fail("starts must be i32[\(type.rank)] for \(type), got \(tensor(1))")
       }
-      if sizes.count != type.rank || zip(sizes, type.shape).contains(where: { $0 < 1 || $0 > $1 })
-      {
+      if sizes.count != type.rank || zip(sizes, type.shape).contains(where: { $0 < 1 || $0 > $1 }) {
         throw fail("sizes \(sizes) do not fit in \(type)")
       }
       return [TensorType(type.dtype, sizes)]

@@ -1,6 +1,8 @@
 /// A graph breaks an invariant; the message quotes the offending instruction or declaration.
 public struct VerifyError: Error, Hashable, Sendable, CustomStringConvertible {
   public var message: String
+
+  public init(message: String) { self.message = message }
   public var description: String { message }
 }
 
@@ -33,7 +35,9 @@ public enum Verifier {
     }
     for declaration in graph.declarations {
       let what = "declaration @\(declaration.name)"
-      if !Names.isValid(declaration.name) { throw fail("invalid declaration name '@\(declaration.name)'") }
+      if !Names.isValid(declaration.name) {
+        throw fail("invalid declaration name '@\(declaration.name)'")
+      }
       if !names.insert(declaration.name).inserted {
         throw fail("duplicate name '\(declaration.name)' (\(what))")
       }
@@ -43,7 +47,9 @@ public enum Verifier {
       if declaration.kind != .constant && !type.dtype.isCompute {
         throw fail("'\(text)': only constants may have storage type \(type.dtype.rawValue)")
       }
-      if declaration.kind == .constant && (declaration.initializer != nil || declaration.seed != nil) {
+      if declaration.kind == .constant
+        && (declaration.initializer != nil || declaration.seed != nil)
+      {
         throw fail("'\(text)': a constant has no initializer; its data is bound by name")
       }
       if let seed = declaration.seed, seed > UInt64(Int.max) {
@@ -52,7 +58,9 @@ public enum Verifier {
     }
 
     for (index, instruction) in graph.body.enumerated() {
-      let text = { printer.instructionText(instruction, in: graph, numbering: numbering) }
+      let text = {
+        printer.instructionText(instruction, in: graph, numbering: numbering, aligned: false)
+      }
       func failHere(_ message: String) -> VerifyError {
         fail("instruction \(index) '\(text())': \(message)")
       }
@@ -75,12 +83,16 @@ public enum Verifier {
         throw failHere(error.description)
       }
       guard types.count == instruction.results.count else {
-        throw failHere("\(instruction.op.mnemonic) has \(types.count) results, the instruction \(instruction.results.count)")
+        throw failHere(
+          "\(instruction.op.mnemonic) has \(types.count) results, the instruction \(instruction.results.count)"
+        )
       }
       for (result, type) in zip(instruction.results, types) {
         guard inRange(result) else { throw failHere("result \(result) has no type") }
         if graph.type(of: result) != type {
-          throw failHere("result \(numbering.name(of: result)) has type \(graph.type(of: result)), but \(instruction.op.mnemonic) gives \(type)")
+          throw failHere(
+            "result \(numbering.name(of: result)) has type \(graph.type(of: result)), but \(instruction.op.mnemonic) gives \(type)"
+          )
         }
       }
       if let name = instruction.name, !Names.isValid(name) {

@@ -13,7 +13,8 @@ struct DumpIR: ParsableCommand {
     case mlp
   }
 
-  @Option(help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
+  @Option(
+    help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
   var example: Example
 
   @Option(help: "Batch size of the traced graph.")

@@ -19,7 +19,8 @@ struct InvalidCase: CustomTestStringConvertible, Sendable {
     let files = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
     var cases: [InvalidCase] = []
     for file in files.sorted() where file.hasSuffix(".ir") {
-      guard let contents = try? String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8)
+      guard
+        let contents = try? String(contentsOf: folder.appendingPathComponent(file), encoding: .utf8)
       else { continue }
       var chunks: [[Substring]] = [[]]
       for line in contents.split(separator: "\n", omittingEmptySubsequences: false) {

@@ -19,10 +19,14 @@ func everyOpGraph() throws -> Graph {
   try b.scope("init") { () throws(TraceError) in
     _ = try b.parameter(name: "zeros", shape: [2], initializer: .zeros)
     _ = try b.parameter(name: "constant", shape: [2], initializer: .constant(0.5))
-    _ = try b.parameter(name: "kaiming", shape: [3, 2], initializer: .kaimingUniformDefault, seed: 7)
-    _ = try b.parameter(name: "kaiming_a", shape: [3, 2], initializer: .kaimingUniform(a: 0), seed: 8)
-    _ = try b.parameter(name: "uniform", shape: [2], initializer: .uniform(low: -0.25, high: 0.25), seed: 9)
-    _ = try b.parameter(name: "normal", shape: [2], initializer: .normal(mean: 0, std: 0.02), seed: 10)
+    _ = try b.parameter(
+      name: "kaiming", shape: [3, 2], initializer: .kaimingUniformDefault, seed: 7)
+    _ = try b.parameter(
+      name: "kaiming_a", shape: [3, 2], initializer: .kaimingUniform(a: 0), seed: 8)
+    _ = try b.parameter(
+      name: "uniform", shape: [2], initializer: .uniform(low: -0.25, high: 0.25), seed: 9)
+    _ = try b.parameter(
+      name: "normal", shape: [2], initializer: .normal(mean: 0, std: 0.02), seed: 10)
     _ = try b.parameter(name: "normal_mean", shape: [2], initializer: .normal(mean: 1, std: 1e-3))
     _ = try b.state(name: "cache", shape: [2, 3])
     _ = try b.state(name: "counter", shape: [], dtype: .i32, initializer: nil)
@@ -40,7 +44,8 @@ func everyOpGraph() throws -> Graph {
   for comparison in Comparison.allCases { outputs.append(try x.compare(comparison, y)) }
   let mask = try x.compare(.gt, 0)
   outputs.append(try select(mask, x, y))
-  outputs.append(try b.emit(.select, [.value(mask.value), .value(x.value), .scalar(-.infinity)])[0])
+  outputs.append(
+    try b.emit(.select, [.value(mask.value), .value(x.value), .scalar(-.infinity)])[0])
   outputs.append(try x.sum(axes: [1]))
   outputs.append(try x.max(axes: [0], keepDims: true))
   outputs.append(try x.mean(axes: [0, 1]))
@@ -70,7 +75,8 @@ func everyOpGraph() throws -> Graph {
   outputs.append(try logSoftmax(x, axis: 0))
   let heads = try x.reshaped([2, 1, 3]).concat(with: x.reshaped([2, 1, 3]))
   outputs.append(try rope(heads, positions: positions, theta: 10000))
-  outputs.append(try rope(heads, positions: positions, theta: 500000.5, interleaved: true).named("q.rope"))
+  outputs.append(
+    try rope(heads, positions: positions, theta: 500000.5, interleaved: true).named("q.rope"))
   outputs.append(try dynamicSlice(x, starts: starts, sizes: [1, 2]))
   outputs.append(try dynamicUpdateSlice(x, x.slice(start: [0, 0], end: [1, 2]), starts: starts))
   return try b.finish(outputs: outputs)
@@ -143,19 +149,21 @@ let designExample = """
     }
     """
   let graph = try Parser.parse(text)
-  #expect(Printer().print(graph) == """
-    func @f(%x: f32[2]) -> (f32[2]) {
-      %0 = mul %x, 2.0                           : f32[2]
-      %1 = add %0, -1.5                          : f32[2]      "out.y"
-      return %1
-    }
+  #expect(
+    Printer().print(graph) == """
+      func @f(%x: f32[2]) -> (f32[2]) {
+        %0 = mul %x, 2.0                           : f32[2]
+        %1 = add %0, -1.5                          : f32[2]      "out.y"
+        return %1
+      }
 
-    """)
+      """)
 }
 
 @Test func namesWithEscapesRoundTripThroughStrings() throws {
   // Names are dotted paths; the string syntax still decodes escapes before validating them.
-  let text = "func @f(%x: f32[1]) -> (f32[1]) {\n  %0 = neg %x : f32[1] \"a\\u{2e}b\"\n  return %0\n}\n"
+  let text =
+    "func @f(%x: f32[1]) -> (f32[1]) {\n  %0 = neg %x : f32[1] \"a\\u{2e}b\"\n  return %0\n}\n"
   let graph = try Parser.parse(text)
   #expect(graph.body[0].name == "a.b")
 }

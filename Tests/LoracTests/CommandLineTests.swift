@@ -1,0 +1,102 @@
+import Foundation
+import Testing
+
+/// The output of one run of the built `lorac` executable.
+struct RunResult {
+  var status: Int32
+  var stdout: String
+  var stderr: String
+}
+
+/// The folder holding the built products (`lorac` sits beside the test bundle).
+private func productsFolder() -> URL {
+  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
+  if let first = CommandLine.arguments.first {
+    candidates.append(URL(fileURLWithPath: first).deletingLastPathComponent())
+  }
+  for folder in candidates
+  where FileManager.default.isExecutableFile(atPath: folder.appendingPathComponent("lorac").path) {
+    return folder
+  }
+  return Bundle.main.bundleURL
+}
+
+/// Runs `lorac` with arguments and optional standard input.
+func lorac(_ arguments: [String], stdin: String? = nil) throws -> RunResult {
+  let process = Process()
+  process.executableURL = productsFolder().appendingPathComponent("lorac")
+  process.arguments = arguments
+  let output = Pipe()
+  let errors = Pipe()
+  let input = Pipe()
+  process.standardOutput = output
+  process.standardError = errors
+  process.standardInput = input
+  try process.run()
+  if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+  try input.fileHandleForWriting.close()
+  let out = output.fileHandleForReading.readDataToEndOfFile()
+  let err = errors.fileHandleForReading.readDataToEndOfFile()
+  process.waitUntilExit()
+  return RunResult(
+    status: process.terminationStatus, stdout: String(decoding: out, as: UTF8.self),
+    stderr: String(decoding: err, as: UTF8.self))
+}
+
+@Test func dumpIRPrintsTheMLPAndCheckIRRoundTripsIt() throws {
+  let dump = try lorac(["dump-ir", "--example", "mlp"])
+  #expect(dump.status == 0)
+  #expect(
+    dump.stdout.hasPrefix("func @mlp(%x: f32[4,2], %labels: f32[4,2]) -> (f32[], f32[4,2]) {\n"))
+  #expect(dump.stderr.isEmpty)
+  let check = try lorac(["check-ir", "-"], stdin: dump.stdout)
+  #expect(check.status == 0)
+  #expect(check.stdout == dump.stdout)
+}
+
+@Test func checkIRCanonicalisesAFile() throws {
+  let file = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).ir")
+  try "func @f(%x: f32[2]) -> (f32[2]) {\n%y = neg %x : f32[2]\nreturn %y\n}".write(
+    to: file, atomically: true, encoding: .utf8)
+  defer { try? FileManager.default.removeItem(at: file) }
+  let result = try lorac(["check-ir", file.path])
+  #expect(result.status == 0)
+  #expect(
+    result.stdout
+      == "func @f(%x: f32[2]) -> (f32[2]) {\n  %0 = neg %x                                : f32[2]\n  return %0\n}\n"
+  )
+}
+
+@Test func checkIRReportsLineAndColumn() throws {
+  let result = try lorac(
+    ["check-ir", "-"],
+    stdin:
+      "func @f(%x: f32[2,3]) -> (f32[2,2]) {\n  %0 = matmul %x, %x : f32[2,2]\n  return %0\n}\n")
+  #expect(result.status == 1)
+  #expect(result.stdout.isEmpty)
+  #expect(result.stderr == "error: 2:8: matmul: contraction mismatch: f32[2,3] x f32[2,3]\n")
+}
+
+@Test func checkIRReportsUnreadableFiles() throws {
+  let missing = try lorac(["check-ir", "/nonexistent/model.ir"])
+  #expect(missing.status == 1)
+  #expect(missing.stderr == "error: no such file '/nonexistent/model.ir'\n")
+  let folder = try lorac(["check-ir", "/tmp"])
+  #expect(folder.status == 1)
+  #expect(folder.stderr == "error: '/tmp' is a directory\n")
+  let garbage = try lorac(["check-ir", "-"], stdin: "\u{FF}")
+  #expect(garbage.status == 1)
+}
+
+@Test func helpAndVersion() throws {
+  let version = try lorac(["--version"])
+  #expect(version.status == 0)
+  #expect(version.stdout == "lorac 0.1.0\n")
+  let help = try lorac(["--help"])
+  #expect(help.status == 0)
+  #expect(help.stdout.contains("dump-ir"))
+  #expect(help.stdout.contains("check-ir"))
+  let unknown = try lorac(["dump-ir", "--example", "gpt5"])
+  #expect(unknown.status != 0)
+  #expect(unknown.stderr.contains("gpt5"))
+}
