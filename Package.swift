@@ -19,7 +19,16 @@ let package = Package(
     // Libraries: no Swift package dependencies (DESIGN.md section 2).
     .target(name: "IR"),
     .target(name: "Passes", dependencies: ["IR"]),
-    .target(name: "Runtime", dependencies: ["IR"]),
+    .target(name: "Runtime", dependencies: ["IR", "CKernels"], exclude: ["Kernels"]),
+    // C kernels (OpenMP + OpenBLAS), always optimised: at -O0 they run about 10x slower.
+    .target(
+      name: "CKernels",
+      path: "Sources/Runtime/Kernels",
+      cSettings: [.unsafeFlags(["-O3", "-fopenmp", "-fno-math-errno"])],
+      linkerSettings: [
+        .linkedLibrary("openblas"), .linkedLibrary("omp5"), .linkedLibrary("m"),
+      ]
+    ),
     .target(name: "Models", dependencies: ["IR"]),
     .executableTarget(
       name: "lorac",
@@ -30,10 +39,11 @@ let package = Package(
     ),
     .executableTarget(
       name: "LoracBench",
-      dependencies: ["IR", "Models"],
+      dependencies: ["IR", "Models", "Runtime"],
       path: "Benchmarks/LoracBench"
     ),
     .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
+    .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models"]),
     .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"], exclude: ["Golden"]),
     .testTarget(name: "LoracTests", dependencies: ["lorac", "IR"]),
   ]

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import IR
+import Runtime
 
 // lorac's benchmark harness. Each benchmark prints medians of several runs after a warm-up, and a
 // ratio against a baseline measured in the same run, because the machine is shared and noisy.
@@ -100,8 +101,12 @@ case "ir":
     instructions: option("--instructions", default: 20_000, in: arguments),
     runs: option("--runs", default: 7, in: arguments),
     json: json)
+case "kernels":
+  let results = try KernelBenchmarks.run(
+    threads: [1, 2], runs: option("--runs", default: 5, in: arguments))
+  print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
 default:
   FileHandle.standardError.write(
-    Data("usage: LoracBench ir [--instructions N] [--runs N] [--json]\n".utf8))
+    Data("usage: LoracBench ir|kernels [--instructions N] [--runs N] [--json]\n".utf8))
   exit(2)
 }

@@ -46,6 +46,17 @@ public final class GraphBuilder {
     return try body()
   }
 
+  /// Runs `body` at the top level, outside every scope (for values named by a file's own
+  /// names, like GGUF weights).
+  public func atTopLevel<Result, Failure: Error>(
+    _ body: () throws(Failure) -> Result
+  ) throws(Failure) -> Result {
+    let saved = scopes
+    scopes = []
+    defer { scopes = saved }
+    return try body()
+  }
+
   // MARK: - Graph-level values
 
   /// A graph input (not prefixed by the scope path).

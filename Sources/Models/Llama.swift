@@ -1,0 +1,144 @@
+import IR
+
+/// The hyper-parameters of a Llama-family decoder.
+public struct LlamaConfig: Hashable, Sendable {
+  public var vocabularySize: Int
+  public var embeddingLength: Int
+  public var layerCount: Int
+  public var headCount: Int
+  public var keyValueHeadCount: Int
+  public var feedForwardLength: Int
+  public var ropeTheta: Double
+  public var normEpsilon: Double
+  /// Whether the output head reuses the token embedding (`token_embd.weight`).
+  public var tiedEmbeddings: Bool
+  /// GGUF stores Q/K rows permuted for adjacent-pair rotation; Hugging Face weights rotate halves.
+  public var interleavedRope: Bool
+
+  public init(
+    vocabularySize: Int, embeddingLength: Int, layerCount: Int, headCount: Int,
+    keyValueHeadCount: Int, feedForwardLength: Int, ropeTheta: Double = 10_000,
+    normEpsilon: Double = 1e-5, tiedEmbeddings: Bool = true, interleavedRope: Bool = true
+  ) {
+    self.vocabularySize = vocabularySize
+    self.embeddingLength = embeddingLength
+    self.layerCount = layerCount
+    self.headCount = headCount
+    self.keyValueHeadCount = keyValueHeadCount
+    self.feedForwardLength = feedForwardLength
+    self.ropeTheta = ropeTheta
+    self.normEpsilon = normEpsilon
+    self.tiedEmbeddings = tiedEmbeddings
+    self.interleavedRope = interleavedRope
+  }
+
+  /// The dimension of one attention head.
+  public var headDimension: Int { embeddingLength / headCount }
+}
+
+/// A Llama-family decoder traced into the IR from its hyper-parameters alone.
+///
+/// Weights are constants named as in GGUF files (`blk.3.attn_q.weight`, stored `[out, in]` and
+/// applied with `transpose_b`), so a GGUF file's tensors bind by name; the computed values carry
+/// the dotted names passes select by: `embed`, `layers.N.attn.{q,k,v,o}`,
+/// `layers.N.mlp.{gate,up,down}`, `head`.
+public enum Llama {
+  /// Traces `llama(tokens: i32[batch, sequence], positions: i32[batch, sequence]) -> logits`.
+  ///
+  /// - Parameters:
+  ///   - weightType: The storage dtype of each weight by GGUF name (f32 when it returns nil).
+  public static func trace(
+    _ config: LlamaConfig, batch: Int, sequence: Int,
+    weightType: (String) -> DType? = { _ in nil }
+  ) throws(TraceError) -> Graph {
+    guard config.headCount > 0, config.keyValueHeadCount > 0,
+      config.headCount % config.keyValueHeadCount == 0,
+      config.embeddingLength % config.headCount == 0, config.headDimension % 2 == 0
+    else {
+      throw TraceError(
+        message:
+          "llama: \(config.headCount) heads and \(config.keyValueHeadCount) key/value heads do not divide embedding length \(config.embeddingLength) into even head dimensions"
+      )
+    }
+    let b = GraphBuilder(name: "llama")
+    let (dim, heads, kvHeads) = (config.embeddingLength, config.headCount, config.keyValueHeadCount)
+    let headDim = config.headDimension
+    func weight(_ name: String, _ shape: [Int]) throws(TraceError) -> Tensor {
+      try b.atTopLevel { () throws(TraceError) in
+        try b.constant(name: name, shape: shape, dtype: weightType(name) ?? .f32)
+      }
+    }
+    let tokens = try b.input(name: "tokens", shape: [batch, sequence], dtype: .i32)
+    let positions = try b.input(name: "positions", shape: [batch, sequence], dtype: .i32)
+    let embedding = try weight("token_embd.weight", [config.vocabularySize, dim])
+    var h = try gather(embedding, tokens, axis: 0).named("embed")
+
+    // Causal mask [sequence, sequence]: key position <= query position.
+    let rows = try b.iota(shape: [sequence, sequence], axis: 0)
+    let columns = try b.iota(shape: [sequence, sequence], axis: 1)
+    let causal = try columns.compare(.le, rows)
+
+    func rmsNorm(_ x: Tensor, _ name: String) throws(TraceError) -> Tensor {
+      let scale = try weight(name, [dim])
+      let meanSquare = try (x * x).mean(axes: [-1], keepDims: true)
+      return try x * rsqrt(meanSquare + config.normEpsilon) * scale
+    }
+    func linear(_ x: Tensor, _ weightName: String, _ outputs: Int, _ name: String)
+      throws(TraceError) -> Tensor
+    {
+      let w = try weight(weightName, [outputs, x.shape[x.rank - 1]])
+      return try matmul(x, w, transposeB: true).named(name)
+    }
+
+    for layer in 0..<config.layerCount {
+      let gguf = "blk.\(layer)."
+      h = try b.scope("layers.\(layer)") { () throws(TraceError) -> Tensor in
+        let x = try rmsNorm(h, gguf + "attn_norm.weight")
+        let attention = try b.scope("attn") { () throws(TraceError) -> Tensor in
+          let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
+          let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
+          let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+          let qr = try rope(
+            q.reshaped([batch, sequence, heads, headDim]), positions: positions,
+            theta: config.ropeTheta, interleaved: config.interleavedRope)
+          let kr = try rope(
+            k.reshaped([batch, sequence, kvHeads, headDim]), positions: positions,
+            theta: config.ropeTheta, interleaved: config.interleavedRope)
+          // Grouped-query attention: each key/value head serves heads / kvHeads query heads.
+          func expand(_ t: Tensor) throws(TraceError) -> Tensor {
+            if heads == kvHeads { return t }
+            return try t.reshaped([batch, sequence, kvHeads, 1, headDim])
+              .broadcast(to: [batch, sequence, kvHeads, heads / kvHeads, headDim])
+              .reshaped([batch, sequence, heads, headDim])
+          }
+          let qt = try qr.transposed([0, 2, 1, 3])
+          let kt = try expand(kr).transposed([0, 2, 1, 3])
+          let vt = try expand(v.reshaped([batch, sequence, kvHeads, headDim])).transposed([
+            0, 2, 1, 3,
+          ])
+          let scores = try matmul(qt, kt, transposeB: true) * (1.0 / Double(headDim).squareRoot())
+          let masked = try b.emit(
+            .select, [.value(causal.value), .value(scores.value), .scalar(-.infinity)])[0]
+          let probabilities = try softmax(masked).named("probs")
+          let context = try matmul(probabilities, vt).transposed([0, 2, 1, 3])
+            .reshaped([batch, sequence, heads * headDim])
+          return try linear(context, gguf + "attn_output.weight", dim, "o")
+        }
+        let afterAttention = try (h + attention).named("residual.attn")
+        let y = try rmsNorm(afterAttention, gguf + "ffn_norm.weight")
+        let mlp = try b.scope("mlp") { () throws(TraceError) -> Tensor in
+          let gate = try linear(y, gguf + "ffn_gate.weight", config.feedForwardLength, "gate")
+          let up = try linear(y, gguf + "ffn_up.weight", config.feedForwardLength, "up")
+          return try linear(silu(gate) * up, gguf + "ffn_down.weight", dim, "down")
+        }
+        return try (afterAttention + mlp).named("residual.mlp")
+      }
+    }
+    let normed = try rmsNorm(h, "output_norm.weight")
+    let head =
+      config.tiedEmbeddings
+      ? embedding : try weight("output.weight", [config.vocabularySize, dim])
+    let logits = try matmul(normed, head, transposeB: true).named("head")
+    return try b.finish(outputs: [logits])
+  }
+}

@@ -1,0 +1,267 @@
+import CKernels
+import Foundation
+import IR
+
+/// A graph compiled for the CPU: a schedule of kernel calls over one planned arena.
+///
+/// Inputs, parameters and state live in buffers the executable owns; constants are bound by name
+/// and read in place (zero-copy) when their bytes are aligned; every intermediate lives in the
+/// arena at the offset `plan` gives. `execute()` allocates nothing.
+public final class Executable {
+  public let graph: Graph
+  public let plan: ArenaPlan
+
+  private let arena: UnsafeMutableRawPointer
+  /// Storage of inputs, parameters, state, literals and unaligned constants, freed on deinit.
+  private var owned: [UnsafeMutableRawPointer] = []
+  /// Constants read in place, retained so their bytes outlive the executable's use of them.
+  private var retained: [HostTensor] = []
+  /// The address of every value.
+  private var addresses: [UnsafeMutableRawPointer?]
+  /// Input, parameter and state buffers by name.
+  private var bindable: [String: (value: Value, address: UnsafeMutableRawPointer)] = [:]
+  private var steps: [Step] = []
+
+  /// One kernel call; returns an error message (only when an index is out of range).
+  struct Step {
+    var instruction: Int
+    var run: () -> String?
+  }
+
+  /// Compiles `graph`, binding its constants by name.
+  ///
+  /// Parameters and state start from their initializer (zeros when they have none) and can be
+  /// replaced with `set(_:_:)`.
+  /// - Throws: `RuntimeError` for a missing or mismatched constant, or an op the kernels do not
+  ///   implement for the given types.
+  public init(_ graph: Graph, constants: [String: HostTensor] = [:]) throws(RuntimeError) {
+    self.graph = graph
+    let scratch = Executable.scratchBytes(graph)
+    plan = ArenaPlan(graph, scratchBytes: { scratch[$0] ?? 0 })
+    arena = Executable.allocate(max(plan.arenaBytes, 64))
+    addresses = [UnsafeMutableRawPointer?](repeating: nil, count: graph.types.count)
+    // Every stored property is set, so a throw from here on runs deinit, which frees the arena
+    // and the buffers made so far.
+    try bindStorage(constants: constants)
+    for (index, instruction) in graph.body.enumerated() {
+      if let step = try makeStep(index, instruction) { steps.append(step) }
+    }
+  }
+
+  deinit {
+    free(arena)
+    for buffer in owned { free(buffer) }
+  }
+
+  // MARK: - Running
+
+  /// Runs every kernel once over the current inputs, parameters and state.
+  public func execute() throws(RuntimeError) {
+    for step in steps {
+      if let message = step.run() {
+        let instruction = graph.body[step.instruction]
+        let name = instruction.name.map { " \"\($0)\"" } ?? ""
+        throw RuntimeError(
+          message: "instruction \(step.instruction) (\(instruction.op.mnemonic)\(name)): \(message)"
+        )
+      }
+    }
+  }
+
+  /// Sets the named inputs, runs, and returns copies of the outputs.
+  public func run(inputs: [String: HostTensor] = [:]) throws(RuntimeError) -> [HostTensor] {
+    for (name, tensor) in inputs { try set(name, tensor) }
+    try execute()
+    return graph.outputs.indices.map(output)
+  }
+
+  /// Copies `tensor` into the input, parameter or state called `name`.
+  public func set(_ name: String, _ tensor: HostTensor) throws(RuntimeError) {
+    guard let binding = bindable[name] else {
+      let names = bindable.keys.sorted().joined(separator: ", ")
+      throw RuntimeError(message: "no input, parameter or state named '\(name)' (have: \(names))")
+    }
+    let type = graph.type(of: binding.value)
+    guard tensor.type == type else {
+      throw RuntimeError(message: "'\(name)' is \(type), got \(tensor.type)")
+    }
+    tensor.data.withUnsafeBytes { bytes in
+      if let base = bytes.baseAddress {
+        binding.address.copyMemory(from: base, byteCount: type.byteCount)
+      }
+    }
+  }
+
+  /// A copy of the current value of an input, parameter or state.
+  public func value(named name: String) throws(RuntimeError) -> HostTensor {
+    guard let binding = bindable[name] else {
+      throw RuntimeError(message: "no input, parameter or state named '\(name)'")
+    }
+    return copy(binding.value)
+  }
+
+  /// A copy of output `index` as computed by the last run.
+  public func output(_ index: Int) -> HostTensor { copy(graph.outputs[index]) }
+
+  /// The address of output `index` (valid until the next run), for reading without a copy.
+  public func outputAddress(_ index: Int) -> UnsafeRawPointer {
+    UnsafeRawPointer(address(graph.outputs[index]))
+  }
+
+  private func copy(_ value: Value) -> HostTensor {
+    let type = graph.type(of: value)
+    let data = Data(bytes: address(value), count: type.byteCount)
+    // The type and byte count match by construction.
+    return (try? HostTensor(type: type, data: data)) ?? HostTensor(shape: [0], floats: [])
+  }
+
+  private func address(_ value: Value) -> UnsafeMutableRawPointer {
+    // Every value gets an address during compilation.
+    addresses[value.index] ?? arena
+  }
+
+  // MARK: - Storage
+
+  private static func allocate(_ bytes: Int) -> UnsafeMutableRawPointer {
+    var pointer: UnsafeMutableRawPointer?
+    let status = posix_memalign(&pointer, ArenaPlan.alignment, max(bytes, 1))
+    guard status == 0, let pointer else { fatalError("out of memory allocating \(bytes) bytes") }
+    memset(pointer, 0, max(bytes, 1))
+    return pointer
+  }
+
+  private func ownedBuffer(_ bytes: Int) -> UnsafeMutableRawPointer {
+    let buffer = Executable.allocate(bytes)
+    owned.append(buffer)
+    return buffer
+  }
+
+  private func bindStorage(constants: [String: HostTensor]) throws(RuntimeError) {
+    for input in graph.inputs {
+      let buffer = ownedBuffer(graph.type(of: input.value).byteCount)
+      addresses[input.value.index] = buffer
+      bindable[input.name] = (input.value, buffer)
+    }
+    var unused = Set(constants.keys)
+    for declaration in graph.declarations {
+      let type = graph.type(of: declaration.value)
+      switch declaration.kind {
+      case .constant:
+        guard let tensor = constants[declaration.name] else {
+          throw RuntimeError(message: "no data for constant @\(declaration.name) : \(type)")
+        }
+        unused.remove(declaration.name)
+        guard tensor.type == type else {
+          throw RuntimeError(
+            message:
+              "constant @\(declaration.name) is declared \(type), but its data is \(tensor.type)")
+        }
+        addresses[declaration.value.index] = constantAddress(tensor)
+      case .parameter, .state:
+        let buffer = ownedBuffer(type.byteCount)
+        let initial = (declaration.initializer ?? .zeros).values(
+          for: type, seed: declaration.seed ?? 0)
+        let host = initial.host
+        host.data.withUnsafeBytes { bytes in
+          if let base = bytes.baseAddress {
+            buffer.copyMemory(from: base, byteCount: type.byteCount)
+          }
+        }
+        addresses[declaration.value.index] = buffer
+        bindable[declaration.name] = (declaration.value, buffer)
+      }
+    }
+    if let extra = unused.sorted().first {
+      throw RuntimeError(
+        message: "data for '\(extra)', which the graph does not declare as a constant")
+    }
+    for (index, offset) in plan.offsets.enumerated() {
+      if let offset, addresses[index] == nil { addresses[index] = arena + offset }
+    }
+    for (alias, root) in plan.aliases { addresses[alias.index] = addresses[resolve(root).index] }
+  }
+
+  private func resolve(_ value: Value) -> Value { plan.aliases[value].map(resolve) ?? value }
+
+  /// A constant's bytes in place when they are large enough to have stable storage and aligned
+  /// for their element type; otherwise a private aligned copy.
+  private func constantAddress(_ tensor: HostTensor) -> UnsafeMutableRawPointer {
+    let count = tensor.data.count
+    var inPlace: UnsafeMutableRawPointer?
+    if count >= 4096 {
+      tensor.data.withUnsafeBytes { bytes in
+        if let base = bytes.baseAddress, Int(bitPattern: base) % 4 == 0 {
+          inPlace = UnsafeMutableRawPointer(mutating: base)
+        }
+      }
+    }
+    if let inPlace {
+      // Large Data keeps its bytes on the heap or in a mapping: the address is stable while
+      // the Data is retained, and nothing writes to constants.
+      retained.append(tensor)
+      return inPlace
+    }
+    let buffer = ownedBuffer(count)
+    tensor.data.withUnsafeBytes { bytes in
+      if let base = bytes.baseAddress { buffer.copyMemory(from: base, byteCount: count) }
+    }
+    return buffer
+  }
+
+  /// A 4-byte literal holding `scalar` in `dtype`, owned by the executable.
+  private func literal(_ scalar: Double, _ dtype: DType) -> UnsafeMutableRawPointer {
+    let buffer = ownedBuffer(4)
+    if dtype == .i32 {
+      buffer.storeBytes(
+        of: Int32(clamping: Int(scalar.isFinite ? scalar.rounded(.towardZero) : 0)), as: Int32.self)
+    } else {
+      buffer.storeBytes(of: Float(scalar), as: Float.self)
+    }
+    return buffer
+  }
+
+  // MARK: - Scratch
+
+  /// Rows of a quantized weight decoded at a time before a GEMM.
+  static let dequantizeChunk = 256
+
+  private static func scratchBytes(_ graph: Graph) -> [Int: Int] {
+    var result: [Int: Int] = [:]
+    for (index, instruction) in graph.body.enumerated() {
+      guard case .matmul = instruction.op, let weight = instruction.operands[1].value else {
+        continue
+      }
+      let type = graph.type(of: weight)
+      if !type.dtype.isCompute, let k = type.shape.last {
+        let rows = min(dequantizeChunk, type.shape[type.rank - 2])
+        result[index] = rows * k * 4
+      }
+    }
+    return result
+  }
+
+  // MARK: - Steps
+
+  private func makeStep(_ index: Int, _ instruction: Instruction) throws(RuntimeError) -> Step? {
+    let builder = StepBuilder(
+      executable: self, graph: graph, index: index, instruction: instruction)
+    guard let run = try builder.make() else { return nil }
+    return Step(instruction: index, run: run)
+  }
+
+  /// The address of an operand (a literal for scalars), for step construction.
+  func operandAddress(_ operand: Operand, dtype: DType) -> UnsafeMutableRawPointer {
+    switch operand {
+    case .value(let value): address(value)
+    case .scalar(let scalar): literal(scalar, dtype)
+    }
+  }
+
+  func resultAddress(_ instruction: Instruction) -> UnsafeMutableRawPointer {
+    address(instruction.results[0])
+  }
+
+  func scratchAddress(_ index: Int) -> UnsafeMutableRawPointer? {
+    plan.scratch[index].map { arena + $0.offset }
+  }
+}

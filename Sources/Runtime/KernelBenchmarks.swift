@@ -1,0 +1,157 @@
+import CKernels
+import Dispatch
+import Foundation
+import IR
+
+/// One benchmark figure: lorac's time against a baseline measured in the same run.
+public struct BenchmarkResult: Sendable {
+  public var name: String
+  public var threads: Int
+  /// Median seconds per run of lorac's path and of the baseline.
+  public var seconds: Double
+  public var baselineSeconds: Double
+  /// What the baseline is.
+  public var baseline: String
+  /// Work per run, for rates: floating-point operations or bytes read.
+  public var work: Double
+  public var unit: String
+  public var runs: Int
+
+  /// Baseline time over lorac's time: above 1 means lorac is faster.
+  public var ratio: Double { baselineSeconds / seconds }
+}
+
+/// The kernel benchmarks of `lorac bench kernels`: each measures lorac's compiled path and a
+/// baseline on the same data, medians of `runs` runs after a warm-up.
+public enum KernelBenchmarks {
+  /// Runs every kernel benchmark at each thread count.
+  public static func run(threads: [Int], runs: Int) throws -> [BenchmarkResult] {
+    var results: [BenchmarkResult] = []
+    for count in threads {
+      Threads.set(count)
+      for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
+        results.append(try gemm(m: 512, k: k, n: n, runs: runs))
+      }
+      for dtype in [DType.q4_1, .q8_0, .f32] {
+        results.append(try matvec(dtype, k: 576, n: 196_608, runs: runs))
+      }
+    }
+    Threads.set(nil)
+    return results
+  }
+
+  /// The results as an aligned table with rates and ratios.
+  public static func table(_ results: [BenchmarkResult]) -> String {
+    func pad(_ text: String, _ width: Int) -> String {
+      text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+    }
+    var lines = [
+      "benchmark                  threads        lorac     baseline  ratio  baseline is"
+    ]
+    for r in results {
+      let unit = r.unit == "flop" ? "GFLOP/s" : "GB/s"
+      lines.append(
+        pad(r.name, 27) + pad(String(r.threads), 6)
+          + String(
+            format: "%7.1f %-7@ %6.1f %-7@ %5.2f  ", r.work / r.seconds / 1e9, unit,
+            r.work / r.baselineSeconds / 1e9, unit, r.ratio)
+          + r.baseline)
+    }
+    return lines.joined(separator: "\n")
+  }
+
+  /// The results as one JSON object keyed `<benchmark>_t<threads>`, each with its ratio.
+  public static func json(_ results: [BenchmarkResult]) -> String {
+    let entries = results.map { r in
+      "\"\(r.name)_t\(r.threads)\": {\"ratio\": \(r.ratio), \"seconds\": \(r.seconds), "
+        + "\"baseline_seconds\": \(r.baselineSeconds), \"baseline\": \"\(r.baseline)\", "
+        + "\"threads\": \(r.threads), \"runs\": \(r.runs), \"rate\": \(r.work / r.seconds), "
+        + "\"unit\": \"\(r.unit)/s\"}"
+    }
+    return "{" + entries.joined(separator: ", ") + "}"
+  }
+
+  /// Median seconds of `runs` runs of `body` after one warm-up run.
+  public static func median(runs: Int, _ body: () throws -> Void) rethrows -> Double {
+    try body()
+    var times: [Double] = []
+    for _ in 0..<max(runs, 1) {
+      let start = DispatchTime.now().uptimeNanoseconds
+      try body()
+      times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+    }
+    times.sort()
+    return times.count % 2 == 1
+      ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+  }
+
+  private static func randomFloats(_ count: Int, seed: UInt64) -> [Float] {
+    var generator = SplitMix64(seed: seed)
+    return (0..<count).map { _ in Float(generator.nextUnit() - 0.5) }
+  }
+
+  /// `x [m,k] x W [n,k]^T` through a compiled matmul against a bare `cblas_sgemm`.
+  static func gemm(m: Int, k: Int, n: Int, runs: Int) throws -> BenchmarkResult {
+    let b = GraphBuilder(name: "gemm")
+    let x = try b.input(name: "x", shape: [m, k])
+    let w = try b.constant(name: "w", shape: [n, k])
+    let graph = try b.finish(outputs: [try matmul(x, w, transposeB: true)])
+    let weights = randomFloats(n * k, seed: 1)
+    let input = HostTensor(shape: [m, k], floats: randomFloats(m * k, seed: 2))
+    let executable = try Executable(
+      graph, constants: ["w": HostTensor(shape: [n, k], floats: weights)])
+    try executable.set("x", input)
+    let lorac = try median(runs: runs) { try executable.execute() }
+    var out = [Float](repeating: 0, count: m * n)
+    let xs = input.floats()
+    let baseline = median(runs: runs) {
+      lc_sgemm_baseline(xs, weights, &out, Int64(m), Int64(n), Int64(k), 1)
+    }
+    return BenchmarkResult(
+      name: "gemm_\(m)x\(k)x\(n)", threads: Threads.count, seconds: lorac,
+      baselineSeconds: baseline,
+      baseline: "cblas_sgemm", work: 2.0 * Double(m * n * k), unit: "flop", runs: runs)
+  }
+
+  /// `x [1,k] x W [n,k]^T` with W stored as `dtype`, against a plain read of the same bytes.
+  static func matvec(_ dtype: DType, k: Int, n: Int, runs: Int) throws -> BenchmarkResult {
+    let type = TensorType(dtype, [n, k])
+    var generator = SplitMix64(seed: 3)
+    var bytes = [UInt8](repeating: 0, count: type.byteCount)
+    if dtype == .f32 {
+      bytes = randomFloats(n * k, seed: 3).withUnsafeBytes { Array($0) }
+    } else {
+      for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: generator.next()) }
+      // Small positive f16 scales at the start of every block keep values finite.
+      for block in 0..<(type.byteCount / dtype.blockBytes) {
+        let base = block * dtype.blockBytes
+        bytes[base] = 0x00
+        bytes[base + 1] = 0x20
+        if dtype == .q4_1 {
+          bytes[base + 2] = 0x00
+          bytes[base + 3] = 0xA0
+        }
+      }
+    }
+    let weight = try HostTensor(type: type, data: Data(bytes))
+    bytes = []
+    let b = GraphBuilder(name: "matvec")
+    let x = try b.input(name: "x", shape: [1, k])
+    let w = try b.constant(name: "w", shape: [n, k], dtype: dtype)
+    let graph = try b.finish(outputs: [try matmul(x, w, transposeB: true)])
+    let executable = try Executable(graph, constants: ["w": weight])
+    try executable.set("x", HostTensor(shape: [1, k], floats: randomFloats(k, seed: 4)))
+    let lorac = try median(runs: runs) { try executable.execute() }
+    let floats = type.byteCount / 4
+    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: floats)
+    defer { buffer.deallocate() }
+    buffer.initialize(repeating: 1, count: floats)
+    var sink: Float = 0
+    let baseline = median(runs: runs) { sink += lc_memory_read(buffer, Int64(floats)) }
+    precondition(sink.isFinite)
+    return BenchmarkResult(
+      name: "matvec_\(dtype.rawValue)_\(n)x\(k)", threads: Threads.count, seconds: lorac,
+      baselineSeconds: baseline, baseline: "memory read of the same bytes",
+      work: Double(type.byteCount), unit: "byte", runs: runs)
+  }
+}

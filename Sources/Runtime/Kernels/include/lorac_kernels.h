@@ -1,0 +1,136 @@
+// lorac_kernels.h: the whole C API of lorac's CPU kernels.
+//
+// Conventions (every function):
+// - Tensors are dense, row-major, 64-byte aligned where lorac allocates them. f32 is `float`,
+//   i32 is `int32_t`. Data-movement kernels move 4-byte words and serve both.
+// - Strided views: `rank`, `shape[rank]` (the output's shape) and per-operand `strides[rank]` in
+//   elements; a stride of 0 broadcasts. rank <= LC_MAX_RANK.
+// - Threads: loops are `#pragma omp parallel for schedule(static)` over rows; GEMM goes through
+//   OpenBLAS `cblas_sgemm`. `lc_set_threads` sets OpenMP and OpenBLAS together. Static schedules
+//   and fixed per-thread work make results bit-identical for a given thread count.
+// - Never: allocate memory (callers pass scratch), read files, or print. Kernels that can meet a
+//   bad index return the flat position of the first bad index, else -1.
+#ifndef LORAC_KERNELS_H
+#define LORAC_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define LC_MAX_RANK 16
+
+// ---- threads --------------------------------------------------------------------------------
+/// Sets the number of threads OpenMP loops and OpenBLAS use (n < 1: all cores).
+void lc_set_threads(int n);
+/// The thread count in force.
+int lc_get_threads(void);
+/// The number of cores the machine reports.
+int lc_core_count(void);
+/// A bit set of the vector extensions found at run time: 1 AVX2+FMA, 2 AVX-512F/BW, 4 AVX-512 VNNI.
+int lc_cpu_features(void);
+
+// ---- elementwise ----------------------------------------------------------------------------
+enum lc_unary { LC_NEG, LC_ABS, LC_EXP, LC_LOG, LC_SQRT, LC_RSQRT, LC_RECIPROCAL, LC_TANH,
+                LC_SIGMOID, LC_RELU, LC_SILU, LC_SIN, LC_COS };
+enum lc_binary { LC_ADD, LC_SUB, LC_MUL, LC_DIV, LC_MAX, LC_MIN, LC_POW };
+enum lc_compare { LC_EQ, LC_NE, LC_LT, LC_LE, LC_GT, LC_GE };
+
+/// y[i] = f(x[i]), i < n.
+void lc_unary_f32(int op, const float *x, float *y, int64_t n);
+void lc_unary_i32(int op, const int32_t *x, int32_t *y, int64_t n);
+/// out[idx] = a[idx . a_strides] <op> b[idx . b_strides] over `shape`.
+void lc_binary_f32(int op, float *out, int rank, const int64_t *shape, const float *a,
+                   const int64_t *a_strides, const float *b, const int64_t *b_strides);
+/// i32 arithmetic wraps; division truncates toward zero and x / 0 == 0. pow is not defined.
+void lc_binary_i32(int op, int32_t *out, int rank, const int64_t *shape, const int32_t *a,
+                   const int64_t *a_strides, const int32_t *b, const int64_t *b_strides);
+/// out = (a <op> b) ? 1 : 0.
+void lc_compare_f32(int op, int32_t *out, int rank, const int64_t *shape, const float *a,
+                    const int64_t *a_strides, const float *b, const int64_t *b_strides);
+void lc_compare_i32(int op, int32_t *out, int rank, const int64_t *shape, const int32_t *a,
+                    const int64_t *a_strides, const int32_t *b, const int64_t *b_strides);
+/// out = c != 0 ? a : b over 4-byte words.
+void lc_select_32(uint32_t *out, int rank, const int64_t *shape, const int32_t *c,
+                  const int64_t *c_strides, const uint32_t *a, const int64_t *a_strides,
+                  const uint32_t *b, const int64_t *b_strides);
+
+// ---- data movement (4-byte words) -----------------------------------------------------------
+/// out[idx] = in[idx . in_strides] over `shape` (transpose, broadcast, slice, dynamic slice).
+void lc_copy_strided_32(uint32_t *out, int rank, const int64_t *shape, const uint32_t *in,
+                        const int64_t *in_strides);
+/// out[idx . out_strides] = in[idx] over `shape` (write into a box of a larger tensor).
+void lc_scatter_strided_32(uint32_t *out, const int64_t *out_strides, int rank,
+                           const int64_t *shape, const uint32_t *in);
+/// Joins `count` operands viewed as [outer, widths[k] * inner] along the middle axis.
+void lc_concat_32(uint32_t *out, int count, const uint32_t *const *inputs, const int64_t *widths,
+                  int64_t outer, int64_t inner);
+/// out[o, i, :] = table[o, idx[i], :] for table [outer, rows, inner]; returns -1 or the bad position.
+int64_t lc_gather_32(uint32_t *out, const uint32_t *table, int64_t outer, int64_t rows,
+                     int64_t inner, const int32_t *indices, int64_t count);
+/// out = target; out[o, idx[i], :] += updates[o, i, :]; returns -1 or the bad position.
+int64_t lc_scatter_add_f32(float *out, const float *target, int64_t outer, int64_t rows,
+                           int64_t inner, const int32_t *indices, int64_t count,
+                           const float *updates);
+/// Gathers rows of a 2-D storage-typed table [rows, width] into f32 [count, width].
+int64_t lc_gather_rows_dequantize(int dtype, float *out, const void *table, int64_t rows,
+                                  int64_t width, const int32_t *indices, int64_t count);
+
+// ---- conversions and generators -------------------------------------------------------------
+/// Storage dtype codes shared with Swift's DType.
+enum lc_dtype { LC_F32, LC_I32, LC_F16, LC_BF16, LC_Q8_0, LC_Q4_1, LC_Q4_K, LC_Q6_K };
+/// Bytes of one row of `n` values (n a multiple of the block size).
+int64_t lc_row_bytes(int dtype, int64_t n);
+/// Decodes `n` values of `dtype` (n a multiple of the block size) into f32.
+void lc_dequantize_row(int dtype, const void *src, float *dst, int64_t n);
+/// Decodes `rows` rows of `width` values in parallel.
+void lc_dequantize_rows(int dtype, const void *src, float *dst, int64_t rows, int64_t width);
+/// f32 -> i32 truncating toward zero, clamped to the i32 range, NaN -> 0.
+void lc_cast_f32_i32(const float *x, int32_t *y, int64_t n);
+void lc_cast_i32_f32(const int32_t *x, float *y, int64_t n);
+/// out[idx] = idx[axis] over `shape` (as f32 or i32).
+void lc_iota_f32(float *out, int rank, const int64_t *shape, int axis);
+void lc_iota_i32(int32_t *out, int rank, const int64_t *shape, int axis);
+void lc_fill_32(uint32_t *out, uint32_t word, int64_t n);
+
+// ---- reductions and normalisations ---------------------------------------------------------
+enum lc_reduce { LC_SUM, LC_RMAX, LC_MEAN };
+/// Reduces the axes flagged in `reduced[rank]` of x (shape `shape`) into the dense out.
+void lc_reduce_f32(int op, float *out, const float *x, int rank, const int64_t *shape,
+                   const int *reduced);
+void lc_reduce_i32(int op, int32_t *out, const int32_t *x, int rank, const int64_t *shape,
+                   const int *reduced);
+/// Softmax (log = 0) or log-softmax (log = 1) along the middle axis of x [outer, n, inner].
+void lc_softmax_f32(float *out, const float *x, int64_t outer, int64_t n, int64_t inner,
+                    int logarithm);
+
+// ---- matrix products ------------------------------------------------------------------------
+/// out[b] = op(a[b]) x op(w[b]) for each batch b: a [M,K] (or [K,M] with trans_a), w [K,N] (or
+/// [N,K] with trans_b); a_batch_stride / w_batch_stride 0 broadcasts. Through cblas_sgemm.
+void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
+                   const int64_t *a_offsets, const int64_t *w_offsets, int64_t m, int64_t n,
+                   int64_t k, int trans_a, int trans_b);
+/// out [M,N] = a [M,K] x w^T with w a storage-typed [N,K] matrix (rows of K values).
+/// Small M uses hand-written dot products over the blocks; larger M dequantizes `chunk` rows of w
+/// at a time into `scratch` (chunk * K floats) and calls sgemm.
+void lc_matmul_quantized(int dtype, float *out, const float *a, const void *w, int64_t m,
+                         int64_t n, int64_t k, float *scratch, int64_t chunk);
+/// y[n] = dot(x, dequant(w[n, :])) for a storage-typed w [N,K]: the decoding kernel.
+void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int64_t n, int64_t k);
+/// The plain reference loop of lc_matvec_quantized (dequantize a row, dot in f32).
+void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const void *w, int64_t n,
+                                   int64_t k);
+
+// ---- measurement ----------------------------------------------------------------------------
+/// A bare cblas_sgemm call, out [M,N] = a [M,K] x w ([K,N], or [N,K] with trans_b): the
+/// baseline lorac's GEMM path is measured against.
+void lc_sgemm_baseline(const float *a, const float *w, float *out, int64_t m, int64_t n,
+                       int64_t k, int trans_b);
+/// Sums n floats with every core (a plain memory-read loop: the bandwidth baseline).
+float lc_memory_read(const float *x, int64_t n);
+
+// ---- positions ------------------------------------------------------------------------------
+/// Rotary embedding of x [P, H, D] at positions[P]; pairs (k, k + D/2), or (2k, 2k + 1) when
+/// interleaved; angle = position * theta^(-2k/D).
+void lc_rope_f32(float *out, const float *x, const int32_t *positions, int64_t p, int64_t h,
+                 int64_t d, double theta, int interleaved);
+
+#endif

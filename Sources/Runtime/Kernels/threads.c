@@ -1,0 +1,67 @@
+// Thread settings and CPU feature detection.
+#include "lorac_kernels.h"
+
+#include <unistd.h>
+
+#include "internal.h"
+
+// Declared here rather than through omp.h / cblas.h so the target needs no extra include paths
+// (Swift's clang ships no omp.h; see the team's toolchain notes).
+extern void omp_set_num_threads(int);
+extern int omp_get_max_threads(void);
+extern void openblas_set_num_threads(int);
+
+static int lc_threads = 0;
+
+int lc_core_count(void) {
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  return cores > 0 ? (int)cores : 1;
+}
+
+void lc_set_threads(int n) {
+  if (n < 1) n = lc_core_count();
+  lc_threads = n;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+int lc_get_threads(void) {
+  if (lc_threads == 0) lc_set_threads(0);
+  return lc_threads;
+}
+
+int lc_cpu_features(void) {
+  __builtin_cpu_init();
+  int features = 0;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) features |= 1;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) features |= 2;
+  if (__builtin_cpu_supports("avx512vnni")) features |= 4;
+  return features;
+}
+
+LC_CLONES static float sum_range(const float *x, int64_t n) {
+  float lanes[16] = {0};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    for (int j = 0; j < 16; j++) lanes[j] += x[i + j];
+  }
+  float total = 0;
+  for (int j = 0; j < 16; j++) total += lanes[j];
+  for (; i < n; i++) total += x[i];
+  return total;
+}
+
+float lc_memory_read(const float *x, int64_t n) {
+  int threads = lc_get_threads();
+  float partial[256] = {0};
+  if (threads > 256) threads = 256;
+  int64_t per = (n + threads - 1) / threads;
+#pragma omp parallel for schedule(static)
+  for (int t = 0; t < threads; t++) {
+    int64_t start = t * per, end = start + per < n ? start + per : n;
+    partial[t] = start < end ? sum_range(x + start, end - start) : 0;
+  }
+  float total = 0;
+  for (int t = 0; t < threads; t++) total += partial[t];
+  return total;
+}

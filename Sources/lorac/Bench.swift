@@ -1,0 +1,43 @@
+import ArgumentParser
+import Runtime
+
+/// `lorac bench`: measures lorac against baselines run on the same machine in the same run.
+struct Bench: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Benchmark lorac against baselines measured in the same run.",
+    subcommands: [Kernels.self])
+
+  /// `lorac bench kernels`.
+  struct Kernels: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "GEMM against cblas_sgemm and decoding mat-vecs against memory bandwidth.",
+      discussion: "Medians of --runs runs after a warm-up, at each of --threads.")
+
+    @Option(help: "Runs per figure after one warm-up run.")
+    var runs: Int = 5
+
+    @Option(help: "Comma-separated thread counts.")
+    var threads: String = "1,2"
+
+    @Flag(help: "Print one JSON object keyed by benchmark and thread count.")
+    var json = false
+
+    func validate() throws {
+      if runs < 1 { throw ValidationError("--runs must be at least 1, got \(runs)") }
+      if parsedThreads == nil {
+        throw ValidationError("--threads must be positive integers like 1,2, got '\(threads)'")
+      }
+    }
+
+    private var parsedThreads: [Int]? {
+      let values = threads.split(separator: ",").map { Int($0) }
+      guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) > 0 }) else { return nil }
+      return values.compactMap { $0 }
+    }
+
+    func run() throws {
+      let results = try KernelBenchmarks.run(threads: parsedThreads ?? [1], runs: runs)
+      print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
+    }
+  }
+}

@@ -1,0 +1,164 @@
+import Foundation
+import IR
+import Models
+import Runtime
+import Testing
+
+/// Random bytes for a storage-typed tensor with sane block scales (so no value is inf or NaN).
+func randomStorage(_ type: TensorType, seed: UInt64) throws -> HostTensor {
+  var generator = SplitMix64(seed: seed)
+  var bytes = (0..<type.byteCount).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+  func setHalf(_ offset: Int, _ value: Float) {
+    let bits = halfFromFloat(value)
+    bytes[offset] = UInt8(bits & 0xFF)
+    bytes[offset + 1] = UInt8(bits >> 8)
+  }
+  let blocks = type.byteCount / type.dtype.blockBytes
+  for block in 0..<blocks {
+    let base = block * type.dtype.blockBytes
+    let scale = Float(generator.nextUnit() * 0.05 + 0.001)
+    switch type.dtype {
+    case .f16: setHalf(base, Float(generator.nextUnit() * 2 - 1))
+    case .bf16:
+      let bits = bfloat16FromFloat(Float(generator.nextUnit() * 2 - 1))
+      bytes[base] = UInt8(bits & 0xFF)
+      bytes[base + 1] = UInt8(bits >> 8)
+    case .q8_0: setHalf(base, scale)
+    case .q4_1:
+      setHalf(base, scale)
+      setHalf(base + 2, -8 * scale)
+    case .q4_k:
+      setHalf(base, scale)
+      setHalf(base + 2, scale)
+    case .q6_k: setHalf(base + 208, scale)
+    case .f32, .i32: break
+    }
+  }
+  if type.dtype == .f32 {
+    return HostTensor(
+      shape: type.shape,
+      floats: (0..<type.elementCount).map { _ in Float(generator.nextUnit() - 0.5) })
+  }
+  return try HostTensor(type: type, data: Data(bytes))
+}
+
+/// A randomly initialised 2-layer Llama-shaped decoder with grouped-query attention.
+let tinyLlama = LlamaConfig(
+  vocabularySize: 67, embeddingLength: 64, layerCount: 2, headCount: 4, keyValueHeadCount: 2,
+  feedForwardLength: 96, ropeTheta: 10_000, normEpsilon: 1e-5)
+
+func randomWeights(_ graph: Graph, seed: UInt64) throws -> [String: HostTensor] {
+  var weights: [String: HostTensor] = [:]
+  for (offset, declaration) in graph.declarations.enumerated() where declaration.kind == .constant {
+    let type = graph.type(of: declaration.value)
+    weights[declaration.name] = try randomStorage(type, seed: seed &+ UInt64(offset))
+  }
+  return weights
+}
+
+extension RuntimeSuite {
+  @Test(arguments: [DType.f16, .bf16, .q8_0, .q4_1, .q4_k, .q6_k])
+  func quantizedMatmulAndGatherReadBlocksDirectly(_ dtype: DType) throws {
+    let k = dtype.blockSize >= 256 ? 512 : 96  // Several blocks per row.
+    for m in [1, 3, 7, 33] {
+      for n in [1, 7, 129] {
+        let b = GraphBuilder(name: "q")
+        let x = try b.input(name: "x", shape: [m, k])
+        let w = try b.constant(name: "w", shape: [n, k], dtype: dtype)
+        let graph = try b.finish(outputs: [try matmul(x, w, transposeB: true)])
+        let weight = try randomStorage(TensorType(dtype, [n, k]), seed: UInt64(m * 1000 + n))
+        #expect(
+          try compareWithInterpreter(graph, constants: ["w": weight], scale: .tensor)
+            <= accumulationBound, "\(dtype) \(m)x\(n)")
+      }
+    }
+    let b = GraphBuilder(name: "embed")
+    let ids = try b.input(name: "ids", shape: [2, 5], dtype: .i32)
+    let table = try b.constant(name: "table", shape: [9, k], dtype: dtype)
+    let graph = try b.finish(outputs: [try gather(table, ids, axis: 0), try table.cast(to: .f32)])
+    let weight = try randomStorage(TensorType(dtype, [9, k]), seed: 5)
+    #expect(try compareWithInterpreter(graph, intLimit: 9, constants: ["table": weight]) == exact)
+  }
+
+  @Test func quantizedDotProductsMatchTheirReferenceLoops() throws {
+    // The hand-written AVX2 q8_0 / q4_1 dot products against the plain loop kept beside them.
+    for dtype in [DType.q8_0, .q4_1] {
+      let (n, k) = (129, 576)
+      let weight = try randomStorage(TensorType(dtype, [n, k]), seed: 11)
+      let x = randomTensor(TensorType(.f32, [k]), seed: 3).floats
+      let fast = matvec(dtype, weight, x, reference: false)
+      let plain = matvec(dtype, weight, x, reference: true)
+      for (a, b) in zip(fast, plain) { #expect(abs(a - b) <= 1e-4 * (1 + abs(b))) }
+    }
+  }
+
+  @Test func mlpMatchesInterpreter() throws {
+    let graph = try MLP.trace(batch: 4)
+    let executable = try Executable(graph)
+    let x = HostTensor(shape: [4, 2], floats: MLP.xorInputs)
+    let labels = HostTensor(shape: [4, 2], floats: MLP.xorLabels)
+    let outputs = try executable.run(inputs: ["x": x, "labels": labels])
+    let expected = try Interpreter().run(
+      graph, bindings: ["x": DenseTensor(x), "labels": DenseTensor(labels)])
+    for (actual, reference) in zip(outputs, expected) {
+      for (a, b) in zip(actual.floats(), reference.floats) {
+        #expect(abs(a - b) <= 1e-5 * (1 + abs(b)))
+      }
+    }
+    // The arena reuses space: less than the sum of all intermediates.
+    #expect(executable.plan.arenaBytes < executable.plan.naiveBytes)
+  }
+
+  @Test func twoLayerLlamaMatchesInterpreter() throws {
+    for quantized in [false, true] {
+      let graph = try Llama.trace(tinyLlama, batch: 2, sequence: 7) { name in
+        quantized && name.hasSuffix("attn_q.weight")
+          ? .q8_0 : quantized && name.hasSuffix("ffn_up.weight") ? .q4_1 : nil
+      }
+      let weights = try randomWeights(graph, seed: 42)
+      var bindings = weights.mapValues(DenseTensor.init)
+      let tokens = randomTensor(TensorType(.i32, [2, 7]), seed: 9, intLimit: 67)
+      let positions = DenseTensor(shape: [2, 7], ints: (0..<14).map { Int32($0 % 7) })
+      bindings["tokens"] = tokens
+      bindings["positions"] = positions
+      let expected = try Interpreter().run(graph, bindings: bindings)[0]
+      let executable = try Executable(graph, constants: weights)
+      let actual = try executable.run(inputs: ["tokens": tokens.host, "positions": positions.host])[
+        0]
+      var worst = 0.0
+      for (a, b) in zip(DenseTensor(actual).scalars, expected.scalars) {
+        worst = max(worst, abs(a - b) / (1 + abs(b)))
+      }
+      #expect(worst <= 1e-4, "quantized: \(quantized)")
+      #expect(executable.plan.arenaBytes < executable.plan.naiveBytes / 2)
+    }
+  }
+
+  @Test func sameThreadCountGivesBitIdenticalOutputs() throws {
+    let graph = try Llama.trace(tinyLlama, batch: 2, sequence: 7)
+    let weights = try randomWeights(graph, seed: 1)
+    let inputs = [
+      "tokens": randomTensor(TensorType(.i32, [2, 7]), seed: 2, intLimit: 67).host,
+      "positions": HostTensor(shape: [2, 7], ints: (0..<14).map { Int32($0 % 7) }),
+    ]
+    for threads in [1, 2] {
+      Threads.set(threads)
+      let first = try Executable(graph, constants: weights).run(inputs: inputs)
+      let second = try Executable(graph, constants: weights).run(inputs: inputs)
+      #expect(first == second)
+    }
+    Threads.set(nil)
+  }
+
+  @Test func bindingErrorsNameTheValue() throws {
+    let graph = try MLP.trace()
+    #expect(throws: RuntimeError(message: "'x' is f32[4,2], got f32[2,4]")) {
+      try Executable(graph).set(
+        "x", HostTensor(shape: [2, 4], floats: [Float](repeating: 0, count: 8)))
+    }
+    let llama = try Llama.trace(tinyLlama, batch: 1, sequence: 2)
+    #expect(throws: RuntimeError(message: "no data for constant @token_embd.weight : f32[67,64]")) {
+      try Executable(llama)
+    }
+  }
+}

@@ -1,0 +1,82 @@
+import CKernels
+import Foundation
+import IR
+import Runtime
+import Testing
+
+/// Random dense values for a type: floats in [-2, 2), ints in [0, limit).
+func randomTensor(_ type: TensorType, seed: UInt64, intLimit: Int = 4) -> DenseTensor {
+  var generator = SplitMix64(seed: seed)
+  let count = type.elementCount
+  if type.dtype == .i32 {
+    return DenseTensor(
+      dtype: .i32, shape: type.shape,
+      scalars: (0..<count).map { _ in Double(Int(generator.next() % UInt64(intLimit))) })
+  }
+  return DenseTensor(
+    dtype: .f32, shape: type.shape,
+    scalars: (0..<count).map { _ in Double(Float(generator.nextUnit() * 4 - 2)) })
+}
+
+/// How a difference is scaled: by each element's magnitude, or by the tensor's largest one (for
+/// sums and products, whose rounding error grows with the terms, not with the result).
+enum Scale { case element, tensor }
+
+/// The serialized suite every runtime test belongs to: OpenMP and OpenBLAS settings are process-
+/// wide, so runtime tests do not run concurrently.
+@Suite(.serialized) struct RuntimeSuite {}
+
+/// Runs `graph` with the executable and with the f32 reference interpreter on the same random
+/// inputs and returns the largest difference over all outputs, relative to `1 + |reference|`
+/// (per element, or the largest |reference| of the tensor).
+func compareWithInterpreter(
+  _ graph: Graph, seed: UInt64 = 1, intLimit: Int = 4, constants: [String: HostTensor] = [:],
+  scale: Scale = .element
+) throws -> Double {
+  var bindings: [String: DenseTensor] = [:]
+  var hostInputs: [String: HostTensor] = [:]
+  for (offset, input) in graph.inputs.enumerated() {
+    let value = randomTensor(
+      graph.type(of: input.value), seed: seed &+ UInt64(offset), intLimit: intLimit)
+    bindings[input.name] = value
+    hostInputs[input.name] = value.host
+  }
+  for (name, tensor) in constants { bindings[name] = DenseTensor(tensor) }
+  let expected = try Interpreter(precision: .f32).run(graph, bindings: bindings)
+  let executable = try Executable(graph, constants: constants)
+  let actual = try executable.run(inputs: hostInputs)
+  var worst = 0.0
+  for (reference, result) in zip(expected, actual) {
+    #expect(result.type == reference.type)
+    let values = DenseTensor(result).scalars
+    let largest = reference.scalars.map(abs).filter(\.isFinite).max() ?? 0
+    for (a, b) in zip(values, reference.scalars) {
+      if a.isNaN && b.isNaN { continue }
+      if a == b { continue }
+      worst = max(worst, abs(a - b) / (1 + (scale == .element ? abs(b) : largest)))
+    }
+  }
+  return worst
+}
+
+/// y = W x for a storage-typed W [n, k] through the fast or the reference kernel.
+func matvec(_ dtype: DType, _ weight: HostTensor, _ x: [Float], reference: Bool) -> [Float] {
+  let n = weight.type.shape[0]
+  let k = weight.type.shape[1]
+  var y = [Float](repeating: 0, count: n)
+  let code = Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
+  weight.data.withUnsafeBytes { w in
+    x.withUnsafeBufferPointer { xs in
+      y.withUnsafeMutableBufferPointer { ys in
+        if reference {
+          lc_matvec_quantized_reference(
+            code, ys.baseAddress, xs.baseAddress, w.baseAddress, Int64(n), Int64(k))
+        } else {
+          lc_matvec_quantized(
+            code, ys.baseAddress, xs.baseAddress, w.baseAddress, Int64(n), Int64(k))
+        }
+      }
+    }
+  }
+  return y
+}
