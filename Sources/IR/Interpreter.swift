@@ -24,8 +24,8 @@ public enum InterpreterOperand: Sendable {
 
 /// The reference interpreter: every op in plain Swift, computed in `Double`.
 ///
-/// Obviously correct
-/// rather than fast. It is the oracle kernels, passes and autodiff are tested against.
+/// Obviously correct rather than fast: it is the oracle that kernels, passes and autodiff are
+/// tested against.
 ///
 /// Sums and dot products accumulate in `Double` and round once. `i32` arithmetic wraps; integer
 /// division truncates toward zero and `x / 0 == 0`.
