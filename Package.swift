@@ -43,8 +43,9 @@ let package = Package(
       path: "Benchmarks/LoracBench"
     ),
     .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
+    .testTarget(name: "PassesTests", dependencies: ["Passes", "IR", "Models", "Runtime"]),
     .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models"]),
-    .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"], exclude: ["Golden"]),
+    .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"]),
     .testTarget(name: "LoracTests", dependencies: ["lorac", "IR"]),
   ]
 )

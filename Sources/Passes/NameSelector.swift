@@ -1,0 +1,90 @@
+/// A glob over dotted names: `*` matches any run of characters (dots included), `?` one
+/// character, `{a,b,c}` one of the alternatives (which may hold globs); a comma-free list like
+/// `layers.*.attn.{q,k,v,o}`.
+public struct NameSelector: Hashable, Sendable, CustomStringConvertible, ExpressibleByStringLiteral
+{
+  public let pattern: String
+  private let alternatives: [[Character]]
+
+  /// Parses a glob; unbalanced braces are an error.
+  public init(_ pattern: String) throws(PassError) {
+    self.pattern = pattern
+    alternatives = try NameSelector.expand(Array(pattern))
+  }
+
+  public init(stringLiteral pattern: String) {
+    // Literals in code are written correctly; a bad one matches nothing.
+    self.pattern = pattern
+    alternatives = (try? NameSelector.expand(Array(pattern))) ?? []
+  }
+
+  public var description: String { pattern }
+
+  /// Whether `name` matches.
+  public func matches(_ name: String) -> Bool {
+    let text = Array(name)
+    return alternatives.contains { NameSelector.match(Array($0[...]), text) }
+  }
+
+  /// Expands `{a,b}` groups into plain globs (`*` and `?` only).
+  private static func expand(_ pattern: [Character]) throws(PassError) -> [[Character]] {
+    guard let open = pattern.firstIndex(of: "{") else {
+      if pattern.contains("}") {
+        throw PassError(message: "unbalanced '}' in pattern '\(String(pattern))'")
+      }
+      return [pattern]
+    }
+    var depth = 0
+    var close: Int?
+    var splits: [Int] = []
+    for index in open..<pattern.count {
+      switch pattern[index] {
+      case "{": depth += 1
+      case "}":
+        depth -= 1
+        if depth == 0 { close = index }
+      case "," where depth == 1: splits.append(index)
+      default: break
+      }
+      if close != nil { break }
+    }
+    guard let close else {
+      throw PassError(message: "unbalanced '{' in pattern '\(String(pattern))'")
+    }
+    let prefix = Array(pattern[..<open])
+    let suffix = Array(pattern[(close + 1)...])
+    var bounds = [open] + splits + [close]
+    var result: [[Character]] = []
+    for k in 0..<(bounds.count - 1) {
+      let choice = Array(pattern[(bounds[k] + 1)..<bounds[k + 1]])
+      for expanded in try expand(prefix + choice + suffix) { result.append(expanded) }
+    }
+    bounds.removeAll()
+    return result
+  }
+
+  private static func match(_ pattern: [Character], _ text: [Character]) -> Bool {
+    // Iterative glob matching with backtracking over the last `*`.
+    var (p, t) = (0, 0)
+    var star: Int?
+    var resume = 0
+    while t < text.count {
+      if p < pattern.count && (pattern[p] == "?" || pattern[p] == text[t]) {
+        p += 1
+        t += 1
+      } else if p < pattern.count && pattern[p] == "*" {
+        star = p
+        resume = t
+        p += 1
+      } else if let star {
+        p = star + 1
+        resume += 1
+        t = resume
+      } else {
+        return false
+      }
+    }
+    while p < pattern.count && pattern[p] == "*" { p += 1 }
+    return p == pattern.count
+  }
+}
