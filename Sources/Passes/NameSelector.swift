@@ -7,7 +7,7 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
   private let alternatives: [[Character]]
 
   /// Parses a glob; unbalanced braces are an error.
-  public init(_ pattern: String) throws(PassError) {
+  public init(parsing pattern: String) throws(PassError) {
     self.pattern = pattern
     alternatives = try NameSelector.expand(Array(pattern))
   }

@@ -61,7 +61,7 @@ public struct PassOptions: Sendable {
 
   /// A name glob option.
   public func selector(_ key: String, default value: String) throws(PassError) -> NameSelector {
-    try NameSelector(text(key) ?? value)
+    try NameSelector(parsing: text(key) ?? value)
   }
 
   /// Fails on options the pass does not accept.

@@ -100,6 +100,16 @@ public final class Executable {
     return copy(binding.value)
   }
 
+  /// The value and buffer of a parameter or state, for optimizers in this module.
+  func parameterStorage(_ name: String) throws(RuntimeError) -> (Value, UnsafeMutableRawPointer) {
+    guard let binding = bindable[name],
+      graph.declarations.contains(where: { $0.name == name && $0.kind != .constant })
+    else {
+      throw RuntimeError(message: "no parameter named '\(name)'")
+    }
+    return (binding.value, binding.address)
+  }
+
   /// A copy of output `index` as computed by the last run.
   public func output(_ index: Int) -> HostTensor { copy(graph.outputs[index]) }
 

@@ -119,6 +119,16 @@ void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int
 void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const void *w, int64_t n,
                                    int64_t k);
 
+// ---- optimizer ------------------------------------------------------------------------------
+/// One AdamW step (PyTorch's formulation, decoupled weight decay) on n elements:
+/// g = grad * grad_scale; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+/// param -= lr (wd param + (m / bc1) / (sqrt(v / bc2) + eps)), with bc_k = 1 - b_k^step.
+void lc_adamw_f32(float *param, const float *grad, float *m, float *v, int64_t n, float lr,
+                  float beta1, float beta2, float epsilon, float weight_decay,
+                  float bias_correction1, float bias_correction2, float grad_scale);
+/// The sum of squares of n floats, accumulated in double (for global-norm clipping).
+double lc_sum_squares_f32(const float *x, int64_t n);
+
 // ---- measurement ----------------------------------------------------------------------------
 /// A bare cblas_sgemm call, out [M,N] = a [M,K] x w ([K,N], or [N,K] with trans_b): the
 /// baseline lorac's GEMM path is measured against.
