@@ -142,3 +142,70 @@ public enum Llama {
     return try b.finish(outputs: [logits])
   }
 }
+
+extension LlamaConfig {
+  /// Reads the hyper-parameters of a Llama-family GGUF file from its metadata alone.
+  ///
+  /// - Throws: `GGUFError` naming the missing or invalid key.
+  public init(gguf file: GGUFFile) throws(GGUFError) {
+    guard let architecture = file["general.architecture"]?.string else {
+      throw GGUFError(message: "\(file.path): no general.architecture")
+    }
+    guard ["llama", "mistral", "granite"].contains(architecture) || architecture == "smollm" else {
+      throw GGUFError(
+        message: "\(file.path): architecture '\(architecture)' is not supported (expected llama)")
+    }
+    func integer(_ key: String) throws(GGUFError) -> Int {
+      guard let value = file["\(architecture).\(key)"]?.integer, value > 0 else {
+        throw GGUFError(message: "\(file.path): missing or invalid \(architecture).\(key)")
+      }
+      return value
+    }
+    let embedding = try integer("embedding_length")
+    let heads = try integer("attention.head_count")
+    let vocabulary: Int
+    if let size = file["\(architecture).vocab_size"]?.integer {
+      vocabulary = size
+    } else if let tokens = file["tokenizer.ggml.tokens"]?.array {
+      vocabulary = tokens.count
+    } else if let embed = file.info("token_embd.weight") {
+      vocabulary = embed.shape[0]
+    } else {
+      throw GGUFError(message: "\(file.path): cannot tell the vocabulary size")
+    }
+    self.init(
+      vocabularySize: vocabulary, embeddingLength: embedding,
+      layerCount: try integer("block_count"), headCount: heads,
+      keyValueHeadCount: file["\(architecture).attention.head_count_kv"]?.integer ?? heads,
+      feedForwardLength: try integer("feed_forward_length"),
+      ropeTheta: file["\(architecture).rope.freq_base"]?.number ?? 10_000,
+      normEpsilon: file["\(architecture).attention.layer_norm_rms_epsilon"]?.number ?? 1e-5,
+      tiedEmbeddings: file.info("output.weight") == nil, interleavedRope: true)
+  }
+}
+
+/// A Llama-family model loaded from GGUF: its hyper-parameters and its weights, memory-mapped.
+public struct LlamaModel: Sendable {
+  public let file: GGUFFile
+  public let config: LlamaConfig
+
+  /// Opens a GGUF model and reads its hyper-parameters.
+  public init(path: String) throws(GGUFError) {
+    file = try GGUFFile(path: path)
+    config = try LlamaConfig(gguf: file)
+  }
+
+  /// Traces the forward graph with each weight in its stored dtype.
+  public func trace(batch: Int, sequence: Int) throws(TraceError) -> Graph {
+    try Llama.trace(config, batch: batch, sequence: sequence) { name in file.info(name)?.dtype }
+  }
+
+  /// The weights a traced graph declares, bound by name without copying.
+  public func weights(for graph: Graph) throws(GGUFError) -> [String: HostTensor] {
+    var result: [String: HostTensor] = [:]
+    for declaration in graph.declarations where declaration.kind == .constant {
+      result[declaration.name] = try file.tensor(named: declaration.name)
+    }
+    return result
+  }
+}
