@@ -43,9 +43,10 @@ let package = Package(
       path: "Benchmarks/LoracBench"
     ),
     .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
-    .testTarget(name: "PassesTests", dependencies: ["Passes", "IR", "Models", "Runtime"]),
+    .testTarget(name: "PassesTests", dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels"]),
     .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models"]),
-    .testTarget(name: "ModelsTests", dependencies: ["Models", "IR"]),
+    .testTarget(
+      name: "ModelsTests", dependencies: ["Models", "IR", "Runtime", "CKernels"], exclude: ["Golden"]),
     .testTarget(name: "LoracTests", dependencies: ["lorac", "IR"]),
   ]
 )

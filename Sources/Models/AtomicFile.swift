@@ -4,7 +4,8 @@ import Foundation
 /// then renamed over the target, so readers see the old file or the new one, never a part.
 public func writeAtomically(_ data: Data, to url: URL) throws(FileError) {
   let folder = url.deletingLastPathComponent()
-  let temporary = folder.appendingPathComponent(".\(url.lastPathComponent).\(UUID().uuidString).tmp")
+  let temporary = folder.appendingPathComponent(
+    ".\(url.lastPathComponent).\(UUID().uuidString).tmp")
   guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
     throw FileError(message: "\(url.path): cannot create a file in \(folder.path)")
   }

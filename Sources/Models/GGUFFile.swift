@@ -153,7 +153,9 @@ public struct GGUFFile: Sendable {
       guard let value = metadata[index].value.integer, value > 0, value & (value - 1) == 0,
         value <= 1 << 20
       else {
-        throw GGUFError(message: "\(path): general.alignment must be a power of two, got \(metadata[index].value)")
+        throw GGUFError(
+          message: "\(path): general.alignment must be a power of two, got \(metadata[index].value)"
+        )
       }
       alignment = value
     }
@@ -166,7 +168,8 @@ public struct GGUFFile: Sendable {
       if index[name] != nil { throw reader.error(at: at, "duplicate tensor name '\(name)'") }
       let dimensions = try reader.u32("the dimension count of '\(name)'")
       guard (1...4).contains(dimensions) else {
-        throw reader.error(at: at, "tensor '\(name)' has \(dimensions) dimensions (expected 1 to 4)")
+        throw reader.error(
+          at: at, "tensor '\(name)' has \(dimensions) dimensions (expected 1 to 4)")
       }
       var ne: [Int] = []
       var elements = 1
@@ -188,11 +191,14 @@ public struct GGUFFile: Sendable {
       }
       guard ne[0] % type.block == 0 else {
         throw reader.error(
-          at: at, "tensor '\(name)': rows of \(ne[0]) are not whole \(type.name) blocks of \(type.block)")
+          at: at,
+          "tensor '\(name)': rows of \(ne[0]) are not whole \(type.name) blocks of \(type.block)")
       }
       let offset = try reader.u64("the offset of '\(name)'")
       guard offset % UInt64(alignment) == 0 else {
-        throw reader.error(at: at, "tensor '\(name)' offset \(offset) is not a multiple of the alignment \(alignment)")
+        throw reader.error(
+          at: at,
+          "tensor '\(name)' offset \(offset) is not a multiple of the alignment \(alignment)")
       }
       guard offset <= UInt64(mapping.bytes.count) else {
         throw reader.error(at: at, "tensor '\(name)' offset \(offset) is past the end of the file")
@@ -209,9 +215,12 @@ public struct GGUFFile: Sendable {
     // Every tensor lies inside the file, and no two overlap.
     for tensor in tensors.sorted(by: { $0.offset < $1.offset }).enumerated() {
       let start = dataOffset + tensor.element.offset
-      guard start <= mapping.bytes.count, tensor.element.byteCount <= mapping.bytes.count - start else {
+      guard start <= mapping.bytes.count, tensor.element.byteCount <= mapping.bytes.count - start
+      else {
         throw GGUFError(
-          message: "\(path): tensor '\(tensor.element.name)' (\(tensor.element.byteCount) bytes at offset \(start)) extends past the end of the file (\(mapping.bytes.count) bytes)")
+          message:
+            "\(path): tensor '\(tensor.element.name)' (\(tensor.element.byteCount) bytes at offset \(start)) extends past the end of the file (\(mapping.bytes.count) bytes)"
+        )
       }
     }
     let ordered = tensors.sorted { $0.offset < $1.offset }
@@ -233,9 +242,13 @@ public struct GGUFFile: Sendable {
 
   /// A tensor as lorac's kernels read it, sharing the file's memory (no copy).
   public func tensor(named name: String) throws(GGUFError) -> HostTensor {
-    guard let info = info(name) else { throw GGUFError(message: "\(path): no tensor named '\(name)'") }
+    guard let info = info(name) else {
+      throw GGUFError(message: "\(path): no tensor named '\(name)'")
+    }
     guard let dtype = info.dtype else {
-      throw GGUFError(message: "\(path): tensor '\(name)' is \(info.typeName), which lorac does not read directly")
+      throw GGUFError(
+        message: "\(path): tensor '\(name)' is \(info.typeName), which lorac does not read directly"
+      )
     }
     let data = mapping.data(offset: dataOffset + info.offset, count: info.byteCount)
     do {
@@ -247,7 +260,9 @@ public struct GGUFFile: Sendable {
 
   /// A tensor decoded to f32 (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
   public func dequantized(named name: String) throws(GGUFError) -> [Float] {
-    guard let info = info(name) else { throw GGUFError(message: "\(path): no tensor named '\(name)'") }
+    guard let info = info(name) else {
+      throw GGUFError(message: "\(path): no tensor named '\(name)'")
+    }
     if info.typeID == 2 {  // Q4_0: f16 d; u8 qs[16]; x = (nibble - 8) d, low nibbles first.
       let bytes = mapping.data(offset: dataOffset + info.offset, count: info.byteCount)
       var values = [Float](repeating: 0, count: info.shape.reduce(1, *))
@@ -294,7 +309,8 @@ struct ByteReader {
 
   private mutating func take(_ count: Int, _ what: String) throws(GGUFError) -> Int {
     guard count <= remaining else {
-      throw error(at: offset, "file ends while reading \(what) (\(count) bytes needed, \(remaining) left)")
+      throw error(
+        at: offset, "file ends while reading \(what) (\(count) bytes needed, \(remaining) left)")
     }
     defer { offset += count }
     return offset
@@ -359,7 +375,9 @@ struct ByteReader {
       guard depth < 4 else { throw error(at: offset, "'\(key)' nests arrays too deeply") }
       let at = offset
       let elementType = try u32("the element type of '\(key)'")
-      let minimum = [0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: 8, 9: 12, 10: 8, 11: 8, 12: 8][Int(elementType)]
+      let minimum = [
+        0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 8: 8, 9: 12, 10: 8, 11: 8, 12: 8,
+      ][Int(elementType)]
       guard let minimum else {
         throw error(at: at, "'\(key)' is an array of unknown type \(elementType)")
       }

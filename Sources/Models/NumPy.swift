@@ -7,7 +7,9 @@ public enum NumPy {
   public static func encode(_ tensor: HostTensor) -> Data {
     let descriptor = tensor.type.dtype == .i32 ? "<i4" : "<f4"
     let shape = tensor.type.shape
-    let shapeText = shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
+    let shapeText =
+      shape.count == 1
+      ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
     var header = "{'descr': '\(descriptor)', 'fortran_order': False, 'shape': \(shapeText), }"
     // Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64,
     // ending in a newline.

@@ -35,10 +35,12 @@ struct Logits: ParsableCommand {
       let executable = try Executable(graph, constants: try loaded.weights(for: graph))
       let outputs = try executable.run(inputs: [
         "tokens": HostTensor(shape: [1, tokens.count], ints: tokens),
-        "positions": HostTensor(shape: [1, tokens.count], ints: (0..<tokens.count).map { Int32($0) }),
+        "positions": HostTensor(
+          shape: [1, tokens.count], ints: (0..<tokens.count).map { Int32($0) }),
       ])
       let vocabulary = loaded.config.vocabularySize
-      logits = try HostTensor(type: TensorType(.f32, [tokens.count, vocabulary]), data: outputs[0].data)
+      logits = try HostTensor(
+        type: TensorType(.f32, [tokens.count, vocabulary]), data: outputs[0].data)
     } catch {
       fail("\(error)")
     }

@@ -7,6 +7,8 @@ struct Lorac: ParsableCommand {
     commandName: "lorac",
     abstract: "An ahead-of-time compiler for LoRA fine-tuning and inference on CPUs.",
     version: "lorac 0.1.0",
-    subcommands: [DumpIR.self, CheckIR.self, Interpret.self, Logits.self, Bench.self]
+    subcommands: [
+      DumpIR.self, CheckIR.self, Interpret.self, Tokenize.self, Logits.self, Bench.self,
+    ]
   )
 }

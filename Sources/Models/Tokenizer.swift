@@ -1,0 +1,335 @@
+import IR
+
+/// A byte-level BPE tokenizer built from a GGUF file's tokenizer metadata (`gpt2` model), with
+/// llama.cpp's pre-tokenizers and special-token handling.
+///
+/// Encoding: split out control tokens (when asked), pre-tokenize (for `smollm`: every numeric code
+/// point alone, then the GPT-2 pattern), map each piece's bytes to GPT-2's printable characters,
+/// merge by rank, map to ids. Decoding reverses the byte mapping.
+public struct Tokenizer: Sendable {
+  /// Token texts by id.
+  public let tokens: [String]
+  /// Ids of control tokens (`<|im_start|>` ...), matched in text only when asked.
+  public let controlTokens: [Int32]
+  public let beginOfSequence: Int32?
+  public let endOfSequence: Int32?
+  /// Whether the model expects BOS before a prompt (`tokenizer.ggml.add_bos_token`).
+  public let addsBeginOfSequence: Bool
+  /// The pre-tokenizer's name (`tokenizer.ggml.pre`).
+  public let preTokenizer: String
+  /// The chat template text, if the file has one.
+  public let chatTemplate: String?
+
+  private let ids: [String: Int32]
+  private let ranks: [Pair: Int]
+  private let controlByText: [(text: [UInt8], id: Int32)]
+
+  private struct Pair: Hashable {
+    var left: String
+    var right: String
+  }
+
+  /// The pre-tokenizers implemented, by `tokenizer.ggml.pre` name.
+  public static let supportedPreTokenizers: Set<String> = [
+    "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "gpt-2",
+    "default",
+  ]
+
+  /// Builds the tokenizer from GGUF metadata.
+  ///
+  /// - Throws: `GGUFError` for a missing vocabulary, a tokenizer model other than `gpt2`, an
+  ///   unsupported pre-tokenizer, or malformed merges.
+  public init(gguf file: GGUFFile) throws(GGUFError) {
+    func fail(_ message: String) -> GGUFError { GGUFError(message: "\(file.path): \(message)") }
+    guard file["tokenizer.ggml.model"]?.string == "gpt2" else {
+      throw fail(
+        "tokenizer model '\(file["tokenizer.ggml.model"]?.string ?? "none")' is not supported (expected gpt2)"
+      )
+    }
+    let pre = file["tokenizer.ggml.pre"]?.string ?? "default"
+    guard Tokenizer.supportedPreTokenizers.contains(pre) else {
+      throw fail(
+        "pre-tokenizer '\(pre)' is not supported (supported: \(Tokenizer.supportedPreTokenizers.sorted().joined(separator: ", ")))"
+      )
+    }
+    guard let tokenValues = file["tokenizer.ggml.tokens"]?.array, !tokenValues.isEmpty else {
+      throw fail("no tokenizer.ggml.tokens")
+    }
+    var tokens: [String] = []
+    tokens.reserveCapacity(tokenValues.count)
+    for value in tokenValues {
+      guard let text = value.string else { throw fail("tokenizer.ggml.tokens holds a non-string") }
+      tokens.append(text)
+    }
+    var merges: [Pair: Int] = [:]
+    for (rank, value) in (file["tokenizer.ggml.merges"]?.array ?? []).enumerated() {
+      guard let text = value.string, let space = text.firstIndex(of: " ") else {
+        throw fail("merge \(rank) is not 'left right'")
+      }
+      merges[Pair(left: String(text[..<space]), right: String(text[text.index(after: space)...]))] =
+        rank
+    }
+    let types = file["tokenizer.ggml.token_type"]?.array?.compactMap(\.integer) ?? []
+    let control = types.enumerated().filter { $0.element == 3 }.map { Int32($0.offset) }
+    self.init(
+      tokens: tokens, merges: merges, controlTokens: control,
+      beginOfSequence: file["tokenizer.ggml.bos_token_id"]?.integer.map(Int32.init),
+      endOfSequence: file["tokenizer.ggml.eos_token_id"]?.integer.map(Int32.init),
+      addsBeginOfSequence: file["tokenizer.ggml.add_bos_token"]?.bool ?? false,
+      preTokenizer: pre, chatTemplate: file["tokenizer.chat_template"]?.string)
+  }
+
+  private init(
+    tokens: [String], merges: [Pair: Int], controlTokens: [Int32], beginOfSequence: Int32?,
+    endOfSequence: Int32?, addsBeginOfSequence: Bool, preTokenizer: String, chatTemplate: String?
+  ) {
+    self.tokens = tokens
+    self.ranks = merges
+    self.controlTokens = controlTokens
+    self.beginOfSequence = beginOfSequence
+    self.endOfSequence = endOfSequence
+    self.addsBeginOfSequence = addsBeginOfSequence
+    self.preTokenizer = preTokenizer
+    self.chatTemplate = chatTemplate
+    var ids: [String: Int32] = [:]
+    for (id, text) in tokens.enumerated() where ids[text] == nil { ids[text] = Int32(id) }
+    self.ids = ids
+    // Longest first, so a control token that contains another wins.
+    controlByText = controlTokens.map { (Array(tokens[Int($0)].utf8), $0) }
+      .filter { !$0.0.isEmpty }.sorted { $0.0.count > $1.0.count }
+  }
+
+  // MARK: - Encoding
+
+  /// The ids of `text`; control tokens written in the text become their ids only when
+  /// `parseSpecial` is set (as for chat-formatted data).
+  public func encode(_ text: String, parseSpecial: Bool = false) -> [Int32] {
+    var result: [Int32] = []
+    for segment in parseSpecial ? splitControl(text) : [.text(text)] {
+      switch segment {
+      case .control(let id): result.append(id)
+      case .text(let part):
+        for piece in preTokenize(part) { result += encodePiece(piece) }
+      }
+    }
+    return result
+  }
+
+  private enum Segment {
+    case text(String)
+    case control(Int32)
+  }
+
+  private func splitControl(_ text: String) -> [Segment] {
+    let bytes = Array(text.utf8)
+    var segments: [Segment] = []
+    var start = 0
+    var position = 0
+    while position < bytes.count {
+      if bytes[position] == UInt8(ascii: "<"),
+        let match = controlByText.first(where: { candidate in
+          position + candidate.text.count <= bytes.count
+            && bytes[position..<(position + candidate.text.count)].elementsEqual(candidate.text)
+        })
+      {
+        if start < position {
+          segments.append(.text(String(decoding: bytes[start..<position], as: UTF8.self)))
+        }
+        segments.append(.control(match.id))
+        position += match.text.count
+        start = position
+      } else {
+        position += 1
+      }
+    }
+    if start < bytes.count {
+      segments.append(.text(String(decoding: bytes[start...], as: UTF8.self)))
+    }
+    return segments
+  }
+
+  /// Splits text into pieces the way llama.cpp's pre-tokenizer does.
+  public func preTokenize(_ text: String) -> [[Unicode.Scalar]] {
+    let scalars = Array(text.unicodeScalars)
+    var pieces: [[Unicode.Scalar]] = []
+    // smollm and its family first isolate every numeric code point.
+    let isolatesDigits = preTokenizer != "gpt-2" && preTokenizer != "default"
+    var chunks: [ArraySlice<Unicode.Scalar>] = []
+    if isolatesDigits {
+      var start = 0
+      for (index, scalar) in scalars.enumerated() where Character.Category(scalar) == .number {
+        if start < index { chunks.append(scalars[start..<index]) }
+        chunks.append(scalars[index...index])
+        start = index + 1
+      }
+      if start < scalars.count { chunks.append(scalars[start...]) }
+    } else {
+      chunks = [scalars[...]]
+    }
+    for chunk in chunks { pieces += gpt2Split(Array(chunk)) }
+    return pieces
+  }
+
+  /// The GPT-2 pattern as llama.cpp implements it by hand (each chunk's end acts as end of text).
+  private func gpt2Split(_ text: [Unicode.Scalar]) -> [[Unicode.Scalar]] {
+    var pieces: [[Unicode.Scalar]] = []
+    var position = 0
+    let count = text.count
+    func at(_ index: Int) -> Unicode.Scalar? { index < count ? text[index] : nil }
+    func category(_ index: Int) -> Character.Category {
+      guard let scalar = at(index) else { return .none }
+      return Character.Category(scalar)
+    }
+    while position < count {
+      let start = position
+      let scalar = text[position]
+      // 's|'t|'re|'ve|'m|'ll|'d (case-sensitive).
+      if scalar == "'", let next = at(position + 1) {
+        if ["s", "t", "m", "d"].contains(next) {
+          pieces.append(Array(text[position..<(position + 2)]))
+          position += 2
+          continue
+        }
+        if let third = at(position + 2),
+          (next == "r" && third == "e") || (next == "v" && third == "e")
+            || (next == "l" && third == "l")
+        {
+          pieces.append(Array(text[position..<(position + 3)]))
+          position += 3
+          continue
+        }
+      }
+      let lead = scalar == " " ? category(position + 1) : category(position)
+      let skipSpace = scalar == " " ? 1 : 0
+      switch lead {
+      case .letter:
+        position += skipSpace
+        while category(position) == .letter { position += 1 }
+      case .number:
+        position += skipSpace
+        while category(position) == .number { position += 1 }
+      case .other:
+        position += skipSpace
+        while category(position) == .other { position += 1 }
+      case .whitespace, .none:
+        var spaces = 0
+        while category(position + spaces) == .whitespace { spaces += 1 }
+        if spaces > 1 && at(position + spaces) != nil {
+          position += spaces - 1  // \s+(?!\S): leave the last space for the next word.
+        } else if spaces > 0 {
+          position += spaces
+        } else {
+          position += 1  // Matches nothing: a piece of its own.
+        }
+      }
+      pieces.append(Array(text[start..<position]))
+    }
+    return pieces
+  }
+
+  /// BPE over one piece: its bytes as GPT-2 characters, merged by rank (ties: leftmost).
+  private func encodePiece(_ piece: [Unicode.Scalar]) -> [Int32] {
+    var bytes: [UInt8] = []
+    for scalar in piece { bytes += Array(String(scalar).utf8) }
+    var symbols = bytes.map { String(ByteMapping.character(for: $0)) }
+    while symbols.count > 1 {
+      var best: (rank: Int, index: Int)?
+      for index in 0..<(symbols.count - 1) {
+        if let rank = ranks[Pair(left: symbols[index], right: symbols[index + 1])],
+          best == nil || rank < best!.rank
+        {
+          best = (rank, index)
+        }
+      }
+      guard let best else { break }
+      symbols[best.index] += symbols[best.index + 1]
+      symbols.remove(at: best.index + 1)
+    }
+    var result: [Int32] = []
+    for symbol in symbols {
+      if let id = ids[symbol] {
+        result.append(id)
+      } else {
+        // llama.cpp's fallback: one token per byte; bytes without a token vanish.
+        for character in symbol {
+          if let id = ids[String(character)] { result.append(id) }
+        }
+      }
+    }
+    return result
+  }
+
+  // MARK: - Decoding
+
+  /// The text of `ids`; invalid UTF-8 (a partial character) becomes U+FFFD.
+  public func decode(_ ids: [Int32]) -> String {
+    String(decoding: bytes(ids), as: UTF8.self)
+  }
+
+  /// The raw bytes of `ids`, for streaming (callers hold back incomplete characters).
+  public func bytes(_ ids: [Int32]) -> [UInt8] {
+    var result: [UInt8] = []
+    for id in ids where id >= 0 && Int(id) < tokens.count {
+      for scalar in tokens[Int(id)].unicodeScalars {
+        if let byte = ByteMapping.byte(for: scalar) {
+          result.append(byte)
+        } else {
+          result += Array(String(scalar).utf8)
+        }
+      }
+    }
+    return result
+  }
+}
+
+// MARK: - Character classes
+
+extension Character {
+  /// The classes llama.cpp's GPT-2 splitter distinguishes.
+  fileprivate enum Category: Equatable {
+    case letter, number, whitespace, other, none
+
+    init(_ scalar: Unicode.Scalar) {
+      let properties = scalar.properties
+      if properties.isWhitespace {
+        self = .whitespace
+        return
+      }
+      switch properties.generalCategory {
+      case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:
+        self = .letter
+      case .decimalNumber, .letterNumber, .otherNumber:
+        self = .number
+      case .unassigned:
+        self = .none
+      default:
+        self = .other
+      }
+    }
+  }
+}
+
+/// GPT-2's `bytes_to_unicode`: printable bytes map to themselves, the other 68 to U+0100 upward.
+enum ByteMapping {
+  static let table: [Unicode.Scalar] = {
+    var printable: [UInt8] = Array(0x21...0x7E) + Array(0xA1...0xAC) + Array(0xAE...0xFF)
+    var table = [Unicode.Scalar](repeating: " ", count: 256)
+    for byte in printable { table[Int(byte)] = Unicode.Scalar(byte) }
+    var next: UInt32 = 0x100
+    for byte in 0...255 where !printable.contains(UInt8(byte)) {
+      table[byte] = Unicode.Scalar(next) ?? " "
+      next += 1
+    }
+    printable.removeAll()
+    return table
+  }()
+
+  static let inverse: [Unicode.Scalar: UInt8] = {
+    var inverse: [Unicode.Scalar: UInt8] = [:]
+    for (byte, scalar) in table.enumerated() { inverse[scalar] = UInt8(byte) }
+    return inverse
+  }()
+
+  static func character(for byte: UInt8) -> Character { Character(table[Int(byte)]) }
+  static func byte(for scalar: Unicode.Scalar) -> UInt8? { inverse[scalar] }
+}
