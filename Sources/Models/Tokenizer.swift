@@ -236,7 +236,7 @@ public struct Tokenizer: Sendable {
       var best: (rank: Int, index: Int)?
       for index in 0..<(symbols.count - 1) {
         if let rank = ranks[Pair(left: symbols[index], right: symbols[index + 1])],
-          best == nil || rank < best!.rank
+          rank < (best?.rank ?? Int.max)
         {
           best = (rank, index)
         }
