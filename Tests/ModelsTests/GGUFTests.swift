@@ -1,0 +1,241 @@
+import Foundation
+import IR
+import Models
+import Testing
+
+/// Builds GGUF bytes for tests: metadata and tensors laid out as the format says.
+struct GGUFWriter {
+  var bytes: [UInt8] = []
+
+  mutating func u8(_ value: UInt8) { bytes.append(value) }
+  mutating func u16(_ value: UInt16) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+  mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+  mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+  mutating func string(_ text: String) {
+    u64(UInt64(text.utf8.count))
+    bytes += Array(text.utf8)
+  }
+
+  /// A whole file: header, `metadata` (key, type, value writer), tensors (name, ne, type, data).
+  static func file(
+    version: UInt32 = 3, metadata: [(String, UInt32, (inout GGUFWriter) -> Void)],
+    tensors: [(name: String, ne: [UInt64], type: UInt32, data: [UInt8])], alignment: Int = 32
+  ) -> [UInt8] {
+    var w = GGUFWriter()
+    w.bytes += Array("GGUF".utf8)
+    w.u32(version)
+    w.u64(UInt64(tensors.count))
+    w.u64(UInt64(metadata.count))
+    for (key, type, write) in metadata {
+      w.string(key)
+      w.u32(type)
+      write(&w)
+    }
+    var offset = 0
+    var offsets: [Int] = []
+    for tensor in tensors {
+      offsets.append(offset)
+      offset += (tensor.data.count + alignment - 1) / alignment * alignment
+    }
+    for (tensor, tensorOffset) in zip(tensors, offsets) {
+      w.string(tensor.name)
+      w.u32(UInt32(tensor.ne.count))
+      for dimension in tensor.ne { w.u64(dimension) }
+      w.u32(tensor.type)
+      w.u64(UInt64(tensorOffset))
+    }
+    while w.bytes.count % alignment != 0 { w.u8(0) }
+    for tensor in tensors {
+      w.bytes += tensor.data
+      while w.bytes.count % alignment != 0 { w.u8(0) }
+    }
+    return w.bytes
+  }
+}
+
+private func parse(_ bytes: [UInt8]) throws(GGUFError) -> GGUFFile {
+  let url = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).gguf")
+  FileManager.default.createFile(atPath: url.path, contents: Data(bytes))
+  defer { try? FileManager.default.removeItem(at: url) }
+  return try GGUFFile(path: url.path)
+}
+
+private func error(_ bytes: [UInt8]) -> String {
+  do {
+    _ = try parse(bytes)
+    return "no error"
+  } catch {
+    // Drop the temporary path before the first ':'.
+    return String(error.message.drop { $0 != ":" }.dropFirst(2))
+  }
+}
+
+/// A small valid file: every metadata value type, and two F32 tensors.
+func sampleFile() -> [UInt8] {
+  GGUFWriter.file(
+    metadata: [
+      ("u8", 0, { $0.u8(200) }), ("i8", 1, { $0.u8(0xFF) }), ("u16", 2, { $0.u16(60000) }),
+      ("i16", 3, { $0.u16(0xFFFE) }), ("u32", 4, { $0.u32(4_000_000_000) }),
+      ("i32", 5, { $0.u32(0xFFFF_FFFD) }), ("f32", 6, { $0.u32(Float(1.5).bitPattern) }),
+      ("bool", 7, { $0.u8(1) }), ("name", 8, { $0.string("tiny") }),
+      ("list", 9, { w in
+        w.u32(8)
+        w.u64(2)
+        w.string("a")
+        w.string("bc")
+      }),
+      ("u64", 10, { $0.u64(1 << 40) }), ("i64", 11, { $0.u64(UInt64(bitPattern: -5)) }),
+      ("f64", 12, { $0.u64(Double(0.25).bitPattern) }),
+      ("nested", 9, { w in
+        w.u32(9)
+        w.u64(1)
+        w.u32(4)
+        w.u64(2)
+        w.u32(7)
+        w.u32(9)
+      }),
+    ],
+    tensors: [
+      ("w", [2, 3], 0, (0..<6).flatMap { i in withUnsafeBytes(of: Float(i).bitPattern.littleEndian) { Array($0) } }),
+      ("b", [3], 0, (0..<3).flatMap { i in withUnsafeBytes(of: Float(-i).bitPattern.littleEndian) { Array($0) } }),
+    ])
+}
+
+@Test func everyMetadataTypeAndTensorsRoundTrip() throws {
+  let file = try parse(sampleFile())
+  #expect(file["u8"] == .uint8(200))
+  #expect(file["i8"] == .int8(-1))
+  #expect(file["u16"] == .uint16(60000))
+  #expect(file["i16"] == .int16(-2))
+  #expect(file["u32"]?.integer == 4_000_000_000)
+  #expect(file["i32"] == .int32(-3))
+  #expect(file["f32"]?.number == 1.5)
+  #expect(file["bool"]?.bool == true)
+  #expect(file["name"]?.string == "tiny")
+  #expect(file["list"] == .array([.string("a"), .string("bc")]))
+  #expect(file["u64"]?.integer == 1 << 40)
+  #expect(file["i64"]?.integer == -5)
+  #expect(file["f64"]?.number == 0.25)
+  #expect(file["nested"] == .array([.array([.uint32(7), .uint32(9)])]))
+  #expect(file.metadata.map(\.key).first == "u8")
+  // ne [2, 3] is numpy shape [3, 2].
+  #expect(file.info("w")?.shape == [3, 2])
+  #expect(try file.tensor(named: "w").floats() == [0, 1, 2, 3, 4, 5])
+  #expect(try file.dequantized(named: "b") == [0, -1, -2])
+}
+
+@Test func q4_0DequantizesByHand() throws {
+  // d = 0.5; qs[j] = j | (15 - j) << 4: x[j] = (j - 8) / 2, x[j + 16] = (7 - j) / 2.
+  let block = [UInt8(0x00), 0x38] + (0..<16).map { UInt8($0 | (15 - $0) << 4) }
+  let file = try parse(GGUFWriter.file(metadata: [], tensors: [("q", [32], 2, block)]))
+  let values = try file.dequantized(named: "q")
+  #expect(values[0] == -4 && values[8] == 0 && values[15] == 3.5)
+  #expect(values[16] == 3.5 && values[31] == -4)
+  #expect(throws: GGUFError.self) { try file.tensor(named: "q") }
+}
+
+@Test func hostileFilesGiveExactErrors() {
+  func header(version: UInt32 = 3, tensors: UInt64 = 0, keys: UInt64 = 0) -> GGUFWriter {
+    var w = GGUFWriter()
+    w.bytes += Array("GGUF".utf8)
+    w.u32(version)
+    w.u64(tensors)
+    w.u64(keys)
+    return w
+  }
+  var cases: [([UInt8], String)] = []
+  cases.append((Array("GGML....".utf8) + [UInt8](repeating: 0, count: 16), "offset 0: not a GGUF file (the magic number is not 'GGUF')"))
+  cases.append((Array("FUGG".utf8) + [UInt8](repeating: 0, count: 20), "offset 0: big-endian GGUF files are not supported"))
+  cases.append((header(version: 1).bytes, "offset 4: GGUF version 1 is not supported (expected 2 or 3)"))
+  cases.append((Array(header().bytes.prefix(12)), "offset 8: file ends while reading tensor count (8 bytes needed, 4 left)"))
+  cases.append((header(keys: UInt64.max).bytes, "offset 16: metadata count 18446744073709551615 exceeds what the file size allows"))
+  cases.append((header(tensors: 1 << 40).bytes, "offset 8: tensor count 1099511627776 exceeds what the file size allows"))
+  var longString = header(keys: 1)
+  longString.u64(1 << 50)
+  longString.bytes += [UInt8](repeating: 65, count: 16)
+  cases.append((longString.bytes, "offset 24: a metadata key of 1125899906842624 bytes extends past the end of the file"))
+  var badUTF8 = header(keys: 1)
+  badUTF8.u64(2)
+  badUTF8.bytes += [0xC3, 0x28] + [UInt8](repeating: 0, count: 16)
+  cases.append((badUTF8.bytes, "offset 24: a metadata key is not valid UTF-8"))
+  var unknownType = header(keys: 1)
+  unknownType.string("k")
+  unknownType.u32(99)
+  unknownType.bytes += [UInt8](repeating: 0, count: 16)
+  cases.append((unknownType.bytes, "offset 33: 'k' has unknown value type 99"))
+  var hugeArray = header(keys: 1)
+  hugeArray.string("k")
+  hugeArray.u32(9)
+  hugeArray.u32(4)
+  hugeArray.u64(1 << 60)
+  cases.append((hugeArray.bytes, "offset 41: the element count of 'k' 1152921504606846976 exceeds what the file size allows"))
+  var duplicateKey = header(keys: 2)
+  for _ in 0..<2 {
+    duplicateKey.string("k")
+    duplicateKey.u32(0)
+    duplicateKey.u8(1)
+  }
+  duplicateKey.bytes += [UInt8](repeating: 0, count: 32)
+  cases.append((duplicateKey.bytes, "offset 38: duplicate metadata key 'k'"))
+  var badBool = header(keys: 1)
+  badBool.string("b")
+  badBool.u32(7)
+  badBool.u8(2)
+  badBool.bytes += [UInt8](repeating: 0, count: 16)
+  cases.append((badBool.bytes, "offset 37: 'b' is a bool with value 2"))
+  let f32 = [UInt8](repeating: 0, count: 12)
+  var manyDimensions = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32)])
+  manyDimensions[24 + 8 + 1] = 9  // n_dims of tensor "t" (after its 8-byte length and 1-byte name)
+  cases.append((manyDimensions, "offset 24: tensor 't' has 9 dimensions (expected 1 to 4)"))
+  var unknownGGML = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32)])
+  unknownGGML[24 + 9 + 4 + 8] = 77  // the type id
+  cases.append((unknownGGML, "offset 24: tensor 't' has unknown ggml type 77"))
+  var pastEnd = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32)])
+  pastEnd[24 + 9 + 4 + 8 + 4] = 64  // offset 64 in a 96-byte file
+  cases.append((pastEnd, "tensor 't' (12 bytes at offset 128) extends past the end of the file (96 bytes)"))
+  var misaligned = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32)])
+  misaligned[24 + 9 + 4 + 8 + 4] = 3
+  cases.append((misaligned, "offset 24: tensor 't' offset 3 is not a multiple of the alignment 32"))
+  var overlapping = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32), ("u", [3], 0, f32)])
+  overlapping[24 + 2 * 33 - 8] = 0  // the second tensor's offset 32 -> 0 (entries are 33 bytes)
+  cases.append((overlapping, "tensors 't' and 'u' overlap"))
+  let duplicateTensor = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32), ("t", [3], 0, f32)])
+  cases.append((duplicateTensor, "offset 57: duplicate tensor name 't'"))
+  let partialBlock = GGUFWriter.file(metadata: [], tensors: [("q", [30], 3, [UInt8](repeating: 0, count: 20))])
+  cases.append((partialBlock, "offset 24: tensor 'q': rows of 30 are not whole Q4_1 blocks of 32"))
+  var badAlignment = GGUFWriter.file(metadata: [("general.alignment", 4, { $0.u32(48) })], tensors: [])
+  badAlignment += []
+  cases.append((badAlignment, "general.alignment must be a power of two, got uint32(48)"))
+  cases.append(([], "the file is empty"))
+  for (bytes, expected) in cases {
+    #expect(error(bytes) == expected)
+  }
+  #expect(cases.count >= 16)
+}
+
+@Test func everyTruncationFailsCleanly() {
+  let bytes = sampleFile()
+  guard let file = try? parse(bytes), let last = file.tensors.max(by: { $0.offset < $1.offset })
+  else {
+    Issue.record("the sample file does not parse")
+    return
+  }
+  // Cut anywhere before the end of the last tensor's data: an error; padding after it is optional.
+  let end = file.dataOffset + last.offset + last.byteCount
+  for length in 0..<bytes.count {
+    let parsed = (try? parse(Array(bytes.prefix(length)))) != nil
+    #expect(parsed == (length >= end), "prefix of \(length) bytes")
+  }
+}
+
+@Test func randomCorruptionNeverCrashes() {
+  var generator = SplitMix64(seed: 3)
+  let original = sampleFile()
+  for _ in 0..<2000 {
+    var bytes = original
+    for _ in 0..<Int(generator.next() % 4 + 1) {
+      bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: generator.next())
+    }
+    _ = try? parse(bytes)
+  }
+}
