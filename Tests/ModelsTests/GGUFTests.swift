@@ -78,26 +78,39 @@ func sampleFile() -> [UInt8] {
       ("i16", 3, { $0.u16(0xFFFE) }), ("u32", 4, { $0.u32(4_000_000_000) }),
       ("i32", 5, { $0.u32(0xFFFF_FFFD) }), ("f32", 6, { $0.u32(Float(1.5).bitPattern) }),
       ("bool", 7, { $0.u8(1) }), ("name", 8, { $0.string("tiny") }),
-      ("list", 9, { w in
-        w.u32(8)
-        w.u64(2)
-        w.string("a")
-        w.string("bc")
-      }),
+      (
+        "list", 9,
+        { w in
+          w.u32(8)
+          w.u64(2)
+          w.string("a")
+          w.string("bc")
+        }
+      ),
       ("u64", 10, { $0.u64(1 << 40) }), ("i64", 11, { $0.u64(UInt64(bitPattern: -5)) }),
       ("f64", 12, { $0.u64(Double(0.25).bitPattern) }),
-      ("nested", 9, { w in
-        w.u32(9)
-        w.u64(1)
-        w.u32(4)
-        w.u64(2)
-        w.u32(7)
-        w.u32(9)
-      }),
+      (
+        "nested", 9,
+        { w in
+          w.u32(9)
+          w.u64(1)
+          w.u32(4)
+          w.u64(2)
+          w.u32(7)
+          w.u32(9)
+        }
+      ),
     ],
     tensors: [
-      ("w", [2, 3], 0, (0..<6).flatMap { i in withUnsafeBytes(of: Float(i).bitPattern.littleEndian) { Array($0) } }),
-      ("b", [3], 0, (0..<3).flatMap { i in withUnsafeBytes(of: Float(-i).bitPattern.littleEndian) { Array($0) } }),
+      (
+        "w", [2, 3], 0,
+        (0..<6).flatMap { i in withUnsafeBytes(of: Float(i).bitPattern.littleEndian) { Array($0) } }
+      ),
+      (
+        "b", [3], 0,
+        (0..<3).flatMap { i in withUnsafeBytes(of: Float(-i).bitPattern.littleEndian) { Array($0) }
+        }
+      ),
     ])
 }
 
@@ -144,16 +157,41 @@ func sampleFile() -> [UInt8] {
     return w
   }
   var cases: [([UInt8], String)] = []
-  cases.append((Array("GGML....".utf8) + [UInt8](repeating: 0, count: 16), "offset 0: not a GGUF file (the magic number is not 'GGUF')"))
-  cases.append((Array("FUGG".utf8) + [UInt8](repeating: 0, count: 20), "offset 0: big-endian GGUF files are not supported"))
-  cases.append((header(version: 1).bytes, "offset 4: GGUF version 1 is not supported (expected 2 or 3)"))
-  cases.append((Array(header().bytes.prefix(12)), "offset 8: file ends while reading tensor count (8 bytes needed, 4 left)"))
-  cases.append((header(keys: UInt64.max).bytes, "offset 16: metadata count 18446744073709551615 exceeds what the file size allows"))
-  cases.append((header(tensors: 1 << 40).bytes, "offset 8: tensor count 1099511627776 exceeds what the file size allows"))
+  cases.append(
+    (
+      Array("GGML....".utf8) + [UInt8](repeating: 0, count: 16),
+      "offset 0: not a GGUF file (the magic number is not 'GGUF')"
+    ))
+  cases.append(
+    (
+      Array("FUGG".utf8) + [UInt8](repeating: 0, count: 20),
+      "offset 0: big-endian GGUF files are not supported"
+    ))
+  cases.append(
+    (header(version: 1).bytes, "offset 4: GGUF version 1 is not supported (expected 2 or 3)"))
+  cases.append(
+    (
+      Array(header().bytes.prefix(12)),
+      "offset 8: file ends while reading tensor count (8 bytes needed, 4 left)"
+    ))
+  cases.append(
+    (
+      header(keys: UInt64.max).bytes,
+      "offset 16: metadata count 18446744073709551615 exceeds what the file size allows"
+    ))
+  cases.append(
+    (
+      header(tensors: 1 << 40).bytes,
+      "offset 8: tensor count 1099511627776 exceeds what the file size allows"
+    ))
   var longString = header(keys: 1)
   longString.u64(1 << 50)
   longString.bytes += [UInt8](repeating: 65, count: 16)
-  cases.append((longString.bytes, "offset 24: a metadata key of 1125899906842624 bytes extends past the end of the file"))
+  cases.append(
+    (
+      longString.bytes,
+      "offset 24: a metadata key of 1125899906842624 bytes extends past the end of the file"
+    ))
   var badUTF8 = header(keys: 1)
   badUTF8.u64(2)
   badUTF8.bytes += [0xC3, 0x28] + [UInt8](repeating: 0, count: 16)
@@ -168,7 +206,11 @@ func sampleFile() -> [UInt8] {
   hugeArray.u32(9)
   hugeArray.u32(4)
   hugeArray.u64(1 << 60)
-  cases.append((hugeArray.bytes, "offset 41: the element count of 'k' 1152921504606846976 exceeds what the file size allows"))
+  cases.append(
+    (
+      hugeArray.bytes,
+      "offset 41: the element count of 'k' 1152921504606846976 exceeds what the file size allows"
+    ))
   var duplicateKey = header(keys: 2)
   for _ in 0..<2 {
     duplicateKey.string("k")
@@ -192,18 +234,23 @@ func sampleFile() -> [UInt8] {
   cases.append((unknownGGML, "offset 24: tensor 't' has unknown ggml type 77"))
   var pastEnd = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32)])
   pastEnd[24 + 9 + 4 + 8 + 4] = 64  // offset 64 in a 96-byte file
-  cases.append((pastEnd, "tensor 't' (12 bytes at offset 128) extends past the end of the file (96 bytes)"))
+  cases.append(
+    (pastEnd, "tensor 't' (12 bytes at offset 128) extends past the end of the file (96 bytes)"))
   var misaligned = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32)])
   misaligned[24 + 9 + 4 + 8 + 4] = 3
   cases.append((misaligned, "offset 24: tensor 't' offset 3 is not a multiple of the alignment 32"))
-  var overlapping = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32), ("u", [3], 0, f32)])
+  var overlapping = GGUFWriter.file(
+    metadata: [], tensors: [("t", [3], 0, f32), ("u", [3], 0, f32)])
   overlapping[24 + 2 * 33 - 8] = 0  // the second tensor's offset 32 -> 0 (entries are 33 bytes)
   cases.append((overlapping, "tensors 't' and 'u' overlap"))
-  let duplicateTensor = GGUFWriter.file(metadata: [], tensors: [("t", [3], 0, f32), ("t", [3], 0, f32)])
+  let duplicateTensor = GGUFWriter.file(
+    metadata: [], tensors: [("t", [3], 0, f32), ("t", [3], 0, f32)])
   cases.append((duplicateTensor, "offset 57: duplicate tensor name 't'"))
-  let partialBlock = GGUFWriter.file(metadata: [], tensors: [("q", [30], 3, [UInt8](repeating: 0, count: 20))])
+  let partialBlock = GGUFWriter.file(
+    metadata: [], tensors: [("q", [30], 3, [UInt8](repeating: 0, count: 20))])
   cases.append((partialBlock, "offset 24: tensor 'q': rows of 30 are not whole Q4_1 blocks of 32"))
-  var badAlignment = GGUFWriter.file(metadata: [("general.alignment", 4, { $0.u32(48) })], tensors: [])
+  var badAlignment = GGUFWriter.file(
+    metadata: [("general.alignment", 4, { $0.u32(48) })], tensors: [])
   badAlignment += []
   cases.append((badAlignment, "general.alignment must be a power of two, got uint32(48)"))
   cases.append(([], "the file is empty"))
@@ -234,7 +281,8 @@ func sampleFile() -> [UInt8] {
   for _ in 0..<2000 {
     var bytes = original
     for _ in 0..<Int(generator.next() % 4 + 1) {
-      bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(truncatingIfNeeded: generator.next())
+      bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(
+        truncatingIfNeeded: generator.next())
     }
     _ = try? parse(bytes)
   }

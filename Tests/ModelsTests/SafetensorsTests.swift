@@ -1,0 +1,146 @@
+import Foundation
+import IR
+import Models
+import Testing
+
+private func temporaryURL(_ suffix: String = ".safetensors") -> URL {
+  FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())\(suffix)")
+}
+
+/// A file with the given JSON header (unpadded) followed by `data`.
+private func file(_ header: String, _ data: [UInt8] = []) -> Data {
+  var bytes = Data()
+  withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes.append(contentsOf: $0) }
+  bytes.append(contentsOf: Array(header.utf8))
+  bytes.append(contentsOf: data)
+  return bytes
+}
+
+private func error(_ data: Data) -> String {
+  do {
+    _ = try SafetensorsFile(data: data, path: "x.safetensors")
+    return "no error"
+  } catch {
+    return error.message
+  }
+}
+
+@Test func safetensorsWriteThenReadRoundTrips() throws {
+  let url = temporaryURL()
+  defer { try? FileManager.default.removeItem(at: url) }
+  let a = HostTensor(shape: [2, 3], floats: [1, 2, 3, 4, 5, 6])
+  let b = try HostTensor(
+    type: TensorType(.bf16, [3]), data: Data([0x80, 0x3F, 0x00, 0x40, 0x40, 0xC0]))
+  let c = HostTensor(shape: [1], ints: [-7])
+  try SafetensorsFile.write(
+    [("layers.0.q.lora_A.weight", a), ("b", b), ("c", c)], metadata: ["format": "pt"], to: url)
+  let bytes = try Data(contentsOf: url)
+  let headerLength = bytes.withUnsafeBytes {
+    Int(UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)))
+  }
+  #expect((8 + headerLength) % 8 == 0)
+  let read = try SafetensorsFile(path: url.path)
+  #expect(read.metadata == ["format": "pt"])
+  #expect(read.entries.map(\.name) == ["layers.0.q.lora_A.weight", "b", "c"])
+  #expect(try read.tensor(named: "layers.0.q.lora_A.weight") == a)
+  #expect(try read.tensor(named: "b").floats() == [1, 2, -3])
+  #expect(try read.tensor(named: "c").ints() == [-7])
+}
+
+@Test func malformedSafetensorsGiveExactErrors() {
+  let f32x2 = [UInt8](repeating: 0, count: 8)
+  var huge = Data()
+  withUnsafeBytes(of: UInt64(200_000_000).littleEndian) { huge.append(contentsOf: $0) }
+  var pastEnd = Data()
+  withUnsafeBytes(of: UInt64(100).littleEndian) { pastEnd.append(contentsOf: $0) }
+  pastEnd.append(contentsOf: Array("{}".utf8))
+  let cases: [(Data, String)] = [
+    (Data([1, 2, 3]), "x.safetensors: file of 3 bytes is too short for a header length"),
+    (huge, "x.safetensors: header length 200000000 exceeds the limit of 100000000 bytes"),
+    (pastEnd, "x.safetensors: header length 100 extends past the end of the file (10 bytes)"),
+    (file("[1,2]"), "x.safetensors: header is not a JSON object"),
+    (file("{\"a\":"), "x.safetensors: header: offset 5: unexpected end of input"),
+    (
+      file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", f32x2),
+      "x.safetensors: 'a' has no valid data_offsets [begin, end]"
+    ),
+    (
+      file("{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", f32x2),
+      "x.safetensors: 'a': F32[3] needs 12 bytes, data_offsets hold 8"
+    ),
+    (
+      file("{\"a\":{\"dtype\":\"F31\",\"shape\":[2],\"data_offsets\":[0,8]}}", f32x2),
+      "x.safetensors: 'a' has unknown dtype 'F31'"
+    ),
+    (
+      file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", f32x2),
+      "x.safetensors: a hole of 4 bytes before 'a'"
+    ),
+    (
+      file(
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+        f32x2), "x.safetensors: 'b' overlaps the tensor before it"
+    ),
+    (
+      file(
+        "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}",
+        f32x2), "x.safetensors: header: offset 54: duplicate key \"a\""
+    ),
+    (
+      file("{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]}}", f32x2),
+      "x.safetensors: tensor data extends past the end of the file"
+    ),
+    (
+      file("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", f32x2),
+      "x.safetensors: 4 bytes after the last tensor"
+    ),
+    (
+      file("{\"__metadata__\":{\"k\":1}}"),
+      "x.safetensors: __metadata__ value of 'k' is not a string"
+    ),
+  ]
+  for (data, expected) in cases { #expect(error(data) == expected) }
+}
+
+@Test func failedWritesLeaveNothingBehind() throws {
+  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
+  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let tensor = HostTensor(shape: [1], floats: [1])
+  // The target is a directory: the rename fails after the temporary file was written.
+  let target = folder.appendingPathComponent("adapter.safetensors")
+  try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
+  #expect(throws: SafetensorsError.self) {
+    try SafetensorsFile.write([("a", tensor)], to: target)
+  }
+  #expect(
+    try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["adapter.safetensors"])
+  #expect(throws: SafetensorsError.self) {
+    try SafetensorsFile.write(
+      [("a", tensor)], to: folder.appendingPathComponent("missing/x.safetensors"))
+  }
+  #expect(
+    throws: SafetensorsError(message: "\(folder.path)/d.safetensors: duplicate tensor name 'a'")
+  ) {
+    try SafetensorsFile.write(
+      [("a", tensor), ("a", tensor)], to: folder.appendingPathComponent("d.safetensors"))
+  }
+}
+
+@Test func safetensorsCorruptionNeverCrashes() throws {
+  let url = temporaryURL()
+  defer { try? FileManager.default.removeItem(at: url) }
+  try SafetensorsFile.write([("a", HostTensor(shape: [2, 2], floats: [1, 2, 3, 4]))], to: url)
+  let original = try Data(contentsOf: url)
+  var generator = SplitMix64(seed: 9)
+  for _ in 0..<2000 {
+    var bytes = original
+    let index = Int(generator.next() % UInt64(bytes.count))
+    bytes[index] = UInt8(truncatingIfNeeded: generator.next())
+    if let file = try? SafetensorsFile(data: bytes, path: "x") {
+      for entry in file.entries { _ = try? file.tensor(named: entry.name) }
+    }
+    _ = try? SafetensorsFile(
+      data: bytes.prefix(Int(generator.next() % UInt64(bytes.count))), path: "x")
+  }
+}
