@@ -51,7 +51,8 @@ struct Inspect: ParsableCommand {
     print("  \(parameters) parameters in \(file.tensors.count) tensors, \(totalBytes) bytes")
     print(
       "  vocab \(config.vocabularySize), embedding \(config.embeddingLength), \(config.layerCount) layers, "
-        + "\(config.headCount) heads (\(config.keyValueHeadCount) key/value), ffn \(config.feedForwardLength)")
+        + "\(config.headCount) heads (\(config.keyValueHeadCount) key/value), ffn \(config.feedForwardLength)"
+    )
     print(
       "  rope theta \(config.ropeTheta), rms eps \(config.normEpsilon), "
         + (config.tiedEmbeddings ? "tied embeddings" : "separate output head"))
@@ -63,7 +64,9 @@ struct Inspect: ParsableCommand {
     print("  tensors:")
     for tensor in file.tensors {
       let shape = "[" + tensor.shape.map(String.init).joined(separator: ", ") + "]"
-      print("    \(tensor.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(shape.padding(toLength: 14, withPad: " ", startingAt: 0)) \(tensor.typeName.padding(toLength: 5, withPad: " ", startingAt: 0)) \(tensor.byteCount)")
+      print(
+        "    \(tensor.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(shape.padding(toLength: 14, withPad: " ", startingAt: 0)) \(tensor.typeName.padding(toLength: 5, withPad: " ", startingAt: 0)) \(tensor.byteCount)"
+      )
     }
   }
 }

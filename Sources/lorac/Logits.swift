@@ -21,31 +21,19 @@ struct Logits: ParsableCommand {
   @Option(help: "Threads for the kernels (default: all cores).")
   var threads: Int?
 
+  @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
+  var adapter: String?
+
   func run() throws {
     let tokens = parseIDs(ids, option: "--ids")
-    let loaded: LlamaModel
-    do { loaded = try LlamaModel(path: model) } catch { fail(error.message) }
-    if let bad = tokens.first(where: { $0 < 0 || Int($0) >= loaded.config.vocabularySize }) {
-      fail("--ids: token \(bad) is out of range 0..<\(loaded.config.vocabularySize)")
-    }
     Threads.set(threads)
-    let logits: HostTensor
-    do {
-      let graph = try loaded.trace(batch: 1, sequence: tokens.count)
-      let executable = try Executable(graph, constants: try loaded.weights(for: graph))
-      let outputs = try executable.run(inputs: [
-        "tokens": HostTensor(shape: [1, tokens.count], ints: tokens),
-        "positions": HostTensor(
-          shape: [1, tokens.count], ints: (0..<tokens.count).map { Int32($0) }),
-      ])
-      let vocabulary = loaded.config.vocabularySize
-      logits = try HostTensor(
-        type: TensorType(.f32, [tokens.count, vocabulary]), data: outputs[0].data)
-    } catch {
-      fail("\(error)")
+    let session = ForwardSession(modelPath: model, sequence: tokens.count, adapter: adapter)
+    let vocabulary = session.model.config.vocabularySize
+    if let bad = tokens.first(where: { $0 < 0 || Int($0) >= vocabulary }) {
+      fail("--ids: token \(bad) is out of range 0..<\(vocabulary)")
     }
     do {
-      try writeAtomically(NumPy.encode(logits), to: URL(fileURLWithPath: out))
+      try writeAtomically(NumPy.encode(session.logits(tokens)), to: URL(fileURLWithPath: out))
     } catch {
       fail(error.message)
     }

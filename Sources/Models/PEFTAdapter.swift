@@ -1,0 +1,178 @@
+import Foundation
+import IR
+
+/// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`) read into
+/// lorac's names and orientation, strictly: a missing, unexpected or mis-shaped tensor is an error,
+/// never a silently ignored module.
+///
+/// PEFT stores `lora_A.weight` as `[r, in]` and `lora_B.weight` as `[out, r]` in Hugging Face row
+/// order; lorac's `lora_a` is `[in, r]` and `lora_b` `[r, out]`, and because lorac runs GGUF
+/// weights, whose q and k rows are permuted for adjacent-pair RoPE, the q/k `lora_b` columns are
+/// permuted the same way.
+public struct PEFTAdapter: Sendable {
+  public var rank: Int
+  public var alpha: Double
+  public var useRSLoRA: Bool
+  /// lorac value names of the adapted linears (`layers.0.attn.q`), in file order.
+  public var targets: [String]
+  /// `<target>.lora_a` / `.lora_b` in lorac orientation.
+  public var tensors: [String: HostTensor]
+
+  /// The scale the branch gets: alpha / r, or alpha / sqrt(r) with rsLoRA.
+  public var scale: Double { useRSLoRA ? alpha / Double(rank).squareRoot() : alpha / Double(rank) }
+
+  /// HF module names of a Llama block and lorac's names for them.
+  static let modules: [(hf: String, lorac: String)] = [
+    ("self_attn.q_proj", "attn.q"), ("self_attn.k_proj", "attn.k"), ("self_attn.v_proj", "attn.v"),
+    ("self_attn.o_proj", "attn.o"), ("mlp.gate_proj", "mlp.gate"), ("mlp.up_proj", "mlp.up"),
+    ("mlp.down_proj", "mlp.down"),
+  ]
+
+  /// Reads an adapter directory for a model with `config`.
+  public init(directory: String, config: LlamaConfig) throws(FileError) {
+    let folder = URL(fileURLWithPath: directory)
+    func fail(_ message: String) -> FileError { FileError(message: "\(directory): \(message)") }
+    let configURL = folder.appendingPathComponent("adapter_config.json")
+    guard let configData = FileManager.default.contents(atPath: configURL.path) else {
+      throw fail("no adapter_config.json (expected a PEFT adapter directory)")
+    }
+    let json: JSONValue
+    do {
+      json = try JSONValue.parse(Array(configData))
+    } catch {
+      throw fail("adapter_config.json: \(error.message)")
+    }
+    if case .string(let type)? = json["peft_type"], type != "LORA" {
+      throw fail("peft_type is '\(type)'; lorac reads LORA adapters")
+    }
+    guard case .integer(let rank)? = json["r"], rank > 0 else {
+      throw fail("adapter_config.json: 'r' must be a positive integer")
+    }
+    let alpha: Double
+    switch json["lora_alpha"] {
+    case .integer(let value)?: alpha = Double(value)
+    case .number(let value)?: alpha = value
+    case nil: alpha = 8
+    default: throw fail("adapter_config.json: 'lora_alpha' must be a number")
+    }
+    for key in ["rank_pattern", "alpha_pattern"] {
+      if case .object(let pairs)? = json[key], !pairs.isEmpty {
+        throw fail("adapter_config.json: per-module '\(key)' is not supported yet")
+      }
+    }
+    if case .bool(true)? = json["use_dora"] { throw fail("DoRA adapters are not supported") }
+    self.rank = rank
+    self.alpha = alpha
+    if case .bool(let value)? = json["use_rslora"] { useRSLoRA = value } else { useRSLoRA = false }
+
+    let weights: SafetensorsFile
+    do {
+      weights = try SafetensorsFile(
+        path: folder.appendingPathComponent("adapter_model.safetensors").path)
+    } catch {
+      throw FileError(message: error.message)
+    }
+    var pairs: [String: (a: HostTensor?, b: HostTensor?)] = [:]
+    var order: [String] = []
+    for entry in weights.entries {
+      guard let (target, isA) = PEFTAdapter.loracName(entry.name, layers: config.layerCount) else {
+        throw fail(
+          "unexpected tensor '\(entry.name)' (expected base_model.model.model.layers.N.<module>.lora_{A,B}.weight)"
+        )
+      }
+      let tensor: HostTensor
+      do {
+        tensor = try weights.tensor(named: entry.name)
+      } catch {
+        throw FileError(message: error.message)
+      }
+      if pairs[target] == nil { order.append(target) }
+      if isA {
+        pairs[target, default: (nil, nil)].a = tensor
+      } else {
+        pairs[target, default: (nil, nil)].b = tensor
+      }
+    }
+    var tensors: [String: HostTensor] = [:]
+    for target in order {
+      guard let a = pairs[target]?.a, let b = pairs[target]?.b else {
+        throw fail("'\(target)' has only one of lora_A and lora_B")
+      }
+      let (inputs, outputs) = PEFTAdapter.dimensions(of: target, config: config)
+      guard a.type.shape == [rank, inputs], b.type.shape == [outputs, rank] else {
+        throw fail(
+          "'\(target)': lora_A is \(a.type.shape) and lora_B \(b.type.shape); rank \(rank) on this model needs [\(rank), \(inputs)] and [\(outputs), \(rank)]"
+        )
+      }
+      let aValues = a.floats()
+      var bValues = b.floats()
+      if target.hasSuffix("attn.q") || target.hasSuffix("attn.k") {
+        let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
+        bValues = PEFTAdapter.permuteRowsForGGUF(
+          bValues, rows: outputs, columns: rank, heads: heads)
+      }
+      tensors[target + ".lora_a"] = HostTensor(
+        shape: [inputs, rank], floats: transpose(aValues, rows: rank, columns: inputs))
+      tensors[target + ".lora_b"] = HostTensor(
+        shape: [rank, outputs], floats: transpose(bValues, rows: outputs, columns: rank))
+    }
+    if order.isEmpty { throw fail("the adapter holds no LoRA tensors") }
+    targets = order
+    self.tensors = tensors
+  }
+
+  /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` -> (`layers.3.attn.q`, A).
+  static func loracName(_ name: String, layers: Int) -> (String, Bool)? {
+    let prefix = "base_model.model.model.layers."
+    guard name.hasPrefix(prefix) else { return nil }
+    let rest = name.dropFirst(prefix.count)
+    guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]), layer >= 0,
+      layer < layers
+    else { return nil }
+    let tail = rest[rest.index(after: dot)...]
+    for module in modules {
+      if tail == module.hf + ".lora_A.weight" { return ("layers.\(layer).\(module.lorac)", true) }
+      if tail == module.hf + ".lora_B.weight" { return ("layers.\(layer).\(module.lorac)", false) }
+    }
+    return nil
+  }
+
+  static func dimensions(of target: String, config: LlamaConfig) -> (inputs: Int, outputs: Int) {
+    let kv = config.keyValueHeadCount * config.headDimension
+    if target.hasSuffix("attn.k") || target.hasSuffix("attn.v") {
+      return (config.embeddingLength, kv)
+    }
+    if target.hasSuffix("mlp.gate") || target.hasSuffix("mlp.up") {
+      return (config.embeddingLength, config.feedForwardLength)
+    }
+    if target.hasSuffix("mlp.down") { return (config.feedForwardLength, config.embeddingLength) }
+    return (config.embeddingLength, config.headCount * config.headDimension)
+  }
+
+  /// Hugging Face row order to GGUF's for q/k outputs: GGUF row `h·hd + 2i + j` is HF row
+  /// `h·hd + j·hd/2 + i`.
+  static func permuteRowsForGGUF(_ values: [Float], rows: Int, columns: Int, heads: Int) -> [Float]
+  {
+    let headDimension = rows / heads
+    var result = values
+    for h in 0..<heads {
+      for i in 0..<(headDimension / 2) {
+        for j in 0..<2 {
+          let target = h * headDimension + 2 * i + j
+          let source = h * headDimension + j * headDimension / 2 + i
+          for c in 0..<columns { result[target * columns + c] = values[source * columns + c] }
+        }
+      }
+    }
+    return result
+  }
+}
+
+/// The transpose of a row-major [rows, columns] matrix.
+func transpose(_ values: [Float], rows: Int, columns: Int) -> [Float] {
+  var result = [Float](repeating: 0, count: values.count)
+  for r in 0..<rows {
+    for c in 0..<columns { result[c * rows + r] = values[r * columns + c] }
+  }
+  return result
+}

@@ -1,0 +1,123 @@
+import Foundation
+import Testing
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
+
+/// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure.
+private func model() throws -> String {
+  let path =
+    ProcessInfo.processInfo.environment["LORAC_MODEL"]
+    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  guard FileManager.default.fileExists(atPath: path) else {
+    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
+    throw CancellationError()
+  }
+  return path
+}
+
+/// A float32 C-order .npy file's values.
+private func readNumPy(_ url: URL) throws -> [Float] {
+  let data = try Data(contentsOf: url)
+  let headerLength = Int(data[8]) | Int(data[9]) << 8
+  return data[(10 + headerLength)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+}
+
+@Test func inspectPrintsHyperParametersAndTensors() throws {
+  let text = try lorac(["inspect", try model()])
+  #expect(text.status == 0)
+  #expect(
+    text.stdout.contains("vocab 49152, embedding 576, 30 layers, 9 heads (3 key/value), ffn 1536"))
+  #expect(text.stdout.contains("blk.0.attn_q.weight"))
+  let json = try lorac(["inspect", try model(), "--json"])
+  let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+  #expect((object?["tensors"] as? [Any])?.count == 272)
+  #expect((object?["hyperparameters"] as? [String: Any])?["head_count_kv"] as? Int == 3)
+}
+
+@Test func tokenizePrintsIds() throws {
+  let plain = try lorac(["tokenize", try model(), "--text", "mystery_function(123, 456)\n"])
+  #expect(
+    plain.stdout
+      == "{\"ids\": [2334, 23780, 79, 6607, 24, 33, 34, 35, 28, 216, 36, 37, 38, 25, 198]}\n")
+  let special = try lorac(["tokenize", try model(), "--text", "<|im_end|>", "--add-special"])
+  #expect(special.stdout == "{\"ids\": [2]}\n")
+  let literal = try lorac(["tokenize", try model(), "--text", "<|im_end|>"])
+  #expect(literal.stdout != "{\"ids\": [2]}\n")
+}
+
+@Test func logitsWithAPEFTAdapterMatchPEFT() throws {
+  let fixture =
+    try JSONSerialization.jsonObject(
+      with: Data(contentsOf: fixtures.appendingPathComponent("peft.json"))) as? [String: Any]
+  let ids = try #require(fixture?["ids"] as? [Int])
+  let columns = try #require(fixture?["columns"] as? [Int])
+  let out = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).npy")
+  defer { try? FileManager.default.removeItem(at: out) }
+  let result = try lorac([
+    "logits", try model(), "--ids", ids.map(String.init).joined(separator: ","), "--out", out.path,
+    "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path,
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let ours = try readNumPy(out)
+  let reference = try readNumPy(fixtures.appendingPathComponent("peft_logits.npy"))
+  #expect(ours.count == ids.count * 49152)
+  var worst: Float = 0
+  for position in ids.indices {
+    for (c, column) in columns.enumerated() {
+      worst = max(
+        worst, abs(ours[position * 49152 + column] - reference[position * columns.count + c]))
+    }
+  }
+  #expect(worst <= 1e-3)
+}
+
+@Test func modelCommandsRejectBadInput() throws {
+  let path = try model()
+  let out = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).npy")
+    .path
+  let cases: [([String], String)] = [
+    (
+      ["inspect", "/nonexistent.gguf"],
+      "error: /nonexistent.gguf: cannot open: No such file or directory\n"
+    ),
+    (["inspect", "/tmp"], "error: /tmp: is a directory\n"),
+    (
+      ["logits", path, "--ids", "1,x,3", "--out", out],
+      "error: --ids: 'x' is not a token id (expected comma-separated integers like 1,2,3)\n"
+    ),
+    (
+      ["logits", path, "--ids", "1,99999", "--out", out],
+      "error: --ids: token 99999 is out of range 0..<49152\n"
+    ),
+    (
+      ["logits", path, "--ids", "1", "--out", out, "--adapter", "/nonexistent"],
+      "error: /nonexistent: no adapter_config.json (expected a PEFT adapter directory)\n"
+    ),
+    (
+      ["logits", path, "--ids", "1", "--out", "/nonexistent/x.npy"],
+      "error: /nonexistent/x.npy: cannot create a file in /nonexistent\n"
+    ),
+  ]
+  for (arguments, message) in cases {
+    let result = try lorac(arguments)
+    #expect(result.status == 1, "\(arguments)")
+    #expect(result.stderr == message)
+  }
+  // An adapter for another model: its shapes do not fit.
+  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
+  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(at: folder) }
+  for file in ["adapter_config.json", "adapter_model.safetensors"] {
+    try FileManager.default.copyItem(
+      at: fixtures.appendingPathComponent("peft_qv_r4/\(file)"),
+      to: folder.appendingPathComponent(file))
+  }
+  let config = folder.appendingPathComponent("adapter_config.json")
+  let text = try String(contentsOf: config, encoding: .utf8).replacingOccurrences(
+    of: "\"r\": 4", with: "\"r\": 8")
+  try text.write(to: config, atomically: true, encoding: .utf8)
+  let mismatch = try lorac(["logits", path, "--ids", "1", "--out", out, "--adapter", folder.path])
+  #expect(mismatch.status == 1)
+  #expect(mismatch.stderr.contains("rank 8 on this model needs [8, 576] and [576, 8]"))
+}
