@@ -11,8 +11,10 @@ struct ForwardSession {
   let executable: Executable
   let sequence: Int
 
-  /// Loads `path`, traces a `[1, sequence]` forward graph, inserts the adapter's LoRA branches
-  /// (bound to its weights) and compiles. Failures end the command with a clear message.
+  /// Loads a model, traces a `[1, sequence]` forward graph, applies an adapter, and compiles.
+  ///
+  /// The adapter's LoRA branches are inserted and bound to its weights. Failures end the command
+  /// with a clear message.
   init(modelPath: String, sequence: Int, adapter adapterPath: String?) {
     do {
       model = try LlamaModel(path: modelPath)
