@@ -233,7 +233,7 @@ public final class Executable {
   // MARK: - Scratch
 
   /// Rows of a quantized weight decoded at a time before a GEMM.
-  static let dequantizeChunk = 256
+  static let dequantizeChunk = 2048
 
   private static func scratchBytes(_ graph: Graph) -> [Int: Int] {
     var result: [Int: Int] = [:]

@@ -5,7 +5,7 @@ import Runtime
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmark lorac against baselines measured in the same run.",
-    subcommands: [Kernels.self])
+    subcommands: [Kernels.self, Prefill.self])
 
   /// `lorac bench kernels`.
   struct Kernels: ParsableCommand {

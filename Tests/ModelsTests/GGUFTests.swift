@@ -287,3 +287,13 @@ func sampleFile() -> [UInt8] {
     _ = try? parse(bytes)
   }
 }
+
+@Test func version2FilesRead() throws {
+  let bytes = GGUFWriter.file(
+    version: 2, metadata: [("general.architecture", 8, { $0.string("llama") })],
+    tensors: [("t", [32], 8, [0x00, 0x3C] + [UInt8](repeating: 1, count: 32))])
+  let file = try parse(bytes)
+  #expect(file.version == 2)
+  #expect(file["general.architecture"]?.string == "llama")
+  #expect(try file.tensor(named: "t").floats() == [Float](repeating: 1, count: 32))
+}
