@@ -180,9 +180,6 @@ extension Op {
       if lhs.rank < 2 || rhs.rank < 2 {
         throw fail("operands need rank >= 2: \(lhs) x \(rhs)")
       }
-      if !rhs.dtype.isCompute && !transposeB {
-        throw fail("a \(rhs.dtype.rawValue) right operand must be stored [N,K] (transpose_b)")
-      }
       let (m, k1) =
         transposeA
         ? (lhs.shape[lhs.rank - 1], lhs.shape[lhs.rank - 2])

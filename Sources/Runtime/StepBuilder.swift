@@ -335,6 +335,16 @@ struct StepBuilder {
       let code = kernelDType(rhs.dtype)
       let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self)
       let chunk = Int64(Executable.dequantizeChunk)
+      if !transposeB {
+        // out [M, K'] = a [M, N'] x W [N', K'] as stored.
+        let (weightRows, weightColumns) = (Int64(rhs.shape[0]), Int64(rhs.shape[1]))
+        return {
+          lc_matmul_quantized_nt(
+            code, out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self), w,
+            rows, weightRows, weightColumns, scratch, chunk)
+          return nil
+        }
+      }
       return {
         lc_matmul_quantized(
           code, out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self), w,

@@ -60,3 +60,14 @@ void lc_sgemm_baseline(const float *a, const float *w, float *out, int64_t m, in
   cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, (int)m, (int)n,
               (int)k, 1.0f, a, (int)k, w, trans_b ? (int)k : (int)n, 0.0f, out, (int)n);
 }
+
+void lc_matmul_quantized_nt(int dtype, float *out, const float *a, const void *w, int64_t m,
+                            int64_t rows, int64_t k, float *scratch, int64_t chunk) {
+  int64_t row_bytes = lc_row_bytes(dtype, k);
+  for (int64_t n0 = 0; n0 < rows; n0 += chunk) {
+    int64_t count = rows - n0 < chunk ? rows - n0 : chunk;
+    lc_dequantize_rows(dtype, (const uint8_t *)w + n0 * row_bytes, scratch, count, k);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k, (int)count, 1.0f,
+                a + n0, (int)rows, scratch, (int)k, n0 == 0 ? 0.0f : 1.0f, out, (int)k);
+  }
+}

@@ -113,6 +113,10 @@ void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
 /// at a time into `scratch` (chunk * K floats) and calls sgemm.
 void lc_matmul_quantized(int dtype, float *out, const float *a, const void *w, int64_t m,
                          int64_t n, int64_t k, float *scratch, int64_t chunk);
+/// out [M,K] = a [M,N] x w with w a storage-typed [N,K] matrix used as stored (no transpose):
+/// the input gradient through a quantized linear layer. Decodes `chunk` rows at a time.
+void lc_matmul_quantized_nt(int dtype, float *out, const float *a, const void *w, int64_t m,
+                            int64_t rows, int64_t k, float *scratch, int64_t chunk);
 /// y[n] = dot(x, dequant(w[n, :])) for a storage-typed w [N,K]: the decoding kernel.
 void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int64_t n, int64_t k);
 /// The plain reference loop of lc_matvec_quantized (dequantize a row, dot in f32).
