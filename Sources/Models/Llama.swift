@@ -47,8 +47,11 @@ public enum Llama {
   ///
   /// - Parameters:
   ///   - weightType: The storage dtype of each weight by GGUF name (f32 when it returns nil).
+  ///   - loss: Adds inputs `targets: i32[batch, sequence]` and `weights: f32[batch, sequence]` and
+  ///     returns only the mean next-token cross-entropy `loss = -sum(w * log p(target)) / sum(w)`
+  ///     (weight 0 masks padding or prompt tokens), named "loss".
   public static func trace(
-    _ config: LlamaConfig, batch: Int, sequence: Int,
+    _ config: LlamaConfig, batch: Int, sequence: Int, loss: Bool = false,
     weightType: (String) -> DType? = { _ in nil }
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
@@ -139,7 +142,26 @@ public enum Llama {
       config.tiedEmbeddings
       ? embedding : try weight("output.weight", [config.vocabularySize, dim])
     let logits = try matmul(normed, head, transposeB: true).named("head")
-    return try b.finish(outputs: [logits])
+    guard loss else { return try b.finish(outputs: [logits]) }
+    let targets = try b.input(name: "targets", shape: [batch, sequence], dtype: .i32)
+    let weights = try b.input(name: "weights", shape: [batch, sequence])
+    return try b.finish(outputs: [try crossEntropy(logits, targets: targets, weights: weights)])
+  }
+
+  /// `-sum(w * log softmax(logits)[target]) / max(sum(w), 1)`, named "loss": the target's log
+  /// probability is picked with a one-hot mask from `iota == target`.
+  static func crossEntropy(_ logits: Tensor, targets: Tensor, weights: Tensor) throws(TraceError)
+    -> Tensor
+  {
+    let b = logits.builder
+    let shape = logits.shape
+    let logProbabilities = try logSoftmax(logits)
+    let vocabulary = try b.iota(shape: shape, axis: shape.count - 1)
+    let oneHot = try vocabulary.compare(.eq, targets.reshaped(targets.shape + [1])).cast(to: .f32)
+    let picked = try (logProbabilities * oneHot).sum(axes: [-1])
+    let total = try (picked * weights).sum()
+    let count = try maximum(weights.sum(), b.fill(1, shape: []))
+    return try (-total / count).named("loss")
   }
 }
 
@@ -195,9 +217,12 @@ public struct LlamaModel: Sendable {
     config = try LlamaConfig(gguf: file)
   }
 
-  /// Traces the forward graph with each weight in its stored dtype.
-  public func trace(batch: Int, sequence: Int) throws(TraceError) -> Graph {
-    try Llama.trace(config, batch: batch, sequence: sequence) { name in file.info(name)?.dtype }
+  /// Traces the forward graph (or, with `loss`, the loss graph) with each weight in its stored
+  /// dtype.
+  public func trace(batch: Int, sequence: Int, loss: Bool = false) throws(TraceError) -> Graph {
+    try Llama.trace(config, batch: batch, sequence: sequence, loss: loss) { name in
+      file.info(name)?.dtype
+    }
   }
 
   /// The weights a traced graph declares, bound by name without copying.

@@ -149,6 +149,55 @@ public struct PEFTAdapter: Sendable {
     return (config.embeddingLength, config.headCount * config.headDimension)
   }
 
+  /// Tensors in lorac's names and orientation (`layers.0.attn.q.lora_a` [in, r], `.lora_b`
+  /// [r, out]: adapter weights or their gradients) as PEFT names and shapes, sorted by name:
+  /// transposed, and q/k `lora_b` rows returned to Hugging Face order.
+  public static func peftTensors(_ tensors: [String: HostTensor], config: LlamaConfig)
+    throws(FileError)
+    -> [(name: String, tensor: HostTensor)]
+  {
+    var result: [(name: String, tensor: HostTensor)] = []
+    for (name, tensor) in tensors {
+      let isA = name.hasSuffix(".lora_a")
+      guard isA || name.hasSuffix(".lora_b"), tensor.type.rank == 2 else {
+        throw FileError(message: "'\(name)' is not a lora_a or lora_b tensor")
+      }
+      let target = String(name.dropLast(7))
+      let parts = target.split(separator: ".")
+      guard parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]),
+        let module = modules.first(where: { $0.lorac == "\(parts[2]).\(parts[3])" })
+      else { throw FileError(message: "'\(name)' does not name a Llama linear layer") }
+      let (rows, columns) = (tensor.type.shape[0], tensor.type.shape[1])
+      var values = transpose(tensor.floats(), rows: rows, columns: columns)
+      if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
+        let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
+        values = permuteRowsToHuggingFace(values, rows: columns, columns: rows, heads: heads)
+      }
+      let peftName =
+        "base_model.model.model.layers.\(layer).\(module.hf).lora_\(isA ? "A" : "B").weight"
+      result.append((peftName, HostTensor(shape: [columns, rows], floats: values)))
+    }
+    return result.sorted { $0.name < $1.name }
+  }
+
+  /// The inverse of `permuteRowsForGGUF`.
+  static func permuteRowsToHuggingFace(_ values: [Float], rows: Int, columns: Int, heads: Int)
+    -> [Float]
+  {
+    let headDimension = rows / heads
+    var result = values
+    for h in 0..<heads {
+      for i in 0..<(headDimension / 2) {
+        for j in 0..<2 {
+          let gguf = h * headDimension + 2 * i + j
+          let huggingFace = h * headDimension + j * headDimension / 2 + i
+          for c in 0..<columns { result[huggingFace * columns + c] = values[gguf * columns + c] }
+        }
+      }
+    }
+    return result
+  }
+
   /// Hugging Face row order to GGUF's for q/k outputs: GGUF row `h·hd + 2i + j` is HF row
   /// `h·hd + j·hd/2 + i`.
   static func permuteRowsForGGUF(_ values: [Float], rows: Int, columns: Int, heads: Int) -> [Float]

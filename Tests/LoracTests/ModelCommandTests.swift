@@ -121,3 +121,63 @@ private func readNumPy(_ url: URL) throws -> [Float] {
   #expect(mismatch.status == 1)
   #expect(mismatch.stderr.contains("rank 8 on this model needs [8, 576] and [576, 8]"))
 }
+
+@Test func gradMatchesPyTorchAndPEFT() throws {
+  // PEFT adapter r=4, alpha=8 on q_proj and v_proj of every layer, set to fixed values; loss and
+  // gradients from PyTorch (Tests/Fixtures/make_gradient_fixtures.py).
+  let fixture =
+    try JSONSerialization.jsonObject(
+      with: Data(contentsOf: fixtures.appendingPathComponent("grad_qv_r4.json"))) as? [String: Any]
+  let ids = try #require(fixture?["ids"] as? [Int])
+  let referenceLoss = try #require(fixture?["loss"] as? Double)
+  let out = FileManager.default.temporaryDirectory.appendingPathComponent(
+    "lorac-\(UUID()).safetensors")
+  defer { try? FileManager.default.removeItem(at: out) }
+  let result = try lorac([
+    "grad", try model(), "--adapter", fixtures.appendingPathComponent("grad_qv_r4").path,
+    "--ids", ids.map(String.init).joined(separator: ","), "--out", out.path,
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let printed =
+    try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Double]
+  let loss = try #require(printed?["loss"])
+  #expect(abs(loss - referenceLoss) <= 1e-4 * abs(referenceLoss))
+  let ours = try SafetensorsReader(url: out)
+  let reference = try SafetensorsReader(
+    url: fixtures.appendingPathComponent("grad_qv_r4.safetensors"))
+  #expect(ours.names == reference.names)
+  #expect(ours.names.count == 120)
+  var worst = 0.0
+  for name in reference.names {
+    let (a, b) = (try ours.floats(name), try reference.floats(name))
+    #expect(a.count == b.count, "\(name)")
+    let difference = zip(a, b).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
+    let norm = b.map { Double($0) * Double($0) }.reduce(0, +).squareRoot()
+    worst = max(worst, difference / norm)
+  }
+  #expect(worst <= 1e-3, "worst relative gradient difference \(worst)")
+}
+
+/// A minimal F32 safetensors reader for checking outputs independently of lorac's own reader.
+struct SafetensorsReader {
+  let data: Data
+  let header: [String: Any]
+  let start: Int
+
+  init(url: URL) throws {
+    data = try Data(contentsOf: url)
+    let length = data.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+    header = try JSONSerialization.jsonObject(with: data[8..<(8 + length)]) as? [String: Any] ?? [:]
+    start = 8 + length
+  }
+
+  var names: [String] { header.keys.filter { $0 != "__metadata__" }.sorted() }
+
+  func floats(_ name: String) throws -> [Float] {
+    let entry = try #require(header[name] as? [String: Any])
+    let offsets = try #require(entry["data_offsets"] as? [Int])
+    return data[(start + offsets[0])..<(start + offsets[1])].withUnsafeBytes {
+      Array($0.bindMemory(to: Float.self))
+    }
+  }
+}

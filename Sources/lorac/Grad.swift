@@ -1,0 +1,58 @@
+import ArgumentParser
+import Foundation
+import IR
+import Models
+import Passes
+import Runtime
+
+/// `lorac grad`: the loss and the adapter gradients for one token sequence, as PEFT tensors.
+struct Grad: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract:
+      "Compute the mean next-token loss of --ids and its gradient for every adapter tensor.",
+    discussion: """
+      Prints {"loss": x} and writes the gradients to --out (safetensors) under the adapter's PEFT \
+      names and shapes.
+      """)
+
+  @Argument(help: "The GGUF model.")
+  var model: String
+
+  @Option(help: "A PEFT adapter directory.")
+  var adapter: String
+
+  @Option(help: "Comma-separated token ids (at least 2).")
+  var ids: String
+
+  @Option(help: "The safetensors file to write.")
+  var out: String
+
+  @Option(help: "Threads (default: all cores).")
+  var threads: Int?
+
+  @Option(help: "Print the IR after these passes (a pass name, or all).")
+  var printIRAfter: String?
+
+  func run() throws {
+    let tokens = parseIDs(ids, option: "--ids")
+    if tokens.count < 2 { fail("--ids: need at least 2 tokens for a next-token loss") }
+    Threads.set(threads)
+    let session = TrainingSession(
+      modelPath: model, adapter: adapter, batch: 1, sequence: tokens.count,
+      printIRAfter: printIRAfter)
+    if let bad = tokens.first(where: { $0 < 0 || Int($0) >= session.model.config.vocabularySize }) {
+      fail("--ids: token \(bad) is out of range 0..<\(session.model.config.vocabularySize)")
+    }
+    let targets = Array(tokens.dropFirst()) + [0]
+    let weights = [Float](repeating: 1, count: tokens.count - 1) + [0]
+    let loss = session.run(tokens: tokens, targets: targets, weights: weights)
+    do {
+      let gradients = try PEFTAdapter.peftTensors(session.gradients(), config: session.model.config)
+      try SafetensorsFile.write(
+        gradients, metadata: ["format": "pt"], to: URL(fileURLWithPath: out))
+    } catch {
+      fail("\(error)")
+    }
+    print("{\"loss\": \(loss)}")
+  }
+}
