@@ -165,6 +165,102 @@ public enum Llama {
   }
 }
 
+extension Llama {
+  /// Traces one decoding step over a key/value cache: `tokens` new tokens per sequence are
+  /// appended at cache slot `cache_start[1]` and attend to the slots `key_mask` allows.
+  ///
+  /// Inputs: `tokens: i32[batch, tokens]`, `positions: i32[batch, tokens]` (RoPE positions),
+  /// `cache_start: i32[4]` (`[0, slot, 0, 0]`), `key_mask: i32[batch, tokens, context]` (1 where a
+  /// query may attend to a slot). State: `layers.N.attn.{k,v}_cache : f32[batch, context, kvHeads,
+  /// headDim]`, updated in place. Output: the logits of the last new token, `f32[batch, vocab]`.
+  /// The same graph serves prefill (`tokens` = prompt length) and one-token steps (`tokens` = 1).
+  public static func traceDecoding(
+    _ config: LlamaConfig, batch: Int, tokens count: Int, context: Int,
+    weightType: (String) -> DType? = { _ in nil }
+  ) throws(TraceError) -> Graph {
+    let b = GraphBuilder(name: count == 1 ? "step" : "prefill")
+    let (dim, heads, kvHeads) = (config.embeddingLength, config.headCount, config.keyValueHeadCount)
+    let headDim = config.headDimension
+    func weight(_ name: String, _ shape: [Int]) throws(TraceError) -> Tensor {
+      try b.atTopLevel { () throws(TraceError) in
+        try b.constant(name: name, shape: shape, dtype: weightType(name) ?? .f32)
+      }
+    }
+    let tokens = try b.input(name: "tokens", shape: [batch, count], dtype: .i32)
+    let positions = try b.input(name: "positions", shape: [batch, count], dtype: .i32)
+    let start = try b.input(name: "cache_start", shape: [4], dtype: .i32)
+    let keyMask = try b.input(name: "key_mask", shape: [batch, count, context], dtype: .i32)
+    let mask = try keyMask.reshaped([batch, 1, count, context])
+    let embedding = try weight("token_embd.weight", [config.vocabularySize, dim])
+    var h = try gather(embedding, tokens, axis: 0).named("embed")
+    func rmsNorm(_ x: Tensor, _ name: String) throws(TraceError) -> Tensor {
+      let scale = try weight(name, [dim])
+      let meanSquare = try (x * x).mean(axes: [-1], keepDims: true)
+      return try x * rsqrt(meanSquare + config.normEpsilon) * scale
+    }
+    func linear(_ x: Tensor, _ weightName: String, _ outputs: Int, _ name: String)
+      throws(TraceError) -> Tensor
+    {
+      let w = try weight(weightName, [outputs, x.shape[x.rank - 1]])
+      return try matmul(x, w, transposeB: true).named(name)
+    }
+    for layer in 0..<config.layerCount {
+      let gguf = "blk.\(layer)."
+      h = try b.scope("layers.\(layer)") { () throws(TraceError) -> Tensor in
+        let x = try rmsNorm(h, gguf + "attn_norm.weight")
+        let attention = try b.scope("attn") { () throws(TraceError) -> Tensor in
+          let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
+          let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
+          let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+          let qr = try rope(
+            q.reshaped([batch, count, heads, headDim]), positions: positions,
+            theta: config.ropeTheta, interleaved: config.interleavedRope)
+          let kr = try rope(
+            k.reshaped([batch, count, kvHeads, headDim]), positions: positions,
+            theta: config.ropeTheta, interleaved: config.interleavedRope)
+          let cacheShape = [batch, context, kvHeads, headDim]
+          let kCache = try b.state(name: "k_cache", shape: cacheShape)
+          let vCache = try b.state(name: "v_cache", shape: cacheShape)
+          let keys = try dynamicUpdateSlice(kCache, kr, starts: start).named("k_cache.next")
+          let values = try dynamicUpdateSlice(
+            vCache, v.reshaped([batch, count, kvHeads, headDim]), starts: start
+          ).named("v_cache.next")
+          func expand(_ t: Tensor) throws(TraceError) -> Tensor {
+            if heads == kvHeads { return t }
+            return try t.reshaped([batch, context, kvHeads, 1, headDim])
+              .broadcast(to: [batch, context, kvHeads, heads / kvHeads, headDim])
+              .reshaped([batch, context, heads, headDim])
+          }
+          let qt = try qr.transposed([0, 2, 1, 3])
+          let kt = try expand(keys).transposed([0, 2, 1, 3])
+          let vt = try expand(values).transposed([0, 2, 1, 3])
+          let scores = try matmul(qt, kt, transposeB: true) * (1.0 / Double(headDim).squareRoot())
+          let masked = try b.emit(
+            .select, [.value(mask.value), .value(scores.value), .scalar(-.infinity)])[0]
+          let probabilities = try softmax(masked)
+          let context = try matmul(probabilities, vt).transposed([0, 2, 1, 3])
+            .reshaped([batch, count, heads * headDim])
+          return try linear(context, gguf + "attn_output.weight", dim, "o")
+        }
+        let afterAttention = try h + attention
+        let y = try rmsNorm(afterAttention, gguf + "ffn_norm.weight")
+        let mlp = try b.scope("mlp") { () throws(TraceError) -> Tensor in
+          let gate = try linear(y, gguf + "ffn_gate.weight", config.feedForwardLength, "gate")
+          let up = try linear(y, gguf + "ffn_up.weight", config.feedForwardLength, "up")
+          return try linear(silu(gate) * up, gguf + "ffn_down.weight", dim, "down")
+        }
+        return try afterAttention + mlp
+      }
+    }
+    let last = count == 1 ? h : try h.slice(start: [0, count - 1, 0], end: [batch, count, dim])
+    let normed = try rmsNorm(last.reshaped([batch, dim]), "output_norm.weight")
+    let head =
+      config.tiedEmbeddings
+      ? embedding : try weight("output.weight", [config.vocabularySize, dim])
+    return try b.finish(outputs: [try matmul(normed, head, transposeB: true).named("head")])
+  }
+}
+
 extension LlamaConfig {
   /// Reads the hyper-parameters of a Llama-family GGUF file from its metadata alone.
   ///

@@ -2,6 +2,9 @@ import IR
 
 /// Where every intermediate value of a graph lives in one arena, from liveness.
 ///
+/// A `dynamic_update_slice` of a state value that nothing else reads writes into the state's own
+/// buffer (the state then holds the updated value after the run).
+///
 /// Values are placed in schedule order: an instruction's results get the first free range large
 /// enough (64-byte aligned) that does not overlap any value still live, its operands included
 /// (kernels never write over their inputs); a value's range is freed after its last use. Outputs
@@ -30,9 +33,23 @@ public struct ArenaPlan: Sendable {
     // Aliases: a reshape's result is its operand's storage.
     var aliases: [Value: Value] = [:]
     func root(_ value: Value) -> Value { aliases[value].map(root) ?? value }
+    // A dynamic_update_slice of state that nothing else reads updates the state in place: its
+    // result is the state's buffer, so the state holds the new value after the run (KV caches).
+    let states = Set(graph.declarations.filter { $0.kind == .state }.map(\.value))
+    var readers: [Value: Int] = [:]
+    for instruction in graph.body {
+      for operand in instruction.operands {
+        if let value = operand.value { readers[value, default: 0] += 1 }
+      }
+    }
     for instruction in graph.body {
       if case .reshape = instruction.op, let operand = instruction.operands.first?.value {
         aliases[instruction.results[0]] = root(operand)
+      }
+      if case .dynamicUpdateSlice = instruction.op, let state = instruction.operands[0].value,
+        states.contains(state), readers[state] == 1, !graph.outputs.contains(state)
+      {
+        aliases[instruction.results[0]] = state
       }
     }
     // Last use of each root value.

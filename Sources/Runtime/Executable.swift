@@ -110,6 +110,23 @@ public final class Executable {
     return (binding.value, binding.address)
   }
 
+  /// Copies every state buffer that `other` has under the same name and type (a prefill graph
+  /// handing its key/value caches to the one-token step graph).
+  public func copyState(from other: Executable) throws(RuntimeError) {
+    for declaration in graph.declarations where declaration.kind == .state {
+      guard let source = other.bindable[declaration.name], let target = bindable[declaration.name]
+      else { throw RuntimeError(message: "no state named '\(declaration.name)' to copy") }
+      let type = graph.type(of: declaration.value)
+      guard other.graph.type(of: source.value) == type else {
+        throw RuntimeError(
+          message:
+            "state '\(declaration.name)' is \(type) here but \(other.graph.type(of: source.value)) there"
+        )
+      }
+      target.address.copyMemory(from: source.address, byteCount: type.byteCount)
+    }
+  }
+
   /// A copy of output `index` as computed by the last run.
   public func output(_ index: Int) -> HostTensor { copy(graph.outputs[index]) }
 

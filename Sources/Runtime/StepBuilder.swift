@@ -303,8 +303,9 @@ struct StepBuilder {
       let dense = denseStrides(source)
       let updateShape64 = updateShape.map(Int64.init)
       let updateRank = Int32(updateShape.count)
+      let inPlace = out == x
       return {
-        out.copyMemory(from: x, byteCount: Int(count) * 4)
+        if !inPlace { out.copyMemory(from: x, byteCount: Int(count) * 4) }
         let offset = clampedOffset(starts, sizes: updateShape, in: source, strides: dense)
         lc_scatter_strided_32(
           (out + Int(offset) * 4).assumingMemoryBound(to: UInt32.self), dense, updateRank,

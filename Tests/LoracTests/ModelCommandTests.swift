@@ -181,3 +181,65 @@ struct SafetensorsReader {
     }
   }
 }
+
+@Test func kvCacheGreedyDecodingMatchesTransformers() throws {
+  // The 32-token greedy continuations transformers produced, now through prefill + one-token
+  // steps over the KV cache.
+  let fixture =
+    try JSONSerialization.jsonObject(
+      with: Data(contentsOf: fixtures.appendingPathComponent("prompts.json"))) as? [String: Any]
+  let prompts = try #require(fixture?["prompts"] as? [[String: Any]])
+  for prompt in prompts {
+    let ids = try #require(prompt["ids"] as? [Int])
+    let greedy = try #require(prompt["greedy"] as? [Int])
+    let result = try lorac([
+      "generate", try model(), "--prompt-ids", ids.map(String.init).joined(separator: ","),
+      "--max-tokens", String(greedy.count), "--json",
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    let output = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+    #expect(output?["prompt_ids"] as? [Int] == ids)
+    #expect(output?["ids"] as? [Int] == greedy)
+  }
+}
+
+@Test func generateStreamsTextAndStopsAtStopStrings() throws {
+  let plain = try lorac([
+    "generate", try model(), "--prompt", "The capital of France is", "--max-tokens", "32",
+  ])
+  #expect(plain.status == 0)
+  #expect(plain.stdout == " Paris.\n\nThe answer is: 2018-01-22 12:12:53.\n")
+  let stopped = try lorac([
+    "generate", try model(), "--prompt", "The capital of France is", "--max-tokens", "32", "--stop",
+    "answer",
+  ])
+  #expect(stopped.stdout == " Paris.\n\nThe \n")
+  let sampled = [
+    "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--seed", "7", "--json",
+  ]
+  let first = try lorac(
+    ["generate", try model(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
+  let second = try lorac(
+    ["generate", try model(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
+  let ids = { (run: RunResult) in
+    (try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])?["ids"]
+      as? [Int]
+  }
+  #expect(first.status == 0 && ids(first) != nil && ids(first) == ids(second))
+  let bad: [([String], String)] = [
+    (["generate", try model()], "Error: give exactly one of --prompt and --prompt-ids"),
+    (
+      ["generate", try model(), "--prompt", "x", "--top-p", "1.5"],
+      "Error: --top-p must be in (0, 1], got 1.5"
+    ),
+    (
+      ["generate", try model(), "--prompt-ids", "1,70000"],
+      "error: --prompt-ids: token 70000 is out of range 0..<49152"
+    ),
+  ]
+  for (arguments, message) in bad {
+    let result = try lorac(arguments)
+    #expect(result.status != 0)
+    #expect(result.stderr.hasPrefix(message), "\(result.stderr)")
+  }
+}
