@@ -115,6 +115,23 @@ struct Generate: ParsableCommand {
     let sampling = SamplingOptions(
       temperature: temperature, topK: topK, topP: topP, repetitionPenalty: repeatPenalty, seed: seed
     )
+    // Streaming: print what is certain so far: complete UTF-8 characters, minus an end that
+    // could still become a stop string.
+    let holdBack = max(0, (stop.map(\.count).max() ?? 0) - 1)
+    var streamed: [Int32] = []
+    var printed = 0
+    func flush(final: Bool) {
+      var text = tokenizer.decode(streamed.filter { !endTokens.contains($0) })
+      if let cut = stop.compactMap({ text.range(of: $0)?.lowerBound }).min() {
+        text = String(text[..<cut])
+      } else if !final {
+        if text.hasSuffix("\u{FFFD}") { text.removeLast() }
+        text = String(text.dropLast(holdBack))
+      }
+      guard text.count > printed else { return }
+      FileHandle.standardOutput.write(Data(String(text.dropFirst(printed)).utf8))
+      printed = text.count
+    }
     let result: DecodeSession.Result
     do {
       result = try session.generate(
@@ -124,7 +141,11 @@ struct Generate: ParsableCommand {
           let text = tokenizer.decode(generated)
           return stop.contains { text.contains($0) }
         },
-        emit: { _ in })
+        emit: { token in
+          guard !json else { return }
+          streamed.append(token)
+          flush(final: false)
+        })
     } catch {
       fail("\(error)")
     }
@@ -141,7 +162,8 @@ struct Generate: ParsableCommand {
           + "\"decode_tokens_per_s\": \(Double(result.ids.count) / max(result.decodeSeconds, 1e-9))}"
       )
     } else {
-      print(text)
+      flush(final: true)
+      print()
     }
   }
 }
