@@ -170,8 +170,8 @@ extension Llama {
   /// appended at cache slot `cache_start[1]` and attend to the slots `key_mask` allows.
   ///
   /// Inputs: `tokens: i32[batch, tokens]`, `positions: i32[batch, tokens]` (RoPE positions),
-  /// `cache_start: i32[4]` (`[0, slot, 0, 0]`), `key_mask: i32[batch, tokens, context]` (1 where a
-  /// query may attend to a slot). State: `layers.N.attn.{k,v}_cache : f32[batch, context, kvHeads,
+  /// `cache_start: i32[4]` (`[0, 0, slot, 0]`), `key_mask: i32[batch, tokens, context]` (1 where a
+  /// query may attend to a slot). State: `layers.N.attn.{k,v}_cache : f32[batch, kvHeads, context,
   /// headDim]`, updated in place. Output: the logits of the last new token, `f32[batch, vocab]`.
   /// The same graph serves prefill (`tokens` = prompt length) and one-token steps (`tokens` = 1).
   public static func traceDecoding(
@@ -218,27 +218,28 @@ extension Llama {
           let kr = try rope(
             k.reshaped([batch, count, kvHeads, headDim]), positions: positions,
             theta: config.ropeTheta, interleaved: config.interleavedRope)
-          let cacheShape = [batch, context, kvHeads, headDim]
+          // Caches are [batch, kvHeads, context, headDim], so grouped-query attention is a
+          // matmul batched over key/value heads that reads the cache in place; each key/value
+          // head's `group` query heads form the rows.
+          let group = heads / kvHeads
+          let cacheShape = [batch, kvHeads, context, headDim]
           let kCache = try b.state(name: "k_cache", shape: cacheShape)
           let vCache = try b.state(name: "v_cache", shape: cacheShape)
-          let keys = try dynamicUpdateSlice(kCache, kr, starts: start).named("k_cache.next")
-          let values = try dynamicUpdateSlice(
-            vCache, v.reshaped([batch, count, kvHeads, headDim]), starts: start
-          ).named("v_cache.next")
-          func expand(_ t: Tensor) throws(TraceError) -> Tensor {
-            if heads == kvHeads { return t }
-            return try t.reshaped([batch, context, kvHeads, 1, headDim])
-              .broadcast(to: [batch, context, kvHeads, heads / kvHeads, headDim])
-              .reshaped([batch, context, heads, headDim])
-          }
-          let qt = try qr.transposed([0, 2, 1, 3])
-          let kt = try expand(keys).transposed([0, 2, 1, 3])
-          let vt = try expand(values).transposed([0, 2, 1, 3])
-          let scores = try matmul(qt, kt, transposeB: true) * (1.0 / Double(headDim).squareRoot())
-          let masked = try b.emit(
-            .select, [.value(mask.value), .value(scores.value), .scalar(-.infinity)])[0]
+          let kNew = try kr.transposed([0, 2, 1, 3])
+          let vNew = try v.reshaped([batch, count, kvHeads, headDim]).transposed([0, 2, 1, 3])
+          let keys = try dynamicUpdateSlice(kCache, kNew, starts: start).named("k_cache.next")
+          let values = try dynamicUpdateSlice(vCache, vNew, starts: start).named("v_cache.next")
+          let queries = try qr.reshaped([batch, count, kvHeads, group, headDim])
+            .transposed([0, 2, 1, 3, 4]).reshaped([batch, kvHeads, count * group, headDim])
+          let scores =
+            try matmul(queries, keys, transposeB: true) * (1.0 / Double(headDim).squareRoot())
+          let rowMask = try mask.reshaped([batch, 1, count, 1, context])
+            .broadcast(to: [batch, kvHeads, count, group, context])
+            .reshaped([batch, kvHeads, count * group, context])
+          let masked = try select(rowMask, scores, b.fill(-.infinity, shape: []))
           let probabilities = try softmax(masked)
-          let context = try matmul(probabilities, vt).transposed([0, 2, 1, 3])
+          let context = try matmul(probabilities, values)
+            .reshaped([batch, kvHeads, count, group, headDim]).transposed([0, 2, 1, 3, 4])
             .reshaped([batch, count, heads * headDim])
           return try linear(context, gguf + "attn_output.weight", dim, "o")
         }

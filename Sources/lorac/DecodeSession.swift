@@ -76,7 +76,7 @@ struct DecodeSession {
       try executable.set("tokens", HostTensor(shape: [1, count], ints: tokens))
       try executable.set(
         "positions", HostTensor(shape: [1, count], ints: (0..<count).map { Int32(slot + $0) }))
-      try executable.set("cache_start", HostTensor(shape: [4], ints: [0, Int32(slot), 0, 0]))
+      try executable.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
       try executable.set("key_mask", HostTensor(shape: [1, count, context], ints: mask))
       try executable.execute()
       return UnsafeBufferPointer(

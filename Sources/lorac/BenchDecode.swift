@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import IR
+import Models
+import Runtime
+
+extension Bench {
+  /// `lorac bench decode`: one-token KV-cache steps at several cache positions.
+  struct Decode: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Measure one-token decoding steps over the KV cache at several positions.",
+      discussion: "Medians of --runs steps after a warm-up, at each of --positions.")
+
+    @Argument(help: "The GGUF model.")
+    var model: String
+
+    @Option(help: "Comma-separated cache positions.")
+    var positions = "16,256,1024"
+
+    @Option(help: "Steps per position after one warm-up step.")
+    var runs = 9
+
+    @Option(help: "Threads (default: all cores).")
+    var threads: Int?
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func run() throws {
+      let slots = positions.split(separator: ",").compactMap { Int($0) }
+      guard !slots.isEmpty, slots.allSatisfy({ $0 >= 0 }) else {
+        fail("--positions must be non-negative integers like 16,256,1024")
+      }
+      Threads.set(threads)
+      let context = ((slots.max() ?? 0) + 16) / 16 * 16
+      let session = DecodeSession(modelPath: model, context: context, adapter: nil)
+      let step: Executable
+      do {
+        step = try session.compile(tokens: 1)
+      } catch {
+        fail("\(error)")
+      }
+      var results: [(Int, Double)] = []
+      for slot in slots {
+        var mask = [Int32](repeating: 0, count: context)
+        for s in 0...slot { mask[s] = 1 }
+        do {
+          try step.set("tokens", HostTensor(shape: [1, 1], ints: [504]))
+          try step.set("positions", HostTensor(shape: [1, 1], ints: [Int32(slot)]))
+          try step.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
+          try step.set("key_mask", HostTensor(shape: [1, 1, context], ints: mask))
+          let seconds = try KernelBenchmarks.median(runs: runs) { try step.execute() }
+          results.append((slot, seconds))
+        } catch {
+          fail("\(error)")
+        }
+      }
+      if json {
+        let entries = results.map {
+          "\"\($0.0)\": {\"step_s\": \($0.1), \"tokens_per_s\": \(1 / $0.1)}"
+        }
+        print(
+          "{\"context\": \(context), \"threads\": \(Threads.count), \"runs\": \(runs), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
+        )
+      } else {
+        for (slot, seconds) in results {
+          print(
+            String(
+              format: "position %5d: %6.2f ms per token, %6.1f tokens/s", slot, seconds * 1e3,
+              1 / seconds))
+        }
+        print(
+          "(context \(context), \(Threads.count) threads, median of \(runs); attention spans the slots up to the position, the cache is \(context) slots)"
+        )
+      }
+    }
+  }
+}
