@@ -11,6 +11,12 @@ struct DecodeSession {
   let model: LlamaModel
   let context: Int
   private let adapter: PEFTAdapter?
+  private let compiled = CompiledGraphs()
+
+  /// Compiled decoding graphs by token count, reused across generations.
+  private final class CompiledGraphs {
+    var byTokens: [Int: Executable] = [:]
+  }
 
   /// Loads the model (and adapter) for prompts of up to `context` tokens in all.
   init(modelPath: String, context: Int, adapter adapterPath: String?) {
@@ -31,8 +37,15 @@ struct DecodeSession {
     }
   }
 
-  /// A compiled decoding graph for `tokens` new tokens, with the adapter applied.
+  /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).
   func compile(tokens: Int) throws -> Executable {
+    if let executable = compiled.byTokens[tokens] { return executable }
+    let executable = try compileNew(tokens: tokens)
+    compiled.byTokens[tokens] = executable
+    return executable
+  }
+
+  private func compileNew(tokens: Int) throws -> Executable {
     var graph = try Llama.traceDecoding(
       model.config, batch: 1, tokens: tokens, context: context,
       weightType: { model.file.info($0)?.dtype })

@@ -8,7 +8,8 @@ struct Lorac: ParsableCommand {
     abstract: "An ahead-of-time compiler for LoRA fine-tuning and inference on CPUs.",
     version: "lorac 0.1.0",
     subcommands: [
-      Inspect.self, Tokenize.self, Logits.self, Generate.self, Grad.self, Bench.self, DumpIR.self,
+      Inspect.self, Tokenize.self, Logits.self, Generate.self, Train.self, Eval.self, Grad.self,
+      Bench.self, DumpIR.self,
       CheckIR.self, Interpret.self,
     ]
   )

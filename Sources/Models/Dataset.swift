@@ -1,0 +1,122 @@
+import Foundation
+import IR
+
+/// A training example as token ids with per-token loss weights (0 for prompt or padding).
+public struct TrainingExample: Hashable, Sendable {
+  public var ids: [Int32]
+  /// `weights[t]` weighs the loss of predicting `ids[t + 1]`.
+  public var weights: [Float]
+
+  public init(ids: [Int32], weights: [Float]) {
+    self.ids = ids
+    self.weights = weights
+  }
+}
+
+/// A bad data line: names the file and the line.
+public struct DatasetError: Error, Hashable, Sendable, CustomStringConvertible {
+  public var message: String
+  public init(message: String) { self.message = message }
+  public var description: String { message }
+}
+
+/// Training data: jsonl files of `{"prompt", "completion"}` (loss on the completion),
+/// `{"text"}` (loss on everything) or `{"messages": [{"role", "content"}]}` (the chat template;
+/// loss on the assistant turns, their `<|im_end|>` included), and the tutorials' synthetic
+/// `mystery_function` task.
+public enum Dataset {
+  /// Reads a jsonl file; every bad line is reported with its number.
+  public static func load(
+    path: String, tokenizer: Tokenizer, template: ChatTemplate?
+  ) throws(DatasetError) -> [TrainingExample] {
+    guard let data = FileManager.default.contents(atPath: path) else {
+      throw DatasetError(message: "\(path): cannot read the file")
+    }
+    var examples: [TrainingExample] = []
+    var lineNumber = 0
+    for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
+      lineNumber += 1
+      if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
+      func fail(_ message: String) -> DatasetError {
+        DatasetError(message: "\(path):\(lineNumber): \(message)")
+      }
+      let json: JSONValue
+      do {
+        json = try JSONValue.parse(Array(line))
+      } catch {
+        throw fail("not valid JSON (\(error.message))")
+      }
+      guard case .object = json else { throw fail("expected a JSON object") }
+      if case .string(let prompt)? = json["prompt"] {
+        guard case .string(let completion)? = json["completion"] else {
+          throw fail("\"prompt\" needs a string \"completion\"")
+        }
+        examples.append(Dataset.completion(prompt: prompt, completion: completion, tokenizer: tokenizer))
+      } else if case .string(let text)? = json["text"] {
+        var ids = tokenizer.encode(text)
+        ids.append(tokenizer.endOfSequence ?? 0)
+        examples.append(TrainingExample(ids: ids, weights: [Float](repeating: 1, count: ids.count - 1)))
+      } else if case .array(let items)? = json["messages"] {
+        guard let template else { throw fail("\"messages\" needs a model with a ChatML chat template") }
+        var messages: [ChatMessage] = []
+        for item in items {
+          guard case .string(let role)? = item["role"], case .string(let content)? = item["content"] else {
+            throw fail("every message needs string \"role\" and \"content\"")
+          }
+          messages.append(ChatMessage(role: role, content: content))
+        }
+        guard messages.contains(where: { $0.role == "assistant" }) else {
+          throw fail("\"messages\" has no assistant turn to learn")
+        }
+        examples.append(chat(messages, template: template, tokenizer: tokenizer))
+      } else {
+        throw fail("expected \"prompt\"+\"completion\", \"text\" or \"messages\"")
+      }
+      if examples[examples.count - 1].ids.count < 2 { throw fail("the example has fewer than 2 tokens") }
+    }
+    if examples.isEmpty { throw DatasetError(message: "\(path): no examples") }
+    return examples
+  }
+
+  /// Prompt tokens unweighted, completion tokens and the end-of-sequence token weighted.
+  public static func completion(prompt: String, completion: String, tokenizer: Tokenizer) -> TrainingExample {
+    let promptIDs = tokenizer.encode(prompt)
+    let completionIDs = tokenizer.encode(completion) + [tokenizer.endOfSequence ?? 0]
+    let ids = promptIDs + completionIDs
+    let weights = (0..<(ids.count - 1)).map { Float($0 + 1 >= promptIDs.count ? 1 : 0) }
+    return TrainingExample(ids: ids, weights: weights)
+  }
+
+  /// A chat; the assistant turns (content and `<|im_end|>`) are weighted.
+  static func chat(_ messages: [ChatMessage], template: ChatTemplate, tokenizer: Tokenizer) -> TrainingExample {
+    var ids: [Int32] = []
+    var weighted: [Bool] = []
+    var first = true
+    for message in messages {
+      var prefix = ""
+      if first, let system = template.defaultSystem, message.role != "system" {
+        prefix = "<|im_start|>system\n\(system)<|im_end|>\n"
+      }
+      first = false
+      let head = tokenizer.encode(prefix + "<|im_start|>\(message.role)\n", parseSpecial: true)
+      let body = tokenizer.encode(message.content + "<|im_end|>", parseSpecial: true)
+      let tail = tokenizer.encode("\n")
+      ids += head + body + tail
+      let learn = message.role == "assistant"
+      weighted += [Bool](repeating: false, count: head.count) + [Bool](repeating: learn, count: body.count)
+        + [Bool](repeating: false, count: tail.count)
+    }
+    let weights = (0..<(ids.count - 1)).map { Float(weighted[$0 + 1] ? 1 : 0) }
+    return TrainingExample(ids: ids, weights: weights)
+  }
+
+  /// The tutorials' task: `>>> mystery_function(a, b)\n` completed by `a + b`, with a, b < 1000.
+  public static func mysteryFunction(count: Int, seed: UInt64) -> [(prompt: String, answer: String)] {
+    var generator = SplitMix64(seed: seed)
+    return (0..<count).map { _ in
+      let a = Int(generator.next() % 1000)
+      let b = Int(generator.next() % 1000)
+      return (">>> mystery_function(\(a), \(b))\n", String(a + b))
+    }
+  }
+}
