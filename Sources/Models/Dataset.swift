@@ -51,16 +51,21 @@ public enum Dataset {
         guard case .string(let completion)? = json["completion"] else {
           throw fail("\"prompt\" needs a string \"completion\"")
         }
-        examples.append(Dataset.completion(prompt: prompt, completion: completion, tokenizer: tokenizer))
+        examples.append(
+          Dataset.completion(prompt: prompt, completion: completion, tokenizer: tokenizer))
       } else if case .string(let text)? = json["text"] {
         var ids = tokenizer.encode(text)
         ids.append(tokenizer.endOfSequence ?? 0)
-        examples.append(TrainingExample(ids: ids, weights: [Float](repeating: 1, count: ids.count - 1)))
+        examples.append(
+          TrainingExample(ids: ids, weights: [Float](repeating: 1, count: ids.count - 1)))
       } else if case .array(let items)? = json["messages"] {
-        guard let template else { throw fail("\"messages\" needs a model with a ChatML chat template") }
+        guard let template else {
+          throw fail("\"messages\" needs a model with a ChatML chat template")
+        }
         var messages: [ChatMessage] = []
         for item in items {
-          guard case .string(let role)? = item["role"], case .string(let content)? = item["content"] else {
+          guard case .string(let role)? = item["role"], case .string(let content)? = item["content"]
+          else {
             throw fail("every message needs string \"role\" and \"content\"")
           }
           messages.append(ChatMessage(role: role, content: content))
@@ -72,14 +77,18 @@ public enum Dataset {
       } else {
         throw fail("expected \"prompt\"+\"completion\", \"text\" or \"messages\"")
       }
-      if examples[examples.count - 1].ids.count < 2 { throw fail("the example has fewer than 2 tokens") }
+      if examples[examples.count - 1].ids.count < 2 {
+        throw fail("the example has fewer than 2 tokens")
+      }
     }
     if examples.isEmpty { throw DatasetError(message: "\(path): no examples") }
     return examples
   }
 
   /// Prompt tokens unweighted, completion tokens and the end-of-sequence token weighted.
-  public static func completion(prompt: String, completion: String, tokenizer: Tokenizer) -> TrainingExample {
+  public static func completion(prompt: String, completion: String, tokenizer: Tokenizer)
+    -> TrainingExample
+  {
     let promptIDs = tokenizer.encode(prompt)
     let completionIDs = tokenizer.encode(completion) + [tokenizer.endOfSequence ?? 0]
     let ids = promptIDs + completionIDs
@@ -88,7 +97,9 @@ public enum Dataset {
   }
 
   /// A chat; the assistant turns (content and `<|im_end|>`) are weighted.
-  static func chat(_ messages: [ChatMessage], template: ChatTemplate, tokenizer: Tokenizer) -> TrainingExample {
+  static func chat(_ messages: [ChatMessage], template: ChatTemplate, tokenizer: Tokenizer)
+    -> TrainingExample
+  {
     var ids: [Int32] = []
     var weighted: [Bool] = []
     var first = true
@@ -103,7 +114,8 @@ public enum Dataset {
       let tail = tokenizer.encode("\n")
       ids += head + body + tail
       let learn = message.role == "assistant"
-      weighted += [Bool](repeating: false, count: head.count) + [Bool](repeating: learn, count: body.count)
+      weighted +=
+        [Bool](repeating: false, count: head.count) + [Bool](repeating: learn, count: body.count)
         + [Bool](repeating: false, count: tail.count)
     }
     let weights = (0..<(ids.count - 1)).map { Float(weighted[$0 + 1] ? 1 : 0) }
@@ -111,7 +123,8 @@ public enum Dataset {
   }
 
   /// The tutorials' task: `>>> mystery_function(a, b)\n` completed by `a + b`, with a, b < 1000.
-  public static func mysteryFunction(count: Int, seed: UInt64) -> [(prompt: String, answer: String)] {
+  public static func mysteryFunction(count: Int, seed: UInt64) -> [(prompt: String, answer: String)]
+  {
     var generator = SplitMix64(seed: seed)
     return (0..<count).map { _ in
       let a = Int(generator.next() % 1000)

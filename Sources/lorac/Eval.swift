@@ -38,7 +38,9 @@ struct Eval: ParsableCommand {
   var json = false
 
   func validate() throws {
-    if (data == nil) == (task == nil) { throw ValidationError("give exactly one of --data and --task") }
+    if (data == nil) == (task == nil) {
+      throw ValidationError("give exactly one of --data and --task")
+    }
     if let task, task != "mystery_function" {
       throw ValidationError("unknown --task '\(task)' (known: mystery_function)")
     }
@@ -55,9 +57,12 @@ struct Eval: ParsableCommand {
     }
     var cases: [(prompt: String, answer: String)] = []
     if let data {
-      guard let contents = FileManager.default.contents(atPath: data) else { fail("\(data): cannot read the file") }
+      guard let contents = FileManager.default.contents(atPath: data) else {
+        fail("\(data): cannot read the file")
+      }
       for (index, line) in contents.split(separator: UInt8(ascii: "\n")).enumerated() {
-        guard let object = try? JSONValue.parse(Array(line)), case .string(let prompt)? = object["prompt"],
+        guard let object = try? JSONValue.parse(Array(line)),
+          case .string(let prompt)? = object["prompt"],
           case .string(let completion)? = object["completion"]
         else { fail("\(data):\(index + 1): expected {\"prompt\": ..., \"completion\": ...}") }
         cases.append((prompt, completion))
@@ -66,8 +71,10 @@ struct Eval: ParsableCommand {
       cases = Dataset.mysteryFunction(count: count, seed: seed)
     }
     let prompts = cases.map { tokenizer.encode($0.prompt) }
-    let longest = zip(prompts, cases).map { $0.count + tokenizer.encode($1.answer).count + 4 }.max() ?? 16
-    let session = DecodeSession(modelPath: model, context: (longest + 15) / 16 * 16, adapter: adapter)
+    let longest =
+      zip(prompts, cases).map { $0.count + tokenizer.encode($1.answer).count + 4 }.max() ?? 16
+    let session = DecodeSession(
+      modelPath: model, context: (longest + 15) / 16 * 16, adapter: adapter)
     let newline = tokenizer.encode("\n")
     var correct = 0
     var samples: [String] = []
@@ -86,20 +93,30 @@ struct Eval: ParsableCommand {
         fail("\(error)")
       }
       var output = result.ids
-      while let last = output.last, last == tokenizer.endOfSequence || last == 0 || newline.contains(last) {
+      while let last = output.last,
+        last == tokenizer.endOfSequence || last == 0 || newline.contains(last)
+      {
         output.removeLast()
       }
       let text = tokenizer.decode(output)
       if text == item.answer { correct += 1 }
-      if samples.count < 3 { samples.append("\(item.prompt.debugDescription) -> \(text.debugDescription) (expected \(item.answer))") }
+      if samples.count < 3 {
+        samples.append(
+          "\(item.prompt.debugDescription) -> \(text.debugDescription) (expected \(item.answer))")
+      }
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     let accuracy = Double(correct) / Double(cases.count)
     if json {
-      print("{\"examples\": \(cases.count), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}")
+      print(
+        "{\"examples\": \(cases.count), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}"
+      )
     } else {
       for sample in samples { print(sample) }
-      print(String(format: "exact match %d/%d = %.1f%% (%.1f s)", correct, cases.count, accuracy * 100, seconds))
+      print(
+        String(
+          format: "exact match %d/%d = %.1f%% (%.1f s)", correct, cases.count, accuracy * 100,
+          seconds))
     }
   }
 }

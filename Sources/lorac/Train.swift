@@ -68,11 +68,15 @@ struct Train: ParsableCommand {
   var threads: Int?
 
   func validate() throws {
-    if (data == nil) == (task == nil) { throw ValidationError("give exactly one of --data and --task") }
+    if (data == nil) == (task == nil) {
+      throw ValidationError("give exactly one of --data and --task")
+    }
     if let task, task != "mystery_function" {
       throw ValidationError("unknown --task '\(task)' (known: mystery_function)")
     }
-    for (name, value) in [("--rank", rank), ("--steps", steps), ("--batch", batch), ("--examples", examples)]
+    for (name, value) in [
+      ("--rank", rank), ("--steps", steps), ("--batch", batch), ("--examples", examples),
+    ]
     where value < 1 {
       throw ValidationError("\(name) must be at least 1, got \(value)")
     }
@@ -94,7 +98,8 @@ struct Train: ParsableCommand {
     if let data {
       do {
         set = try Dataset.load(
-          path: data, tokenizer: tokenizer, template: tokenizer.chatTemplate.flatMap(ChatTemplate.init(template:)))
+          path: data, tokenizer: tokenizer,
+          template: tokenizer.chatTemplate.flatMap(ChatTemplate.init(template:)))
       } catch {
         fail(error.message)
       }
@@ -115,7 +120,8 @@ struct Train: ParsableCommand {
     }
     trainer.train(
       examples: set, steps: steps, learningRate: lr, warmup: warmup, weightDecay: weightDecay,
-      maxGradientNorm: maxGradNorm, seed: seed, metrics: outFolder.appendingPathComponent("metrics.jsonl"))
+      maxGradientNorm: maxGradNorm, seed: seed,
+      metrics: outFolder.appendingPathComponent("metrics.jsonl"))
     trainer.save(to: outFolder, alpha: alpha, rank: rank)
   }
 }

@@ -13,13 +13,18 @@ final class Trainer {
   let sequence: Int
   let batch: Int
 
-  init(model: LlamaModel, sequence: Int, batch: Int, rank: Int, alpha: Double, targets: String, seed: UInt64) {
+  init(
+    model: LlamaModel, sequence: Int, batch: Int, rank: Int, alpha: Double, targets: String,
+    seed: UInt64
+  ) {
     self.model = model
     self.sequence = sequence
     self.batch = batch
     do {
       let pipeline = try Pipeline(
-        parsing: "lora{rank=\(rank),alpha=\(alpha),targets=\(targets),seed=\(seed)},freeze,autodiff{loss=loss},dce")
+        parsing:
+          "lora{rank=\(rank),alpha=\(alpha),targets=\(targets),seed=\(seed)},freeze,autodiff{loss=loss},dce"
+      )
       let graph = try pipeline.run(try model.trace(batch: batch, sequence: sequence, loss: true))
       executable = try Executable(graph, constants: try model.weights(for: graph))
       parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
@@ -71,12 +76,14 @@ final class Trainer {
       // Linear warm-up, then cosine decay to 10% of the peak.
       let progress = Double(max(0, step - warmup)) / Double(max(1, steps - warmup))
       let cosine = 0.1 + 0.9 * 0.5 * (1 + cos(Double.pi * progress))
-      optimizer.learningRate = learningRate * (step < warmup ? Double(step + 1) / Double(warmup) : cosine)
+      optimizer.learningRate =
+        learningRate * (step < warmup ? Double(step + 1) / Double(warmup) : cosine)
       let loss: Float
       do {
         let outputs = try executable.run(inputs: [
           "tokens": HostTensor(shape: [batch, sequence], ints: tokens),
-          "positions": HostTensor(shape: [batch, sequence], ints: (0..<(batch * sequence)).map { Int32($0 % sequence) }),
+          "positions": HostTensor(
+            shape: [batch, sequence], ints: (0..<(batch * sequence)).map { Int32($0 % sequence) }),
           "targets": HostTensor(shape: [batch, sequence], ints: targets),
           "weights": HostTensor(shape: [batch, sequence], floats: weights),
         ])
@@ -90,10 +97,12 @@ final class Trainer {
       let rate = Double(tokensSeen) / elapsed
       let eta = elapsed / Double(step + 1) * Double(steps - step - 1)
       lines.append(
-        "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsed)}")
+        "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsed)}"
+      )
       if step == 0 || (step + 1) % 5 == 0 || step == steps - 1 {
         let message = String(
-          format: "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  eta %.0fs\n", step + 1, steps,
+          format: "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  eta %.0fs\n",
+          step + 1, steps,
           loss, optimizer.learningRate, norm, rate, eta)
         FileHandle.standardError.write(Data(message.utf8))
       }
@@ -112,10 +121,12 @@ final class Trainer {
     do {
       for name in parameters { tensors[name] = try executable.value(named: name) }
       let peft = try PEFTAdapter.peftTensors(tensors, config: model.config)
-      let modules = Set(peft.map { name -> String in
-        let parts = name.name.split(separator: ".")
-        return String(parts[parts.count - 3])
-      }).sorted()
+      let modules = Set(
+        peft.map { name -> String in
+          let parts = name.name.split(separator: ".")
+          return String(parts[parts.count - 3])
+        }
+      ).sorted()
       let config = """
         {
           "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -136,8 +147,10 @@ final class Trainer {
 
         """
       try SafetensorsFile.write(
-        peft, metadata: ["format": "pt"], to: folder.appendingPathComponent("adapter_model.safetensors"))
-      try writeAtomically(Data(config.utf8), to: folder.appendingPathComponent("adapter_config.json"))
+        peft, metadata: ["format": "pt"],
+        to: folder.appendingPathComponent("adapter_model.safetensors"))
+      try writeAtomically(
+        Data(config.utf8), to: folder.appendingPathComponent("adapter_config.json"))
     } catch {
       fail("\(error)")
     }
