@@ -21,8 +21,11 @@ int lc_core_count(void) {
 void lc_set_threads(int n) {
   if (n < 1) n = lc_core_count();
   lc_threads = n;
+  // OpenMP owns every thread: OpenBLAS runs single-threaded inside lorac's own parallel loops
+  // (lc_sgemm splits each product), so OpenBLAS's workers never compete with OpenMP's spinning
+  // ones for the cores.
   omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  openblas_set_num_threads(1);
 }
 
 int lc_get_threads(void) {

@@ -6,8 +6,9 @@
 // - Strided views: `rank`, `shape[rank]` (the output's shape) and per-operand `strides[rank]` in
 //   elements; a stride of 0 broadcasts. rank <= LC_MAX_RANK.
 // - Threads: loops are `#pragma omp parallel for schedule(static)` over rows; GEMM goes through
-//   OpenBLAS `cblas_sgemm`. `lc_set_threads` sets OpenMP and OpenBLAS together. Static schedules
-//   and fixed per-thread work make results bit-identical for a given thread count.
+//   OpenBLAS `cblas_sgemm`, always single-threaded inside lorac's own parallel regions (`lc_sgemm`
+//   splits each product), so one pool of OpenMP threads does all the work: no oversubscription.
+//   Static schedules and fixed per-thread work make results bit-identical for a thread count.
 // - Never: allocate memory (callers pass scratch), read files, or print. Kernels that can meet a
 //   bad index return the flat position of the first bad index, else -1.
 #ifndef LORAC_KERNELS_H
@@ -103,6 +104,11 @@ void lc_softmax_f32(float *out, const float *x, int64_t outer, int64_t n, int64_
                     int logarithm);
 
 // ---- matrix products ------------------------------------------------------------------------
+/// C = alpha op(A) op(B) + beta C, row-major, split across the OpenMP threads (each slice a
+/// single-threaded cblas_sgemm; OpenBLAS itself always runs on one thread).
+void lc_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+              const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+              int64_t ldc);
 /// out[b] = op(a[b]) x op(w[b]) for each batch b: a [M,K] (or [K,M] with trans_a), w [K,N] (or
 /// [N,K] with trans_b); a_batch_stride / w_batch_stride 0 broadcasts. Through cblas_sgemm.
 void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
@@ -134,7 +140,7 @@ void lc_adamw_f32(float *param, const float *grad, float *m, float *v, int64_t n
 double lc_sum_squares_f32(const float *x, int64_t n);
 
 // ---- measurement ----------------------------------------------------------------------------
-/// A bare cblas_sgemm call, out [M,N] = a [M,K] x w ([K,N], or [N,K] with trans_b): the
+/// A bare cblas_sgemm call with OpenBLAS's own threads, out [M,N] = a [M,K] x w ([K,N], or [N,K] with trans_b): the
 /// baseline lorac's GEMM path is measured against.
 void lc_sgemm_baseline(const float *a, const float *w, float *out, int64_t m, int64_t n,
                        int64_t k, int trans_b);
