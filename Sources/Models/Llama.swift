@@ -52,7 +52,7 @@ public enum Llama {
   ///     (weight 0 masks padding or prompt tokens), named "loss".
   public static func trace(
     _ config: LlamaConfig, batch: Int, sequence: Int, loss: Bool = false,
-    weightType: (String) -> DType? = { _ in nil }
+    weightType: @escaping (String) -> DType? = { _ in nil }
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
       config.headCount % config.keyValueHeadCount == 0,
@@ -66,11 +66,8 @@ public enum Llama {
     let b = GraphBuilder(name: "llama")
     let (dim, heads, kvHeads) = (config.embeddingLength, config.headCount, config.keyValueHeadCount)
     let headDim = config.headDimension
-    func weight(_ name: String, _ shape: [Int]) throws(TraceError) -> Tensor {
-      try b.atTopLevel { () throws(TraceError) in
-        try b.constant(name: name, shape: shape, dtype: weightType(name) ?? .f32)
-      }
-    }
+    let parts = LlamaParts(builder: b, config: config, weightType: weightType)
+    let (weight, rmsNorm, linear) = (parts.weight, parts.rmsNorm, parts.linear)
     let tokens = try b.input(name: "tokens", shape: [batch, sequence], dtype: .i32)
     let positions = try b.input(name: "positions", shape: [batch, sequence], dtype: .i32)
     let embedding = try weight("token_embd.weight", [config.vocabularySize, dim])
@@ -80,18 +77,6 @@ public enum Llama {
     let rows = try b.iota(shape: [sequence, sequence], axis: 0)
     let columns = try b.iota(shape: [sequence, sequence], axis: 1)
     let causal = try columns.compare(.le, rows)
-
-    func rmsNorm(_ x: Tensor, _ name: String) throws(TraceError) -> Tensor {
-      let scale = try weight(name, [dim])
-      let meanSquare = try (x * x).mean(axes: [-1], keepDims: true)
-      return try x * rsqrt(meanSquare + config.normEpsilon) * scale
-    }
-    func linear(_ x: Tensor, _ weightName: String, _ outputs: Int, _ name: String)
-      throws(TraceError) -> Tensor
-    {
-      let w = try weight(weightName, [outputs, x.shape[x.rank - 1]])
-      return try matmul(x, w, transposeB: true).named(name)
-    }
 
     for layer in 0..<config.layerCount {
       let gguf = "blk.\(layer)."
@@ -128,20 +113,11 @@ public enum Llama {
           return try linear(context, gguf + "attn_output.weight", dim, "o")
         }
         let afterAttention = try (h + attention).named("residual.attn")
-        let y = try rmsNorm(afterAttention, gguf + "ffn_norm.weight")
-        let mlp = try b.scope("mlp") { () throws(TraceError) -> Tensor in
-          let gate = try linear(y, gguf + "ffn_gate.weight", config.feedForwardLength, "gate")
-          let up = try linear(y, gguf + "ffn_up.weight", config.feedForwardLength, "up")
-          return try linear(silu(gate) * up, gguf + "ffn_down.weight", dim, "down")
-        }
+        let mlp = try parts.mlp(rmsNorm(afterAttention, gguf + "ffn_norm.weight"), layer: layer)
         return try (afterAttention + mlp).named("residual.mlp")
       }
     }
-    let normed = try rmsNorm(h, "output_norm.weight")
-    let head =
-      config.tiedEmbeddings
-      ? embedding : try weight("output.weight", [config.vocabularySize, dim])
-    let logits = try matmul(normed, head, transposeB: true).named("head")
+    let logits = try parts.head(h, embedding: embedding)
     guard loss else { return try b.finish(outputs: [logits]) }
     let targets = try b.input(name: "targets", shape: [batch, sequence], dtype: .i32)
     let weights = try b.input(name: "weights", shape: [batch, sequence])
@@ -165,6 +141,54 @@ public enum Llama {
   }
 }
 
+/// The pieces both Llama tracers share: weights by GGUF name (outside every scope), RMSNorm,
+/// linear layers and the SwiGLU MLP.
+private struct LlamaParts {
+  let builder: GraphBuilder
+  let config: LlamaConfig
+  let weightType: (String) -> DType?
+
+  func weight(_ name: String, _ shape: [Int]) throws(TraceError) -> Tensor {
+    try builder.atTopLevel { () throws(TraceError) in
+      try builder.constant(name: name, shape: shape, dtype: weightType(name) ?? .f32)
+    }
+  }
+
+  /// `x * (mean(x^2) + eps)^(-1/2) * w` over the last axis.
+  func rmsNorm(_ x: Tensor, _ name: String) throws(TraceError) -> Tensor {
+    let scale = try weight(name, [config.embeddingLength])
+    let meanSquare = try (x * x).mean(axes: [-1], keepDims: true)
+    return try x * rsqrt(meanSquare + config.normEpsilon) * scale
+  }
+
+  /// `x W^T` with W stored [outputs, inputs], the result named `name` in the current scope.
+  func linear(_ x: Tensor, _ weightName: String, _ outputs: Int, _ name: String)
+    throws(TraceError) -> Tensor
+  {
+    let w = try weight(weightName, [outputs, x.shape[x.rank - 1]])
+    return try matmul(x, w, transposeB: true).named(name)
+  }
+
+  /// `down(silu(gate(y)) * up(y))` in scope `mlp`.
+  func mlp(_ y: Tensor, layer: Int) throws(TraceError) -> Tensor {
+    let gguf = "blk.\(layer)."
+    return try builder.scope("mlp") { () throws(TraceError) -> Tensor in
+      let gate = try linear(y, gguf + "ffn_gate.weight", config.feedForwardLength, "gate")
+      let up = try linear(y, gguf + "ffn_up.weight", config.feedForwardLength, "up")
+      return try linear(silu(gate) * up, gguf + "ffn_down.weight", config.embeddingLength, "down")
+    }
+  }
+
+  /// The logits of `h` through the final norm and the (tied or separate) output head.
+  func head(_ h: Tensor, embedding: Tensor) throws(TraceError) -> Tensor {
+    let normed = try rmsNorm(h, "output_norm.weight")
+    let head =
+      config.tiedEmbeddings
+      ? embedding : try weight("output.weight", [config.vocabularySize, config.embeddingLength])
+    return try matmul(normed, head, transposeB: true).named("head")
+  }
+}
+
 extension Llama {
   /// Traces one decoding step over a key/value cache: `tokens` new tokens per sequence are
   /// appended at cache slot `cache_start[1]` and attend to the slots `key_mask` allows.
@@ -176,16 +200,13 @@ extension Llama {
   /// The same graph serves prefill (`tokens` = prompt length) and one-token steps (`tokens` = 1).
   public static func traceDecoding(
     _ config: LlamaConfig, batch: Int, tokens count: Int, context: Int,
-    weightType: (String) -> DType? = { _ in nil }
+    weightType: @escaping (String) -> DType? = { _ in nil }
   ) throws(TraceError) -> Graph {
     let b = GraphBuilder(name: count == 1 ? "step" : "prefill")
     let (dim, heads, kvHeads) = (config.embeddingLength, config.headCount, config.keyValueHeadCount)
     let headDim = config.headDimension
-    func weight(_ name: String, _ shape: [Int]) throws(TraceError) -> Tensor {
-      try b.atTopLevel { () throws(TraceError) in
-        try b.constant(name: name, shape: shape, dtype: weightType(name) ?? .f32)
-      }
-    }
+    let parts = LlamaParts(builder: b, config: config, weightType: weightType)
+    let (weight, rmsNorm, linear) = (parts.weight, parts.rmsNorm, parts.linear)
     let tokens = try b.input(name: "tokens", shape: [batch, count], dtype: .i32)
     let positions = try b.input(name: "positions", shape: [batch, count], dtype: .i32)
     let start = try b.input(name: "cache_start", shape: [4], dtype: .i32)
@@ -193,17 +214,6 @@ extension Llama {
     let mask = try keyMask.reshaped([batch, 1, count, context])
     let embedding = try weight("token_embd.weight", [config.vocabularySize, dim])
     var h = try gather(embedding, tokens, axis: 0).named("embed")
-    func rmsNorm(_ x: Tensor, _ name: String) throws(TraceError) -> Tensor {
-      let scale = try weight(name, [dim])
-      let meanSquare = try (x * x).mean(axes: [-1], keepDims: true)
-      return try x * rsqrt(meanSquare + config.normEpsilon) * scale
-    }
-    func linear(_ x: Tensor, _ weightName: String, _ outputs: Int, _ name: String)
-      throws(TraceError) -> Tensor
-    {
-      let w = try weight(weightName, [outputs, x.shape[x.rank - 1]])
-      return try matmul(x, w, transposeB: true).named(name)
-    }
     for layer in 0..<config.layerCount {
       let gguf = "blk.\(layer)."
       h = try b.scope("layers.\(layer)") { () throws(TraceError) -> Tensor in
@@ -244,21 +254,14 @@ extension Llama {
           return try linear(context, gguf + "attn_output.weight", dim, "o")
         }
         let afterAttention = try h + attention
-        let y = try rmsNorm(afterAttention, gguf + "ffn_norm.weight")
-        let mlp = try b.scope("mlp") { () throws(TraceError) -> Tensor in
-          let gate = try linear(y, gguf + "ffn_gate.weight", config.feedForwardLength, "gate")
-          let up = try linear(y, gguf + "ffn_up.weight", config.feedForwardLength, "up")
-          return try linear(silu(gate) * up, gguf + "ffn_down.weight", dim, "down")
-        }
+        let mlp = try parts.mlp(rmsNorm(afterAttention, gguf + "ffn_norm.weight"), layer: layer)
         return try afterAttention + mlp
       }
     }
     let last = count == 1 ? h : try h.slice(start: [0, count - 1, 0], end: [batch, count, dim])
-    let normed = try rmsNorm(last.reshaped([batch, dim]), "output_norm.weight")
-    let head =
-      config.tiedEmbeddings
-      ? embedding : try weight("output.weight", [config.vocabularySize, dim])
-    return try b.finish(outputs: [try matmul(normed, head, transposeB: true).named("head")])
+    return try b.finish(outputs: [
+      try parts.head(last.reshaped([batch, dim]), embedding: embedding)
+    ])
   }
 }
 

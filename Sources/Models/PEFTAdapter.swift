@@ -171,7 +171,8 @@ public struct PEFTAdapter: Sendable {
       var values = transpose(tensor.floats(), rows: rows, columns: columns)
       if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
-        values = permuteRowsToHuggingFace(values, rows: columns, columns: rows, heads: heads)
+        values = permuteRowsForGGUF(
+          values, rows: columns, columns: rows, heads: heads, inverse: true)
       }
       let peftName =
         "base_model.model.model.layers.\(layer).\(module.hf).lora_\(isA ? "A" : "B").weight"
@@ -180,10 +181,11 @@ public struct PEFTAdapter: Sendable {
     return result.sorted { $0.name < $1.name }
   }
 
-  /// The inverse of `permuteRowsForGGUF`.
-  static func permuteRowsToHuggingFace(_ values: [Float], rows: Int, columns: Int, heads: Int)
-    -> [Float]
-  {
+  /// Hugging Face row order to GGUF's for q/k outputs (or back, with `inverse`): GGUF row
+  /// `h·hd + 2i + j` is HF row `h·hd + j·hd/2 + i`.
+  static func permuteRowsForGGUF(
+    _ values: [Float], rows: Int, columns: Int, heads: Int, inverse: Bool = false
+  ) -> [Float] {
     let headDimension = rows / heads
     var result = values
     for h in 0..<heads {
@@ -191,24 +193,7 @@ public struct PEFTAdapter: Sendable {
         for j in 0..<2 {
           let gguf = h * headDimension + 2 * i + j
           let huggingFace = h * headDimension + j * headDimension / 2 + i
-          for c in 0..<columns { result[huggingFace * columns + c] = values[gguf * columns + c] }
-        }
-      }
-    }
-    return result
-  }
-
-  /// Hugging Face row order to GGUF's for q/k outputs: GGUF row `h·hd + 2i + j` is HF row
-  /// `h·hd + j·hd/2 + i`.
-  static func permuteRowsForGGUF(_ values: [Float], rows: Int, columns: Int, heads: Int) -> [Float]
-  {
-    let headDimension = rows / heads
-    var result = values
-    for h in 0..<heads {
-      for i in 0..<(headDimension / 2) {
-        for j in 0..<2 {
-          let target = h * headDimension + 2 * i + j
-          let source = h * headDimension + j * headDimension / 2 + i
+          let (target, source) = inverse ? (huggingFace, gguf) : (gguf, huggingFace)
           for c in 0..<columns { result[target * columns + c] = values[source * columns + c] }
         }
       }

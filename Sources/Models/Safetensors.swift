@@ -218,7 +218,7 @@ public struct SafetensorsFile: Sendable {
 }
 
 /// A JSON string literal for `text`.
-func jsonString(_ text: String) -> String {
+public func jsonString(_ text: String) -> String {
   var result = "\""
   for scalar in text.unicodeScalars {
     switch scalar {

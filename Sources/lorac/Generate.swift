@@ -157,7 +157,7 @@ struct Generate: ParsableCommand {
     }
     if json {
       print(
-        "{\"prompt_ids\": \(ids.map(Int.init)), \"ids\": \(result.ids.map(Int.init)), \"text\": \(jsonText(text)), "
+        "{\"prompt_ids\": \(ids.map(Int.init)), \"ids\": \(result.ids.map(Int.init)), \"text\": \(jsonString(text)), "
           + "\"prefill_tokens_per_s\": \(Double(ids.count) / result.prefillSeconds), "
           + "\"decode_tokens_per_s\": \(Double(result.ids.count) / max(result.decodeSeconds, 1e-9))}"
       )

@@ -29,18 +29,18 @@ struct Inspect: ParsableCommand {
     let parameters = file.tensors.map { $0.shape.reduce(1, *) }.reduce(0, +)
     if json {
       let tensors = file.tensors.map { t in
-        "{\"name\": \(jsonText(t.name)), \"shape\": \(t.shape), \"dtype\": \"\(t.typeName)\", \"bytes\": \(t.byteCount)}"
+        "{\"name\": \(jsonString(t.name)), \"shape\": \(t.shape), \"dtype\": \"\(t.typeName)\", \"bytes\": \(t.byteCount)}"
       }
       print(
         """
-        {"path": \(jsonText(model)), "version": \(file.version), "architecture": \(jsonText(architecture)), \
-        "name": \(jsonText(name)), "parameters": \(parameters), "tensor_bytes": \(totalBytes), \
+        {"path": \(jsonString(model)), "version": \(file.version), "architecture": \(jsonString(architecture)), \
+        "name": \(jsonString(name)), "parameters": \(parameters), "tensor_bytes": \(totalBytes), \
         "hyperparameters": {"vocab_size": \(config.vocabularySize), "embedding_length": \(config.embeddingLength), \
         "block_count": \(config.layerCount), "head_count": \(config.headCount), \
         "head_count_kv": \(config.keyValueHeadCount), "feed_forward_length": \(config.feedForwardLength), \
         "rope_freq_base": \(config.ropeTheta), "rms_norm_eps": \(config.normEpsilon), \
         "tied_embeddings": \(config.tiedEmbeddings)}, \
-        "tokenizer": {"model": "gpt2", "pre": \(jsonText(tokenizer.preTokenizer)), "tokens": \(tokenizer.tokens.count), \
+        "tokenizer": {"model": "gpt2", "pre": \(jsonString(tokenizer.preTokenizer)), "tokens": \(tokenizer.tokens.count), \
         "bos": \(tokenizer.beginOfSequence.map(String.init) ?? "null"), "eos": \(tokenizer.endOfSequence.map(String.init) ?? "null"), \
         "add_bos": \(tokenizer.addsBeginOfSequence), "chat_template": \(tokenizer.chatTemplate == nil ? "null" : "\"chatml\"")}, \
         "tensors": [\(tensors.joined(separator: ", "))]}
@@ -69,19 +69,4 @@ struct Inspect: ParsableCommand {
       )
     }
   }
-}
-
-/// A JSON string literal.
-func jsonText(_ text: String) -> String {
-  var result = "\""
-  for scalar in text.unicodeScalars {
-    switch scalar {
-    case "\"": result += "\\\""
-    case "\\": result += "\\\\"
-    case "\n": result += "\\n"
-    case _ where scalar.value < 0x20: result += String(format: "\\u%04x", scalar.value)
-    default: result.unicodeScalars.append(scalar)
-    }
-  }
-  return result + "\""
 }
