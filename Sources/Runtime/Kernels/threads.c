@@ -34,11 +34,14 @@ int lc_get_threads(void) {
 }
 
 int lc_cpu_features(void) {
+  static int cached = -1;
+  if (cached >= 0) return cached;
   __builtin_cpu_init();
   int features = 0;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) features |= 1;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) features |= 2;
   if (__builtin_cpu_supports("avx512vnni")) features |= 4;
+  cached = features;
   return features;
 }
 
