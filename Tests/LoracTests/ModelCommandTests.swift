@@ -243,3 +243,80 @@ struct SafetensorsReader {
     #expect(result.stderr.hasPrefix(message), "\(result.stderr)")
   }
 }
+
+@Test func trainWritesAPEFTAdapterThatEvalAndGenerateLoad() throws {
+  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
+  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let data = folder.appendingPathComponent("data.jsonl")
+  try """
+  {"prompt": ">>> mystery_function(1, 2)\\n", "completion": "3"}
+  {"text": "lorac trains LoRA adapters on CPUs."}
+  {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}
+  """.write(to: data, atomically: true, encoding: .utf8)
+  let out = folder.appendingPathComponent("adapter")
+  let train = try lorac([
+    "train", try model(), "--data", data.path, "--out", out.path, "--steps", "3", "--batch", "2",
+    "--rank", "4", "--targets", "layers.{0,1}.attn.{q,v}",
+  ])
+  #expect(train.status == 0, "\(train.stderr)")
+  #expect(train.stderr.contains("step 3/3"))
+  let files = try FileManager.default.contentsOfDirectory(atPath: out.path).sorted()
+  #expect(files == ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl"])
+  let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+  #expect(metrics.split(separator: "\n").count == 3)
+  let weights = try SafetensorsReader(url: out.appendingPathComponent("adapter_model.safetensors"))
+  #expect(weights.names.count == 2 * 2 * 2)
+  #expect(weights.names.contains("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"))
+  // B moved away from zero: the adapter is not a silent no-op.
+  let b = try weights.floats("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
+  #expect(b.contains { $0 != 0 })
+  let eval = try lorac([
+    "eval", try model(), "--adapter", out.path, "--task", "mystery_function", "--count", "3",
+    "--json",
+  ])
+  #expect(eval.status == 0, "\(eval.stderr)")
+  #expect(eval.stdout.contains("\"examples\": 3"))
+  let generate = try lorac([
+    "generate", try model(), "--adapter", out.path, "--prompt", "Hi", "--max-tokens", "3",
+  ])
+  #expect(generate.status == 0)
+}
+
+@Test func trainRejectsBadData() throws {
+  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
+  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let data = folder.appendingPathComponent("bad.jsonl")
+  try "{\"text\": \"fine\"}\n{\"text\": \"unterminated}\n".write(
+    to: data, atomically: true, encoding: .utf8)
+  let out = folder.appendingPathComponent("out").path
+  let cases: [([String], String)] = [
+    (
+      ["train", try model(), "--data", data.path, "--out", out],
+      "error: \(data.path):2: not valid JSON (offset 23: unterminated string)\n"
+    ),
+    (
+      ["train", try model(), "--task", "addition", "--out", out],
+      "Error: unknown --task 'addition' (known: mystery_function)"
+    ),
+    (["train", try model(), "--out", out], "Error: give exactly one of --data and --task"),
+    (
+      ["train", try model(), "--task", "mystery_function", "--out", out, "--rank", "0"],
+      "Error: --rank must be at least 1, got 0"
+    ),
+    (
+      ["train", try model(), "--task", "mystery_function", "--out", out, "--targets", "nothing.*"],
+      "error: lora: no matmul named like 'nothing.*'"
+    ),
+    (
+      ["eval", try model(), "--task", "mystery_function", "--adapter", "/nonexistent"],
+      "error: /nonexistent: no adapter_config.json (expected a PEFT adapter directory)\n"
+    ),
+  ]
+  for (arguments, message) in cases {
+    let result = try lorac(arguments)
+    #expect(result.status != 0, "\(arguments)")
+    #expect(result.stderr.hasPrefix(message), "\(result.stderr)")
+  }
+}
