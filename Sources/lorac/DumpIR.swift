@@ -1,37 +1,81 @@
 import ArgumentParser
+import Foundation
 import IR
 import Models
+import Passes
 
-/// `lorac dump-ir`: prints a model's IR text.
+/// `lorac dump-ir`: prints a model's IR text, optionally after a pass pipeline.
 struct DumpIR: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "dump-ir",
-    abstract: "Print the IR of a model as text.")
+    abstract: "Print the IR of a model as text, optionally after a pass pipeline.",
+    discussion: """
+      lorac dump-ir MODEL.gguf --pipeline 'lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},freeze,autodiff,dce' \
+      --loss prints the train graph; --after PASS|all also prints the IR after those passes (to stderr, with \
+      each pass's time), and the final IR goes to stdout.
+      """)
 
   /// The built-in example models.
   enum Example: String, ExpressibleByArgument, CaseIterable {
     case mlp
   }
 
-  @Option(
-    help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
-  var example: Example
+  @Argument(help: "A GGUF model (or use --example).")
+  var model: String?
+
+  @Option(help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
+  var example: Example?
 
   @Option(help: "Batch size of the traced graph.")
   var batch: Int = 4
 
+  @Option(help: "Sequence length of a traced language model.")
+  var seq: Int = 16
+
+  @Flag(help: "Trace a language model with its next-token loss (the graph training differentiates).")
+  var loss = false
+
+  @Option(help: "A pass pipeline to run before printing.")
+  var pipeline: String?
+
+  @Option(help: "Also print the IR after these passes (comma-separated, or all).")
+  var after: String?
+
   func validate() throws {
+    if (model == nil) == (example == nil) { throw ValidationError("give a model file or --example, not both") }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+    if seq < 1 { throw ValidationError("--seq must be at least 1, got \(seq)") }
+    if after != nil && pipeline == nil { throw ValidationError("--after needs --pipeline") }
   }
 
   func run() throws {
-    let graph: Graph
+    var graph: Graph
     do {
-      switch example {
-      case .mlp: graph = try MLP.trace(batch: batch)
+      if let model {
+        graph = try LlamaModel(path: model).trace(batch: batch, sequence: seq, loss: loss)
+      } else {
+        graph = try MLP.trace(batch: batch)
       }
+    } catch let error as GGUFError {
+      fail(error.message)
     } catch {
-      fail(error.description)
+      fail("\(error)")
+    }
+    if let pipeline {
+      do {
+        let passes = try Pipeline(parsing: pipeline)
+        let printAfter: Pipeline.PrintAfter =
+          switch after {
+          case nil: .none
+          case "all": .all
+          case let names?: .passes(Set(names.split(separator: ",").map(String.init)))
+          }
+        graph = try passes.run(graph, printAfter: printAfter) { line in
+          if after != nil { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        }
+      } catch {
+        fail(error.message)
+      }
     }
     print(Printer().print(graph), terminator: "")
   }

@@ -33,14 +33,38 @@ func lorac(_ arguments: [String], stdin: String? = nil) throws -> RunResult {
   process.standardError = errors
   process.standardInput = input
   try process.run()
+  // Drain stderr on another thread while stdout is read here: a child that fills one pipe while
+  // the other is being waited on would block forever.
+  let errorReader = ErrorReader(errors.fileHandleForReading)
+  let thread = Thread { errorReader.read() }
+  thread.start()
   if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
   try input.fileHandleForWriting.close()
   let out = output.fileHandleForReading.readDataToEndOfFile()
-  let err = errors.fileHandleForReading.readDataToEndOfFile()
+  let err = errorReader.wait()
   process.waitUntilExit()
   return RunResult(
     status: process.terminationStatus, stdout: String(decoding: out, as: UTF8.self),
     stderr: String(decoding: err, as: UTF8.self))
+}
+
+/// Reads a pipe to its end on another thread.
+final class ErrorReader: @unchecked Sendable {
+  private let handle: FileHandle
+  private var data = Data()
+  private let done = DispatchSemaphore(value: 0)
+
+  init(_ handle: FileHandle) { self.handle = handle }
+
+  func read() {
+    data = handle.readDataToEndOfFile()
+    done.signal()
+  }
+
+  func wait() -> Data {
+    done.wait()
+    return data
+  }
 }
 
 @Test func dumpIRPrintsTheMLPAndCheckIRRoundTripsIt() throws {

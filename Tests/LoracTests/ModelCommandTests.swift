@@ -320,3 +320,24 @@ struct SafetensorsReader {
     #expect(result.stderr.hasPrefix(message), "\(result.stderr)")
   }
 }
+
+@Test func dumpIRRunsAPipelineOnTheModel() throws {
+  let pipeline = "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},freeze,autodiff,dce"
+  let result = try lorac([
+    "dump-ir", try model(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline, "--after", "lora",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  #expect(result.stdout.hasPrefix("func @llama(%tokens: i32[1,4], %positions: i32[1,4], %targets: i32[1,4], %weights: f32[1,4])"))
+  #expect(result.stdout.contains("param @layers.29.attn.o.lora_b : f32[8,576] {init=zeros}"))
+  #expect(result.stdout.contains("\"layers.0.attn.q.lora_a.grad\""))
+  let lines = result.stderr.split(separator: "\n")
+  #expect(lines.filter { $0.hasPrefix("# ----- after ") }.count == 4)
+  #expect(result.stderr.contains("func @llama("))  // the IR after lora
+  // The printed train graph parses back to the same text.
+  let check = try lorac(["check-ir", "-"], stdin: result.stdout)
+  #expect(check.status == 0)
+  #expect(check.stdout == result.stdout)
+  let unknown = try lorac(["dump-ir", try model(), "--pipeline", "lora,fuse"])
+  #expect(unknown.status == 1)
+  #expect(unknown.stderr == "error: unknown pass 'fuse' (known passes: lora, freeze, autodiff, dce, cse)\n")
+}
