@@ -19,75 +19,97 @@ public struct InterpreterError: Error, Hashable, Sendable, CustomStringConvertib
 /// An operand of `Interpreter.evaluate`: a tensor, or a scalar literal.
 public enum InterpreterOperand: Sendable {
   case tensor(DenseTensor)
+  /// A literal that takes the other operand's dtype (truncated toward zero for `i32`).
   case scalar(Double)
 }
 
 /// The reference interpreter: every op in plain Swift, computed in `Double`.
 ///
 /// Obviously correct rather than fast: it is the oracle that kernels, passes and autodiff are
-/// tested against.
+/// tested against. Tensors are row-major.
 ///
-/// Sums and dot products accumulate in `Double` and round once. `i32` arithmetic wraps; integer
-/// division truncates toward zero and `x / 0 == 0`.
+/// - In `f32` precision, `f32` operands, scalar literals and results are rounded to `Float`; sums
+///   and dot products accumulate in `Double` and round once, at the end.
+/// - `i32` arithmetic is `Int32` arithmetic: `add`, `sub`, `mul` (and `neg`, `abs`, sums) wrap
+///   around; `div` truncates toward zero, `x / 0 == 0` and `Int32.min / -1 == Int32.min`.
+/// - An `i32` scalar literal is truncated toward zero, then wrapped to the `Int32` range.
+/// - Out-of-range `gather`/`scatter_add` indices throw; nothing reads out of bounds.
 public struct Interpreter: Sendable {
   public var precision: Precision
 
+  /// An interpreter that rounds as `precision` says.
   public init(precision: Precision = .f32) { self.precision = precision }
 
   // MARK: - Whole graphs
 
-  /// Runs a graph; `bindings` maps input and declaration names to values.
+  /// Runs a graph and returns its outputs in order.
   ///
-  /// Parameters and state with an initializer may be left unbound: they then start from their
-  /// seeded initial values. A storage-typed constant is bound to its decoded `f32` values.
-  /// - Throws: `InterpreterError` for a missing, extra or mismatched binding, or a failing
-  ///   instruction (named by index, op and name).
+  /// `bindings` maps input names (`GraphInput.name`) and declaration names (`Declaration.name`)
+  /// to values. Parameters and state with an initializer may be left unbound: they then start
+  /// from `initializer.values(for:seed:)`. A storage-typed constant (`q4_1[...]`) is bound to an
+  /// `f32` tensor of the same shape holding its decoded values.
+  /// - Throws: `InterpreterError` for a missing, extra or mismatched binding (naming it, the
+  ///   declared and the given type), or a failing instruction (named by index, op and name).
   public func run(_ graph: Graph, bindings: [String: DenseTensor]) throws(InterpreterError)
     -> [DenseTensor]
   {
     var environment = [DenseTensor?](repeating: nil, count: graph.types.count)
     var unused = Set(bindings.keys)
-    func bind(_ name: String, _ value: Value, initializer: Initializer?, seed: UInt64?)
-      throws(InterpreterError)
-    {
-      let declared = graph.type(of: value)
+
+    // Every named slot: its name, its value and the declaration that may give an initial value.
+    var slots: [(name: String, value: Value, initial: Declaration?)] = []
+    for input in graph.inputs { slots.append((input.name, input.value, nil)) }
+    for declaration in graph.declarations {
+      let initial = declaration.kind == .constant ? nil : declaration
+      slots.append((declaration.name, declaration.value, initial))
+    }
+    for (name, value, initial) in slots {
+      let what = "'\(name)'"
+      guard graph.types.indices.contains(value.index) else {
+        throw InterpreterError(message: "\(what) is \(value), which has no type in the graph")
+      }
+      let declared = graph.types[value.index]
+      if let problem = declared.problem() {
+        throw InterpreterError(message: "\(what): \(problem)")
+      }
+      // A storage-typed constant is bound to its decoded f32 values.
+      let expected = TensorType(declared.dtype.isCompute ? declared.dtype : .f32, declared.shape)
+      let shown = expected == declared ? "\(declared)" : "\(declared) (bound as \(expected))"
       guard let given = bindings[name] else {
-        if let initializer {
-          environment[value.index] = round(initializer.values(for: declared, seed: seed ?? 0))
-          return
+        guard let initializer = initial?.initializer else {
+          throw InterpreterError(message: "no binding for \(what) : \(shown)")
         }
-        throw InterpreterError(message: "no binding for '\(name)' : \(declared)")
+        let seed = initial?.seed ?? 0
+        environment[value.index] = round(initializer.values(for: declared, seed: seed))
+        continue
       }
       unused.remove(name)
-      let expectedDType: DType = declared.dtype.isCompute ? declared.dtype : .f32
-      guard given.shape == declared.shape, given.dtype == expectedDType else {
+      guard given.type == expected else {
         throw InterpreterError(
-          message: "'\(name)' is declared \(declared), but its binding is \(given.type)")
+          message: "\(what) is declared \(shown), but its binding is \(given.type)")
+      }
+      if let problem = problem(in: given) {
+        throw InterpreterError(message: "the binding of \(what) \(problem)")
       }
       environment[value.index] = round(given)
-    }
-    for input in graph.inputs {
-      try bind(input.name, input.value, initializer: nil, seed: nil)
-    }
-    for declaration in graph.declarations {
-      try bind(
-        declaration.name, declaration.value,
-        initializer: declaration.kind == .constant ? nil : declaration.initializer,
-        seed: declaration.seed)
     }
     if let extra = unused.sorted().first {
       throw InterpreterError(message: "binding '\(extra)' matches no input or declaration")
     }
+
     for (index, instruction) in graph.body.enumerated() {
+      let label =
+        "instruction \(index) (\(instruction.op.mnemonic)"
+        + (instruction.name.map { " \"\($0)\"" } ?? "") + ")"
       var operands: [InterpreterOperand] = []
       for operand in instruction.operands {
         switch operand {
-        case .scalar(let scalar): operands.append(.scalar(scalar))
+        case .scalar(let scalar):
+          operands.append(.scalar(scalar))
         case .value(let value):
-          guard value.index >= 0, value.index < environment.count,
-            let tensor = environment[value.index]
+          guard environment.indices.contains(value.index), let tensor = environment[value.index]
           else {
-            throw InterpreterError(message: "instruction \(index): operand \(value) is undefined")
+            throw InterpreterError(message: "\(label): operand \(value) is undefined")
           }
           operands.append(.tensor(tensor))
         }
@@ -96,16 +118,31 @@ public struct Interpreter: Sendable {
       do {
         results = try evaluate(instruction.op, operands)
       } catch {
-        let name = instruction.name.map { " \"\($0)\"" } ?? ""
-        throw InterpreterError(
-          message: "instruction \(index) (\(instruction.op.mnemonic)\(name)): \(error.message)")
+        throw InterpreterError(message: "\(label): \(error.message)")
       }
-      for (result, value) in zip(instruction.results, results) { environment[result.index] = value }
+      guard instruction.results.count == results.count else {
+        throw InterpreterError(
+          message: "\(label): has \(instruction.results.count) results, the op gives "
+            + "\(results.count)")
+      }
+      for (value, result) in zip(instruction.results, results) {
+        guard environment.indices.contains(value.index) else {
+          throw InterpreterError(message: "\(label): result \(value) has no type in the graph")
+        }
+        guard graph.types[value.index] == result.type else {
+          throw InterpreterError(
+            message: "\(label): result \(value) is declared \(graph.types[value.index]), but "
+              + "the op gives \(result.type)")
+        }
+        environment[value.index] = result
+      }
     }
+
     var outputs: [DenseTensor] = []
-    for output in graph.outputs {
-      guard let value = environment[output.index] else {
-        throw InterpreterError(message: "output \(output) is undefined")
+    for (position, output) in graph.outputs.enumerated() {
+      guard environment.indices.contains(output.index), let value = environment[output.index]
+      else {
+        throw InterpreterError(message: "output \(position) (\(output)) is undefined")
       }
       outputs.append(value)
     }
@@ -115,6 +152,10 @@ public struct Interpreter: Sendable {
   // MARK: - One op
 
   /// Evaluates one op on operand values, after checking its type rule.
+  ///
+  /// - Throws: `InterpreterError` carrying the `TypeError` description when the operand types do
+  ///   not fit the op, or naming the op when an operand is malformed (element count, non-integral
+  ///   `i32` element) or an index is out of range.
   public func evaluate(_ op: Op, _ operands: [InterpreterOperand]) throws(InterpreterError)
     -> [DenseTensor]
   {
@@ -124,58 +165,70 @@ public struct Interpreter: Sendable {
       case .scalar: .scalar
       }
     }
-    let resultType: TensorType
+    let resultTypes: [TensorType]
     do {
-      resultType = try op.resultTypes(operandTypes)[0]
+      resultTypes = try op.resultTypes(operandTypes)
     } catch {
       throw InterpreterError(message: error.description)
     }
-    // Scalars become rank-0 tensors of the dtype the type rule gave them.
-    let scalarDType: DType = {
-      let positions: [Int] = op == .select ? [1, 2] : [0, 1]
-      for position in positions where position < operands.count {
-        if case .tensor(let tensor) = operands[position] { return tensor.dtype }
+    guard resultTypes.count == 1, let resultType = resultTypes.first else {
+      throw InterpreterError(message: "\(op.mnemonic): expected one result type")
+    }
+    // The type rule has checked every shape, so element counts cannot overflow.
+    for (position, operand) in operands.enumerated() {
+      if case .tensor(let tensor) = operand, let problem = problem(in: tensor) {
+        throw InterpreterError(message: "\(op.mnemonic): operand \(position + 1) \(problem)")
       }
-      return .f32
-    }()
-    let x: [DenseTensor] = operands.map { operand in
+    }
+    // A scalar literal takes the dtype of the tensor it is paired with.
+    var scalarDType = DType.f32
+    let pairedPositions = op == .select ? [1, 2] : [0, 1]
+    for position in pairedPositions.reversed() where position < operands.count {
+      if case .tensor(let tensor) = operands[position] { scalarDType = tensor.dtype }
+    }
+    let inputs: [DenseTensor] = operands.map { operand in
       switch operand {
-      case .tensor(let tensor): tensor
+      case .tensor(let tensor):
+        return round(tensor)
       case .scalar(let scalar):
-        DenseTensor(
-          dtype: scalarDType, shape: [],
-          scalars: [scalarDType == .i32 ? wrapInt32(scalar.rounded(.towardZero)) : scalar])
+        let value = scalarDType == .i32 ? wrapInt32(scalar.rounded(.towardZero)) : scalar
+        return round(DenseTensor(dtype: scalarDType, shape: [], scalars: [value]))
       }
-    }.map(round)
-    let result = try compute(op, x, resultType)
-    return [round(result)]
+    }
+    return [round(try compute(op, inputs, resultType))]
   }
 
+  /// Computes an op whose operand types passed its type rule, producing a tensor of `type`.
   private func compute(_ op: Op, _ x: [DenseTensor], _ type: TensorType) throws(InterpreterError)
     -> DenseTensor
   {
+    func fail(_ message: String) -> InterpreterError {
+      InterpreterError(message: "\(op.mnemonic): \(message)")
+    }
+    let shape = type.shape
     let count = type.elementCount
+    let outStrides = strides(shape)
+    let integer = type.dtype == .i32
     var out = [Double](repeating: 0, count: count)
-    let outShape = type.shape
-    let outStrides = strides(outShape)
 
     switch op {
     case .unary(let function):
-      out = x[0].scalars.map { unary(function, $0, integer: type.dtype == .i32) }
+      out = x[0].scalars.map { unary(function, $0, integer: integer) }
 
     case .binary(let function):
       for flat in 0..<count {
         let index = unravel(flat, outStrides)
-        let a = x[0].scalars[broadcastFlat(index, x[0].shape)]
-        let b = x[1].scalars[broadcastFlat(index, x[1].shape)]
-        out[flat] = type.dtype == .i32 ? integerBinary(function, a, b) : binary(function, a, b)
+        let a = x[0].scalars[broadcastOffset(index, x[0].shape)]
+        let b = x[1].scalars[broadcastOffset(index, x[1].shape)]
+        out[flat] = integer ? integerBinary(function, a, b) : binary(function, a, b)
       }
 
     case .compare(let comparison):
       for flat in 0..<count {
         let index = unravel(flat, outStrides)
-        let a = x[0].scalars[broadcastFlat(index, x[0].shape)]
-        let b = x[1].scalars[broadcastFlat(index, x[1].shape)]
+        let a = x[0].scalars[broadcastOffset(index, x[0].shape)]
+        let b = x[1].scalars[broadcastOffset(index, x[1].shape)]
+        // IEEE comparisons: NaN compares false with everything, except for `ne`.
         let holds: Bool
         switch comparison {
         case .eq: holds = a == b
@@ -191,59 +244,58 @@ public struct Interpreter: Sendable {
     case .select:
       for flat in 0..<count {
         let index = unravel(flat, outStrides)
-        let condition = x[0].scalars[broadcastFlat(index, x[0].shape)]
+        let condition = x[0].scalars[broadcastOffset(index, x[0].shape)]
         let branch = condition != 0 ? x[1] : x[2]
-        out[flat] = branch.scalars[broadcastFlat(index, branch.shape)]
+        out[flat] = branch.scalars[broadcastOffset(index, branch.shape)]
       }
 
     case .reduce(let function, let axes, _):
-      // Accumulate every input element into the output position with the reduced axes dropped.
+      // Each input element goes to its index with the reduced axes dropped (keepDims only adds
+      // size-1 dimensions, which do not move flat positions).
       let input = x[0]
       let inputStrides = strides(input.shape)
-      let keptShape = input.shape.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
-      let keptStrides = strides(keptShape)
+      let keptAxes = input.shape.indices.filter { !axes.contains($0) }
+      let keptStrides = strides(keptAxes.map { input.shape[$0] })
       var seen = [Bool](repeating: false, count: count)
       for flat in 0..<input.elementCount {
         let index = unravel(flat, inputStrides)
-        let kept = index.enumerated().filter { !axes.contains($0.offset) }.map(\.element)
-        let target = zip(kept, keptStrides).map { $0 * $1 }.reduce(0, +)
+        let target = offset(keptAxes.map { index[$0] }, keptStrides)
         let value = input.scalars[flat]
         switch function {
-        case .sum, .mean: out[target] += value
+        case .sum, .mean:
+          out[target] += value
         case .max:
-          if !seen[target] || value > out[target] || value.isNaN { out[target] = value }
-          if out[target].isNaN { out[target] = .nan }
+          // NaN propagates: once the running maximum is NaN, `value > NaN` never replaces it.
+          if !seen[target] || value.isNaN || value > out[target] { out[target] = value }
         }
         seen[target] = true
       }
       if function == .mean {
-        let n = Double(axes.map { input.shape[$0] }.reduce(1, *))
-        out = out.map { $0 / n }
+        let reduced = Double(axes.map { input.shape[$0] }.reduce(1, *))
+        out = out.map { $0 / reduced }
       }
-      if type.dtype == .i32 { out = out.map(wrapInt32) }
+      if integer { out = out.map(wrapInt32) }
 
     case .matmul(let transposeA, let transposeB):
-      let (a, w) = (x[0], x[1])
-      let (m, n) = (outShape[outShape.count - 2], outShape[outShape.count - 1])
+      let (a, b) = (x[0], x[1])
+      let (m, n) = (shape[shape.count - 2], shape[shape.count - 1])
       let k = transposeA ? a.shape[a.shape.count - 2] : a.shape[a.shape.count - 1]
-      let batchShape = Array(outShape.dropLast(2))
+      let batchShape = Array(shape.dropLast(2))
       let batchStrides = strides(batchShape)
-      let batches = batchShape.reduce(1, *)
-      for batch in 0..<batches {
+      for batch in 0..<batchShape.reduce(1, *) {
         let batchIndex = unravel(batch, batchStrides)
-        let aBase =
-          broadcastFlat(batchIndex, Array(a.shape.dropLast(2))) * a.shape.suffix(2).reduce(1, *)
-        let wBase =
-          broadcastFlat(batchIndex, Array(w.shape.dropLast(2))) * w.shape.suffix(2).reduce(1, *)
+        let aBase = broadcastOffset(batchIndex, Array(a.shape.dropLast(2))) * m * k
+        let bBase = broadcastOffset(batchIndex, Array(b.shape.dropLast(2))) * k * n
         for i in 0..<m {
           for j in 0..<n {
             var sum = 0.0
             for p in 0..<k {
-              let av = a.scalars[aBase + (transposeA ? p * m + i : i * k + p)]
-              let wv = w.scalars[wBase + (transposeB ? j * k + p : p * n + j)]
-              sum += av * wv
+              // A[i, p] is stored at [p, i] when transposed; B[p, j] at [j, p].
+              let aValue = a.scalars[aBase + (transposeA ? p * m + i : i * k + p)]
+              let bValue = b.scalars[bBase + (transposeB ? j * k + p : p * n + j)]
+              sum += aValue * bValue
             }
-            out[batch * m * n + i * n + j] = sum
+            out[(batch * m + i) * n + j] = sum
           }
         }
       }
@@ -253,83 +305,76 @@ public struct Interpreter: Sendable {
 
     case .transpose(let permutation):
       let inputStrides = strides(x[0].shape)
+      let permutedStrides = permutation.map { inputStrides[$0] }
       for flat in 0..<count {
-        let index = unravel(flat, outStrides)
-        var source = 0
-        for (k, axis) in permutation.enumerated() { source += index[k] * inputStrides[axis] }
-        out[flat] = x[0].scalars[source]
+        out[flat] = x[0].scalars[offset(unravel(flat, outStrides), permutedStrides)]
       }
 
     case .broadcast:
       for flat in 0..<count {
-        out[flat] = x[0].scalars[broadcastFlat(unravel(flat, outStrides), x[0].shape)]
+        out[flat] = x[0].scalars[broadcastOffset(unravel(flat, outStrides), x[0].shape)]
       }
 
     case .slice(let start, _):
       let inputStrides = strides(x[0].shape)
       for flat in 0..<count {
-        let index = unravel(flat, outStrides)
-        out[flat] = x[0].scalars[zip(zip(index, start).map(+), inputStrides).map(*).reduce(0, +)]
+        let index = zip(unravel(flat, outStrides), start).map { $0 + $1 }
+        out[flat] = x[0].scalars[offset(index, inputStrides)]
       }
 
     case .concat(let axis):
-      var offsets: [Int] = []
+      // Position `p` along `axis` belongs to the last part that starts at or before it.
+      var starts: [Int] = []
       var total = 0
-      for tensor in x {
-        offsets.append(total)
-        total += tensor.shape[axis]
+      for part in x {
+        starts.append(total)
+        total += part.shape[axis]
       }
       for flat in 0..<count {
         var index = unravel(flat, outStrides)
-        let position = index[axis]
-        let part = offsets.lastIndex { $0 <= position } ?? 0
-        index[axis] = position - offsets[part]
-        out[flat] = x[part].scalars[zip(index, strides(x[part].shape)).map(*).reduce(0, +)]
+        let part = starts.lastIndex { $0 <= index[axis] } ?? 0
+        index[axis] -= starts[part]
+        out[flat] = x[part].scalars[offset(index, strides(x[part].shape))]
       }
 
     case .gather(let axis):
       let (table, indices) = (x[0], x[1])
+      try checkIndices(indices, bound: table.shape[axis], fail)
       let tableStrides = strides(table.shape)
       let indexStrides = strides(indices.shape)
-      let rows = table.shape[axis]
-      for (position, value) in indices.scalars.enumerated() where value < 0 || value >= Double(rows)
-      {
-        throw InterpreterError(
-          message: "index \(Int(value)) at position \(position) is out of range 0..<\(rows)")
-      }
+      let indexRank = indices.shape.count
       for flat in 0..<count {
         let index = unravel(flat, outStrides)
-        let indexPart = Array(index[axis..<(axis + indices.shape.count)])
-        let row = Int(indices.scalars[zip(indexPart, indexStrides).map(*).reduce(0, +)])
-        let source = Array(index[..<axis]) + [row] + Array(index[(axis + indices.shape.count)...])
-        out[flat] = table.scalars[zip(source, tableStrides).map(*).reduce(0, +)]
+        let row = Int(
+          indices.scalars[offset(Array(index[axis..<(axis + indexRank)]), indexStrides)])
+        let source = Array(index[..<axis]) + [row] + Array(index[(axis + indexRank)...])
+        out[flat] = table.scalars[offset(source, tableStrides)]
       }
 
     case .scatterAdd(let axis):
       let (target, indices, updates) = (x[0], x[1], x[2])
+      try checkIndices(indices, bound: target.shape[axis], fail)
       let indexStrides = strides(indices.shape)
-      let rows = target.shape[axis]
-      for (position, value) in indices.scalars.enumerated() where value < 0 || value >= Double(rows)
-      {
-        throw InterpreterError(
-          message: "index \(Int(value)) at position \(position) is out of range 0..<\(rows)")
-      }
-      out = target.scalars
       let updateStrides = strides(updates.shape)
+      let indexRank = indices.shape.count
+      out = target.scalars
       for flat in 0..<updates.elementCount {
         let index = unravel(flat, updateStrides)
-        let indexPart = Array(index[axis..<(axis + indices.shape.count)])
-        let row = Int(indices.scalars[zip(indexPart, indexStrides).map(*).reduce(0, +)])
-        let destination =
-          Array(index[..<axis]) + [row] + Array(index[(axis + indices.shape.count)...])
-        out[zip(destination, outStrides).map(*).reduce(0, +)] += updates.scalars[flat]
+        let row = Int(
+          indices.scalars[offset(Array(index[axis..<(axis + indexRank)]), indexStrides)])
+        let destination = Array(index[..<axis]) + [row] + Array(index[(axis + indexRank)...])
+        out[offset(destination, outStrides)] += updates.scalars[flat]
       }
+      if integer { out = out.map(wrapInt32) }
 
     case .cast(let dtype):
+      let fromFloat = x[0].dtype != .i32
       out = x[0].scalars.map { value in
-        guard dtype == .i32, x[0].dtype != .i32 else { return value }
+        guard dtype == .i32, fromFloat else { return value }
+        // f32 -> i32: truncate toward zero, clamp to the Int32 range, NaN -> 0.
         if value.isNaN { return 0 }
-        return min(max(value.rounded(.towardZero), Double(Int32.min)), Double(Int32.max))
+        return Swift.min(
+          Swift.max(value.rounded(.towardZero), Double(Int32.min)), Double(Int32.max))
       }
 
     case .iota(let axis, _):
@@ -337,41 +382,39 @@ public struct Interpreter: Sendable {
 
     case .fill(let value, _):
       out = [Double](
-        repeating: type.dtype == .i32 ? wrapInt32(value.rounded(.towardZero)) : value, count: count)
+        repeating: integer ? wrapInt32(value.rounded(.towardZero)) : value, count: count)
 
     case .softmax(let axis), .logSoftmax(let axis):
       let input = x[0]
-      let n = outShape[axis]
-      let inner = outShape[(axis + 1)...].reduce(1, *)
-      let outer = outShape[..<axis].reduce(1, *)
+      let length = shape[axis]
+      let inner = shape[(axis + 1)...].reduce(1, *)
+      let outer = shape[..<axis].reduce(1, *)
+      let isLog = op == .logSoftmax(axis: axis)
       for o in 0..<outer {
-        for j in 0..<inner {
-          let positions = (0..<n).map { o * n * inner + $0 * inner + j }
+        for i in 0..<inner {
+          let positions = (0..<length).map { (o * length + $0) * inner + i }
+          // Subtracting the maximum keeps every exp(...) <= 1 (NaN anywhere gives NaN).
           let maximum = positions.map { input.scalars[$0] }.max() ?? 0
           let sum = positions.map { Foundation.exp(input.scalars[$0] - maximum) }.reduce(0, +)
           for position in positions {
             let shifted = input.scalars[position] - maximum
-            if case .logSoftmax = op {
-              out[position] = shifted - Foundation.log(sum)
-            } else {
-              out[position] = Foundation.exp(shifted) / sum
-            }
+            out[position] = isLog ? shifted - Foundation.log(sum) : Foundation.exp(shifted) / sum
           }
         }
       }
 
     case .rope(let theta, let interleaved):
       let (input, positions) = (x[0], x[1])
-      let d = outShape[outShape.count - 1]
-      let h = outShape[outShape.count - 2]
+      let dim = shape[shape.count - 1]
+      let heads = shape[shape.count - 2]
       out = input.scalars
       for (p, position) in positions.scalars.enumerated() {
-        for k in 0..<(d / 2) {
-          let angle = position * Foundation.pow(theta, -2.0 * Double(k) / Double(d))
+        for k in 0..<(dim / 2) {
+          let angle = position * Foundation.pow(theta, -2.0 * Double(k) / Double(dim))
           let (c, s) = (Foundation.cos(angle), Foundation.sin(angle))
-          let (first, second) = interleaved ? (2 * k, 2 * k + 1) : (k, k + d / 2)
-          for head in 0..<h {
-            let base = (p * h + head) * d
+          let (first, second) = interleaved ? (2 * k, 2 * k + 1) : (k, k + dim / 2)
+          for head in 0..<heads {
+            let base = (p * heads + head) * dim
             let (a, b) = (input.scalars[base + first], input.scalars[base + second])
             out[base + first] = a * c - b * s
             out[base + second] = a * s + b * c
@@ -384,21 +427,21 @@ public struct Interpreter: Sendable {
       let start = clampedStarts(x[1].scalars, sizes: sizes, in: input.shape)
       let inputStrides = strides(input.shape)
       for flat in 0..<count {
-        let index = zip(unravel(flat, outStrides), start).map(+)
-        out[flat] = input.scalars[zip(index, inputStrides).map(*).reduce(0, +)]
+        let index = zip(unravel(flat, outStrides), start).map { $0 + $1 }
+        out[flat] = input.scalars[offset(index, inputStrides)]
       }
 
     case .dynamicUpdateSlice:
       let (input, update) = (x[0], x[1])
       let start = clampedStarts(x[2].scalars, sizes: update.shape, in: input.shape)
-      out = input.scalars
       let updateStrides = strides(update.shape)
+      out = input.scalars
       for flat in 0..<update.elementCount {
-        let index = zip(unravel(flat, updateStrides), start).map(+)
-        out[zip(index, outStrides).map(*).reduce(0, +)] = update.scalars[flat]
+        let index = zip(unravel(flat, updateStrides), start).map { $0 + $1 }
+        out[offset(index, outStrides)] = update.scalars[flat]
       }
     }
-    return DenseTensor(dtype: type.dtype, shape: outShape, scalars: out)
+    return DenseTensor(dtype: type.dtype, shape: shape, scalars: out)
   }
 
   // MARK: - Scalar functions
@@ -427,27 +470,33 @@ public struct Interpreter: Sendable {
     case .sub: a - b
     case .mul: a * b
     case .div: a / b
-    case .max: a > b || a.isNaN ? a : b
-    case .min: a < b || a.isNaN ? a : b
+    // NaN on either side gives NaN.
+    case .max: a.isNaN || a > b ? a : b
+    case .min: a.isNaN || a < b ? a : b
     case .pow: Foundation.pow(a, b)
     }
   }
 
+  /// `Int32` arithmetic on validated `i32` elements.
   private func integerBinary(_ function: BinaryOp, _ a: Double, _ b: Double) -> Double {
     let (x, y) = (Int32(a), Int32(b))
     switch function {
     case .add: return Double(x &+ y)
     case .sub: return Double(x &- y)
     case .mul: return Double(x &* y)
-    case .div: return y == 0 ? 0 : (x == .min && y == -1) ? Double(Int32.min) : Double(x / y)
+    case .div:
+      if y == 0 { return 0 }
+      if x == .min && y == -1 { return Double(Int32.min) }
+      return Double(x / y)
     case .max: return Double(Swift.max(x, y))
     case .min: return Double(Swift.min(x, y))
-    case .pow: return 0  // Rejected by the type rule.
+    case .pow: return 0  // The type rule accepts only f32.
     }
   }
 
-  // MARK: - Rounding and indexing
+  // MARK: - Rounding and checks
 
+  /// The tensor with its elements rounded to `Float` when it is `f32` in `f32` precision.
   private func round(_ tensor: DenseTensor) -> DenseTensor {
     guard precision == .f32, tensor.dtype == .f32 else { return tensor }
     var rounded = tensor
@@ -456,12 +505,42 @@ public struct Interpreter: Sendable {
   }
 }
 
-/// Wraps an integral value to the `Int32` range (two's complement).
+/// What is wrong with a tensor whose type is valid: an element count that does not match the
+/// shape, or an `i32` element that is not an integer in the `Int32` range; nil when nothing is.
+private func problem(in tensor: DenseTensor) -> String? {
+  if tensor.scalars.count != tensor.type.elementCount {
+    return "has \(tensor.scalars.count) elements for type \(tensor.type)"
+  }
+  if tensor.dtype == .i32 {
+    for (position, value) in tensor.scalars.enumerated()
+    where
+      !(value.rounded(.towardZero) == value && value >= -2_147_483_648
+      && value <= 2_147_483_647)
+    {
+      return "holds \(value) at position \(position), which is not an i32"
+    }
+  }
+  return nil
+}
+
+/// Throws unless every index lies in `0..<bound`.
+private func checkIndices(
+  _ indices: DenseTensor, bound: Int, _ fail: (String) -> InterpreterError
+) throws(InterpreterError) {
+  for (position, value) in indices.scalars.enumerated() where value < 0 || value >= Double(bound) {
+    throw fail("index \(Int(value)) at position \(position) is out of range 0..<\(bound)")
+  }
+}
+
+/// An integral value wrapped to the `Int32` range (two's complement); non-finite values give 0.
 private func wrapInt32(_ value: Double) -> Double {
   guard value.isFinite else { return 0 }
-  let wide = Int64(exactly: value) ?? 0
-  return Double(Int32(truncatingIfNeeded: wide))
+  // The remainder is exact and lies in (-2^32, 2^32), so it converts to Int64 exactly.
+  let reduced = value.rounded(.towardZero).truncatingRemainder(dividingBy: 4_294_967_296)
+  return Double(Int32(truncatingIfNeeded: Int64(reduced)))
 }
+
+// MARK: - Row-major indexing
 
 /// Row-major strides of a shape.
 private func strides(_ shape: [Int]) -> [Int] {
@@ -474,7 +553,7 @@ private func strides(_ shape: [Int]) -> [Int] {
   return result
 }
 
-/// The multi-index of a flat position.
+/// The multi-index of a flat position, given the row-major strides of the shape.
 private func unravel(_ flat: Int, _ strides: [Int]) -> [Int] {
   var rest = flat
   return strides.map { stride in
@@ -483,18 +562,23 @@ private func unravel(_ flat: Int, _ strides: [Int]) -> [Int] {
   }
 }
 
-/// The flat position in a tensor of `shape` that numpy broadcasting reads for `index` of a
-/// larger (right-aligned) shape.
-private func broadcastFlat(_ index: [Int], _ shape: [Int]) -> Int {
-  let offset = index.count - shape.count
+/// The flat position of a multi-index, given strides.
+private func offset(_ index: [Int], _ strides: [Int]) -> Int {
+  zip(index, strides).reduce(0) { $0 + $1.0 * $1.1 }
+}
+
+/// The flat position in a tensor of `shape` that numpy broadcasting reads for `index` of the
+/// (right-aligned, possibly higher-rank) broadcast shape.
+private func broadcastOffset(_ index: [Int], _ shape: [Int]) -> Int {
+  let skipped = index.count - shape.count
   var flat = 0
   for axis in shape.indices {
-    flat = flat * shape[axis] + (shape[axis] == 1 ? 0 : index[offset + axis])
+    flat = flat * shape[axis] + (shape[axis] == 1 ? 0 : index[skipped + axis])
   }
   return flat
 }
 
-/// Starts clamped to `0...dim - size` on every axis.
+/// Starts clamped to `0...dim - size` on every axis (XLA's `dynamic_slice` semantics).
 private func clampedStarts(_ starts: [Double], sizes: [Int], in shape: [Int]) -> [Int] {
   shape.indices.map { Swift.min(Swift.max(Int(starts[$0]), 0), shape[$0] - sizes[$0]) }
 }

@@ -197,10 +197,13 @@ private let cube: InterpreterOperand = {
     .scatterAdd(axis: 0), t([3, 2], [0, 0, 0, 0, 0, 0]), ints([3], [1, 1, 2]),
     t([3, 2], [1, 2, 10, 20, 5, 5]))
   #expect(added.scalars == [0, 0, 11, 22, 5, 5])
-  #expect(throws: InterpreterError(message: "index 3 at position 1 is out of range 0..<3")) {
+  #expect(throws: InterpreterError(message: "gather: index 3 at position 1 is out of range 0..<3"))
+  {
     try run(.gather(axis: 0), table, ints([2], [0, 3]))
   }
-  #expect(throws: InterpreterError(message: "index -1 at position 0 is out of range 0..<3")) {
+  #expect(
+    throws: InterpreterError(message: "scatter_add: index -1 at position 0 is out of range 0..<3")
+  ) {
     try run(.scatterAdd(axis: 0), table, ints([1], [-1]), t([1, 2], [1, 1]))
   }
 }
