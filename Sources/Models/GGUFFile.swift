@@ -10,7 +10,7 @@ public struct GGUFError: Error, Hashable, Sendable, CustomStringConvertible {
 }
 
 /// A GGUF metadata value.
-public indirect enum GGUFValue: Hashable, Sendable {
+public enum GGUFValue: Hashable, Sendable {
   case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
   case float32(Float), bool(Bool), string(String), array([GGUFValue])
   case uint64(UInt64), int64(Int64), float64(Double)

@@ -29,6 +29,7 @@ public struct SafetensorsFile: Sendable {
   private let mapping: FileMapping?
   private let data: Data
   private let dataStart: Int
+  private let index: [String: Int]
 
   /// Bytes per element of every dtype the format defines.
   static let elementSizes: [String: Int] = [
@@ -49,13 +50,16 @@ public struct SafetensorsFile: Sendable {
       data: mapping.data(offset: 0, count: mapping.bytes.count), path: path, mapping: mapping)
   }
 
-  /// Parses bytes already in memory.
+  /// Parses bytes already in memory; when they are exactly `mapping`'s, tensors share it.
   public init(data: Data, path: String, mapping: FileMapping? = nil) throws(SafetensorsError) {
     func fail(_ message: String) -> SafetensorsError {
       SafetensorsError(message: "\(path): \(message)")
     }
     self.path = path
-    self.mapping = mapping
+    let sharesMapping = data.withUnsafeBytes { raw in
+      mapping.map { raw.baseAddress == $0.bytes.baseAddress && raw.count == $0.bytes.count }
+    }
+    self.mapping = sharesMapping == true ? mapping : nil
     self.data = data
     guard data.count >= 8 else {
       throw fail("file of \(data.count) bytes is too short for a header length")
@@ -72,6 +76,10 @@ public struct SafetensorsFile: Sendable {
         "header length \(headerLength) extends past the end of the file (\(data.count) bytes)")
     }
     dataStart = 8 + Int(headerLength)
+    // The reference reader requires the object's brace first: no leading whitespace or BOM.
+    guard headerLength > 0, data[data.startIndex + 8] == UInt8(ascii: "{") else {
+      throw fail("header is not a JSON object (it must start with '{')")
+    }
     let header = data.subdata(in: (data.startIndex + 8)..<(data.startIndex + dataStart))
     let json: JSONValue
     do {
@@ -146,10 +154,12 @@ public struct SafetensorsFile: Sendable {
     }
     self.entries = entries
     self.metadata = metadata
+    index = Dictionary(
+      entries.enumerated().map { ($1.name, $0) }, uniquingKeysWith: { first, _ in first })
   }
 
   /// The entry of a tensor.
-  public func entry(_ name: String) -> Entry? { entries.first { $0.name == name } }
+  public func entry(_ name: String) -> Entry? { index[name].map { entries[$0] } }
 
   /// A tensor as a host tensor (F32, F16, BF16 and I32), sharing the file's memory.
   public func tensor(named name: String) throws(SafetensorsError) -> HostTensor {
@@ -164,10 +174,16 @@ public struct SafetensorsFile: Sendable {
     guard !entry.shape.contains(0) else {
       throw SafetensorsError(message: "\(path): tensor '\(name)' has a zero dimension")
     }
-    let start = data.startIndex + dataStart + entry.begin
-    let bytes = data[start..<(start + entry.end - entry.begin)]
+    // A mapped file's tensors share its memory; bytes parsed from memory are copied out.
+    let bytes: Data
+    if let mapping {
+      bytes = mapping.data(offset: dataStart + entry.begin, count: entry.end - entry.begin)
+    } else {
+      let start = data.startIndex + dataStart + entry.begin
+      bytes = Data(data[start..<(start + entry.end - entry.begin)])
+    }
     do {
-      return try HostTensor(type: TensorType(dtype, entry.shape), data: Data(bytes))
+      return try HostTensor(type: TensorType(dtype, entry.shape), data: bytes)
     } catch {
       throw SafetensorsError(message: "\(path): tensor '\(name)': \(error.message)")
     }
@@ -189,6 +205,10 @@ public struct SafetensorsFile: Sendable {
     var offset = 0
     var seen = Set<String>()
     for (name, tensor) in tensors {
+      guard name != "__metadata__" else {
+        throw SafetensorsError(
+          message: "\(url.path): '__metadata__' is reserved and cannot name a tensor")
+      }
       guard seen.insert(name).inserted else {
         throw SafetensorsError(message: "\(url.path): duplicate tensor name '\(name)'")
       }

@@ -297,3 +297,69 @@ func sampleFile() -> [UInt8] {
   #expect(file["general.architecture"]?.string == "llama")
   #expect(try file.tensor(named: "t").floats() == [Float](repeating: 1, count: 32))
 }
+
+@Test func typedArrayAccessors() throws {
+  let file = try parse(sampleFile())
+  #expect(file["list"]?.stringArray == ["a", "bc"])
+  #expect(file["list"]?.integerArray == nil)
+  #expect(file["nested"]?.array?.first?.integerArray == [7, 9])
+  #expect(file["nested"]?.stringArray == nil)
+  #expect(file["name"]?.stringArray == nil)
+  #expect(file.metadata.map(\.key).last == "nested")
+}
+
+@Test func smolLMMetadataThroughTypedAccessors() throws {
+  let file = try GGUFFile(path: try modelPath())
+  #expect(file.metadata.first?.key == "general.architecture")
+  #expect(file.metadata.last?.key == "general.quantization_version")
+  #expect(file["llama.vocab_size"]?.integer == 49152)
+  #expect(file["llama.block_count"]?.integer == 30)
+  #expect(file["llama.embedding_length"]?.integer == 576)
+  #expect(file["llama.feed_forward_length"]?.integer == 1536)
+  #expect(file["llama.attention.head_count"]?.integer == 9)
+  #expect(file["llama.attention.head_count_kv"]?.integer == 3)
+  #expect(file["llama.rope.freq_base"]?.number == 100_000)
+  #expect(file["llama.attention.layer_norm_rms_epsilon"] == .float32(1e-5))
+  #expect(file["tokenizer.ggml.add_bos_token"]?.bool == false)
+  #expect(file["general.languages"]?.stringArray == ["en"])
+  let tokens = file["tokenizer.ggml.tokens"]?.stringArray ?? []
+  #expect(tokens.count == 49152 && tokens.first == "<|endoftext|>" && tokens[1] == "<|im_start|>")
+  #expect(file["tokenizer.ggml.merges"]?.stringArray?.first == "Ġ t")
+  let types = file["tokenizer.ggml.token_type"]?.integerArray ?? []
+  #expect(types.count == 49152 && types.prefix(17).allSatisfy { $0 == 3 } && types[17] == 1)
+  #expect(file.tensors.first?.name == "token_embd.weight")
+  #expect(file.tensors.last?.name == "output_norm.weight")
+  #expect(file.info("blk.0.attn_norm.weight")?.offset == 30_081_024)
+  #expect(file.info("blk.0.attn_norm.weight")?.dtype == .f32)
+  #expect(file.info("blk.0.ffn_down.weight")?.shape == [576, 1536])
+}
+
+@Test func smolLMOpensQuicklyAndItsTensorsShareTheMapping() throws {
+  let path = try modelPath()
+  // The fastest of three opens, so a busy machine running other tests does not make it flaky.
+  let clock = ContinuousClock()
+  var fastest = Duration.seconds(60)
+  for _ in 0..<2 {
+    fastest = min(fastest, try clock.measure { _ = try GGUFFile(path: path) })
+  }
+  let start = clock.now
+  let mapping = try FileMapping(path: path)
+  let file = try GGUFFile(mapping: mapping)
+  fastest = min(fastest, clock.now - start)
+  #expect(fastest < .milliseconds(900), "opening the model took \(fastest)")
+  guard let base = mapping.bytes.baseAddress else {
+    Issue.record("the mapping has no address")
+    return
+  }
+  #expect(mapping.bytes.count == 98_362_432)
+  // Every tensor's bytes are the file's bytes in place: no copy of the 96 MB of data.
+  var total = 0
+  for info in file.tensors {
+    let tensor = try file.tensor(named: info.name)
+    let address = tensor.data.withUnsafeBytes { $0.baseAddress }
+    #expect(address == base + file.dataOffset + info.offset, "\(info.name) was copied")
+    total += tensor.data.count
+  }
+  #expect(total == 96_576_768)
+  #expect(try file.hostTensors().count == 272)
+}

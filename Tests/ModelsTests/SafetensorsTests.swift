@@ -58,7 +58,8 @@ private func error(_ data: Data) -> String {
     (Data([1, 2, 3]), "x.safetensors: file of 3 bytes is too short for a header length"),
     (huge, "x.safetensors: header length 200000000 exceeds the limit of 100000000 bytes"),
     (pastEnd, "x.safetensors: header length 100 extends past the end of the file (10 bytes)"),
-    (file("[1,2]"), "x.safetensors: header is not a JSON object"),
+    (file("[1,2]"), "x.safetensors: header is not a JSON object (it must start with '{')"),
+    (file("{\"a\":1}"), "x.safetensors: entry 'a' is not an object"),
     (file("{\"a\":"), "x.safetensors: header: offset 5: unexpected end of input"),
     (
       file("{\"a\":{\"dtype\":\"F32\",\"shape\":[2]}}", f32x2),
@@ -143,4 +144,45 @@ private func error(_ data: Data) -> String {
     _ = try? SafetensorsFile(
       data: bytes.prefix(Int(generator.next() % UInt64(bytes.count))), path: "x")
   }
+}
+
+@Test func mappedSafetensorsShareTheFile() throws {
+  let url = temporaryURL()
+  defer { try? FileManager.default.removeItem(at: url) }
+  let weights = HostTensor(shape: [4, 8], floats: (0..<32).map(Float.init))
+  let bias = HostTensor(shape: [3], floats: [1, 2, 3])
+  try SafetensorsFile.write([("bias", bias), ("w", weights)], to: url)
+  let mapping = try FileMapping(path: url.path)
+  let file = try SafetensorsFile(
+    data: mapping.data(offset: 0, count: mapping.bytes.count), path: url.path, mapping: mapping)
+  guard let base = mapping.bytes.baseAddress, let entry = file.entry("w") else {
+    Issue.record("no mapping or no entry 'w'")
+    return
+  }
+  let headerLength = Int(mapping.bytes.loadUnaligned(as: UInt64.self))
+  let tensor = try file.tensor(named: "w")
+  #expect(tensor == weights)
+  #expect(tensor.data.withUnsafeBytes { $0.baseAddress } == base + 8 + headerLength + entry.begin)
+  // Bytes that are not the mapping's own are copied out instead.
+  let copied = try SafetensorsFile(data: try Data(contentsOf: url), path: "x", mapping: mapping)
+  #expect(try copied.tensor(named: "w") == weights)
+}
+
+@Test func headersMustStartWithABrace() {
+  let padded = file(" {}")
+  #expect(error(padded) == "x.safetensors: header is not a JSON object (it must start with '{')")
+  #expect(error(file("")) == "x.safetensors: header is not a JSON object (it must start with '{')")
+  #expect(error(file("{}")) == "no error")
+  #expect(error(file("{}   ")) == "no error")
+}
+
+@Test func theMetadataKeyCannotNameATensor() {
+  let url = temporaryURL()
+  #expect(
+    throws: SafetensorsError(
+      message: "\(url.path): '__metadata__' is reserved and cannot name a tensor")
+  ) {
+    try SafetensorsFile.write([("__metadata__", HostTensor(shape: [1], floats: [1]))], to: url)
+  }
+  #expect(!FileManager.default.fileExists(atPath: url.path))
 }
