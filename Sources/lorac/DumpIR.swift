@@ -23,7 +23,8 @@ struct DumpIR: ParsableCommand {
   @Argument(help: "A GGUF model (or use --example).")
   var model: String?
 
-  @Option(help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
+  @Option(
+    help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
   var example: Example?
 
   @Option(help: "Batch size of the traced graph.")
@@ -32,7 +33,8 @@ struct DumpIR: ParsableCommand {
   @Option(help: "Sequence length of a traced language model.")
   var seq: Int = 16
 
-  @Flag(help: "Trace a language model with its next-token loss (the graph training differentiates).")
+  @Flag(
+    help: "Trace a language model with its next-token loss (the graph training differentiates).")
   var loss = false
 
   @Option(help: "A pass pipeline to run before printing.")
@@ -42,7 +44,9 @@ struct DumpIR: ParsableCommand {
   var after: String?
 
   func validate() throws {
-    if (model == nil) == (example == nil) { throw ValidationError("give a model file or --example, not both") }
+    if (model == nil) == (example == nil) {
+      throw ValidationError("give a model file or --example, not both")
+    }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
     if seq < 1 { throw ValidationError("--seq must be at least 1, got \(seq)") }
     if after != nil && pipeline == nil { throw ValidationError("--after needs --pipeline") }

@@ -324,10 +324,14 @@ struct SafetensorsReader {
 @Test func dumpIRRunsAPipelineOnTheModel() throws {
   let pipeline = "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},freeze,autodiff,dce"
   let result = try lorac([
-    "dump-ir", try model(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline, "--after", "lora",
+    "dump-ir", try model(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline,
+    "--after", "lora",
   ])
   #expect(result.status == 0, "\(result.stderr)")
-  #expect(result.stdout.hasPrefix("func @llama(%tokens: i32[1,4], %positions: i32[1,4], %targets: i32[1,4], %weights: f32[1,4])"))
+  #expect(
+    result.stdout.hasPrefix(
+      "func @llama(%tokens: i32[1,4], %positions: i32[1,4], %targets: i32[1,4], %weights: f32[1,4])"
+    ))
   #expect(result.stdout.contains("param @layers.29.attn.o.lora_b : f32[8,576] {init=zeros}"))
   #expect(result.stdout.contains("\"layers.0.attn.q.lora_a.grad\""))
   let lines = result.stderr.split(separator: "\n")
@@ -339,5 +343,7 @@ struct SafetensorsReader {
   #expect(check.stdout == result.stdout)
   let unknown = try lorac(["dump-ir", try model(), "--pipeline", "lora,fuse"])
   #expect(unknown.status == 1)
-  #expect(unknown.stderr == "error: unknown pass 'fuse' (known passes: lora, freeze, autodiff, dce, cse)\n")
+  #expect(
+    unknown.stderr
+      == "error: unknown pass 'fuse' (known passes: lora, freeze, autodiff, dce, cse)\n")
 }
