@@ -83,15 +83,7 @@ public enum Llama {
       h = try b.scope("layers.\(layer)") { () throws(TraceError) -> Tensor in
         let x = try rmsNorm(h, gguf + "attn_norm.weight")
         let attention = try b.scope("attn") { () throws(TraceError) -> Tensor in
-          let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
-          let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
-          let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
-          let qr = try rope(
-            q.reshaped([batch, sequence, heads, headDim]), positions: positions,
-            theta: config.ropeTheta, interleaved: config.interleavedRope)
-          let kr = try rope(
-            k.reshaped([batch, sequence, kvHeads, headDim]), positions: positions,
-            theta: config.ropeTheta, interleaved: config.interleavedRope)
+          let (qr, kr, v) = try parts.projections(x, layer: layer, positions: positions)
           // Grouped-query attention: each key/value head serves heads / kvHeads query heads.
           func expand(_ t: Tensor) throws(TraceError) -> Tensor {
             if heads == kvHeads { return t }
@@ -169,6 +161,28 @@ private struct LlamaParts {
     return try matmul(x, w, transposeB: true).named(name)
   }
 
+  /// The q, k, v projections of `x: [batch, count, dim]` for `layer`, with RoPE applied to q and k,
+  /// shaped `[batch, count, heads, headDim]` (k and v with the key/value heads), in the current scope.
+  func projections(_ x: Tensor, layer: Int, positions: Tensor) throws(TraceError)
+    -> (q: Tensor, k: Tensor, v: Tensor)
+  {
+    let gguf = "blk.\(layer)."
+    let (batch, count) = (x.shape[0], x.shape[1])
+    let (heads, kvHeads, headDim) = (
+      config.headCount, config.keyValueHeadCount, config.headDimension
+    )
+    let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
+    let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
+    let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+    let qr = try rope(
+      q.reshaped([batch, count, heads, headDim]), positions: positions,
+      theta: config.ropeTheta, interleaved: config.interleavedRope)
+    let kr = try rope(
+      k.reshaped([batch, count, kvHeads, headDim]), positions: positions,
+      theta: config.ropeTheta, interleaved: config.interleavedRope)
+    return (qr, kr, try v.reshaped([batch, count, kvHeads, headDim]))
+  }
+
   /// `down(silu(gate(y)) * up(y))` in scope `mlp`.
   func mlp(_ y: Tensor, layer: Int) throws(TraceError) -> Tensor {
     let gguf = "blk.\(layer)."
@@ -219,15 +233,7 @@ extension Llama {
       h = try b.scope("layers.\(layer)") { () throws(TraceError) -> Tensor in
         let x = try rmsNorm(h, gguf + "attn_norm.weight")
         let attention = try b.scope("attn") { () throws(TraceError) -> Tensor in
-          let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
-          let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
-          let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
-          let qr = try rope(
-            q.reshaped([batch, count, heads, headDim]), positions: positions,
-            theta: config.ropeTheta, interleaved: config.interleavedRope)
-          let kr = try rope(
-            k.reshaped([batch, count, kvHeads, headDim]), positions: positions,
-            theta: config.ropeTheta, interleaved: config.interleavedRope)
+          let (qr, kr, v) = try parts.projections(x, layer: layer, positions: positions)
           // Caches are [batch, kvHeads, context, headDim], so grouped-query attention is a
           // matmul batched over key/value heads that reads the cache in place; each key/value
           // head's `group` query heads form the rows.
@@ -236,7 +242,7 @@ extension Llama {
           let kCache = try b.state(name: "k_cache", shape: cacheShape)
           let vCache = try b.state(name: "v_cache", shape: cacheShape)
           let kNew = try kr.transposed([0, 2, 1, 3])
-          let vNew = try v.reshaped([batch, count, kvHeads, headDim]).transposed([0, 2, 1, 3])
+          let vNew = try v.transposed([0, 2, 1, 3])
           let keys = try dynamicUpdateSlice(kCache, kNew, starts: start).named("k_cache.next")
           let values = try dynamicUpdateSlice(vCache, vNew, starts: start).named("v_cache.next")
           let queries = try qr.reshaped([batch, count, kvHeads, group, headDim])

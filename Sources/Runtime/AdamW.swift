@@ -69,14 +69,14 @@ public final class AdamW {
     return total.squareRoot()
   }
 
-  /// Applies one update from the gradients the executable computed last.
-  public func update() {
+  /// Applies one update from the gradients the executable computed last, and returns their
+  /// global norm before clipping (computed once, for clipping and for logs).
+  @discardableResult
+  public func update() -> Double {
     step += 1
+    let norm = gradientNorm()
     var scale = 1.0
-    if let maxGradientNorm {
-      let norm = gradientNorm()
-      if norm > maxGradientNorm { scale = maxGradientNorm / (norm + 1e-6) }
-    }
+    if let maxGradientNorm, norm > maxGradientNorm { scale = maxGradientNorm / (norm + 1e-6) }
     let correction1 = Float(1 - pow(beta1, Double(step)))
     let correction2 = Float(1 - pow(beta2, Double(step)))
     var offset = 0
@@ -88,5 +88,6 @@ public final class AdamW {
         Float(weightDecay), correction1, correction2, Float(scale))
       offset += 2 * tensor.count
     }
+    return norm
   }
 }

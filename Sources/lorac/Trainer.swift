@@ -91,8 +91,7 @@ final class Trainer {
       } catch {
         fail("\(error)")
       }
-      let norm = optimizer.gradientNorm()
-      optimizer.update()
+      let norm = optimizer.update()
       let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       let rate = Double(tokensSeen) / elapsed
       let eta = elapsed / Double(step + 1) * Double(steps - step - 1)

@@ -185,13 +185,21 @@ func vjpMatchesCentralFiniteDifferences(_ testCase: GradientCase) throws {
   }
 }
 
-@Test func nonDifferentiableOpsAreErrorsNotZeros() throws {
+@Test func comparisonsGateGradientsWithoutBeingDifferentiated() throws {
+  // loss = sum(cast(p > 0) * p): the comparison's i32 result is inactive, so the gradient flows
+  // only through the product and equals the mask (1 where p > 0, else 0).
   let b = GraphBuilder(name: "g")
-  let p = try b.parameter(name: "p", shape: [3], initializer: .zeros)
+  let p = try b.parameter(name: "p", shape: [4], initializer: .zeros)
   let mask = try p.compare(.gt, 0).cast(to: .f32)
   let loss = try (mask * p).sum().named("loss")
-  // The comparison is not differentiated (its result is i32, so it is not active): the gradient
-  // flows only through the multiplication.
-  let train = try Autodiff().run(try b.finish(outputs: [loss]))
-  try Verifier.verify(train.compacted())
+  let train = try Autodiff().run(try b.finish(outputs: [loss])).compacted()
+  try Verifier.verify(train)
+  #expect(
+    !train.body.contains {
+      if case .compare = $0.op { $0.name?.hasSuffix(".grad") == true } else { false }
+    })
+  let values = DenseTensor(shape: [4], floats: [-1.5, 2, 0, 0.25])
+  let outputs = try Interpreter(precision: .f64).run(train, bindings: ["p": values])
+  #expect(outputs[0].scalars == [2.25])
+  #expect(outputs[1].scalars == [0, 1, 0, 1])
 }
