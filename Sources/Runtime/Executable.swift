@@ -255,9 +255,11 @@ public final class Executable {
   private static func scratchBytes(_ graph: Graph) -> [Int: Int] {
     var result: [Int: Int] = [:]
     for (index, instruction) in graph.body.enumerated() {
-      guard case .matmul = instruction.op, let weight = instruction.operands[1].value else {
-        continue
+      switch instruction.op {
+      case .matmul, .loraLinear: break
+      default: continue
       }
+      guard let weight = instruction.operands[1].value else { continue }
       let type = graph.type(of: weight)
       if !type.dtype.isCompute, let k = type.shape.last {
         let rows = min(dequantizeChunk, type.shape[type.rank - 2])
@@ -284,8 +286,8 @@ public final class Executable {
     }
   }
 
-  func resultAddress(_ instruction: Instruction) -> UnsafeMutableRawPointer {
-    address(instruction.results[0])
+  func resultAddress(_ instruction: Instruction, _ position: Int = 0) -> UnsafeMutableRawPointer {
+    address(instruction.results[position])
   }
 
   func scratchAddress(_ index: Int) -> UnsafeMutableRawPointer? {

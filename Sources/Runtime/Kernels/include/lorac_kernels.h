@@ -129,6 +129,25 @@ void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int
 void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const void *w, int64_t n,
                                    int64_t k);
 
+// ---- fused ops (fused.c) -------------------------------------------------------------------
+/// y = x (mean(x^2) + eps)^(-1/2) w per row of x [rows, d].
+void lc_rms_norm_f32(float *y, const float *x, const float *w, int64_t rows, int64_t d,
+                     float eps);
+/// dx of rms_norm for the result gradient g: r g w - x r^3 mean(g w x) per row.
+void lc_rms_norm_grad_f32(float *dx, const float *x, const float *w, const float *g, int64_t rows,
+                          int64_t d, float eps);
+/// y = silu(gate) up elementwise.
+void lc_swiglu_f32(float *y, const float *gate, const float *up, int64_t n);
+/// The gradients of swiglu for g.
+void lc_swiglu_grad_f32(float *dgate, float *dup, const float *gate, const float *up,
+                        const float *g, int64_t n);
+/// loss[row] = logsumexp(logits[row]) - logits[row, t] for t = targets[row] in 0..<v, else 0.
+void lc_cross_entropy_f32(float *loss, const float *logits, const int32_t *targets, int64_t rows,
+                          int64_t v);
+/// grad[row] = g[row] (softmax(logits[row]) - onehot(t)), 0 for ignored targets or g[row] = 0.
+void lc_cross_entropy_grad_f32(float *grad, const float *logits, const int32_t *targets,
+                               const float *g, int64_t rows, int64_t v);
+
 // ---- optimizer ------------------------------------------------------------------------------
 /// One AdamW step (PyTorch's formulation, decoupled weight decay) on n elements:
 /// g = grad * grad_scale; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
