@@ -10,7 +10,8 @@ struct Bench: ParsableCommand {
   /// `lorac bench kernels`.
   struct Kernels: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "GEMM against cblas_sgemm and decoding mat-vecs against memory bandwidth.",
+      abstract:
+        "GEMM against cblas_sgemm, decoding mat-vecs against memory bandwidth, fused ops against the primitives they replace.",
       discussion: "Medians of --runs runs after a warm-up, at each of --threads.")
 
     @Option(help: "Runs per figure after one warm-up run.")
@@ -36,7 +37,10 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-      let results = try KernelBenchmarks.run(threads: parsedThreads ?? [1], runs: runs)
+      let counts = parsedThreads ?? [1]
+      let results =
+        try KernelBenchmarks.run(threads: counts, runs: runs)
+        + KernelBenchmarks.fused(threads: counts, runs: runs)
       print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
     }
   }
