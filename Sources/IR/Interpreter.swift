@@ -443,7 +443,7 @@ public struct Interpreter: Sendable {
       }
 
     case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,
-      .loraLinear:
+      .loraLinear, .attention, .attentionGrad:
       return try fused(op, x, [type])[0]
     }
     return DenseTensor(dtype: type.dtype, shape: shape, scalars: out)
@@ -673,8 +673,80 @@ extension Interpreter {
       let sum = zip(base.scalars, up.scalars).map { $0 + scale * $1 }
       return [down, tensor(y, sum)]
 
+    case .attention(let scale), .attentionGrad(let scale):
+      return attention(scale: scale, x, types, gradient: op == .attentionGrad(scale: scale))
+
     default:
       throw InterpreterError(message: "\(op.mnemonic) is not a fused op")
     }
+  }
+}
+
+extension Interpreter {
+  /// `attention` (or, with `gradient`, `attention_grad`) from its definition, one query row at a
+  /// time: `p = softmax(mask ? scale q.k : -inf)`, `out = p v`; for the gradient with `dp = g.v`,
+  /// `ds = p (dp - sum(p dp))`: `dq = scale ds k`, `dk += scale ds q`, `dv += p g`.
+  fileprivate func attention(
+    scale: Double, _ x: [DenseTensor], _ types: [TensorType], gradient: Bool
+  ) -> [DenseTensor] {
+    let (q, k, v, mask) = (x[0], x[1], x[2], x[3])
+    let (batch, heads, rows, width) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let (groups, keys) = (k.shape[1], k.shape[2])
+    let perGroup = heads / groups
+    var out = [Double](repeating: 0, count: q.elementCount)
+    var dk = [Double](repeating: 0, count: gradient ? k.elementCount : 0)
+    var dv = dk
+    for b in 0..<batch {
+      for h in 0..<heads {
+        let group = h / perGroup
+        for s in 0..<rows {
+          let qBase = ((b * heads + h) * rows + s) * width
+          var scores = [Double](repeating: -.infinity, count: keys)
+          for t in 0..<keys where mask.scalars[broadcastOffset([b, h, s, t], mask.shape)] != 0 {
+            let kBase = ((b * groups + group) * keys + t) * width
+            var dot = 0.0
+            for d in 0..<width { dot += q.scalars[qBase + d] * k.scalars[kBase + d] }
+            scores[t] = scale * dot
+          }
+          let maximum = scores.max() ?? -.infinity
+          // No visible key: the row stays 0 (and so do its gradients).
+          guard maximum > -.infinity else { continue }
+          let weights = scores.map { Foundation.exp($0 - maximum) }
+          let total = weights.reduce(0, +)
+          let p = weights.map { $0 / total }
+          if !gradient {
+            for t in 0..<keys where p[t] != 0 {
+              let vBase = ((b * groups + group) * keys + t) * width
+              for d in 0..<width { out[qBase + d] += p[t] * v.scalars[vBase + d] }
+            }
+            continue
+          }
+          let g = x[4].scalars
+          var dp = [Double](repeating: 0, count: keys)
+          for t in 0..<keys {
+            let vBase = ((b * groups + group) * keys + t) * width
+            for d in 0..<width {
+              dp[t] += g[qBase + d] * v.scalars[vBase + d]
+              dv[vBase + d] += p[t] * g[qBase + d]
+            }
+          }
+          let projection = zip(p, dp).map(*).reduce(0, +)
+          for t in 0..<keys where p[t] != 0 {
+            let ds = p[t] * (dp[t] - projection) * scale
+            let kBase = ((b * groups + group) * keys + t) * width
+            for d in 0..<width {
+              out[qBase + d] += ds * k.scalars[kBase + d]
+              dk[kBase + d] += ds * q.scalars[qBase + d]
+            }
+          }
+        }
+      }
+    }
+    let first = DenseTensor(dtype: .f32, shape: types[0].shape, scalars: out)
+    if !gradient { return [first] }
+    return [
+      first, DenseTensor(dtype: .f32, shape: types[1].shape, scalars: dk),
+      DenseTensor(dtype: .f32, shape: types[2].shape, scalars: dv),
+    ]
   }
 }

@@ -96,4 +96,10 @@ public enum Op: Hashable, Sendable {
   /// `op(W)` is `W^T` with `transposeW` (W stored `[out, in]`, possibly a storage type). The
   /// product `A B` is never formed; `xa` is a result because the backward pass reads it.
   case loraLinear(scale: Double, transposeW: Bool)
+  /// `attention(q, k, v, mask)`: for `q: f32[B, H, S, D]`, `k, v: f32[B, G, T, D]` (query head
+  /// `h` reads key/value head `h / (H / G)`: grouped-query attention) and `mask: i32` broadcast
+  /// to `[B, H, S, T]`, `softmax_t(mask ? scale q.k : -inf) v`. A row with no visible key gives 0.
+  case attention(scale: Double)
+  /// `attention_grad(q, k, v, mask, g) = (dq, dk, dv)`: the gradients of `attention` for `g`.
+  case attentionGrad(scale: Double)
 }

@@ -44,7 +44,7 @@ extension Op {
       "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "gather", "scatter_add",
       "cast", "iota", "fill", "softmax", "log_softmax", "rope", "dynamic_slice",
       "dynamic_update_slice", "rms_norm", "rms_norm_grad", "swiglu", "swiglu_grad",
-      "cross_entropy", "cross_entropy_grad", "lora_linear",
+      "cross_entropy", "cross_entropy_grad", "lora_linear", "attention", "attention_grad",
     ]
 
   /// The op's name in the text format.
@@ -78,6 +78,8 @@ extension Op {
     case .crossEntropy: "cross_entropy"
     case .crossEntropyGrad: "cross_entropy_grad"
     case .loraLinear: "lora_linear"
+    case .attention: "attention"
+    case .attentionGrad: "attention_grad"
     }
   }
 
@@ -85,7 +87,7 @@ extension Op {
   public var isFused: Bool {
     switch self {
     case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,
-      .loraLinear:
+      .loraLinear, .attention, .attentionGrad:
       true
     default: false
     }
@@ -103,6 +105,8 @@ extension Op {
       return [("eps", .number(epsilon))]
     case .loraLinear(let scale, let transposeW):
       return [("scale", .number(scale))] + (transposeW ? [("transpose_w", .flag)] : [])
+    case .attention(let scale), .attentionGrad(let scale):
+      return [("scale", .number(scale))]
     case .reduce(_, let axes, let keepDims):
       return [("axes", .integers(axes))] + (keepDims ? [("keep_dims", .flag)] : [])
     case .matmul(let transposeA, let transposeB):
@@ -179,6 +183,8 @@ extension Op {
       case "swiglu_grad": op = .swigluGrad
       case "cross_entropy": op = .crossEntropy
       case "cross_entropy_grad": op = .crossEntropyGrad
+      case "attention": op = .attention(scale: try reader.number("scale"))
+      case "attention_grad": op = .attentionGrad(scale: try reader.number("scale"))
       case "lora_linear":
         op = .loraLinear(
           scale: try reader.number("scale"), transposeW: try reader.flag("transpose_w"))

@@ -54,7 +54,8 @@ extension Op {
       2
     case .select, .scatterAdd, .dynamicUpdateSlice, .rmsNormGrad, .swigluGrad, .crossEntropyGrad:
       3
-    case .loraLinear: 4
+    case .loraLinear, .attention: 4
+    case .attentionGrad: 5
     case .concat: nil
     }
   }
@@ -402,6 +403,24 @@ extension Op {
       }
       let batch = Array(x.shape.dropLast())
       return [TensorType(.f32, batch + [a.shape[1]]), TensorType(.f32, batch + [n])]
+
+    case .attention(let scale), .attentionGrad(let scale):
+      let (q, k, v, mask) = (tensor(0), tensor(1), tensor(2), tensor(3))
+      for index in [0, 1, 2] { try requireFloat(index) }
+      if !scale.isFinite { throw fail("scale must be finite, got \(scale)") }
+      guard q.rank == 4, k.rank == 4, k.shape[0] == q.shape[0], k.shape[3] == q.shape[3],
+        k.shape[1] > 0, q.shape[1] % k.shape[1] == 0, v == k
+      else {
+        throw fail(
+          "expected q [B, H, S, D] and k, v [B, G, T, D] with G dividing H, got \(list())")
+      }
+      let scores = [q.shape[0], q.shape[1], q.shape[2], k.shape[2]]
+      if mask.dtype != .i32 || mask.rank > 4 || broadcastShapes([mask.shape, scores]) != scores {
+        throw fail("the mask must be i32 and broadcast to \(scores), got \(mask)")
+      }
+      if case .attention = self { return [q] }
+      if tensor(4) != q { throw fail("expected the gradient \(q), got \(tensor(4))") }
+      return [q, k, k]
     }
   }
 }

@@ -8,7 +8,11 @@ import IR
 /// | `silu(gate) * up` (equal types)                                           | `swiglu` |
 /// | `sum(log_softmax(z) * cast(iota == reshape(t)), last)`                    | `neg(cross_entropy(z, t))` |
 /// | `matmul(x, W) + s * matmul(matmul(x, A), B)`                              | `lora_linear` |
+/// | `matmul(softmax(select(mask, matmul(q, k^T) * s, -inf)), v)`              | `attention` |
 ///
+/// Keys and values that the tracer expanded from grouped key/value heads
+/// (`transpose(reshape(broadcast(reshape(k))))`) are read from their own heads instead, so the
+/// expanded copies disappear too.
 /// A pattern is fused only when its inner values have no use outside it (so nothing is computed
 /// twice); `lora_linear` returns `x A` as its first result, so that value may be used after it.
 /// Run it before `autodiff`: the fused ops have their own gradients (`rms_norm_grad`,
@@ -27,7 +31,7 @@ public struct Fuse: Pass {
       if matcher.claimed.contains(index) { continue }
       _ =
         matcher.rmsNorm(index) || matcher.swiglu(index) || matcher.crossEntropy(index)
-        || matcher.loraLinear(index)
+        || matcher.loraLinear(index) || matcher.attention(index)
     }
     return matcher.rewritten()
   }
@@ -53,7 +57,7 @@ private struct Matcher {
   var claimed: Set<Int> = []
   /// Replacement instructions at each anchor.
   var replacements: [Int: [Instruction]] = [:]
-  /// Instructions that may be left dead by a match (shared `iota`, `reshape`).
+  /// Instructions that may be left dead by a match (shared `iota`, `reshape`, head expansions).
   var maybeDead: Set<Int> = []
 
   init(_ graph: Graph) {
@@ -248,6 +252,99 @@ private struct Matcher {
     return false
   }
 
+  /// Whether `operand` is `-inf`: a literal, or a `fill` of it.
+  func isNegativeInfinity(_ operand: Operand) -> Bool {
+    if case .scalar(let value) = operand { return value == -.infinity }
+    guard let (_, fill) = defining(operand, { if case .fill = $0 { true } else { false } }),
+      case .fill(let value, _) = fill.op
+    else { return false }
+    return value == -.infinity
+  }
+
+  /// For `x = transpose(reshape(broadcast(reshape(x0))))` expanding `x0: [B, T, G, D]` to
+  /// `[B, H, T, D]` (each of the G heads repeated H / G times): `x0` and the chain's instructions.
+  func groupedHeads(_ value: Value) -> (source: Value, chain: [Int])? {
+    let expanded = type(value)
+    guard expanded.rank == 4,
+      let (transposeIndex, transpose) = defining(
+        .value(value), { $0 == .transpose(permutation: [0, 2, 1, 3]) }),
+      let (wideIndex, wide) = defining(
+        transpose.operands[0], { if case .reshape = $0 { true } else { false } }),
+      let (spreadIndex, spread) = defining(
+        wide.operands[0], { if case .broadcast = $0 { true } else { false } }),
+      let (narrowIndex, narrow) = defining(
+        spread.operands[0], { if case .reshape = $0 { true } else { false } }),
+      let source = narrow.operands[0].value
+    else { return nil }
+    let (b, h, t, d) = (expanded.shape[0], expanded.shape[1], expanded.shape[2], expanded.shape[3])
+    let sourceType = type(source)
+    guard sourceType.rank == 4, sourceType.shape[0] == b, sourceType.shape[1] == t,
+      sourceType.shape[3] == d, sourceType.shape[2] > 0, h % sourceType.shape[2] == 0
+    else { return nil }
+    let g = sourceType.shape[2]
+    guard type(narrow.results[0]).shape == [b, t, g, 1, d],
+      type(spread.results[0]).shape == [b, t, g, h / g, d],
+      type(wide.results[0]).shape == [b, t, h, d]
+    else { return nil }
+    return (source, [transposeIndex, wideIndex, spreadIndex, narrowIndex])
+  }
+
+  /// `matmul(softmax(select(mask, matmul(q, k, transpose_b) * s, -inf)), v)` over
+  /// `[B, H, S, D]` queries.
+  mutating func attention(_ anchor: Int) -> Bool {
+    let top = graph.body[anchor]
+    guard top.op == .matmul(transposeA: false, transposeB: false),
+      var values = top.operands[1].value,
+      let (softmaxIndex, softmax) = defining(
+        top.operands[0], { if case .softmax = $0 { true } else { false } }),
+      case .softmax(let axis) = softmax.op, axis == 3,
+      let (selectIndex, select) = defining(softmax.operands[0], { $0 == .select }),
+      let mask = select.operands[0].value, isNegativeInfinity(select.operands[2]),
+      let (scaledIndex, scaled) = defining(select.operands[1], { $0 == .binary(.mul) })
+    else { return false }
+    for (productSide, scaleSide) in [(0, 1), (1, 0)] {
+      guard case .scalar(let scale) = scaled.operands[scaleSide],
+        let (scoresIndex, scores) = defining(
+          scaled.operands[productSide], { $0 == .matmul(transposeA: false, transposeB: true) }),
+        let queries = scores.operands[0].value, var keys = scores.operands[1].value,
+        type(keys) == type(values), type(scaled.results[0]) == type(select.results[0])
+      else { continue }
+      let inner = [scoresIndex, scaledIndex, selectIndex, softmaxIndex]
+      guard isInternal(inner, pattern: Set(inner + [anchor])) else { continue }
+      var replacement: [Instruction] = []
+      if let (k0, kChain) = groupedHeads(keys), let (v0, vChain) = groupedHeads(values),
+        type(k0) == type(v0)
+      {
+        // Read the grouped heads in place of the expanded copies: [B, T, G, D] -> [B, G, T, D].
+        var heads: [Value] = []
+        for source in [k0, v0] {
+          let shape = type(source).shape
+          let transposed = graph.newValue(
+            TensorType(.f32, [shape[0], shape[2], shape[1], shape[3]]))
+          replacement.append(
+            Instruction(
+              results: [transposed], op: .transpose(permutation: [0, 2, 1, 3]),
+              operands: [.value(source)]))
+          heads.append(transposed)
+        }
+        (keys, values) = (heads[0], heads[1])
+        maybeDead.formUnion(kChain + vChain)
+      }
+      let op = Op.attention(scale: scale)
+      let operands: [Operand] = [.value(queries), .value(keys), .value(values), .value(mask)]
+      guard
+        let types = try? op.resultTypes(operands.map { .tensor(type($0.value ?? queries)) }),
+        types == [type(top.results[0])]
+      else { continue }
+      replacement.append(
+        Instruction(results: top.results, op: op, operands: operands, name: top.name))
+      commit(anchor: anchor, inner: inner, replacement: replacement)
+      if let fill = select.operands[2].value, let index = definer[fill] { maybeDead.insert(index) }
+      return true
+    }
+    return false
+  }
+
   // MARK: - Result
 
   /// The graph with every match applied and the instructions matches left dead removed.
@@ -261,13 +358,16 @@ private struct Matcher {
         result.body.append(instruction)
       }
     }
-    guard !maybeDead.isEmpty else { return result }
-    let deadCandidates = Set(maybeDead.map { graph.body[$0].results[0] })
-    let read = Set(result.body.flatMap { $0.operands.compactMap(\.value) })
-    result.body.removeAll { instruction in
-      instruction.results.count == 1 && deadCandidates.contains(instruction.results[0])
-        && !read.contains(instruction.results[0]) && !outputs.contains(instruction.results[0])
+    // Remove candidates nothing reads any more, until none is left (chains die from the end).
+    let candidates = Set(maybeDead.flatMap { graph.body[$0].results })
+    while true {
+      let read = Set(result.body.flatMap { $0.operands.compactMap(\.value) })
+      let before = result.body.count
+      result.body.removeAll { instruction in
+        instruction.results.allSatisfy { candidates.contains($0) && !read.contains($0) }
+          && !instruction.results.contains(where: outputs.contains)
+      }
+      if result.body.count == before { return result }
     }
-    return result
   }
 }

@@ -307,7 +307,15 @@ func vjp(
     guard wanted[0] else { return [nil, nil] }
     return [try e.emit(.crossEntropyGrad, [operands[0], operands[1], .value(g)]), nil]
 
-  case .compare, .iota, .fill, .rmsNormGrad, .swigluGrad, .crossEntropyGrad, .loraLinear:
+  case .attention(let scale):
+    let grads = try e.emitAll(
+      .attentionGrad(scale: scale), [operands[0], operands[1], operands[2], operands[3], .value(g)])
+    return [
+      wanted[0] ? grads[0] : nil, wanted[1] ? grads[1] : nil, wanted[2] ? grads[2] : nil, nil,
+    ]
+
+  case .compare, .iota, .fill, .rmsNormGrad, .swigluGrad, .crossEntropyGrad, .loraLinear,
+    .attentionGrad:
     throw noGradient()
   }
 }

@@ -249,6 +249,9 @@ public final class Executable {
 
   // MARK: - Scratch
 
+  /// Threads that attention scratch is planned for: every core, or more when asked for more.
+  static var attentionSlots: Int { max(Int(lc_core_count()), Int(lc_get_threads())) }
+
   /// Rows of a quantized weight decoded at a time before a GEMM.
   static let dequantizeChunk = 2048
 
@@ -257,6 +260,14 @@ public final class Executable {
     for (index, instruction) in graph.body.enumerated() {
       switch instruction.op {
       case .matmul, .loraLinear: break
+      case .attention, .attentionGrad:
+        // Two [S, T] blocks for each thread that may run.
+        let (q, k) = (instruction.operands[0].value, instruction.operands[1].value)
+        if let q, let k {
+          let block = graph.type(of: q).shape[2] * graph.type(of: k).shape[2]
+          result[index] = attentionSlots * 2 * block * 4
+        }
+        continue
       default: continue
       }
       guard let weight = instruction.operands[1].value else { continue }

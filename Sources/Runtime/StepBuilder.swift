@@ -151,6 +151,9 @@ struct StepBuilder {
     case .loraLinear(let scale, let transposeW):
       return try loraLinear(scale: scale, transposeW: transposeW)
 
+    case .attention(let scale), .attentionGrad(let scale):
+      return try attention(scale: Float(scale))
+
     case .rmsNorm(let epsilon), .rmsNormGrad(let epsilon):
       let (x, w) = (operand(0), operand(1))
       let d = Int64(type(1).elementCount)
@@ -485,6 +488,43 @@ struct StepBuilder {
       )
       lc_sgemm(0, 0, rows, r, k, 1, xf, k, af, r, 0, xaf, r)
       lc_sgemm(0, 0, rows, n, r, alpha, xaf, r, bf, n, 1, yf, n)
+      return nil
+    }
+  }
+
+  /// `attention` or `attention_grad` over q [B, H, S, D], k, v [B, G, T, D] and a broadcast mask.
+  private func attention(scale: Float) throws(RuntimeError) -> (() -> String?)? {
+    let (q, k, v, mask) = (operand(0), operand(1), operand(2), operand(3))
+    let (qShape, kShape) = (type(0).shape.map(Int64.init), type(1).shape.map(Int64.init))
+    let scores = TensorType(
+      .f32, [type(0).shape[0], type(0).shape[1], type(0).shape[2], type(1).shape[2]])
+    let strides = broadcastStrides(type(3), to: scores)
+    guard let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self) else {
+      throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
+    }
+    let slots = Int64(Executable.attentionSlots)
+    let (b, h, s, d) = (qShape[0], qShape[1], qShape[2], qShape[3])
+    let (g, t) = (kShape[1], kShape[2])
+    let (qf, kf, vf) = (
+      q.assumingMemoryBound(to: Float.self), k.assumingMemoryBound(to: Float.self),
+      v.assumingMemoryBound(to: Float.self)
+    )
+    let maskPointer = mask.assumingMemoryBound(to: Int32.self)
+    let out = executable.resultAddress(instruction).assumingMemoryBound(to: Float.self)
+    if case .attention = op {
+      return {
+        lc_attention_f32(
+          out, qf, kf, vf, maskPointer, strides, b, h, g, s, t, d, scale, scratch, slots)
+        return nil
+      }
+    }
+    let gradient = operand(4).assumingMemoryBound(to: Float.self)
+    let dk = executable.resultAddress(instruction, 1).assumingMemoryBound(to: Float.self)
+    let dv = executable.resultAddress(instruction, 2).assumingMemoryBound(to: Float.self)
+    return {
+      lc_attention_grad_f32(
+        out, dk, dv, qf, kf, vf, maskPointer, strides, gradient, b, h, g, s, t, d, scale, scratch,
+        slots)
       return nil
     }
   }

@@ -102,6 +102,20 @@ func everyOpGraph() throws -> Graph {
   outputs += try b.emit(
     .loraLinear(scale: -0.5, transposeW: false),
     [.value(x.value), .value(square.value), .value(square.value), .value(twoByTwo.value)])
+  let queries = try x.reshaped([1, 2, 3, 1])
+  let keys = try y.reshaped([1, 1, 3, 1])
+  let causal = try b.iota(shape: [3, 3], axis: 1).compare(.le, b.iota(shape: [3, 3], axis: 0))
+  outputs.append(
+    try b.emit(
+      .attention(scale: 0.125),
+      [.value(queries.value), .value(keys.value), .value(keys.value), .value(causal.value)],
+      name: "layers.0.attn.context")[0])
+  outputs += try b.emit(
+    .attentionGrad(scale: 0.125),
+    [
+      .value(queries.value), .value(keys.value), .value(keys.value), .value(causal.value),
+      .value(queries.value),
+    ])
   return try b.finish(outputs: outputs)
 }
 

@@ -63,12 +63,16 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
   #expect(
     Fuse.census(fused) == [
       "rms_norm": 5, "rms_norm_grad": 4, "swiglu": 2, "swiglu_grad": 2, "cross_entropy": 1,
-      "cross_entropy_grad": 1, "lora_linear": 8,
+      "cross_entropy_grad": 1, "lora_linear": 8, "attention": 2, "attention_grad": 2,
     ])
   #expect(fused.body.count < plain.body.count)
   // No primitive left of what was fused: no one-hot mask, no rsqrt, no silu.
   #expect(!fused.body.contains { $0.op == .compare(.eq) || $0.op == .unary(.rsqrt) })
   #expect(!fused.body.contains { $0.op == .unary(.silu) || $0.op == .cast(to: .f32) })
+  // No softmax, and no key/value heads expanded to the query heads' count.
+  #expect(!fused.body.contains { if case .softmax = $0.op { true } else { false } })
+  #expect(!fused.body.contains { fused.type(of: $0.results[0]).rank == 5 })
+  #expect(plain.body.contains { plain.type(of: $0.results[0]).rank == 5 })
   // Same loss and gradients as the unfused graph, with B non-zero so every branch counts.
   var values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
   var generator = SplitMix64(seed: 8)
@@ -154,5 +158,42 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
     _ = try Pipeline(parsing: "fuse{level=2}")
   } catch {
     #expect(error.message == "fuse: unknown option 'level' (accepted: none)")
+  }
+}
+
+@Test func fuseMakesOneAttentionPerLayerOfTheDecodingGraph() throws {
+  let config = LlamaConfig(
+    vocabularySize: 11, embeddingLength: 8, layerCount: 2, headCount: 2, keyValueHeadCount: 1,
+    feedForwardLength: 12)
+  for tokens in [1, 3] {
+    let graph = try Llama.traceDecoding(config, batch: 2, tokens: tokens, context: 5)
+    let fused = try Fuse().run(graph).compacted()
+    try Verifier.verify(fused)
+    #expect(Fuse.census(fused) == ["attention": 2, "rms_norm": 5, "swiglu": 2])
+    var values = weights(graph, seed: 3)
+    var generator = SplitMix64(seed: 4)
+    values["tokens"] = DenseTensor(
+      shape: [2, tokens], ints: (0..<(2 * tokens)).map { _ in Int32(generator.next() % 11) })
+    values["positions"] = DenseTensor(
+      shape: [2, tokens], ints: (0..<(2 * tokens)).map { Int32($0 % tokens + 1) })
+    values["cache_start"] = DenseTensor(shape: [4], ints: [0, 0, 1, 0])
+    // Row 1 of the batch sees only the new slots; row 0 sees the cache's first slot too.
+    values["key_mask"] = DenseTensor(
+      shape: [2, tokens, 5],
+      ints: (0..<(2 * tokens * 5)).map { index in
+        let (row, query, slot) = (index / (tokens * 5), index / 5 % tokens, index % 5)
+        return slot >= 1 && slot <= 1 + query || (row == 0 && slot == 0) ? 1 : 0
+      })
+    for declaration in graph.declarations where declaration.kind == .state {
+      let type = graph.type(of: declaration.value)
+      values[declaration.name] = DenseTensor(
+        dtype: .f32, shape: type.shape,
+        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+    }
+    let interpreter = Interpreter(precision: .f64)
+    #expect(
+      difference(
+        try interpreter.run(fused, bindings: values), try interpreter.run(graph, bindings: values))
+        < 1e-12)
   }
 }

@@ -138,6 +138,17 @@ let gradientCases: [GradientCase] =
       // Both results reach the loss, so the `xa` gradient is used too.
       return try results[1] + matmul(results[0], p[2]) * 0.5
     },
+    GradientCase(
+      name: "attention grouped causal", shapes: [[2, 4, 3, 5], [2, 2, 3, 5], [2, 2, 3, 5]]
+    ) {
+      b, p throws(TraceError) in
+      // Four query heads over two key/value heads, causal over 3 positions.
+      let rows = try b.iota(shape: [3, 3], axis: 0)
+      let causal = try b.iota(shape: [3, 3], axis: 1).compare(.le, rows)
+      return try b.emit(
+        .attention(scale: 0.7),
+        [.value(p[0].value), .value(p[1].value), .value(p[2].value), .value(causal.value)])[0]
+    },
   ]
 
 /// Traces `loss = sum(op(params) * weights)` with fixed random weights, so the incoming gradient
@@ -203,7 +214,7 @@ func vjpMatchesCentralFiniteDifferences(_ testCase: GradientCase) throws {
     gradientCases.map { $0.name.split(separator: " ").first.map(String.init) ?? "" })
   let nonDifferentiable: Set<String> = [
     "eq", "ne", "lt", "le", "gt", "ge", "iota", "fill", "rms_norm_grad", "swiglu_grad",
-    "cross_entropy_grad",
+    "cross_entropy_grad", "attention_grad",
   ]
   for mnemonic in Op.allMnemonics where !nonDifferentiable.contains(mnemonic) {
     #expect(covered.contains(mnemonic), "no gradient check for \(mnemonic)")

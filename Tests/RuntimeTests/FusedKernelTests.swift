@@ -90,6 +90,31 @@ extension RuntimeSuite {
     }
   }
 
+  @Test func attentionAndItsGradientMatchInterpreter() throws {
+    // (batch, heads, groups, rows, keys, width): grouped and not, one row (decoding), a long
+    // cache, odd head widths; the mask is random, so some rows see no key at all.
+    for (batch, heads, groups, rows, keys, width) in [
+      (1, 1, 1, 1, 1, 1), (2, 4, 2, 3, 7, 5), (1, 9, 3, 33, 33, 64), (1, 3, 3, 3, 129, 64),
+      (3, 2, 1, 7, 3, 33),
+    ] {
+      let b = GraphBuilder(name: "attention")
+      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
+      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
+      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
+      let mask = try b.input(name: "mask", shape: [batch, 1, rows, keys], dtype: .i32)
+      let g = try b.input(name: "g", shape: [batch, heads, rows, width])
+      let operands: [Operand] = [
+        .value(q.value), .value(k.value), .value(v.value), .value(mask.value),
+      ]
+      let out = try b.emit(.attention(scale: 0.3), operands)[0]
+      let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
+      let graph = try b.finish(outputs: [out] + grads)
+      #expect(
+        try compareWithInterpreter(graph, intLimit: 2, scale: .tensor) <= accumulationBound,
+        "\(batch) x \(heads)/\(groups) x \(rows) x \(keys) x \(width)")
+    }
+  }
+
   @Test func fusedTrainStepMatchesTheUnfusedOne() throws {
     // The 2-layer GQA Llama with LoRA on every attention projection, trained one step: the fused
     // executable's loss and gradients against the unfused executable's (both checked against

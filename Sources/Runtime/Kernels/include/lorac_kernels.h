@@ -148,6 +148,20 @@ void lc_cross_entropy_f32(float *loss, const float *logits, const int32_t *targe
 void lc_cross_entropy_grad_f32(float *grad, const float *logits, const int32_t *targets,
                                const float *g, int64_t rows, int64_t v);
 
+/// out [B,H,S,D] = softmax(mask ? scale q k^T : -inf) v per (b, h) with k, v [B,G,T,D] (query
+/// head h reads key/value head h / (H / G)); mask strides index [B,H,S,T] (0 where it
+/// broadcasts). scratch holds 2 S T floats for each of `slots` threads.
+void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
+                      const int32_t *mask, const int64_t *mask_strides, int64_t batch,
+                      int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
+                      float scale, float *scratch, int64_t slots);
+/// The gradients (dq, dk, dv) of lc_attention_f32 for the result gradient g.
+void lc_attention_grad_f32(float *dq, float *dk, float *dv, const float *q, const float *k,
+                           const float *v, const int32_t *mask, const int64_t *mask_strides,
+                           const float *g, int64_t batch, int64_t heads, int64_t groups,
+                           int64_t rows, int64_t keys, int64_t width, float scale, float *scratch,
+                           int64_t slots);
+
 // ---- optimizer ------------------------------------------------------------------------------
 /// One AdamW step (PyTorch's formulation, decoupled weight decay) on n elements:
 /// g = grad * grad_scale; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
