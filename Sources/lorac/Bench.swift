@@ -5,7 +5,7 @@ import Runtime
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmark lorac against baselines measured in the same run.",
-    subcommands: [Kernels.self, Prefill.self, Decode.self])
+    subcommands: [Kernels.self, Prefill.self, Decode.self, Train.self])
 
   /// `lorac bench kernels`.
   struct Kernels: ParsableCommand {
