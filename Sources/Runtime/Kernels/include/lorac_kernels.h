@@ -150,6 +150,8 @@ void lc_adamw_f32(float *param, const float *grad, float *m, float *v, int64_t n
                   float bias_correction1, float bias_correction2, float grad_scale);
 /// The sum of squares of n floats, accumulated in double (for global-norm clipping).
 double lc_sum_squares_f32(const float *x, int64_t n);
+/// sum[i] += x[i] for n floats (gradient accumulation over micro-batches).
+void lc_accumulate_f32(float *sum, const float *x, int64_t n);
 
 // ---- measurement ----------------------------------------------------------------------------
 /// A bare cblas_sgemm call with OpenBLAS's own threads, out [M,N] = a [M,K] x w ([K,N], or [N,K] with trans_b): the
