@@ -124,7 +124,7 @@ struct Eval: ParsableCommand {
     let accuracy = Double(correct) / Double(cases.count)
     if json {
       print(
-        "{\"count\": \(cases.count), \"examples\": \(cases.count), \"loss\": \(loss), \"perplexity\": \(perplexity), \"tokens\": \(Int(weighted)), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}"
+        "{\"count\": \(cases.count), \"examples\": \(cases.count), \"loss\": \(loss), \"perplexity\": \(perplexity.isFinite ? "\(perplexity)" : "null"), \"tokens\": \(Int(weighted)), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}"
       )
     } else {
       for sample in samples { print(sample) }
