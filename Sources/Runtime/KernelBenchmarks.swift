@@ -32,8 +32,15 @@ public enum KernelBenchmarks {
       for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
         results.append(try gemm(m: 512, k: k, n: n, runs: runs))
       }
-      for dtype in [DType.q4_1, .q8_0, .f32] {
-        results.append(try matvec(dtype, k: 576, n: 196_608, runs: runs))
+      // SmolLM2's decoding shapes: ffn_down, ffn_gate/up, and the Q8_0 embedding as the head.
+      for (n, k) in [(576, 1536), (1536, 576), (49152, 576)] {
+        for dtype in [DType.q4_1, .q8_0, .f32, .f16, .bf16] {
+          results.append(try matvec(dtype, k: k, n: n, runs: runs))
+        }
+        // Small M: 4 rows of activations sharing one pass over the weight blocks.
+        for dtype in [DType.q4_1, .q8_0] {
+          results.append(try matvec(dtype, k: k, n: n, m: 4, runs: runs))
+        }
       }
     }
     Threads.set(nil)
@@ -113,45 +120,72 @@ public enum KernelBenchmarks {
       baseline: "cblas_sgemm", work: 2.0 * Double(m * n * k), unit: "flop", runs: runs)
   }
 
-  /// `x [1,k] x W [n,k]^T` with W stored as `dtype`, against a plain read of the same bytes.
-  static func matvec(_ dtype: DType, k: Int, n: Int, runs: Int) throws -> BenchmarkResult {
+  /// `x [m,k] x W [n,k]^T` with W stored as `dtype`, against a plain read of the same bytes.
+  ///
+  /// Decoding reads every weight from DRAM once per token, so the weight is copied until the
+  /// copies exceed 256 MB (far past the 32 MB L3) and each run multiplies by every copy in turn;
+  /// the baseline reads the same buffer once (`lc_memory_read`). Products go through the
+  /// executable's own entry points: `lc_matmul_quantized` (its M = 1 path is
+  /// `lc_matvec_quantized`), `lc_matmul_quantized_small` for M > 1, and `lc_matmul_f32`'s
+  /// `sgemv` path for f32.
+  static func matvec(_ dtype: DType, k: Int, n: Int, m: Int = 1, runs: Int) throws
+    -> BenchmarkResult
+  {
     let type = TensorType(dtype, [n, k])
+    let bytes = type.byteCount
+    let copies = max(1, (256 << 20) / bytes + 1)
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: bytes * copies, alignment: 64)
+    defer { buffer.deallocate() }
     var generator = SplitMix64(seed: 3)
-    var bytes = [UInt8](repeating: 0, count: type.byteCount)
-    if dtype == .f32 {
-      bytes = randomFloats(n * k, seed: 3).withUnsafeBytes { Array($0) }
-    } else {
-      for index in bytes.indices { bytes[index] = UInt8(truncatingIfNeeded: generator.next()) }
-      // Small positive f16 scales at the start of every block keep values finite.
-      for block in 0..<(type.byteCount / dtype.blockBytes) {
+    switch dtype {
+    case .f32:
+      let floats = buffer.bindMemory(to: Float.self, capacity: n * k)
+      for index in 0..<(n * k) { floats[index] = Float(generator.nextUnit() - 0.5) }
+    case .f16, .bf16:
+      let halves = buffer.bindMemory(to: UInt16.self, capacity: n * k)
+      for index in 0..<(n * k) {
+        let value = Float(generator.nextUnit() - 0.5)
+        halves[index] = dtype == .f16 ? halfFromFloat(value) : bfloat16FromFloat(value)
+      }
+    default:
+      let raw = buffer.bindMemory(to: UInt8.self, capacity: bytes)
+      for index in 0..<bytes { raw[index] = UInt8(truncatingIfNeeded: generator.next()) }
+      // Small positive f16 scales (and negative q4_1 minimums) keep values finite.
+      for block in 0..<(bytes / dtype.blockBytes) {
         let base = block * dtype.blockBytes
-        bytes[base] = 0x00
-        bytes[base + 1] = 0x20
-        if dtype == .q4_1 {
-          bytes[base + 2] = 0x00
-          bytes[base + 3] = 0xA0
+        (raw[base], raw[base + 1]) = (0x00, 0x20)
+        if dtype == .q4_1 { (raw[base + 2], raw[base + 3]) = (0x00, 0xA0) }
+      }
+    }
+    for copy in 1..<copies { (buffer + copy * bytes).copyMemory(from: buffer, byteCount: bytes) }
+    let x = randomFloats(m * k, seed: 4)
+    var y = [Float](repeating: 0, count: m * n)
+    let code = Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
+    let offsets: [Int64] = [0]
+    let lorac = median(runs: runs) {
+      for copy in 0..<copies {
+        let w = buffer + copy * bytes
+        if dtype == .f32 {
+          lc_matmul_f32(
+            &y, x, w.assumingMemoryBound(to: Float.self), 1, offsets, offsets, Int64(m),
+            Int64(n), Int64(k), 0, 1)
+        } else if m == 1 {
+          lc_matmul_quantized(code, &y, x, w, 1, Int64(n), Int64(k), nil, 0)
+        } else {
+          lc_matmul_quantized_small(code, &y, x, w, Int64(m), Int64(n), Int64(k))
         }
       }
     }
-    let weight = try HostTensor(type: type, data: Data(bytes))
-    bytes = []
-    let b = GraphBuilder(name: "matvec")
-    let x = try b.input(name: "x", shape: [1, k])
-    let w = try b.constant(name: "w", shape: [n, k], dtype: dtype)
-    let graph = try b.finish(outputs: [try matmul(x, w, transposeB: true)])
-    let executable = try Executable(graph, constants: ["w": weight])
-    try executable.set("x", HostTensor(shape: [1, k], floats: randomFloats(k, seed: 4)))
-    let lorac = try median(runs: runs) { try executable.execute() }
-    let floats = type.byteCount / 4
-    let buffer = UnsafeMutablePointer<Float>.allocate(capacity: floats)
-    defer { buffer.deallocate() }
-    buffer.initialize(repeating: 1, count: floats)
+    precondition(y.allSatisfy(\.isFinite))
+    let floats = bytes * copies / 4
+    let words = buffer.bindMemory(to: Float.self, capacity: floats)
     var sink: Float = 0
-    let baseline = median(runs: runs) { sink += lc_memory_read(buffer, Int64(floats)) }
-    precondition(sink.isFinite)
+    let baseline = median(runs: runs) { sink += lc_memory_read(words, Int64(floats)) }
+    withExtendedLifetime(sink) {}
+    let name = m == 1 ? "matvec" : "matmul\(m)"
     return BenchmarkResult(
-      name: "matvec_\(dtype.rawValue)_\(n)x\(k)", threads: Threads.count, seconds: lorac,
-      baselineSeconds: baseline, baseline: "memory read of the same bytes",
-      work: Double(type.byteCount), unit: "byte", runs: runs)
+      name: "\(name)_\(dtype.rawValue)_\(n)x\(k)", threads: Threads.count,
+      seconds: lorac / Double(copies), baselineSeconds: baseline / Double(copies),
+      baseline: "memory read of the same bytes", work: Double(bytes), unit: "byte", runs: runs)
   }
 }

@@ -4,13 +4,17 @@ import Foundation
 import Models
 import Runtime
 
-/// `lorac eval`: greedy exact-match accuracy of completions.
+/// `lorac eval`: mean token loss, perplexity and greedy exact-match accuracy of completions.
 struct Eval: ParsableCommand {
   static let configuration = CommandConfiguration(
-    abstract: "Greedy exact-match accuracy of completions on --data or a --task.",
+    abstract:
+      "Loss, perplexity and greedy exact-match accuracy of completions on --data or a --task.",
     discussion: """
-      Each prompt is decoded greedily (KV cache) until end-of-sequence, a newline or the answer's \
-      length plus 4 tokens; a completion matches when it equals the expected text exactly.
+      The loss is the mean next-token cross-entropy over the completion tokens and the \
+      end-of-sequence token after them (the tokens training learns); perplexity is its \
+      exponential. Each prompt is also decoded greedily (KV cache) until end-of-sequence, a \
+      newline or the answer's length plus 4 tokens; a completion matches when it equals the \
+      expected text exactly.
       """)
 
   @Argument(help: "The GGUF model.")
@@ -70,6 +74,18 @@ struct Eval: ParsableCommand {
     } else {
       cases = Dataset.mysteryFunction(count: count, seed: seed)
     }
+    let start = DispatchTime.now().uptimeNanoseconds
+    // Loss over the completion tokens, masked as in training.
+    let scored = cases.map {
+      Dataset.completion(prompt: $0.prompt, completion: $0.answer, tokenizer: tokenizer)
+    }
+    let longestScored = scored.map { $0.ids.count - 1 }.max() ?? 1
+    let scorer = LossSession(
+      modelPath: model, adapter: adapter, batch: min(8, scored.count),
+      sequence: max(2, longestScored))
+    let (total, weighted) = scorer.score(scored)
+    let loss = total / max(weighted, 1)
+    let perplexity = exp(loss)
     let prompts = cases.map { tokenizer.encode($0.prompt) }
     let longest =
       zip(prompts, cases).map { $0.count + tokenizer.encode($1.answer).count + 4 }.max() ?? 16
@@ -78,7 +94,6 @@ struct Eval: ParsableCommand {
     let newline = tokenizer.encode("\n")
     var correct = 0
     var samples: [String] = []
-    let start = DispatchTime.now().uptimeNanoseconds
     for (ids, item) in zip(prompts, cases) {
       let limit = tokenizer.encode(item.answer).count + 4
       let result: DecodeSession.Result
@@ -109,10 +124,14 @@ struct Eval: ParsableCommand {
     let accuracy = Double(correct) / Double(cases.count)
     if json {
       print(
-        "{\"examples\": \(cases.count), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}"
+        "{\"count\": \(cases.count), \"examples\": \(cases.count), \"loss\": \(loss), \"perplexity\": \(perplexity.isFinite ? "\(perplexity)" : "null"), \"tokens\": \(Int(weighted)), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}"
       )
     } else {
       for sample in samples { print(sample) }
+      print(
+        String(
+          format: "loss %.4f  perplexity %.3f  (mean over %d completion tokens)", loss, perplexity,
+          Int(weighted)))
       print(
         String(
           format: "exact match %d/%d = %.1f%% (%.1f s)", correct, cases.count, accuracy * 100,

@@ -262,7 +262,11 @@ struct SafetensorsReader {
   #expect(train.status == 0, "\(train.stderr)")
   #expect(train.stderr.contains("step 3/3"))
   let files = try FileManager.default.contentsOfDirectory(atPath: out.path).sorted()
-  #expect(files == ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl"])
+  #expect(
+    files == [
+      "adapter_config.json", "adapter_model.safetensors", "loss.svg", "metrics.jsonl",
+      "training_state.safetensors",
+    ])
   let metrics = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
   #expect(metrics.split(separator: "\n").count == 3)
   let weights = try SafetensorsReader(url: out.appendingPathComponent("adapter_model.safetensors"))

@@ -23,3 +23,8 @@ double lc_sum_squares_f32(const float *x, int64_t n) {
   for (int64_t i = 0; i < n; i++) total += (double)x[i] * x[i];
   return total;
 }
+
+void lc_accumulate_f32(float *sum, const float *x, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > LC_PARALLEL_MIN)
+  for (int64_t i = 0; i < n; i++) sum[i] += x[i];
+}

@@ -1,4 +1,5 @@
 // Storage dtypes: row decoding, and dot products that read quantized blocks directly.
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -191,9 +192,15 @@ void lc_dequantize_rows(int dtype, const void *src, float *dst, int64_t rows, in
   }
 }
 
-// ---- dot products over quantized rows -------------------------------------------------------
+// ---- matrix-vector and small-M products over stored blocks ----------------------------------
+//
+// out[i, r] = dot(a[i, :], dequant(w[r, :])) for up to LC_SMALL_M rows i of activations at once,
+// reading each weight block once for all of them. Activations stay f32 (never quantized).
+// Every output is computed by one thread in a fixed operation order that depends only on k (not
+// on the thread count or on how rows are split), so results are bit-identical for given inputs on
+// one path.
 
-/// dot(x, dequant(row)) one decoded block at a time (the reference, and the fallback).
+/// dot(x, dequant(row)) one decoded block at a time (the reference).
 static float dot_reference(int dtype, const float *x, const uint8_t *row, int64_t k) {
   int size = block_size(dtype), bytes = block_bytes(dtype);
   float block[256];
@@ -207,90 +214,436 @@ static float dot_reference(int dtype, const float *x, const uint8_t *row, int64_
   return sum;
 }
 
-#if defined(__x86_64__)
-__attribute__((target("avx2,fma,f16c"))) static inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-/// q8_0: per block, d * dot(x, q) with q widened to floats, 8 lanes at a time.
-__attribute__((target("avx2,fma,f16c"))) static float dot_q8_0_avx2(const float *x,
-                                                                     const uint8_t *row,
-                                                                     int64_t k) {
-  __m256 total = _mm256_setzero_ps();
-  for (int64_t b = 0; b < k / 32; b++) {
-    const uint8_t *block = row + 34 * b;
-    const float *xb = x + 32 * b;
-    __m256 d = _mm256_set1_ps(_cvtsh_ss(load16(block)));
-    __m256 acc = _mm256_setzero_ps();
-    for (int j = 0; j < 32; j += 8) {
-      __m128i q8 = _mm_loadl_epi64((const __m128i *)(block + 2 + j));
-      __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
-      acc = _mm256_fmadd_ps(q, _mm256_loadu_ps(xb + j), acc);
-    }
-    total = _mm256_fmadd_ps(acc, d, total);
-  }
-  return hsum256(total);
-}
-
-/// q4_1: per block, d * dot(x, q) + m * sum(x), nibbles widened to floats.
-__attribute__((target("avx2,fma,f16c"))) static float dot_q4_1_avx2(const float *x,
-                                                                     const uint8_t *row,
-                                                                     int64_t k) {
-  __m256 total = _mm256_setzero_ps();
-  __m256 mins = _mm256_setzero_ps();
-  const __m128i low_mask = _mm_set1_epi8(0xF);
-  for (int64_t b = 0; b < k / 32; b++) {
-    const uint8_t *block = row + 20 * b;
-    const float *xb = x + 32 * b;
-    __m128i bytes = _mm_loadu_si128((const __m128i *)(block + 4));
-    __m128i low = _mm_and_si128(bytes, low_mask);
-    __m128i high = _mm_and_si128(_mm_srli_epi16(bytes, 4), low_mask);
-    __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
-    __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
-    __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low));
-    __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(low, 8)));
-    __m256 q2 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high));
-    __m256 q3 = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(high, 8)));
-    __m256 acc = _mm256_mul_ps(q0, x0);
-    acc = _mm256_fmadd_ps(q1, x1, acc);
-    acc = _mm256_fmadd_ps(q2, x2, acc);
-    acc = _mm256_fmadd_ps(q3, x3, acc);
-    __m256 sum = _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3));
-    total = _mm256_fmadd_ps(acc, _mm256_set1_ps(_cvtsh_ss(load16(block))), total);
-    mins = _mm256_fmadd_ps(sum, _mm256_set1_ps(_cvtsh_ss(load16(block + 2))), mins);
-  }
-  return hsum256(_mm256_add_ps(total, mins));
-}
-#endif
-
-typedef float (*lc_dot_fn)(const float *, const uint8_t *, int64_t);
-
-static lc_dot_fn fast_dot(int dtype) {
-#if defined(__x86_64__)
-  if (lc_cpu_features() & 1) {
-    if (dtype == LC_Q8_0) return dot_q8_0_avx2;
-    if (dtype == LC_Q4_1) return dot_q4_1_avx2;
-  }
-#endif
-  (void)dtype;
-  return 0;
-}
-
 void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const void *w, int64_t n,
                                    int64_t k) {
   int64_t row_bytes = lc_row_bytes(dtype, k);
   for (int64_t r = 0; r < n; r++) y[r] = dot_reference(dtype, x, (const uint8_t *)w + r * row_bytes, k);
 }
 
-void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int64_t n, int64_t k) {
-  int64_t row_bytes = lc_row_bytes(dtype, k);
-  lc_dot_fn dot = fast_dot(dtype);
-#pragma omp parallel for schedule(static) if (n * k > LC_PARALLEL_MIN)
-  for (int64_t r = 0; r < n; r++) {
-    const uint8_t *row = (const uint8_t *)w + r * row_bytes;
-    y[r] = dot ? dot(x, row, k) : dot_reference(dtype, x, row, k);
+// Blocks of 32 values whose activations are prepared at a time: 64 blocks (8 KB) per activation
+// row, so LC_SMALL_M rows of prepared activations stay within L2 beside the streamed weights.
+#define PREP_BLOCKS 64
+#define LC_SMALL_M 8
+
+/// One call's shape, shared by every path.
+typedef struct {
+  int dtype, m;
+  const float *a;         // [m, k]
+  const uint8_t *w;       // [n, row_bytes]
+  float *out;             // [m, n]
+  int64_t n, k, row_bytes;
+} lc_qjob;
+
+/// A kernel: rows [r0, r1) of the weight, blocks [b0, b0 + blocks) of k (in 32-value units for
+/// q8_0/q4_1, whole storage blocks otherwise); adds into out when `accumulate`.
+/// `prep` holds the activations prepared by the path's prepare function for these blocks.
+typedef void (*lc_qrows_fn)(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,
+                            int64_t b0, int64_t blocks, int accumulate);
+typedef void (*lc_qprep_fn)(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks);
+
+// q4_1 activations are prepared per block of 32 as [x_lo - x_hi / 16 (16), x_hi / 16 (16)],
+// with the block sums after the chunk's blocks: with c = byte (lo + 16 hi) the block's dot is
+//   sum_j lo_j x_lo_j + hi_j x_hi_j = sum_j lo_j (x_lo_j - x_hi_j / 16) + c_j (x_hi_j / 16),
+// so one byte -> float conversion serves both nibbles (no shift), and the min term is m * sum(x).
+// Scaling by 1/16 is exact; the subtraction rounds once per activation, an error of the size of
+// the dot product's own rounding.
+#define PREP_ROW (PREP_BLOCKS * 33)
+#define PREP_SUMS (PREP_BLOCKS * 32)
+
+static void q4_1_prepare(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks) {
+  for (int i = 0; i < job->m; i++) {
+    for (int64_t b = 0; b < blocks; b++) {
+      const float *x = job->a + i * job->k + 32 * (b0 + b);
+      float *p = prep + i * PREP_ROW + 32 * b;
+      float sum = 0;
+      for (int j = 0; j < 16; j++) {
+        float high = x[16 + j] * 0.0625f;
+        p[j] = x[j] - high;
+        p[16 + j] = high;
+      }
+      for (int j = 0; j < 32; j++) sum += x[j];
+      prep[i * PREP_ROW + PREP_SUMS + b] = sum;
+    }
   }
+}
+
+/// Other types read the activations as they are (prep points into a).
+static void plain_prepare(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks) {
+  (void)job, (void)prep, (void)b0, (void)blocks;
+}
+
+// ---- portable: decode a block, dot it with every activation row ----
+
+static void rows_portable(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,
+                          int64_t b0, int64_t blocks, int accumulate) {
+  (void)prep;
+  int size = block_size(job->dtype), bytes = block_bytes(job->dtype);
+  float block[256];
+  for (int64_t r = r0; r < r1; r++) {
+    const uint8_t *row = job->w + r * job->row_bytes;
+    float sums[LC_SMALL_M] = {0};
+    // Elementwise types (size 1) come as one unit of k values, decoded 256 at a time.
+    int64_t units = size == 1 ? (job->k + 255) / 256 : b0 + blocks;
+    for (int64_t b = size == 1 ? 0 : b0; b < units; b++) {
+      int count = size;
+      if (size == 1) {
+        count = job->k - 256 * b < 256 ? (int)(job->k - 256 * b) : 256;
+        lc_dequantize_row(job->dtype, row + b * 256 * bytes, block, count);
+      } else {
+        decode_block(job->dtype, row + b * bytes, block);
+      }
+      for (int i = 0; i < job->m; i++) {
+        const float *x = job->a + i * job->k + b * (size == 1 ? 256 : size);
+        float partial = 0;
+        for (int j = 0; j < count; j++) partial += x[j] * block[j];
+        sums[i] += partial;
+      }
+    }
+    for (int i = 0; i < job->m; i++) {
+      float *o = job->out + i * job->n + r;
+      *o = accumulate ? *o + sums[i] : sums[i];
+    }
+  }
+}
+
+#if defined(__x86_64__)
+#define LC_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define LC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+#define INLINE static inline __attribute__((always_inline))
+
+// Each tile is one weight row against M activation rows. Rows are walked in memory order: tiles
+// of several interleaved rows were 2-3x slower from DRAM (the prefetchers follow one stream far
+// better than several short ones), so latency is covered by two accumulator sets instead, one
+// for even and one for odd blocks.
+
+/// Stores (or adds) the sums of accumulator sets A and B into out[i, r].
+#define STORE_ROW(M, reduce)                                                                   \
+  for (int i = 0; i < (M); i++) {                                                              \
+    float v = reduce;                                                                          \
+    float *o = job->out + i * job->n + r;                                                      \
+    *o = accumulate ? *o + v : v;                                                              \
+  }
+
+/// Runs body(b, acc) over blocks [first, last): even offsets into A, odd into B.
+#define PAIRED(first, last, body)                                                              \
+  {                                                                                            \
+    int64_t b_ = (first);                                                                      \
+    for (; b_ + 1 < (last); b_ += 2) {                                                         \
+      body(b_, A);                                                                             \
+      body(b_ + 1, B);                                                                         \
+    }                                                                                          \
+    if (b_ < (last)) body(b_, A);                                                              \
+  }
+
+// ---- AVX2 ----
+
+LC_AVX2 INLINE float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/// q8_0, AVX2: per block and activation row, d * dot(q, x) with q widened to floats.
+LC_AVX2 INLINE void q8_0_row_avx2(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                  int64_t b0, int64_t blocks, int accumulate) {
+  (void)prep;
+  __m256 A[LC_SMALL_M], B[LC_SMALL_M];
+  for (int i = 0; i < M; i++) A[i] = B[i] = _mm256_setzero_ps();
+  const uint8_t *row = job->w + r * job->row_bytes;
+#define Q8_0_AVX2(b, acc)                                                                      \
+  {                                                                                            \
+    const uint8_t *block = row + 34 * (b);                                                     \
+    __m256 d = _mm256_set1_ps(_cvtsh_ss(load16(block)));                                       \
+    __m256 q[4];                                                                               \
+    for (int j = 0; j < 4; j++) {                                                              \
+      q[j] = _mm256_cvtepi32_ps(                                                               \
+          _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(block + 2 + 8 * j))));        \
+    }                                                                                          \
+    for (int i = 0; i < M; i++) {                                                              \
+      const float *x = job->a + i * job->k + 32 * (b);                                         \
+      __m256 p = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));                                      \
+      for (int j = 1; j < 4; j++) p = _mm256_fmadd_ps(q[j], _mm256_loadu_ps(x + 8 * j), p);    \
+      acc[i] = _mm256_fmadd_ps(p, d, acc[i]);                                                  \
+    }                                                                                          \
+  }
+  PAIRED(b0, b0 + blocks, Q8_0_AVX2)
+#undef Q8_0_AVX2
+  STORE_ROW(M, hsum256(_mm256_add_ps(A[i], B[i])))
+}
+
+/// q4_1, AVX2: per block, d * (lo . x_lo' + c . x_hi') on the prepared activations, plus
+/// m * sum(x) accumulated separately.
+LC_AVX2 INLINE void q4_1_row_avx2(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                  int64_t b0, int64_t blocks, int accumulate) {
+  __m256 A[LC_SMALL_M], B[LC_SMALL_M];
+  float mins[LC_SMALL_M];
+  const __m256i low = _mm256_set1_epi32(0xF);
+  for (int i = 0; i < M; i++) A[i] = B[i] = _mm256_setzero_ps(), mins[i] = 0;
+  const uint8_t *row = job->w + r * job->row_bytes + 20 * b0;
+#define Q4_1_AVX2(b, acc)                                                                      \
+  {                                                                                            \
+    const uint8_t *block = row + 20 * (b);                                                     \
+    __m256 d = _mm256_set1_ps(_cvtsh_ss(load16(block)));                                       \
+    float m = _cvtsh_ss(load16(block + 2));                                                    \
+    __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(block + 4)));          \
+    __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(block + 12)));         \
+    __m256 lo0 = _mm256_cvtepi32_ps(_mm256_and_si256(c0, low));                                \
+    __m256 lo1 = _mm256_cvtepi32_ps(_mm256_and_si256(c1, low));                                \
+    __m256 all0 = _mm256_cvtepi32_ps(c0), all1 = _mm256_cvtepi32_ps(c1);                       \
+    for (int i = 0; i < M; i++) {                                                              \
+      const float *p = prep + i * PREP_ROW + 32 * (b);                                         \
+      __m256 s = _mm256_mul_ps(lo0, _mm256_loadu_ps(p));                                       \
+      s = _mm256_fmadd_ps(lo1, _mm256_loadu_ps(p + 8), s);                                     \
+      s = _mm256_fmadd_ps(all0, _mm256_loadu_ps(p + 16), s);                                   \
+      s = _mm256_fmadd_ps(all1, _mm256_loadu_ps(p + 24), s);                                   \
+      acc[i] = _mm256_fmadd_ps(s, d, acc[i]);                                                  \
+      mins[i] += m * prep[i * PREP_ROW + PREP_SUMS + (b)];                                     \
+    }                                                                                          \
+  }
+  PAIRED(0, blocks, Q4_1_AVX2)
+#undef Q4_1_AVX2
+  STORE_ROW(M, hsum256(_mm256_add_ps(A[i], B[i])) + mins[i])
+}
+
+// ---- AVX-512 ----
+
+/// q8_0, AVX-512: 16 lanes per half block; d converted straight into a broadcast.
+LC_AVX512 INLINE void q8_0_row_avx512(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                      int64_t b0, int64_t blocks, int accumulate) {
+  (void)prep;
+  __m512 A[LC_SMALL_M], B[LC_SMALL_M];
+  for (int i = 0; i < M; i++) A[i] = B[i] = _mm512_setzero_ps();
+  const uint8_t *row = job->w + r * job->row_bytes;
+#define Q8_0_AVX512(b, acc)                                                                    \
+  {                                                                                            \
+    const uint8_t *block = row + 34 * (b);                                                     \
+    __m512 d = _mm512_cvtph_ps(_mm256_set1_epi16((short)load16(block)));                       \
+    __m512 q0 = _mm512_cvtepi32_ps(                                                            \
+        _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 2))));                  \
+    __m512 q1 = _mm512_cvtepi32_ps(                                                            \
+        _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 18))));                 \
+    for (int i = 0; i < M; i++) {                                                              \
+      const float *x = job->a + i * job->k + 32 * (b);                                         \
+      __m512 p = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x + 16),                                  \
+                                 _mm512_mul_ps(q0, _mm512_loadu_ps(x)));                       \
+      acc[i] = _mm512_fmadd_ps(p, d, acc[i]);                                                  \
+    }                                                                                          \
+  }
+  PAIRED(b0, b0 + blocks, Q8_0_AVX512)
+#undef Q8_0_AVX512
+  STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(A[i], B[i])))
+}
+
+/// Word positions (mod 64) of d (lanes 0-15) and m (lanes 16-31) of 16 consecutive q4_1 blocks:
+/// block j's header is at words 10j and 10j + 1.
+static const int16_t q4_1_header_words[32] = {0,  10, 20, 30, 40, 50, 60, 6,  16, 26, 36,
+                                              46, 56, 2,  12, 22, 1,  11, 21, 31, 41, 51,
+                                              61, 7,  17, 27, 37, 47, 57, 3,  13, 23};
+
+/// The d and m of up to 16 consecutive q4_1 blocks as two vectors: five masked loads (never past
+/// the row) and three word permutes, instead of a scalar f16 conversion per block and value.
+LC_AVX512 INLINE void q4_1_headers_avx512(const uint8_t *blocks, int count, __m512 *d,
+                                          __m512 *m) {
+  const __m512i words = _mm512_loadu_si512(q4_1_header_words);
+  __m512i z[5];
+  for (int i = 0; i < 5; i++) {
+    int left = 10 * count - 32 * i;
+    __mmask32 k = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
+    z[i] = _mm512_maskz_loadu_epi16(k, blocks + 64 * i);
+  }
+  // Blocks 0-6 lie in words 0-63, 7-12 in 64-127, 13-15 in 128-159.
+  __m512i t = _mm512_permutex2var_epi16(z[0], words, z[1]);
+  t = _mm512_mask_blend_epi16(0x1F801F80u, t, _mm512_permutex2var_epi16(z[2], words, z[3]));
+  t = _mm512_mask_blend_epi16(0xE000E000u, t, _mm512_permutexvar_epi16(words, z[4]));
+  *d = _mm512_cvtph_ps(_mm512_castsi512_si256(t));
+  *m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
+}
+
+/// q4_1, AVX-512, on the prepared activations. Per block: bytes widened once; the low nibble
+/// becomes a float through a 16-entry permute (which ignores the high bits, so no mask), the
+/// whole byte through one conversion; 3 FMAs per activation row, no horizontal sum.
+LC_AVX512 INLINE void q4_1_row_avx512(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                      int64_t b0, int64_t blocks, int accumulate) {
+  const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512 A[LC_SMALL_M], B[LC_SMALL_M], mins[LC_SMALL_M];
+  for (int i = 0; i < M; i++) A[i] = B[i] = mins[i] = _mm512_setzero_ps();
+  const uint8_t *row = job->w + r * job->row_bytes + 20 * b0;
+  for (int64_t c0 = 0; c0 < blocks; c0 += 16) {
+    int count = blocks - c0 < 16 ? (int)(blocks - c0) : 16;
+    float scales[16];
+    __m512 d, m;
+    q4_1_headers_avx512(row + 20 * c0, count, &d, &m);
+    _mm512_storeu_ps(scales, d);
+    for (int i = 0; i < M; i++) {
+      // Lanes past `count` are zero in both m and the masked sums.
+      __m512 sums = _mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1),
+                                          prep + i * PREP_ROW + PREP_SUMS + c0);
+      mins[i] = _mm512_fmadd_ps(m, sums, mins[i]);
+    }
+#define Q4_1_AVX512(j, acc)                                                                    \
+  {                                                                                            \
+    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + 20 * (c0 + (j)) + 4))); \
+    __m512 lo = _mm512_permutexvar_ps(c, iota), all = _mm512_cvtepi32_ps(c);                   \
+    __m512 scale = _mm512_set1_ps(scales[j]);                                                  \
+    for (int i = 0; i < M; i++) {                                                              \
+      const float *p = prep + i * PREP_ROW + 32 * (c0 + (j));                                  \
+      __m512 s = _mm512_fmadd_ps(all, _mm512_loadu_ps(p + 16),                                 \
+                                 _mm512_mul_ps(lo, _mm512_loadu_ps(p)));                       \
+      acc[i] = _mm512_fmadd_ps(s, scale, acc[i]);                                              \
+    }                                                                                          \
+  }
+    PAIRED(0, count, Q4_1_AVX512)
+#undef Q4_1_AVX512
+  }
+  STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(A[i], B[i]), mins[i])))
+}
+
+/// f32, f16 and bf16 rows, AVX-512: 16 values converted per step (a masked tail for k % 16).
+LC_AVX512 INLINE __m512 load16_avx512(int dtype, const uint8_t *p, __mmask16 k) {
+  if (dtype == LC_F32) return _mm512_maskz_loadu_ps(k, p);
+  __m256i h = _mm256_maskz_loadu_epi16(k, p);
+  if (dtype == LC_F16) return _mm512_cvtph_ps(h);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+LC_AVX512 INLINE void elementwise_row_avx512(const lc_qjob *job, const float *prep, int M,
+                                             int64_t r, int64_t b0, int64_t blocks,
+                                             int accumulate) {
+  (void)prep, (void)b0, (void)blocks;  // one unit: the whole row
+  __m512 A[LC_SMALL_M], B[LC_SMALL_M];
+  int size = job->dtype == LC_F32 ? 4 : 2;
+  for (int i = 0; i < M; i++) A[i] = B[i] = _mm512_setzero_ps();
+  const uint8_t *row = job->w + r * job->row_bytes;
+  int64_t steps = (job->k + 15) / 16;
+#define ELEMENTWISE_AVX512(step, acc)                                                          \
+  {                                                                                            \
+    int64_t s = 16 * (step);                                                                   \
+    __mmask16 k = job->k - s >= 16 ? 0xFFFF : (__mmask16)((1u << (job->k - s)) - 1);           \
+    __m512 v = load16_avx512(job->dtype, row + size * s, k);                                   \
+    for (int i = 0; i < M; i++) {                                                              \
+      acc[i] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(k, job->a + i * job->k + s), acc[i]);  \
+    }                                                                                          \
+  }
+  PAIRED(0, steps, ELEMENTWISE_AVX512)
+#undef ELEMENTWISE_AVX512
+  STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(A[i], B[i])))
+}
+
+/// Instantiates a rows function of a row kernel for every m <= LC_SMALL_M (constant M lets the
+/// compiler keep the accumulators in registers).
+#define ROWS_FN(name, row_fn, target)                                                          \
+  target static void name(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,      \
+                          int64_t b0, int64_t blocks, int accumulate) {                        \
+    switch (job->m) {                                                                          \
+      case 1: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 1, r, b0, blocks, accumulate); break; \
+      case 2: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 2, r, b0, blocks, accumulate); break; \
+      case 3: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 3, r, b0, blocks, accumulate); break; \
+      case 4: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 4, r, b0, blocks, accumulate); break; \
+      case 5: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 5, r, b0, blocks, accumulate); break; \
+      case 6: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 6, r, b0, blocks, accumulate); break; \
+      case 7: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 7, r, b0, blocks, accumulate); break; \
+      default: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 8, r, b0, blocks, accumulate); break; \
+    }                                                                                          \
+  }
+
+ROWS_FN(rows_q8_0_avx2, q8_0_row_avx2, LC_AVX2)
+ROWS_FN(rows_q4_1_avx2, q4_1_row_avx2, LC_AVX2)
+ROWS_FN(rows_q8_0_avx512, q8_0_row_avx512, LC_AVX512)
+ROWS_FN(rows_q4_1_avx512, q4_1_row_avx512, LC_AVX512)
+ROWS_FN(rows_elementwise_avx512, elementwise_row_avx512, LC_AVX512)
+#endif
+
+/// The kernel of `path` for dtype (0 when that path has none), and its activation preparation.
+static lc_qrows_fn path_kernel(int path, int dtype, lc_qprep_fn *prepare) {
+  *prepare = plain_prepare;
+  if (path == LC_QUANT_PORTABLE) return rows_portable;
+#if defined(__x86_64__)
+  int features = lc_cpu_features();
+  if (path == LC_QUANT_AVX512 && (features & 2)) {
+    if (dtype == LC_Q4_1) *prepare = q4_1_prepare;
+    if (dtype == LC_Q8_0) return rows_q8_0_avx512;
+    if (dtype == LC_Q4_1) return rows_q4_1_avx512;
+    if (dtype == LC_F32 || dtype == LC_F16 || dtype == LC_BF16) return rows_elementwise_avx512;
+  }
+  if (path == LC_QUANT_AVX2 && (features & 1)) {
+    if (dtype == LC_Q4_1) *prepare = q4_1_prepare;
+    if (dtype == LC_Q8_0) return rows_q8_0_avx2;
+    if (dtype == LC_Q4_1) return rows_q4_1_avx2;
+  }
+#endif
+  return 0;
+}
+
+int lc_quant_path(int dtype) {
+  // LORAC_QUANT_PATH=portable|avx2|avx512 caps the choice (for measurements); read once.
+  static int cap = -1;
+  if (cap < 0) {
+    const char *env = getenv("LORAC_QUANT_PATH");
+    int value = LC_QUANT_AVX512;
+    if (env && strcmp(env, "portable") == 0) value = LC_QUANT_PORTABLE;
+    if (env && strcmp(env, "avx2") == 0) value = LC_QUANT_AVX2;
+    cap = value;
+  }
+  lc_qprep_fn prepare;
+  for (int path = cap; path > LC_QUANT_PORTABLE; path--) {
+    if (path_kernel(path, dtype, &prepare)) return path;
+  }
+  return LC_QUANT_PORTABLE;
+}
+
+extern int omp_get_thread_num(void);
+extern int omp_get_num_threads(void);
+
+/// Splits the rows (in runs of 16, so no two threads write one cache line of out) across the
+/// threads; each thread prepares its own activations per k-chunk (cheap beside the weights).
+static void run_job(const lc_qjob *job, lc_qrows_fn kernel, lc_qprep_fn prepare) {
+  // Kernel blocks: 32 values for q8_0 / q4_1, storage blocks for k-quants, one unit of the whole
+  // row for elementwise types.
+  int size = block_size(job->dtype);
+  int64_t blocks = size == 1 ? 1 : job->k / (size == 256 ? 256 : 32);
+  int64_t chunk = kernel == rows_portable || size != 32 ? blocks : PREP_BLOCKS;
+  int64_t tiles = (job->n + 15) / 16;
+  int parallel = job->n * job->k * job->m > LC_PARALLEL_MIN && tiles > 1;
+#pragma omp parallel if (parallel)
+  {
+    int t = omp_get_thread_num(), count = omp_get_num_threads();
+    int64_t per = (tiles + count - 1) / count;
+    int64_t r0 = 16 * t * per, r1 = 16 * (t + 1) * per < job->n ? 16 * (t + 1) * per : job->n;
+    if (r0 < r1) {
+      float prep[LC_SMALL_M * PREP_ROW];
+      for (int64_t b0 = 0; b0 < blocks; b0 += chunk) {
+        int64_t count_blocks = blocks - b0 < chunk ? blocks - b0 : chunk;
+        prepare(job, prep, b0, count_blocks);
+        kernel(job, prep, r0, r1, b0, count_blocks, b0 > 0);
+      }
+    }
+  }
+}
+
+int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
+                             int64_t m, int64_t n, int64_t k) {
+  if (path == LC_QUANT_AUTO) path = lc_quant_path(dtype);
+  lc_qprep_fn prepare;
+  lc_qrows_fn kernel = path_kernel(path, dtype, &prepare);
+  if (!kernel) return 0;
+  if (k == 0) {
+    for (int64_t i = 0; i < m * n; i++) out[i] = 0;
+    return 1;
+  }
+  for (int64_t i0 = 0; i0 < m; i0 += LC_SMALL_M) {
+    lc_qjob job = {dtype, m - i0 < LC_SMALL_M ? (int)(m - i0) : LC_SMALL_M, a + i0 * k,
+                   (const uint8_t *)w, out + i0 * n, n, k, lc_row_bytes(dtype, k)};
+    run_job(&job, kernel, prepare);
+  }
+  return 1;
+}
+
+void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void *w, int64_t m,
+                               int64_t n, int64_t k) {
+  lc_matmul_quantized_path(LC_QUANT_AUTO, dtype, out, a, w, m, n, k);
+}
+
+void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int64_t n, int64_t k) {
+  lc_matmul_quantized_path(LC_QUANT_AUTO, dtype, y, x, w, 1, n, k);
 }

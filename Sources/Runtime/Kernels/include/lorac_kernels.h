@@ -128,6 +128,18 @@ void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int
 /// The plain reference loop of lc_matvec_quantized (dequantize a row, dot in f32).
 void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const void *w, int64_t n,
                                    int64_t k);
+/// out [M,N] = a [M,K] x w^T for a storage-typed w [N,K] (any dtype) read once per 8 rows of a:
+/// the decoding product for small M (a few sequences or draft tokens). Activations stay f32.
+void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void *w, int64_t m,
+                               int64_t n, int64_t k);
+/// Kernel paths of the storage-typed products: AUTO picks the widest this CPU runs for the dtype.
+enum lc_quant_path { LC_QUANT_AUTO, LC_QUANT_PORTABLE, LC_QUANT_AVX2, LC_QUANT_AVX512 };
+/// The path AUTO takes for dtype (the environment variable LORAC_QUANT_PATH=portable|avx2 caps it).
+int lc_quant_path(int dtype);
+/// lc_matmul_quantized_small on one path (for tests and measurements); returns 0 and writes nothing
+/// when this CPU or build has no kernel of that path for dtype.
+int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
+                             int64_t m, int64_t n, int64_t k);
 
 // ---- fused ops (fused.c) -------------------------------------------------------------------
 /// y = x (mean(x^2) + eps)^(-1/2) w per row of x [rows, d].
@@ -171,6 +183,8 @@ void lc_adamw_f32(float *param, const float *grad, float *m, float *v, int64_t n
                   float bias_correction1, float bias_correction2, float grad_scale);
 /// The sum of squares of n floats, accumulated in double (for global-norm clipping).
 double lc_sum_squares_f32(const float *x, int64_t n);
+/// sum[i] += x[i] for n floats (gradient accumulation over micro-batches).
+void lc_accumulate_f32(float *sum, const float *x, int64_t n);
 
 // ---- measurement ----------------------------------------------------------------------------
 /// A bare cblas_sgemm call with OpenBLAS's own threads, out [M,N] = a [M,K] x w ([K,N], or [N,K] with trans_b): the

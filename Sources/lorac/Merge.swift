@@ -1,0 +1,67 @@
+import ArgumentParser
+import Foundation
+import IR
+import Models
+
+/// `lorac merge`: a GGUF model with a PEFT adapter folded into its weights.
+struct Merge: ParsableCommand {
+  static let configuration = CommandConfiguration(
+    abstract: "Fold a PEFT adapter into a GGUF model: each adapted weight becomes W + s·B·A.",
+    discussion: """
+      Adapted weights are dequantized, merged and stored as f32 (or f16 with --dtype f16); every \
+      other tensor and all metadata are copied as stored. The output is written to a temporary \
+      file and renamed into place, so a failure leaves no partial file.
+      """)
+
+  @Argument(help: "The GGUF model.")
+  var model: String
+
+  @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
+  var adapter: String
+
+  @Option(name: [.customShort("o"), .customLong("out")], help: "The merged GGUF file to write.")
+  var out: String
+
+  @Option(help: "Storage of the merged weights: f32 or f16.")
+  var dtype = "f32"
+
+  func validate() throws {
+    guard ["f32", "f16"].contains(dtype) else {
+      throw ValidationError("--dtype must be f32 or f16, got '\(dtype)'")
+    }
+  }
+
+  func run() throws {
+    if sameFile(out, model) { fail("\(out): refusing to overwrite the model being merged") }
+    let llama: LlamaModel
+    let peft: PEFTAdapter
+    do {
+      llama = try LlamaModel(path: model)
+    } catch {
+      fail(error.message)
+    }
+    do {
+      peft = try PEFTAdapter(directory: adapter, config: llama.config)
+    } catch {
+      fail(error.message)
+    }
+    do {
+      let writer = try LoraMerge.mergedModel(
+        llama.file, adapter: peft, dtype: dtype == "f16" ? .f16 : .f32)
+      try writer.write(to: out)
+    } catch {
+      fail(error.message)
+    }
+    FileHandle.standardError.write(
+      Data(
+        "merged \(peft.targets.count) weights (\(dtype), scale \(peft.scale)) into \(out)\n".utf8))
+  }
+}
+
+/// Whether two paths name the same existing file.
+func sameFile(_ first: String, _ second: String) -> Bool {
+  var a = stat()
+  var b = stat()
+  guard stat(first, &a) == 0, stat(second, &b) == 0 else { return false }
+  return a.st_dev == b.st_dev && a.st_ino == b.st_ino
+}

@@ -1,0 +1,78 @@
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+  import Glibc
+#endif
+
+/// Progress of `lorac train` on stderr: on a terminal one live line rewritten in place every step;
+/// otherwise (a log file, a pipe) a plain line at the first step, every fifth and the last.
+struct TrainingProgress {
+  let live = isatty(STDERR_FILENO) != 0
+  private var lineOpen = false
+
+  /// Reports optimizer step `step` (from 1) of `total`.
+  mutating func report(
+    step: Int, total: Int, first: Bool, loss: Float, learningRate: Double, gradientNorm: Double,
+    tokensPerSecond: Double, remaining: Double
+  ) {
+    let text = String(
+      format: "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  eta %@", step, total,
+      loss, learningRate, gradientNorm, tokensPerSecond, TrainingProgress.duration(remaining))
+    if live {
+      // Carriage return, then erase the old line's leftovers.
+      write("\r\u{1B}[K" + text)
+      lineOpen = true
+      if step == total { finishLine() }
+    } else if first || step % 5 == 0 || step == total {
+      write(text + "\n")
+    }
+  }
+
+  /// Ends the live line, so that what follows starts on a line of its own.
+  mutating func finishLine() {
+    if lineOpen { write("\n") }
+    lineOpen = false
+  }
+
+  /// Prints one line of its own.
+  mutating func message(_ text: String) {
+    finishLine()
+    write(text + "\n")
+  }
+
+  private func write(_ text: String) { FileHandle.standardError.write(Data(text.utf8)) }
+
+  /// `42s`, `3m07s`, `2h05m`.
+  static func duration(_ seconds: Double) -> String {
+    guard seconds.isFinite else { return "?" }
+    let whole = Int(seconds.rounded())
+    if whole < 60 { return "\(whole)s" }
+    if whole < 3600 { return String(format: "%dm%02ds", whole / 60, whole % 60) }
+    return String(format: "%dh%02dm", whole / 3600, whole % 3600 / 60)
+  }
+}
+
+/// SIGINT and SIGTERM during training: the first asks the loop to stop after the current step
+/// (and save a checkpoint); a second one ends the process at once with status 130.
+enum Interruption {
+  private static let count = Atomic<Int>(0)
+
+  /// Installs the handlers and unblocks the two signals (a launcher may have left them blocked:
+  /// Foundation's Process, for one, passes its thread's signal mask on to the child).
+  static func install() {
+    _ = requested  // initialise the counter outside the handler
+    var unblock = sigset_t()
+    sigemptyset(&unblock)
+    for number in [SIGINT, SIGTERM] {
+      sigaddset(&unblock, number)
+      _ = signal(number) { _ in
+        if Interruption.count.add(1, ordering: .relaxed).newValue > 1 { _exit(130) }
+      }
+    }
+    pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+  }
+
+  /// Whether a signal arrived since `install()`.
+  static var requested: Bool { count.load(ordering: .relaxed) > 0 }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import IR
+import Models
+
+/// Everything `lorac train --resume` needs to continue a run exactly where a checkpoint left it:
+/// the adapter tensors, AdamW's moments and step count, the data order, the hyper-parameters and
+/// fingerprints of the data and the model (so a resume on other inputs is refused).
+///
+/// Stored as one safetensors file: the tensors `param.NAME`, `adam_m.NAME`, `adam_v.NAME` (F32,
+/// lorac's names and layouts) and `data_order` (I32), the scalars as string metadata.
+struct TrainingState {
+  static let fileName = "training_state.safetensors"
+  static let format = "lorac-training-state-1"
+
+  /// Optimizer steps completed.
+  var step: Int
+  /// AdamW's own step count (its bias corrections).
+  var optimizerStep: Int
+  /// Seconds spent training before this checkpoint, over every run.
+  var elapsed: Double
+  /// The data-order generator's state, the shuffled order of the examples and the next position.
+  var generator: UInt64
+  var order: [Int]
+  var cursor: Int
+  /// The thread count the steps ran with (bit-identical continuation needs the same).
+  var threads: Int
+  /// The hyper-parameters of the run by flag name (without dashes), as decimal text.
+  var settings: [String: String]
+  var dataFingerprint: String
+  var modelFingerprint: String
+  /// Adapter tensors and their AdamW moments by lorac's parameter names.
+  var parameters: [String: HostTensor]
+  var firstMoments: [String: [Float]]
+  var secondMoments: [String: [Float]]
+
+  /// Writes the state into `folder` crash-safely (temporary file, flush, rename).
+  func write(to folder: URL) throws(SafetensorsError) {
+    var tensors: [(name: String, tensor: HostTensor)] = []
+    for name in parameters.keys.sorted() {
+      guard let tensor = parameters[name], let first = firstMoments[name],
+        let second = secondMoments[name]
+      else { continue }
+      tensors.append(("param.\(name)", tensor))
+      tensors.append(("adam_m.\(name)", HostTensor(shape: tensor.type.shape, floats: first)))
+      tensors.append(("adam_v.\(name)", HostTensor(shape: tensor.type.shape, floats: second)))
+    }
+    tensors.append(("data_order", HostTensor(shape: [order.count], ints: order.map { Int32($0) })))
+    var metadata = [
+      "format": TrainingState.format, "step": String(step),
+      "optimizer_step": String(optimizerStep), "elapsed_s": String(elapsed),
+      "rng_state": String(generator), "cursor": String(cursor), "threads": String(threads),
+      "data_fingerprint": dataFingerprint, "model_fingerprint": modelFingerprint,
+    ]
+    for (key, value) in settings { metadata["hp.\(key)"] = value }
+    try SafetensorsFile.write(
+      tensors, metadata: metadata, to: folder.appendingPathComponent(TrainingState.fileName))
+  }
+
+  /// Reads the state in `folder`, or nil when there is none; a damaged file is an error.
+  static func read(from folder: URL) throws(SafetensorsError) -> TrainingState? {
+    let url = folder.appendingPathComponent(fileName)
+    guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+    let file = try SafetensorsFile(path: url.path)
+    let metadata = file.metadata
+    func fail(_ message: String) -> SafetensorsError {
+      SafetensorsError(message: "\(url.path): \(message)")
+    }
+    guard metadata["format"] == format else {
+      throw fail("not a lorac training state (format \(metadata["format"] ?? "missing"))")
+    }
+    func integer(_ key: String) throws(SafetensorsError) -> Int {
+      guard let text = metadata[key], let value = Int(text), value >= 0 else {
+        throw fail("'\(key)' is missing or not a count")
+      }
+      return value
+    }
+    guard let generatorText = metadata["rng_state"], let generator = UInt64(generatorText),
+      let elapsedText = metadata["elapsed_s"], let elapsed = Double(elapsedText)
+    else { throw fail("'rng_state' or 'elapsed_s' is missing or malformed") }
+    var settings: [String: String] = [:]
+    for (key, value) in metadata where key.hasPrefix("hp.") {
+      settings[String(key.dropFirst(3))] = value
+    }
+    let order = try file.tensor(named: "data_order").ints().map(Int.init)
+    let cursor = try integer("cursor")
+    guard cursor <= order.count else { throw fail("the data cursor is past the data order") }
+    var parameters: [String: HostTensor] = [:]
+    var first: [String: [Float]] = [:]
+    var second: [String: [Float]] = [:]
+    for entry in file.entries where entry.name.hasPrefix("param.") {
+      let name = String(entry.name.dropFirst("param.".count))
+      parameters[name] = try file.tensor(named: entry.name)
+      first[name] = try file.tensor(named: "adam_m.\(name)").floats()
+      second[name] = try file.tensor(named: "adam_v.\(name)").floats()
+    }
+    return TrainingState(
+      step: try integer("step"), optimizerStep: try integer("optimizer_step"), elapsed: elapsed,
+      generator: generator, order: order, cursor: cursor, threads: try integer("threads"),
+      settings: settings, dataFingerprint: metadata["data_fingerprint"] ?? "",
+      modelFingerprint: metadata["model_fingerprint"] ?? "", parameters: parameters,
+      firstMoments: first, secondMoments: second)
+  }
+}
+
+/// A 64-bit fingerprint of bytes and numbers (not cryptographic: it tells inputs apart, it does
+/// not resist forgery).
+struct Fingerprint {
+  private var state: UInt64 = 0xCBF2_9CE4_8422_2325
+
+  mutating func add(_ word: UInt64) {
+    state = ((state ^ word) &* 0x0000_0100_0000_01B3)
+    state = (state << 29) | (state >> 35)
+  }
+
+  mutating func add(bytes: UnsafeRawBufferPointer) {
+    add(UInt64(bytes.count))
+    let words = bytes.count / 8
+    for index in 0..<words {
+      add(bytes.loadUnaligned(fromByteOffset: 8 * index, as: UInt64.self))
+    }
+    for index in (8 * words)..<bytes.count { add(UInt64(bytes[index])) }
+  }
+
+  /// The fingerprint as 16 hexadecimal digits.
+  var hex: String {
+    var value = state
+    value = (value ^ (value >> 33)) &* 0xFF51_AFD7_ED55_8CCD
+    value = (value ^ (value >> 33)) &* 0xC4CE_B9FE_1A85_EC53
+    value ^= value >> 33
+    let digits = String(value, radix: 16)
+    return String(repeating: "0", count: 16 - digits.count) + digits
+  }
+
+  /// The fingerprint of a file's bytes (memory-mapped).
+  static func file(_ path: String) throws(FileError) -> String {
+    let mapping = try FileMapping(path: path)
+    var fingerprint = Fingerprint()
+    fingerprint.add(bytes: mapping.bytes)
+    return fingerprint.hex
+  }
+
+  /// The fingerprint of tokenized training examples: their ids and loss weights.
+  static func examples(_ examples: [TrainingExample]) -> String {
+    var fingerprint = Fingerprint()
+    fingerprint.add(UInt64(examples.count))
+    for example in examples {
+      fingerprint.add(UInt64(example.ids.count))
+      for id in example.ids { fingerprint.add(UInt64(UInt32(bitPattern: id))) }
+      for weight in example.weights { fingerprint.add(UInt64(weight.bitPattern)) }
+    }
+    return fingerprint.hex
+  }
+}

@@ -1,0 +1,227 @@
+import CKernels
+import Foundation
+import IR
+import Runtime
+import Testing
+
+/// The decoding products `out [M, N] = a [M, K] x W^T` that read W's GGUF blocks directly, on
+/// every kernel path this machine runs, against two oracles: an f64 sum over the weights as
+/// IR's own Swift decoder dequantizes them, and the plain C reference loop.
+///
+/// Error bounds, relative to S = sum_j |a_j| * magnitude_j (what f32 rounding is proportional to):
+/// every path sums in f32 over at most 256 values per block and k / blocksize block sums, so
+/// the classic worst case is (256 + 24) * 2^-24 ~ 1.7e-5 S; 1e-5 S is the bound asserted (what
+/// was seen is <= 1.2e-6 S). magnitude_j is |w_j|, except on the AVX2 and AVX-512 q4_1 paths,
+/// which compute d * sum(q x) + m * sum(x) per block and so round relative to |d q_j| + |m|.
+/// One wrong weight moves a result by about S / K >= 1.3e-3 S at these sizes, far outside.
+struct QuantizedMatvecTests {
+  static let bound = 1e-5
+  static let paths: [(name: String, code: Int32)] = [
+    ("portable", Int32(LC_QUANT_PORTABLE.rawValue)), ("avx2", Int32(LC_QUANT_AVX2.rawValue)),
+    ("avx512", Int32(LC_QUANT_AVX512.rawValue)),
+  ]
+
+  static func code(_ dtype: DType) -> Int32 { Int32(DType.allCases.firstIndex(of: dtype) ?? 0) }
+
+  /// Widths K per dtype: block multiples that are not multiples of 2 blocks or of 16 blocks (the
+  /// unrolls), plus tails of 16 lanes for the elementwise types.
+  static func widths(_ dtype: DType) -> [Int] {
+    switch dtype {
+    case .q8_0, .q4_1: [32, 96, 288]
+    case .q4_k, .q6_k: [256, 768]
+    default: [7, 33, 288]
+    }
+  }
+
+  /// Random blocks whose f16 scales include zero, negative, subnormal and large values.
+  static func weights(_ dtype: DType, n: Int, k: Int, seed: UInt64) throws -> HostTensor {
+    var generator = SplitMix64(seed: seed)
+    let type = TensorType(dtype, [n, k])
+    var bytes = (0..<type.byteCount).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+    func scale() -> UInt16 {
+      switch generator.next() % 8 {
+      case 0: return 0x0001  // the smallest subnormal
+      case 1: return 0x0000
+      case 2: return 0x6400  // 1024
+      case 3: return halfFromFloat(-Float(generator.nextUnit() * 0.1))
+      default: return halfFromFloat(Float(generator.nextUnit() * 0.1))
+      }
+    }
+    func setHalf(_ offset: Int, _ bits: UInt16) {
+      bytes[offset] = UInt8(bits & 0xFF)
+      bytes[offset + 1] = UInt8(bits >> 8)
+    }
+    let blocks = type.byteCount / dtype.blockBytes
+    for block in 0..<blocks {
+      let base = block * dtype.blockBytes
+      switch dtype {
+      case .q8_0: setHalf(base, scale())
+      case .q4_1: (setHalf(base, scale()), setHalf(base + 2, scale()))
+      case .q4_k: (setHalf(base, scale()), setHalf(base + 2, scale()))
+      case .q6_k: setHalf(base + 208, scale())
+      case .f16: setHalf(base, halfFromFloat(Float(generator.nextUnit() * 4 - 2)))
+      case .bf16: setHalf(base, bfloat16FromFloat(Float(generator.nextUnit() * 4 - 2)))
+      case .f32:
+        let bits = Float(generator.nextUnit() * 4 - 2).bitPattern
+        for byte in 0..<4 { bytes[base + byte] = UInt8(truncatingIfNeeded: bits >> (8 * byte)) }
+      default: break
+      }
+    }
+    return try HostTensor(type: type, data: Data(bytes))
+  }
+
+  /// Activations in [-1, 1) with one in 16 scaled up to [-1000, 1000).
+  static func activations(_ count: Int, seed: UInt64) -> [Float] {
+    var generator = SplitMix64(seed: seed)
+    return (0..<count).map { _ in
+      let value = Float(generator.nextUnit() * 2 - 1)
+      return generator.next() % 16 == 0 ? value * 1000 : value
+    }
+  }
+
+  /// |d q_j| + |m| for each weight of a q4_1 matrix (the magnitudes its fast paths round to).
+  static func q4_1Magnitudes(_ weight: HostTensor) -> [Double] {
+    let bytes = [UInt8](weight.data)
+    let count = weight.type.elementCount
+    return (0..<count).map { index in
+      let base = index / 32 * 20
+      let d = Double(floatFromHalf(UInt16(bytes[base]) | UInt16(bytes[base + 1]) << 8))
+      let m = Double(floatFromHalf(UInt16(bytes[base + 2]) | UInt16(bytes[base + 3]) << 8))
+      let j = index % 32
+      let q = j < 16 ? bytes[base + 4 + j] & 0xF : bytes[base + 4 + j - 16] >> 4
+      return abs(d * Double(q)) + abs(m)
+    }
+  }
+
+  /// Runs one path; nil when this CPU or build has no kernel of that path for dtype.
+  static func run(
+    path: Int32, _ dtype: DType, _ weight: HostTensor, _ a: [Float], m: Int
+  ) -> [Float]? {
+    let (n, k) = (weight.type.shape[0], weight.type.shape[1])
+    var out = [Float](repeating: .nan, count: m * n)
+    let ran = weight.data.withUnsafeBytes { w in
+      lc_matmul_quantized_path(
+        path, code(dtype), &out, a, w.baseAddress, Int64(m), Int64(n), Int64(k))
+    }
+    return ran != 0 ? out : nil
+  }
+
+  @Test func everyPathMatchesF64AndTheReferenceLoop() throws {
+    var ranPaths: Set<String> = []
+    for (index, dtype) in [DType.q8_0, .q4_1, .q4_k, .q6_k, .f16, .bf16, .f32].enumerated() {
+      for k in Self.widths(dtype) {
+        for n in awkwardSizes {
+          let seed = UInt64(index * 1_000_000 + k * 1000 + n)
+          let weight = try Self.weights(dtype, n: n, k: k, seed: seed)
+          let dequantized = weight.floats().map(Double.init)
+          let plainMagnitudes = dequantized.map(abs)
+          let splitMagnitudes = dtype == .q4_1 ? Self.q4_1Magnitudes(weight) : plainMagnitudes
+          for m in [1, 2, 3, 5, 8] {
+            let a = Self.activations(m * k, seed: seed &+ UInt64(m))
+            // The plain reference loop, one activation row at a time.
+            var reference = [Float](repeating: 0, count: m * n)
+            weight.data.withUnsafeBytes { w in
+              for i in 0..<m {
+                a.withUnsafeBufferPointer { rows in
+                  reference.withUnsafeMutableBufferPointer { out in
+                    lc_matvec_quantized_reference(
+                      Self.code(dtype), out.baseAddress! + i * n, rows.baseAddress! + i * k,
+                      w.baseAddress, Int64(n), Int64(k))
+                  }
+                }
+              }
+            }
+            for path in Self.paths {
+              guard let out = Self.run(path: path.code, dtype, weight, a, m: m) else { continue }
+              ranPaths.insert("\(dtype.rawValue) \(path.name)")
+              let magnitudes = path.name == "portable" ? plainMagnitudes : splitMagnitudes
+              for i in 0..<m {
+                for r in 0..<n {
+                  var exact = 0.0
+                  var scale = 0.0
+                  for j in 0..<k {
+                    let x = Double(a[i * k + j])
+                    exact += x * dequantized[r * k + j]
+                    scale += abs(x) * magnitudes[r * k + j]
+                  }
+                  let value = Double(out[i * n + r])
+                  let context = "\(dtype.rawValue) \(path.name) n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
+                  #expect(abs(value - exact) <= Self.bound * scale, "\(context) vs f64")
+                  #expect(
+                    abs(value - Double(reference[i * n + r])) <= 2 * Self.bound * scale,
+                    "\(context) vs reference loop")
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+    // Every path this CPU can run did run (a missing kernel would otherwise pass silently).
+    let features = lc_cpu_features()
+    for dtype in DType.allCases where dtype != .i32 {
+      #expect(ranPaths.contains("\(dtype.rawValue) portable"))
+    }
+    if features & 1 != 0 {
+      #expect(ranPaths.contains("q8_0 avx2") && ranPaths.contains("q4_1 avx2"))
+    }
+    if features & 2 != 0 {
+      for name in ["q8_0", "q4_1", "f16", "bf16", "f32"] {
+        #expect(ranPaths.contains("\(name) avx512"), "\(name) avx512")
+      }
+    }
+  }
+
+  @Test func autoPathIsTheWidestThisCPURuns() {
+    guard ProcessInfo.processInfo.environment["LORAC_QUANT_PATH"] == nil else { return }
+    let features = lc_cpu_features()
+    let expected =
+      features & 2 != 0 ? LC_QUANT_AVX512 : features & 1 != 0 ? LC_QUANT_AVX2 : LC_QUANT_PORTABLE
+    #expect(lc_quant_path(Self.code(.q4_1)) == Int32(expected.rawValue))
+    #expect(lc_quant_path(Self.code(.q8_0)) == Int32(expected.rawValue))
+    // k-quants have no vector kernel yet: the portable loop serves them.
+    #expect(lc_quant_path(Self.code(.q6_k)) == Int32(LC_QUANT_PORTABLE.rawValue))
+  }
+
+  @Test func resultsAreBitIdenticalAcrossThreadsRepeatsAndRowCounts() throws {
+    // The SmolLM2 MLP shape, large enough to run in parallel; a k of 1,536 spans 48 blocks, so
+    // the 64-block activation chunks and 16-block header groups both have remainders.
+    for dtype in [DType.q4_1, .q8_0, .f16] {
+      let (n, k) = (1536, 1536)
+      let weight = try Self.weights(dtype, n: n, k: k, seed: 77)
+      let a = Self.activations(3 * k, seed: 78)
+      for path in Self.paths {
+        Threads.set(1)
+        guard let one = Self.run(path: path.code, dtype, weight, a, m: 3) else { continue }
+        Threads.set(2)
+        let two = Self.run(path: path.code, dtype, weight, a, m: 3)
+        let again = Self.run(path: path.code, dtype, weight, a, m: 3)
+        Threads.set(nil)
+        #expect(one.map(\.bitPattern) == two?.map(\.bitPattern), "\(dtype) \(path.name)")
+        #expect(two?.map(\.bitPattern) == again?.map(\.bitPattern), "\(dtype) \(path.name)")
+        // Each activation row's arithmetic does not depend on its neighbours: a 3-row product
+        // equals three matrix-vector products bit for bit.
+        for i in 0..<3 {
+          let single = Self.run(path: path.code, dtype, weight, Array(a[i * k..<(i + 1) * k]), m: 1)
+          #expect(
+            single?.map(\.bitPattern) == Array(one[i * n..<(i + 1) * n]).map(\.bitPattern),
+            "\(dtype) \(path.name) row \(i)")
+        }
+      }
+    }
+  }
+
+  @Test func moreThanEightRowsGoInGroupsAndZeroWidthIsZero() throws {
+    let weight = try Self.weights(.q4_1, n: 33, k: 96, seed: 5)
+    let a = Self.activations(11 * 96, seed: 6)
+    let whole = try #require(Self.run(path: Int32(LC_QUANT_AUTO.rawValue), .q4_1, weight, a, m: 11))
+    let first = try #require(
+      Self.run(path: Int32(LC_QUANT_AUTO.rawValue), .q4_1, weight, Array(a[0..<8 * 96]), m: 8))
+    let rest = try #require(
+      Self.run(path: Int32(LC_QUANT_AUTO.rawValue), .q4_1, weight, Array(a[(8 * 96)...]), m: 3))
+    #expect(whole.map(\.bitPattern) == (first + rest).map(\.bitPattern))
+    var out = [Float](repeating: .nan, count: 6)
+    lc_matmul_quantized_small(Self.code(.q8_0), &out, [], [], 2, 3, 0)
+    #expect(out == [0, 0, 0, 0, 0, 0])
+  }
+}
