@@ -349,5 +349,6 @@ struct SafetensorsReader {
   #expect(unknown.status == 1)
   #expect(
     unknown.stderr
-      == "error: unknown pass 'fold' (known passes: lora, freeze, fuse, autodiff, dce, cse)\n")
+      == "error: unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, autodiff, dce, cse)\n"
+  )
 }

@@ -197,3 +197,65 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
         < 1e-12)
   }
 }
+
+@Test func reassociateNeverFormsTheAdapterProduct() throws {
+  // y = x (A B) as a user might write it: after reassociate it is (x A) B, with no [16, 32] value.
+  let b = GraphBuilder(name: "chain")
+  let x = try b.input(name: "x", shape: [4, 16])
+  let a = try b.parameter(name: "a", shape: [16, 2], initializer: .constant(0.5))
+  let bb = try b.parameter(name: "b", shape: [2, 32], initializer: .constant(-0.25))
+  let y = try matmul(x, matmul(a, bb)).named("y")
+  let graph = try b.finish(outputs: [try (y * y).sum().named("loss")])
+  let rewritten = try Pipeline(parsing: "reassociate,autodiff{loss=loss},dce").run(graph)
+  #expect(
+    Printer().print(try Pipeline(parsing: "reassociate").run(graph)) == """
+      func @chain(%x: f32[4,16]) -> (f32[]) {
+        param @a : f32[16,2] {init=constant, value=0.5}
+        param @b : f32[2,32] {init=constant, value=-0.25}
+        %0 = matmul %x, @a                         : f32[4,2]
+        %1 = matmul %0, @b                         : f32[4,32]   "y"
+        %2 = mul %1, %1                            : f32[4,32]
+        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
+        return %3
+      }
+
+      """)
+  #expect(!rewritten.types.contains(TensorType(.f32, [16, 32])))
+  // The same loss and gradients as the original order.
+  let values = ["x": DenseTensor(shape: [4, 16], floats: (0..<64).map { Float($0 % 7) - 3 })]
+  let interpreter = Interpreter(precision: .f64)
+  let reference = try interpreter.run(
+    try Pipeline(parsing: "autodiff{loss=loss},dce").run(graph), bindings: values)
+  #expect(difference(try interpreter.run(rewritten, bindings: values), reference) < 1e-12)
+}
+
+@Test func reassociateMovesAProductRightWhenThatIsCheaper() throws {
+  // (a b) c with a [2, 100], b [100, 100], c [100, 1]: a (b c) costs 10,200 multiply-adds, not 20,200.
+  let bl = GraphBuilder(name: "right")
+  let a = try bl.input(name: "a", shape: [2, 100])
+  let b = try bl.input(name: "b", shape: [100, 100])
+  let c = try bl.input(name: "c", shape: [100, 1])
+  let graph = try bl.finish(outputs: [try matmul(matmul(a, b), c)])
+  let rewritten = try Pipeline(parsing: "reassociate").run(graph)
+  #expect(rewritten.types.contains(TensorType(.f32, [100, 1])))
+  #expect(rewritten.body.count == 2)
+  #expect(rewritten.body[0].operands.compactMap(\.value) == [b.value, c.value])
+  #expect(
+    rewritten.body[1].operands.compactMap(\.value) == [a.value, rewritten.body[0].results[0]])
+  var generator = SplitMix64(seed: 1)
+  var values: [String: DenseTensor] = [:]
+  for (name, shape) in [("a", [2, 100]), ("b", [100, 100]), ("c", [100, 1])] {
+    values[name] = DenseTensor(
+      dtype: .f32, shape: shape,
+      scalars: (0..<shape.reduce(1, *)).map { _ in generator.nextUnit() - 0.5 })
+  }
+  let interpreter = Interpreter(precision: .f64)
+  #expect(
+    difference(
+      try interpreter.run(rewritten, bindings: values), try interpreter.run(graph, bindings: values)
+    )
+      < 1e-12)
+  // Nothing to gain: the LoRA branch the lora pass emits stays as it is.
+  let lora = try Pipeline(parsing: "lora{rank=2,alpha=4,targets=fc,seed=7}").run(try fcGraph())
+  #expect(try Reassociate().run(lora) == lora)
+}
