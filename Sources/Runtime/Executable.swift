@@ -21,6 +21,24 @@ public final class Executable {
   /// Input, parameter and state buffers by name.
   private var bindable: [String: (value: Value, address: UnsafeMutableRawPointer)] = [:]
   private var steps: [Step] = []
+  /// The factor every `lora_linear` branch is scaled by at run time (see `adapterScale`).
+  let adapterFactor = UnsafeMutablePointer<Float>.allocate(capacity: 1)
+
+  /// A run-time factor on the LoRA branch of every `lora_linear` instruction.
+  ///
+  /// 1 (the default) runs the adapter as trained; 0 switches it off, so the same executable and
+  /// weights serve as the frozen base model (a reference policy) with no second copy; other values
+  /// blend. With 0 the branch's second product is skipped. Graphs whose LoRA branches were not fused
+  /// have none to switch: `hasAdapterSwitch` tells.
+  public var adapterScale: Float {
+    get { adapterFactor.pointee }
+    set { adapterFactor.pointee = newValue }
+  }
+
+  /// Whether the graph has `lora_linear` instructions for `adapterScale` to act on.
+  public var hasAdapterSwitch: Bool {
+    graph.body.contains { if case .loraLinear = $0.op { true } else { false } }
+  }
 
   /// One kernel call; returns an error message (only when an index is out of range).
   struct Step {
@@ -36,6 +54,7 @@ public final class Executable {
   ///   implement for the given types.
   public init(_ graph: Graph, constants: [String: HostTensor] = [:]) throws(RuntimeError) {
     self.graph = graph
+    adapterFactor.initialize(to: 1)
     let scratch = Executable.scratchBytes(graph)
     plan = ArenaPlan(graph, scratchBytes: { scratch[$0] ?? 0 })
     arena = Executable.allocate(max(plan.arenaBytes, 64))
@@ -49,6 +68,7 @@ public final class Executable {
   }
 
   deinit {
+    adapterFactor.deallocate()
     free(arena)
     for buffer in owned { free(buffer) }
   }

@@ -477,8 +477,10 @@ struct StepBuilder {
         transposeA: false, transposeB: transposeW)
     else { return nil }
     let alpha = Float(scale)
+    let factor = executable.adapterFactor
     return {
       if let message = base() { return message }
+      let scaled = alpha * factor.pointee
       let (xf, af, bf) = (
         x.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self),
         b.assumingMemoryBound(to: Float.self)
@@ -487,7 +489,7 @@ struct StepBuilder {
         xa.assumingMemoryBound(to: Float.self), y.assumingMemoryBound(to: Float.self)
       )
       lc_sgemm(0, 0, rows, r, k, 1, xf, k, af, r, 0, xaf, r)
-      lc_sgemm(0, 0, rows, n, r, alpha, xaf, r, bf, n, 1, yf, n)
+      if scaled != 0 { lc_sgemm(0, 0, rows, n, r, scaled, xaf, r, bf, n, 1, yf, n) }
       return nil
     }
   }

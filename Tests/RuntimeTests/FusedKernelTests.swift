@@ -159,3 +159,44 @@ extension RuntimeSuite {
     }
   }
 }
+
+extension RuntimeSuite {
+  @Test func switchingTheAdapterOffGivesTheBaseModelBitForBit() throws {
+    let trace = { () throws -> Graph in try Llama.trace(tinyLlama, batch: 1, sequence: 5) }
+    let base = try Pipeline(parsing: "fuse").run(trace())
+    let adapted = try Pipeline(
+      parsing: "lora{rank=4,alpha=8,targets=layers.*.attn.{q,v},seed=2},fuse"
+    ).run(trace())
+    let half = try Pipeline(
+      parsing: "lora{rank=4,alpha=4,targets=layers.*.attn.{q,v},seed=2},fuse"
+    ).run(trace())
+    let weights = try randomWeights(base, seed: 21)
+    let inputs: [String: HostTensor] = [
+      "tokens": HostTensor(shape: [1, 5], ints: [3, 1, 4, 1, 5]),
+      "positions": HostTensor(shape: [1, 5], ints: [0, 1, 2, 3, 4]),
+    ]
+    let reference = try Executable(base, constants: weights).run(inputs: inputs)[0]
+    var outputs: [[Float]] = []
+    for graph in [adapted, half] {
+      let executable = try Executable(graph, constants: weights)
+      #expect(executable.hasAdapterSwitch)
+      for declaration in graph.declarations where declaration.name.hasSuffix("lora_b") {
+        let type = graph.type(of: declaration.value)
+        try executable.set(
+          declaration.name,
+          HostTensor(
+            shape: type.shape, floats: (0..<type.elementCount).map { Float($0 % 5) * 0.05 - 0.1 }))
+      }
+      let on = try executable.run(inputs: inputs)[0]
+      executable.adapterScale = 0
+      let off = try executable.run(inputs: inputs)[0]
+      #expect(off.data == reference.data)
+      #expect(on.data != reference.data)
+      executable.adapterScale = graph == adapted ? 0.5 : 1
+      outputs.append(try executable.run(inputs: inputs)[0].floats())
+    }
+    // Half the factor at alpha 8 is the adapter at alpha 4.
+    for (a, b) in zip(outputs[0], outputs[1]) { #expect(abs(a - b) <= 1e-5 * (1 + abs(b))) }
+    #expect(!(try Executable(base, constants: weights)).hasAdapterSwitch)
+  }
+}
