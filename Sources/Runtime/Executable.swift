@@ -57,7 +57,7 @@ public final class Executable {
     adapterFactor.initialize(to: 1)
     let scratch = Executable.scratchBytes(graph)
     plan = ArenaPlan(graph, scratchBytes: { scratch[$0] ?? 0 })
-    arena = Executable.allocate(max(plan.arenaBytes, 64))
+    arena = Executable.mapArena(max(plan.arenaBytes, 64))
     addresses = [UnsafeMutableRawPointer?](repeating: nil, count: graph.types.count)
     // Every stored property is set, so a throw from here on runs deinit, which frees the arena
     // and the buffers made so far.
@@ -69,7 +69,7 @@ public final class Executable {
 
   deinit {
     adapterFactor.deallocate()
-    free(arena)
+    munmap(arena, max(plan.arenaBytes, 64))
     for buffer in owned { free(buffer) }
   }
 
@@ -174,6 +174,18 @@ public final class Executable {
     let status = posix_memalign(&pointer, ArenaPlan.alignment, max(bytes, 1))
     guard status == 0, let pointer else { fatalError("out of memory allocating \(bytes) bytes") }
     memset(pointer, 0, max(bytes, 1))
+    return pointer
+  }
+
+  /// The arena: anonymous pages, which the kernel hands out already zeroed (no memset pass over
+  /// hundreds of megabytes at compile time), asked for as huge pages where the kernel allows, which
+  /// reads at higher bandwidth and faults 512 times less often.
+  private static func mapArena(_ bytes: Int) -> UnsafeMutableRawPointer {
+    guard
+      let pointer = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+      pointer != MAP_FAILED
+    else { fatalError("out of memory mapping an arena of \(bytes) bytes") }
+    if bytes >= 1 << 21 { _ = madvise(pointer, bytes, MADV_HUGEPAGE) }
     return pointer
   }
 

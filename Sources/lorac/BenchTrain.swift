@@ -63,18 +63,25 @@ extension Bench {
         fail(error.message)
       }
       let start = DispatchTime.now().uptimeNanoseconds
+      var phases: [UInt64] = []
       let executable: Executable
       let parameters: [String]
       do {
         let pipeline = try Pipeline(
           parsing: "lora{rank=\(rank),alpha=\(2 * rank),targets=\(targets)},freeze," + passes)
-        let graph = try pipeline.run(try loaded.trace(batch: batch, sequence: seq, loss: true))
+        let traced = try loaded.trace(batch: batch, sequence: seq, loss: true)
+        phases.append(DispatchTime.now().uptimeNanoseconds)
+        let graph = try pipeline.run(traced)
+        phases.append(DispatchTime.now().uptimeNanoseconds)
         executable = try Executable(graph, constants: try loaded.weights(for: graph))
         parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
       } catch {
         fail("\(error)")
       }
       let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      let (trace, passes) = (
+        Double(phases[0] - start) / 1e9, Double(phases[1] - phases[0]) / 1e9
+      )
       let optimizer = try AdamW(
         executable, parameters: parameters, gradientOutputs: Array(1...parameters.count),
         learningRate: 1e-4, maxGradientNorm: 1)
@@ -100,7 +107,8 @@ extension Bench {
           "{\"tokens_per_s\": \(rate), \"step_s\": \(seconds), \"runs\": \(runs), "
             + "\"batch\": \(batch), \"seq\": \(seq), \"rank\": \(rank), "
             + "\"targets\": \"\(targets)\", \"threads\": \(Threads.count), "
-            + "\"compile_s\": \(compile), \"arena_bytes\": \(executable.plan.arenaBytes), "
+            + "\"compile_s\": \(compile), \"trace_s\": \(trace), \"passes_s\": \(passes), "
+            + "\"plan_s\": \(compile - trace - passes), \"arena_bytes\": \(executable.plan.arenaBytes), "
             + "\"instructions\": \(executable.graph.body.count), \"peak_rss_bytes\": \(rss)}")
       } else {
         print(
@@ -111,8 +119,9 @@ extension Bench {
         print(
           String(
             format:
-              "compile (trace + passes + plan) %.0f ms, %d instructions; arena %d bytes; peak RSS %d bytes",
-            compile * 1e3, executable.graph.body.count, executable.plan.arenaBytes, rss))
+              "compile %.0f ms (trace %.0f, passes %.0f, plan %.0f), %d instructions; arena %d bytes; peak RSS %d bytes",
+            compile * 1e3, trace * 1e3, passes * 1e3, (compile - trace - passes) * 1e3,
+            executable.graph.body.count, executable.plan.arenaBytes, rss))
       }
     }
   }
