@@ -452,10 +452,17 @@ LC_AVX512 INLINE void q4_1_headers_avx512(const uint8_t *blocks, int count, __m5
     __mmask32 k = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
     z[i] = _mm512_maskz_loadu_epi16(k, blocks + 64 * i);
   }
-  // Blocks 0-6 lie in words 0-63, 7-12 in 64-127, 13-15 in 128-159.
+  // Blocks 0-6 lie in words 0-63, 7-12 in 64-127, 13-15 in 128-159. A short group (the tail of
+  // a row, e.g. 2 of SmolLM2's 18 blocks) skips the permutes it does not need.
   __m512i t = _mm512_permutex2var_epi16(z[0], words, z[1]);
-  t = _mm512_mask_blend_epi16(0x1F801F80u, t, _mm512_permutex2var_epi16(z[2], words, z[3]));
-  t = _mm512_mask_blend_epi16(0xE000E000u, t, _mm512_permutexvar_epi16(words, z[4]));
+  if (count > 7) {
+    t = _mm512_mask_blend_epi16(0x1F801F80u, t, _mm512_permutex2var_epi16(z[2], words, z[3]));
+  }
+  if (count > 13) {
+    t = _mm512_mask_blend_epi16(0xE000E000u, t, _mm512_permutexvar_epi16(words, z[4]));
+  }
+  // Lanes of blocks past `count` hold other bytes (maybe an f16 NaN): zero them.
+  if (count < 16) t = _mm512_maskz_mov_epi16((__mmask32)((1u << count) - 1) * 0x10001u, t);
   *d = _mm512_cvtph_ps(_mm512_castsi512_si256(t));
   *m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
 }
