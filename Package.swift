@@ -44,7 +44,7 @@ let package = Package(
     ),
     .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
     .testTarget(name: "PassesTests", dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels"]),
-    .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models"]),
+    .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models", "Passes"]),
     .testTarget(
       name: "ModelsTests", dependencies: ["Models", "IR", "Runtime", "CKernels"], exclude: ["Golden"]),
     .testTarget(name: "LoracTests", dependencies: ["lorac", "IR"]),

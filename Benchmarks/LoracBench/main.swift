@@ -102,8 +102,10 @@ case "ir":
     runs: option("--runs", default: 7, in: arguments),
     json: json)
 case "kernels":
-  let results = try KernelBenchmarks.run(
-    threads: [1, 2], runs: option("--runs", default: 5, in: arguments))
+  let runs = option("--runs", default: 5, in: arguments)
+  let results =
+    try KernelBenchmarks.run(threads: [1, 2], runs: runs)
+    + KernelBenchmarks.fused(threads: [1, 2], runs: runs)
   print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
 default:
   FileHandle.standardError.write(

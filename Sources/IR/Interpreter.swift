@@ -171,7 +171,7 @@ public struct Interpreter: Sendable {
     } catch {
       throw InterpreterError(message: error.description)
     }
-    guard resultTypes.count == 1, let resultType = resultTypes.first else {
+    guard let resultType = resultTypes.first, resultTypes.count == 1 || op.isFused else {
       throw InterpreterError(message: "\(op.mnemonic): expected one result type")
     }
     // The type rule has checked every shape, so element counts cannot overflow.
@@ -195,6 +195,7 @@ public struct Interpreter: Sendable {
         return round(DenseTensor(dtype: scalarDType, shape: [], scalars: [value]))
       }
     }
+    if op.isFused { return try fused(op, inputs, resultTypes).map(round) }
     return [round(try compute(op, inputs, resultType))]
   }
 
@@ -440,6 +441,10 @@ public struct Interpreter: Sendable {
         let index = zip(unravel(flat, updateStrides), start).map { $0 + $1 }
         out[offset(index, outStrides)] = update.scalars[flat]
       }
+
+    case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,
+      .loraLinear, .attention, .attentionGrad:
+      return try fused(op, x, [type])[0]
     }
     return DenseTensor(dtype: type.dtype, shape: shape, scalars: out)
   }
@@ -581,4 +586,167 @@ private func broadcastOffset(_ index: [Int], _ shape: [Int]) -> Int {
 /// Starts clamped to `0...dim - size` on every axis (XLA's `dynamic_slice` semantics).
 private func clampedStarts(_ starts: [Double], sizes: [Int], in shape: [Int]) -> [Int] {
   shape.indices.map { Swift.min(Swift.max(Int(starts[$0]), 0), shape[$0] - sizes[$0]) }
+}
+
+// MARK: - Fused ops
+
+extension Interpreter {
+  /// Computes a fused op from its definition (not from the primitives it replaces), row by row in
+  /// `Double`, producing tensors of `types`.
+  fileprivate func fused(_ op: Op, _ x: [DenseTensor], _ types: [TensorType])
+    throws(InterpreterError) -> [DenseTensor]
+  {
+    func tensor(_ type: TensorType, _ scalars: [Double]) -> DenseTensor {
+      DenseTensor(dtype: type.dtype, shape: type.shape, scalars: scalars)
+    }
+    switch op {
+    case .rmsNorm(let epsilon), .rmsNormGrad(let epsilon):
+      let (input, scale) = (x[0].scalars, x[1].scalars)
+      let width = scale.count
+      var out = [Double](repeating: 0, count: input.count)
+      for row in 0..<(input.count / max(width, 1)) {
+        let values = input[(row * width)..<((row + 1) * width)]
+        let meanSquare = values.reduce(0) { $0 + $1 * $1 } / Double(width)
+        let r = 1 / (meanSquare + epsilon).squareRoot()
+        if case .rmsNorm = op {
+          for j in 0..<width { out[row * width + j] = input[row * width + j] * r * scale[j] }
+          continue
+        }
+        // d/dx_j = r g_j w_j - x_j r^3 mean(g w x).
+        let g = x[2].scalars
+        var projection = 0.0
+        for j in 0..<width {
+          projection += g[row * width + j] * scale[j] * input[row * width + j]
+        }
+        projection /= Double(width)
+        for j in 0..<width {
+          let index = row * width + j
+          out[index] = r * g[index] * scale[j] - input[index] * r * r * r * projection
+        }
+      }
+      return [tensor(types[0], out)]
+
+    case .swiglu, .swigluGrad:
+      let (gate, up) = (x[0].scalars, x[1].scalars)
+      let sigmoid = gate.map { 1 / (1 + Foundation.exp(-$0)) }
+      if case .swiglu = op {
+        return [tensor(types[0], gate.indices.map { gate[$0] * sigmoid[$0] * up[$0] })]
+      }
+      let g = x[2].scalars
+      // d silu(a)/da = s (1 + a (1 - s)).
+      let dGate = gate.indices.map { i in
+        g[i] * up[i] * sigmoid[i] * (1 + gate[i] * (1 - sigmoid[i]))
+      }
+      let dUp = gate.indices.map { g[$0] * gate[$0] * sigmoid[$0] }
+      return [tensor(types[0], dGate), tensor(types[1], dUp)]
+
+    case .crossEntropy, .crossEntropyGrad:
+      let (logits, targets) = (x[0].scalars, x[1].scalars)
+      let width = x[0].shape.last ?? 1
+      let rows = targets.count
+      var out = [Double](repeating: 0, count: op == .crossEntropy ? rows : logits.count)
+      for row in 0..<rows {
+        let target = Int(targets[row])
+        guard target >= 0, target < width else { continue }
+        let values = logits[(row * width)..<((row + 1) * width)]
+        let maximum = values.max() ?? 0
+        let sum = values.reduce(0) { $0 + Foundation.exp($1 - maximum) }
+        if op == .crossEntropy {
+          out[row] = maximum + Foundation.log(sum) - logits[row * width + target]
+          continue
+        }
+        let g = x[2].scalars[row]
+        for j in 0..<width {
+          let p = Foundation.exp(logits[row * width + j] - maximum) / sum
+          out[row * width + j] = g * (p - (j == target ? 1 : 0))
+        }
+      }
+      return [tensor(types[0], out)]
+
+    case .loraLinear(let scale, let transposeW):
+      let (xa, y) = (types[0], types[1])
+      let base = try compute(
+        .matmul(transposeA: false, transposeB: transposeW), [x[0], x[1]], y)
+      let down = try compute(.matmul(transposeA: false, transposeB: false), [x[0], x[2]], xa)
+      let up = try compute(
+        .matmul(transposeA: false, transposeB: false), [round(down), x[3]], y)
+      let sum = zip(base.scalars, up.scalars).map { $0 + scale * $1 }
+      return [down, tensor(y, sum)]
+
+    case .attention(let scale), .attentionGrad(let scale):
+      return attention(scale: scale, x, types, gradient: op == .attentionGrad(scale: scale))
+
+    default:
+      throw InterpreterError(message: "\(op.mnemonic) is not a fused op")
+    }
+  }
+}
+
+extension Interpreter {
+  /// `attention` (or, with `gradient`, `attention_grad`) from its definition, one query row at a
+  /// time: `p = softmax(mask ? scale q.k : -inf)`, `out = p v`; for the gradient with `dp = g.v`,
+  /// `ds = p (dp - sum(p dp))`: `dq = scale ds k`, `dk += scale ds q`, `dv += p g`.
+  fileprivate func attention(
+    scale: Double, _ x: [DenseTensor], _ types: [TensorType], gradient: Bool
+  ) -> [DenseTensor] {
+    let (q, k, v, mask) = (x[0], x[1], x[2], x[3])
+    let (batch, heads, rows, width) = (q.shape[0], q.shape[1], q.shape[2], q.shape[3])
+    let (groups, keys) = (k.shape[1], k.shape[2])
+    let perGroup = heads / groups
+    var out = [Double](repeating: 0, count: q.elementCount)
+    var dk = [Double](repeating: 0, count: gradient ? k.elementCount : 0)
+    var dv = dk
+    for b in 0..<batch {
+      for h in 0..<heads {
+        let group = h / perGroup
+        for s in 0..<rows {
+          let qBase = ((b * heads + h) * rows + s) * width
+          var scores = [Double](repeating: -.infinity, count: keys)
+          for t in 0..<keys where mask.scalars[broadcastOffset([b, h, s, t], mask.shape)] != 0 {
+            let kBase = ((b * groups + group) * keys + t) * width
+            var dot = 0.0
+            for d in 0..<width { dot += q.scalars[qBase + d] * k.scalars[kBase + d] }
+            scores[t] = scale * dot
+          }
+          let maximum = scores.max() ?? -.infinity
+          // No visible key: the row stays 0 (and so do its gradients).
+          guard maximum > -.infinity else { continue }
+          let weights = scores.map { Foundation.exp($0 - maximum) }
+          let total = weights.reduce(0, +)
+          let p = weights.map { $0 / total }
+          if !gradient {
+            for t in 0..<keys where p[t] != 0 {
+              let vBase = ((b * groups + group) * keys + t) * width
+              for d in 0..<width { out[qBase + d] += p[t] * v.scalars[vBase + d] }
+            }
+            continue
+          }
+          let g = x[4].scalars
+          var dp = [Double](repeating: 0, count: keys)
+          for t in 0..<keys {
+            let vBase = ((b * groups + group) * keys + t) * width
+            for d in 0..<width {
+              dp[t] += g[qBase + d] * v.scalars[vBase + d]
+              dv[vBase + d] += p[t] * g[qBase + d]
+            }
+          }
+          let projection = zip(p, dp).map(*).reduce(0, +)
+          for t in 0..<keys where p[t] != 0 {
+            let ds = p[t] * (dp[t] - projection) * scale
+            let kBase = ((b * groups + group) * keys + t) * width
+            for d in 0..<width {
+              out[qBase + d] += ds * k.scalars[kBase + d]
+              dk[kBase + d] += ds * q.scalars[qBase + d]
+            }
+          }
+        }
+      }
+    }
+    let first = DenseTensor(dtype: .f32, shape: types[0].shape, scalars: out)
+    if !gradient { return [first] }
+    return [
+      first, DenseTensor(dtype: .f32, shape: types[1].shape, scalars: dk),
+      DenseTensor(dtype: .f32, shape: types[2].shape, scalars: dv),
+    ]
+  }
 }

@@ -72,4 +72,34 @@ public enum Op: Hashable, Sendable {
   case dynamicSlice(sizes: [Int])
   /// `x` with the box at `starts: i32[rank]` (clamped) replaced by `update`.
   case dynamicUpdateSlice
+
+  // Fused ops: made by the `fuse` pass from their primitive patterns, run by dedicated kernels,
+  // and still defined here (and in the interpreter) on their own.
+
+  /// `rms_norm(x, w) = x * (mean(x^2) + epsilon)^(-1/2) * w` over the last axis of `x: f32[..., D]`,
+  /// with `w: f32[D]`.
+  case rmsNorm(epsilon: Double)
+  /// `rms_norm_grad(x, w, g)`: the gradient of `rms_norm(x, w)` with respect to `x` for the result
+  /// gradient `g`.
+  case rmsNormGrad(epsilon: Double)
+  /// `swiglu(gate, up) = silu(gate) * up` elementwise, both of one type.
+  case swiglu
+  /// `swiglu_grad(gate, up, g) = (d gate, d up)`: the gradients of `swiglu` for `g`.
+  case swigluGrad
+  /// `cross_entropy(logits: f32[..., V], targets: i32[...]) = logsumexp(row) - row[target]` per
+  /// row; 0 where the target is outside `0..<V` (an ignore index such as -100).
+  case crossEntropy
+  /// `cross_entropy_grad(logits, targets, g) = g * (softmax(row) - onehot(target))` per row, and 0
+  /// on rows whose target is ignored.
+  case crossEntropyGrad
+  /// `lora_linear(x, W, A, B) = (xa, y)` with `xa = x A` and `y = x op(W) + scale * xa B`, where
+  /// `op(W)` is `W^T` with `transposeW` (W stored `[out, in]`, possibly a storage type). The
+  /// product `A B` is never formed; `xa` is a result because the backward pass reads it.
+  case loraLinear(scale: Double, transposeW: Bool)
+  /// `attention(q, k, v, mask)`: for `q: f32[B, H, S, D]`, `k, v: f32[B, G, T, D]` (query head
+  /// `h` reads key/value head `h / (H / G)`: grouped-query attention) and `mask: i32` broadcast
+  /// to `[B, H, S, T]`, `softmax_t(mask ? scale q.k : -inf) v`. A row with no visible key gives 0.
+  case attention(scale: Double)
+  /// `attention_grad(q, k, v, mask, g) = (dq, dk, dv)`: the gradients of `attention` for `g`.
+  case attentionGrad(scale: Double)
 }

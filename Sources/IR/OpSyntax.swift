@@ -43,7 +43,8 @@ extension Op {
     + [
       "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "gather", "scatter_add",
       "cast", "iota", "fill", "softmax", "log_softmax", "rope", "dynamic_slice",
-      "dynamic_update_slice",
+      "dynamic_update_slice", "rms_norm", "rms_norm_grad", "swiglu", "swiglu_grad",
+      "cross_entropy", "cross_entropy_grad", "lora_linear", "attention", "attention_grad",
     ]
 
   /// The op's name in the text format.
@@ -70,6 +71,25 @@ extension Op {
     case .rope: "rope"
     case .dynamicSlice: "dynamic_slice"
     case .dynamicUpdateSlice: "dynamic_update_slice"
+    case .rmsNorm: "rms_norm"
+    case .rmsNormGrad: "rms_norm_grad"
+    case .swiglu: "swiglu"
+    case .swigluGrad: "swiglu_grad"
+    case .crossEntropy: "cross_entropy"
+    case .crossEntropyGrad: "cross_entropy_grad"
+    case .loraLinear: "lora_linear"
+    case .attention: "attention"
+    case .attentionGrad: "attention_grad"
+    }
+  }
+
+  /// Whether the op is one of the fused ops the `fuse` pass makes.
+  public var isFused: Bool {
+    switch self {
+    case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,
+      .loraLinear, .attention, .attentionGrad:
+      true
+    default: false
     }
   }
 
@@ -79,8 +99,14 @@ extension Op {
   public var attributes: [(key: String, value: AttributeValue)] {
     switch self {
     case .unary, .binary, .compare, .select, .reshape, .broadcast, .cast, .dynamicSlice,
-      .dynamicUpdateSlice:
+      .dynamicUpdateSlice, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad:
       return []
+    case .rmsNorm(let epsilon), .rmsNormGrad(let epsilon):
+      return [("eps", .number(epsilon))]
+    case .loraLinear(let scale, let transposeW):
+      return [("scale", .number(scale))] + (transposeW ? [("transpose_w", .flag)] : [])
+    case .attention(let scale), .attentionGrad(let scale):
+      return [("scale", .number(scale))]
     case .reduce(_, let axes, let keepDims):
       return [("axes", .integers(axes))] + (keepDims ? [("keep_dims", .flag)] : [])
     case .matmul(let transposeA, let transposeB):
@@ -151,6 +177,17 @@ extension Op {
         op = .rope(theta: try reader.number("theta"), interleaved: try reader.flag("interleaved"))
       case "dynamic_slice": op = .dynamicSlice(sizes: try single().shape)
       case "dynamic_update_slice": op = .dynamicUpdateSlice
+      case "rms_norm": op = .rmsNorm(epsilon: try reader.number("eps"))
+      case "rms_norm_grad": op = .rmsNormGrad(epsilon: try reader.number("eps"))
+      case "swiglu": op = .swiglu
+      case "swiglu_grad": op = .swigluGrad
+      case "cross_entropy": op = .crossEntropy
+      case "cross_entropy_grad": op = .crossEntropyGrad
+      case "attention": op = .attention(scale: try reader.number("scale"))
+      case "attention_grad": op = .attentionGrad(scale: try reader.number("scale"))
+      case "lora_linear":
+        op = .loraLinear(
+          scale: try reader.number("scale"), transposeW: try reader.flag("transpose_w"))
       default:
         throw AttributeError(message: "unknown op '\(mnemonic)'")
       }

@@ -49,8 +49,13 @@ extension Op {
     case .iota, .fill: 0
     case .unary, .reduce, .reshape, .transpose, .broadcast, .slice, .cast, .softmax, .logSoftmax:
       1
-    case .binary, .compare, .matmul, .gather, .rope, .dynamicSlice: 2
-    case .select, .scatterAdd, .dynamicUpdateSlice: 3
+    case .binary, .compare, .matmul, .gather, .rope, .dynamicSlice, .rmsNorm, .swiglu,
+      .crossEntropy:
+      2
+    case .select, .scatterAdd, .dynamicUpdateSlice, .rmsNormGrad, .swigluGrad, .crossEntropyGrad:
+      3
+    case .loraLinear, .attention: 4
+    case .attentionGrad: 5
     case .concat: nil
     }
   }
@@ -92,7 +97,7 @@ extension Op {
     // Operands that must be compute-typed (storage types are read only where stated).
     let storageAllowed: Set<Int>
     switch self {
-    case .matmul: storageAllowed = [1]
+    case .matmul, .loraLinear: storageAllowed = [1]
     case .gather: storageAllowed = [0]
     case .cast: storageAllowed = [0]
     default: storageAllowed = []
@@ -340,6 +345,82 @@ extension Op {
         throw fail("starts must be i32[\(type.rank)] for \(type), got \(tensor(2))")
       }
       return [type]
+
+    case .rmsNorm(let epsilon), .rmsNormGrad(let epsilon):
+      let type = tensor(0)
+      try requireFloat(0)
+      if type.rank < 1 { throw fail("expected x of rank >= 1, got \(type)") }
+      if !(epsilon >= 0) || !epsilon.isFinite {
+        throw fail("eps must be a finite number >= 0, got \(epsilon)")
+      }
+      let scale = TensorType(.f32, [type.shape[type.rank - 1]])
+      if tensor(1) != scale {
+        throw fail("expected the scale \(scale) for \(type), got \(tensor(1))")
+      }
+      if case .rmsNormGrad = self, tensor(2) != type {
+        throw fail("expected the gradient \(type), got \(tensor(2))")
+      }
+      return [type]
+
+    case .swiglu, .swigluGrad:
+      let type = tensor(0)
+      try requireFloat(0)
+      for index in 1..<tensors.count where tensor(index) != type {
+        throw fail("operands must all be \(type): \(list())")
+      }
+      return self == .swiglu ? [type] : [type, type]
+
+    case .crossEntropy, .crossEntropyGrad:
+      let logits = tensor(0)
+      try requireFloat(0)
+      try requireIndices(1)
+      if logits.rank < 1 { throw fail("expected logits of rank >= 1, got \(logits)") }
+      let rows = Array(logits.shape.dropLast())
+      if tensor(1).shape != rows {
+        throw fail("targets must be i32\(rows) for \(logits), got \(tensor(1))")
+      }
+      if self == .crossEntropy { return [TensorType(.f32, rows)] }
+      if tensor(2) != TensorType(.f32, rows) {
+        throw fail("expected the gradient \(TensorType(.f32, rows)), got \(tensor(2))")
+      }
+      return [logits]
+
+    case .loraLinear(let scale, let transposeW):
+      let (x, w, a, b) = (tensor(0), tensor(1), tensor(2), tensor(3))
+      try requireFloat(0)
+      try requireFloat(2)
+      try requireFloat(3)
+      if !scale.isFinite { throw fail("scale must be finite, got \(scale)") }
+      if w.dtype == .i32 || w.rank != 2 { throw fail("expected a 2-D weight, got \(w)") }
+      if x.rank < 2 { throw fail("expected x of rank >= 2, got \(x)") }
+      let inputs = x.shape[x.rank - 1]
+      let (k, n) = transposeW ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
+      if k != inputs { throw fail("contraction mismatch: \(x) x \(w)") }
+      guard a.rank == 2, a.shape[0] == inputs, b.rank == 2, b.shape[0] == a.shape[1],
+        b.shape[1] == n
+      else {
+        throw fail("expected A f32[\(inputs), r] and B f32[r, \(n)], got \(a) and \(b)")
+      }
+      let batch = Array(x.shape.dropLast())
+      return [TensorType(.f32, batch + [a.shape[1]]), TensorType(.f32, batch + [n])]
+
+    case .attention(let scale), .attentionGrad(let scale):
+      let (q, k, v, mask) = (tensor(0), tensor(1), tensor(2), tensor(3))
+      for index in [0, 1, 2] { try requireFloat(index) }
+      if !scale.isFinite { throw fail("scale must be finite, got \(scale)") }
+      guard q.rank == 4, k.rank == 4, k.shape[0] == q.shape[0], k.shape[3] == q.shape[3],
+        k.shape[1] > 0, q.shape[1] % k.shape[1] == 0, v == k
+      else {
+        throw fail(
+          "expected q [B, H, S, D] and k, v [B, G, T, D] with G dividing H, got \(list())")
+      }
+      let scores = [q.shape[0], q.shape[1], q.shape[2], k.shape[2]]
+      if mask.dtype != .i32 || mask.rank > 4 || broadcastShapes([mask.shape, scores]) != scores {
+        throw fail("the mask must be i32 and broadcast to \(scores), got \(mask)")
+      }
+      if case .attention = self { return [q] }
+      if tensor(4) != q { throw fail("expected the gradient \(q), got \(tensor(4))") }
+      return [q, k, k]
     }
   }
 }

@@ -62,18 +62,34 @@ public struct Autodiff: Pass {
     adjoints[lossValue] = try emitter.emit(.fill(value: 1, type: TensorType(.f32, [])), [])
 
     for instruction in graph.body[...lossIndex].reversed() {
-      guard let result = instruction.results.first, active.contains(result),
-        reaches.contains(result),
-        let gradient = adjoints[result]
-      else { continue }
-      // Every use of `result` comes later, so its gradient is complete here.
-      if let valueName = instruction.name { name(gradient, valueName + ".grad", in: &emitter) }
+      let gradients = instruction.results.map { result -> Value? in
+        active.contains(result) && reaches.contains(result) ? adjoints[result] : nil
+      }
+      // The result the instruction's name belongs to (`y` of `lora_linear (xa, y)`).
+      let named: Int = if case .loraLinear = instruction.op { 1 } else { 0 }
+      guard gradients.contains(where: { $0 != nil }) else { continue }
+      // Every use of a result comes later, so its gradient is complete here.
+      if let valueName = instruction.name, gradients.indices.contains(named),
+        let gradient = gradients[named]
+      {
+        name(gradient, valueName + ".grad", in: &emitter)
+      }
       let wanted = instruction.operands.map { operand -> Bool in
         guard let value = operand.value else { return false }
         return active.contains(value) && reaches.contains(value)
       }
       if !wanted.contains(true) { continue }
-      let contributions = try vjp(instruction, gradient: gradient, wanted: wanted, &emitter)
+      let contributions: [Value?]
+      if case .loraLinear = instruction.op {
+        contributions = try loraLinearVJP(
+          instruction, gradients: gradients, wanted: wanted, &emitter)
+      } else if let gradient = gradients[0], gradients.count == 1 {
+        contributions = try vjp(instruction, gradient: gradient, wanted: wanted, &emitter)
+      } else {
+        throw PassError(
+          message: "autodiff: \(instruction.op.mnemonic) has no gradient"
+            + (instruction.name.map { " (value \"\($0)\")" } ?? ""))
+      }
       for (operand, contribution) in zip(instruction.operands, contributions) {
         guard let value = operand.value, let contribution else { continue }
         if let existing = adjoints[value] {

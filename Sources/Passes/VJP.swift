@@ -283,9 +283,105 @@ func vjp(
       wanted[1] ? try e.emit(.dynamicSlice(sizes: updateShape), [.value(g), operands[2]]) : nil
     return [dx, du, nil]
 
-  case .compare, .iota, .fill:
+  case .rmsNorm(let epsilon):
+    let (x, w) = (try operandValue(0), try operandValue(1))
+    let dx =
+      wanted[0]
+      ? try e.emit(.rmsNormGrad(epsilon: epsilon), [.value(x), .value(w), .value(g)]) : nil
+    var dw: Value?
+    if wanted[1] {
+      // d/dw = sum over rows of g x r, with r = (mean(x^2) + eps)^(-1/2).
+      let meanSquare = try e.emit(
+        .reduce(.mean, axes: [shape(0).count - 1], keepDims: true),
+        [.value(try e.binary(.mul, x, x))])
+      let r = try e.unary(.rsqrt, try e.binary(.add, meanSquare, epsilon))
+      dw = try back(1, try e.binary(.mul, g, try e.binary(.mul, x, r)))
+    }
+    return [dx, dw]
+
+  case .swiglu:
+    let both = try e.emitAll(.swigluGrad, [operands[0], operands[1], .value(g)])
+    return [wanted[0] ? both[0] : nil, wanted[1] ? both[1] : nil]
+
+  case .crossEntropy:
+    guard wanted[0] else { return [nil, nil] }
+    return [try e.emit(.crossEntropyGrad, [operands[0], operands[1], .value(g)]), nil]
+
+  case .attention(let scale):
+    let grads = try e.emitAll(
+      .attentionGrad(scale: scale), [operands[0], operands[1], operands[2], operands[3], .value(g)])
+    return [
+      wanted[0] ? grads[0] : nil, wanted[1] ? grads[1] : nil, wanted[2] ? grads[2] : nil, nil,
+    ]
+
+  case .compare, .iota, .fill, .rmsNormGrad, .swigluGrad, .crossEntropyGrad, .loraLinear,
+    .attentionGrad:
     throw noGradient()
   }
+}
+
+/// The vector-jacobian product of `lora_linear` (results `xa`, `y`) for the result gradients
+/// `gradients` (nil where a result does not reach the loss), as primitives: with `h = s g_y`,
+/// `dB = xa^T h`, `d xa = g_xa + h B^T`, `dA = x^T d xa`, `dx = g_y op(W)^T + d xa A^T`.
+func loraLinearVJP(
+  _ instruction: Instruction, gradients: [Value?], wanted: [Bool], _ e: inout Emitter
+) throws(PassError) -> [Value?] {
+  guard case .loraLinear(let scale, let transposeW) = instruction.op,
+    let x = instruction.operands[0].value, let w = instruction.operands[1].value,
+    let a = instruction.operands[2].value, let b = instruction.operands[3].value
+  else {
+    throw PassError(message: "internal: loraLinearVJP on \(instruction.op.mnemonic)")
+  }
+  let xa = instruction.results[0]
+  let xShape = e.type(x).shape
+  let rows = xShape.dropLast().reduce(1, *)
+  let (inputs, rank) = (xShape[xShape.count - 1], e.type(a).shape[1])
+  let outputs = e.type(b).shape[1]
+  func mm(_ lhs: Value, _ rhs: Value, _ ta: Bool, _ tb: Bool, _ e: inout Emitter)
+    throws(PassError) -> Value
+  {
+    try e.emit(.matmul(transposeA: ta, transposeB: tb), [.value(lhs), .value(rhs)])
+  }
+  var h: Value?
+  if let gy = gradients[1] { h = try e.reshape(try e.binary(.mul, gy, scale), [rows, outputs]) }
+  var dxa: Value? = try gradients[0].map { g throws(PassError) in try e.reshape(g, [rows, rank]) }
+  let xa2 = try e.reshape(xa, [rows, rank])
+  var db: Value?
+  if let h {
+    if wanted[3] { db = try mm(xa2, h, true, false, &e) }
+    if wanted[0] || wanted[2] {
+      let through = try mm(h, b, false, true, &e)
+      dxa =
+        try dxa.map { existing throws(PassError) in try e.binary(.add, existing, through) }
+        ?? through
+    }
+  }
+  var da: Value?
+  if wanted[2], let dxa {
+    da = try mm(try e.reshape(x, [rows, inputs]), dxa, true, false, &e)
+  }
+  var dx: Value?
+  if wanted[0] {
+    var sum: Value?
+    if let gy = gradients[1] {
+      // Through the base weight: as stored when W is [out, in] (transpose_w).
+      let g2 = try e.reshape(gy, [rows, outputs])
+      sum = try mm(g2, w, false, !transposeW, &e)
+    }
+    if let dxa {
+      let through = try mm(dxa, a, false, true, &e)
+      sum =
+        try sum.map { existing throws(PassError) in try e.binary(.add, existing, through) }
+        ?? through
+    }
+    dx = try sum.map { value throws(PassError) in try e.reshape(value, xShape) }
+  }
+  if wanted[1] {
+    throw PassError(
+      message: "autodiff: lora_linear has no gradient for its base weight"
+        + (instruction.name.map { " (value \"\($0)\")" } ?? ""))
+  }
+  return [dx, nil, da, db]
 }
 
 extension Emitter {

@@ -249,15 +249,28 @@ public final class Executable {
 
   // MARK: - Scratch
 
+  /// Threads that attention scratch is planned for: every core, or more when asked for more.
+  static var attentionSlots: Int { max(Int(lc_core_count()), Int(lc_get_threads())) }
+
   /// Rows of a quantized weight decoded at a time before a GEMM.
   static let dequantizeChunk = 2048
 
   private static func scratchBytes(_ graph: Graph) -> [Int: Int] {
     var result: [Int: Int] = [:]
     for (index, instruction) in graph.body.enumerated() {
-      guard case .matmul = instruction.op, let weight = instruction.operands[1].value else {
+      switch instruction.op {
+      case .matmul, .loraLinear: break
+      case .attention, .attentionGrad:
+        // Two [S, T] blocks for each thread that may run.
+        let (q, k) = (instruction.operands[0].value, instruction.operands[1].value)
+        if let q, let k {
+          let block = graph.type(of: q).shape[2] * graph.type(of: k).shape[2]
+          result[index] = attentionSlots * 2 * block * 4
+        }
         continue
+      default: continue
       }
+      guard let weight = instruction.operands[1].value else { continue }
       let type = graph.type(of: weight)
       if !type.dtype.isCompute, let k = type.shape.last {
         let rows = min(dequantizeChunk, type.shape[type.rank - 2])
@@ -284,8 +297,8 @@ public final class Executable {
     }
   }
 
-  func resultAddress(_ instruction: Instruction) -> UnsafeMutableRawPointer {
-    address(instruction.results[0])
+  func resultAddress(_ instruction: Instruction, _ position: Int = 0) -> UnsafeMutableRawPointer {
+    address(instruction.results[position])
   }
 
   func scratchAddress(_ index: Int) -> UnsafeMutableRawPointer? {

@@ -144,7 +144,78 @@ struct StepBuilder {
       }
 
     case .matmul(let transposeA, let transposeB):
-      return try matmul(out: out, transposeA: transposeA, transposeB: transposeB)
+      return try matmul(
+        out: out, a: operand(0), lhs: type(0), w: operand(1), rhs: type(1), result: resultType,
+        transposeA: transposeA, transposeB: transposeB)
+
+    case .loraLinear(let scale, let transposeW):
+      return try loraLinear(scale: scale, transposeW: transposeW)
+
+    case .attention(let scale), .attentionGrad(let scale):
+      return try attention(scale: Float(scale))
+
+    case .rmsNorm(let epsilon), .rmsNormGrad(let epsilon):
+      let (x, w) = (operand(0), operand(1))
+      let d = Int64(type(1).elementCount)
+      let rows = count / max(d, 1)
+      let eps = Float(epsilon)
+      if case .rmsNorm = op {
+        return {
+          lc_rms_norm_f32(
+            out.assumingMemoryBound(to: Float.self), x.assumingMemoryBound(to: Float.self),
+            w.assumingMemoryBound(to: Float.self), rows, d, eps)
+          return nil
+        }
+      }
+      let g = operand(2)
+      return {
+        lc_rms_norm_grad_f32(
+          out.assumingMemoryBound(to: Float.self), x.assumingMemoryBound(to: Float.self),
+          w.assumingMemoryBound(to: Float.self), g.assumingMemoryBound(to: Float.self), rows, d,
+          eps)
+        return nil
+      }
+
+    case .swiglu:
+      let (gate, up) = (operand(0), operand(1))
+      return {
+        lc_swiglu_f32(
+          out.assumingMemoryBound(to: Float.self), gate.assumingMemoryBound(to: Float.self),
+          up.assumingMemoryBound(to: Float.self), count)
+        return nil
+      }
+
+    case .swigluGrad:
+      let (gate, up, g) = (operand(0), operand(1), operand(2))
+      let dUp = executable.resultAddress(instruction, 1)
+      return {
+        lc_swiglu_grad_f32(
+          out.assumingMemoryBound(to: Float.self), dUp.assumingMemoryBound(to: Float.self),
+          gate.assumingMemoryBound(to: Float.self), up.assumingMemoryBound(to: Float.self),
+          g.assumingMemoryBound(to: Float.self), count)
+        return nil
+      }
+
+    case .crossEntropy, .crossEntropyGrad:
+      let (logits, targets) = (operand(0), operand(1))
+      let v = Int64(type(0).shape.last ?? 1)
+      let rows = Int64(type(1).elementCount)
+      if case .crossEntropy = op {
+        return {
+          lc_cross_entropy_f32(
+            out.assumingMemoryBound(to: Float.self), logits.assumingMemoryBound(to: Float.self),
+            targets.assumingMemoryBound(to: Int32.self), rows, v)
+          return nil
+        }
+      }
+      let g = operand(2)
+      return {
+        lc_cross_entropy_grad_f32(
+          out.assumingMemoryBound(to: Float.self), logits.assumingMemoryBound(to: Float.self),
+          targets.assumingMemoryBound(to: Int32.self), g.assumingMemoryBound(to: Float.self), rows,
+          v)
+        return nil
+      }
 
     case .transpose(let permutation):
       let x = operand(0)
@@ -317,11 +388,12 @@ struct StepBuilder {
 
   // MARK: - Matmul and gather
 
-  private func matmul(out: UnsafeMutableRawPointer, transposeA: Bool, transposeB: Bool)
-    throws(RuntimeError) -> (() -> String?)?
-  {
-    let (a, w) = (operand(0), operand(1))
-    let (lhs, rhs) = (type(0), type(1))
+  /// `out = op(a) op(w)` for operands of types `lhs`, `rhs` and a result of type `result`.
+  private func matmul(
+    out: UnsafeMutableRawPointer, a: UnsafeMutableRawPointer, lhs: TensorType,
+    w: UnsafeMutableRawPointer, rhs: TensorType, result resultType: TensorType, transposeA: Bool,
+    transposeB: Bool
+  ) throws(RuntimeError) -> (() -> String?)? {
     let m = Int64(resultType.shape[resultType.rank - 2])
     let n = Int64(resultType.shape[resultType.rank - 1])
     let k = Int64(transposeA ? lhs.shape[lhs.rank - 2] : lhs.shape[lhs.rank - 1])
@@ -378,6 +450,81 @@ struct StepBuilder {
       lc_matmul_f32(
         out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self),
         w.assumingMemoryBound(to: Float.self), batchCount, aOffsets, wOffsets, m, n, k, ta, tb)
+      return nil
+    }
+  }
+
+  /// `xa = x A; y = x op(W) + s xa B`: the base product (any weight dtype) writes `y`, then one
+  /// small GEMM forms `xa` and a second accumulates `s xa B` into `y` (beta = 1), so neither
+  /// `A B` nor a separate branch output is ever formed.
+  private func loraLinear(scale: Double, transposeW: Bool) throws(RuntimeError) -> (
+    () -> String?
+  )? {
+    let (x, w, a, b) = (operand(0), operand(1), operand(2), operand(3))
+    let (xa, y) = (
+      executable.resultAddress(instruction, 0), executable.resultAddress(instruction, 1)
+    )
+    let xType = type(0)
+    let k = Int64(xType.shape[xType.rank - 1])
+    let rows = Int64(xType.elementCount) / max(k, 1)
+    let r = Int64(type(2).shape[1])
+    let n = Int64(type(3).shape[1])
+    // The base product over rows folded into M: x [rows, K] x op(W).
+    let flat = TensorType(.f32, [Int(rows), Int(k)])
+    guard
+      let base = try matmul(
+        out: y, a: x, lhs: flat, w: w, rhs: type(1), result: TensorType(.f32, [Int(rows), Int(n)]),
+        transposeA: false, transposeB: transposeW)
+    else { return nil }
+    let alpha = Float(scale)
+    return {
+      if let message = base() { return message }
+      let (xf, af, bf) = (
+        x.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self),
+        b.assumingMemoryBound(to: Float.self)
+      )
+      let (xaf, yf) = (
+        xa.assumingMemoryBound(to: Float.self), y.assumingMemoryBound(to: Float.self)
+      )
+      lc_sgemm(0, 0, rows, r, k, 1, xf, k, af, r, 0, xaf, r)
+      lc_sgemm(0, 0, rows, n, r, alpha, xaf, r, bf, n, 1, yf, n)
+      return nil
+    }
+  }
+
+  /// `attention` or `attention_grad` over q [B, H, S, D], k, v [B, G, T, D] and a broadcast mask.
+  private func attention(scale: Float) throws(RuntimeError) -> (() -> String?)? {
+    let (q, k, v, mask) = (operand(0), operand(1), operand(2), operand(3))
+    let (qShape, kShape) = (type(0).shape.map(Int64.init), type(1).shape.map(Int64.init))
+    let scores = TensorType(
+      .f32, [type(0).shape[0], type(0).shape[1], type(0).shape[2], type(1).shape[2]])
+    let strides = broadcastStrides(type(3), to: scores)
+    guard let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self) else {
+      throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
+    }
+    let slots = Int64(Executable.attentionSlots)
+    let (b, h, s, d) = (qShape[0], qShape[1], qShape[2], qShape[3])
+    let (g, t) = (kShape[1], kShape[2])
+    let (qf, kf, vf) = (
+      q.assumingMemoryBound(to: Float.self), k.assumingMemoryBound(to: Float.self),
+      v.assumingMemoryBound(to: Float.self)
+    )
+    let maskPointer = mask.assumingMemoryBound(to: Int32.self)
+    let out = executable.resultAddress(instruction).assumingMemoryBound(to: Float.self)
+    if case .attention = op {
+      return {
+        lc_attention_f32(
+          out, qf, kf, vf, maskPointer, strides, b, h, g, s, t, d, scale, scratch, slots)
+        return nil
+      }
+    }
+    let gradient = operand(4).assumingMemoryBound(to: Float.self)
+    let dk = executable.resultAddress(instruction, 1).assumingMemoryBound(to: Float.self)
+    let dv = executable.resultAddress(instruction, 2).assumingMemoryBound(to: Float.self)
+    return {
+      lc_attention_grad_f32(
+        out, dk, dv, qf, kf, vf, maskPointer, strides, gradient, b, h, g, s, t, d, scale, scratch,
+        slots)
       return nil
     }
   }

@@ -5,12 +5,13 @@ import Runtime
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmark lorac against baselines measured in the same run.",
-    subcommands: [Kernels.self, Prefill.self, Decode.self])
+    subcommands: [Kernels.self, Prefill.self, Decode.self, Train.self])
 
   /// `lorac bench kernels`.
   struct Kernels: ParsableCommand {
     static let configuration = CommandConfiguration(
-      abstract: "GEMM against cblas_sgemm and decoding mat-vecs against memory bandwidth.",
+      abstract:
+        "GEMM against cblas_sgemm, decoding mat-vecs against memory bandwidth, fused ops against the primitives they replace.",
       discussion: "Medians of --runs runs after a warm-up, at each of --threads.")
 
     @Option(help: "Runs per figure after one warm-up run.")
@@ -36,7 +37,10 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-      let results = try KernelBenchmarks.run(threads: parsedThreads ?? [1], runs: runs)
+      let counts = parsedThreads ?? [1]
+      let results =
+        try KernelBenchmarks.run(threads: counts, runs: runs)
+        + KernelBenchmarks.fused(threads: counts, runs: runs)
       print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
     }
   }

@@ -56,6 +56,7 @@ struct DecodeSession {
       )
       .run(graph).compacted()
     }
+    graph = try Fuse().run(graph).compacted()
     let executable = try Executable(graph, constants: try model.weights(for: graph))
     for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
     return executable

@@ -38,6 +38,7 @@ struct ForwardSession {
         graph = try lora.run(graph).compacted()
         adapterWeights = adapter.tensors
       }
+      graph = try Fuse().run(graph).compacted()
       executable = try Executable(graph, constants: try model.weights(for: graph))
       for (name, tensor) in adapterWeights { try executable.set(name, tensor) }
     } catch {

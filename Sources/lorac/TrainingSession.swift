@@ -14,7 +14,7 @@ struct TrainingSession {
   let batch: Int
   let sequence: Int
 
-  /// Builds `lora,freeze,autodiff,dce` for the adapter's targets, rank and alpha, and binds the
+  /// Builds `lora,freeze,fuse,autodiff,dce` for the adapter's targets, rank and alpha, and binds the
   /// adapter's weights.
   init(
     modelPath: String, adapter adapterPath: String, batch: Int, sequence: Int, printIRAfter: String?
@@ -38,7 +38,7 @@ struct TrainingSession {
       let pipeline = try Pipeline(
         parsing:
           "lora{rank=\(adapter.rank),alpha=\(adapter.alpha),rslora=\(adapter.useRSLoRA),targets=\(targets)},"
-          + "freeze,autodiff{loss=loss},dce")
+          + "freeze,fuse,autodiff{loss=loss},dce")
       let printAfter: Pipeline.PrintAfter =
         switch printIRAfter {
         case nil: .none

@@ -79,6 +79,43 @@ func everyOpGraph() throws -> Graph {
     try rope(heads, positions: positions, theta: 500000.5, interleaved: true).named("q.rope"))
   outputs.append(try dynamicSlice(x, starts: starts, sizes: [1, 2]))
   outputs.append(try dynamicUpdateSlice(x, x.slice(start: [0, 0], end: [1, 2]), starts: starts))
+  // Fused ops, with their multi-result forms.
+  let norm = try b.emit(.rmsNorm(epsilon: 1e-5), [.value(x.value), .value(y.value)])[0]
+  outputs.append(norm)
+  outputs.append(
+    try b.emit(.rmsNormGrad(epsilon: 0.5), [.value(x.value), .value(y.value), .value(norm.value)])[
+      0])
+  outputs.append(try b.emit(.swiglu, [.value(x.value), .value(norm.value)], name: "mlp.act")[0])
+  outputs += try b.emit(.swigluGrad, [.value(x.value), .value(norm.value), .value(x.value)])
+  let rows = try ids.slice(start: [0, 0], end: [2, 1]).reshaped([2])
+  let losses = try b.emit(.crossEntropy, [.value(x.value), .value(rows.value)])[0]
+  outputs.append(losses)
+  outputs.append(
+    try b.emit(.crossEntropyGrad, [.value(x.value), .value(rows.value), .value(losses.value)])[0])
+  let adapterA = try b.input(name: "lora_a", shape: [32, 2])
+  let adapterB = try b.input(name: "lora_b", shape: [2, 4])
+  outputs += try b.emit(
+    .loraLinear(scale: 2.0, transposeW: true),
+    [.value(wide.value), .value(quantized.value), .value(adapterA.value), .value(adapterB.value)],
+    name: "layers.0.attn.v")
+  let twoByTwo = try matmul(x, square)
+  outputs += try b.emit(
+    .loraLinear(scale: -0.5, transposeW: false),
+    [.value(x.value), .value(square.value), .value(square.value), .value(twoByTwo.value)])
+  let queries = try x.reshaped([1, 2, 3, 1])
+  let keys = try y.reshaped([1, 1, 3, 1])
+  let causal = try b.iota(shape: [3, 3], axis: 1).compare(.le, b.iota(shape: [3, 3], axis: 0))
+  outputs.append(
+    try b.emit(
+      .attention(scale: 0.125),
+      [.value(queries.value), .value(keys.value), .value(keys.value), .value(causal.value)],
+      name: "layers.0.attn.context")[0])
+  outputs += try b.emit(
+    .attentionGrad(scale: 0.125),
+    [
+      .value(queries.value), .value(keys.value), .value(keys.value), .value(causal.value),
+      .value(queries.value),
+    ])
   return try b.finish(outputs: outputs)
 }
 

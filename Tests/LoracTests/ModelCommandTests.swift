@@ -345,9 +345,9 @@ struct SafetensorsReader {
   let check = try lorac(["check-ir", "-"], stdin: result.stdout)
   #expect(check.status == 0)
   #expect(check.stdout == result.stdout)
-  let unknown = try lorac(["dump-ir", try model(), "--pipeline", "lora,fuse"])
+  let unknown = try lorac(["dump-ir", try model(), "--pipeline", "lora,fold"])
   #expect(unknown.status == 1)
   #expect(
     unknown.stderr
-      == "error: unknown pass 'fuse' (known passes: lora, freeze, autodiff, dce, cse)\n")
+      == "error: unknown pass 'fold' (known passes: lora, freeze, fuse, autodiff, dce, cse)\n")
 }

@@ -116,6 +116,39 @@ let gradientCases: [GradientCase] =
       b, p throws(TraceError) in
       try dynamicUpdateSlice(p[0], p[1], starts: indices(b, [2, 1], [2]))
     },
+    // Fused ops: their gradients are the fused `*_grad` ops (and primitives for lora_linear).
+    GradientCase(name: "rms_norm", shapes: [[2, 3, 4], [4]]) { b, p throws(TraceError) in
+      try b.emit(.rmsNorm(epsilon: 0.1), [.value(p[0].value), .value(p[1].value)])[0]
+    },
+    GradientCase(name: "swiglu", shapes: [[2, 3], [2, 3]]) { b, p throws(TraceError) in
+      try b.emit(.swiglu, [.value(p[0].value), .value(p[1].value)])[0]
+    },
+    GradientCase(name: "cross_entropy with ignored rows", shapes: [[4, 5]]) {
+      b, p throws(TraceError) in
+      let targets = try indices(b, [3, -100, 0, 5], [4])
+      return try b.emit(.crossEntropy, [.value(p[0].value), .value(targets.value)])[0]
+    },
+    GradientCase(name: "lora_linear", shapes: [[2, 3, 4], [4, 2], [2, 5]]) {
+      b, p throws(TraceError) in
+      // A frozen base weight [out 5, in 4] computed in the graph (no gradient is formed for it).
+      let w = try (b.iota(shape: [5, 4], axis: 1).cast(to: .f32) * 0.25 - 0.3)
+      let results = try b.emit(
+        .loraLinear(scale: 1.5, transposeW: true),
+        [.value(p[0].value), .value(w.value), .value(p[1].value), .value(p[2].value)])
+      // Both results reach the loss, so the `xa` gradient is used too.
+      return try results[1] + matmul(results[0], p[2]) * 0.5
+    },
+    GradientCase(
+      name: "attention grouped causal", shapes: [[2, 4, 3, 5], [2, 2, 3, 5], [2, 2, 3, 5]]
+    ) {
+      b, p throws(TraceError) in
+      // Four query heads over two key/value heads, causal over 3 positions.
+      let rows = try b.iota(shape: [3, 3], axis: 0)
+      let causal = try b.iota(shape: [3, 3], axis: 1).compare(.le, rows)
+      return try b.emit(
+        .attention(scale: 0.7),
+        [.value(p[0].value), .value(p[1].value), .value(p[2].value), .value(causal.value)])[0]
+    },
   ]
 
 /// Traces `loss = sum(op(params) * weights)` with fixed random weights, so the incoming gradient
@@ -179,7 +212,10 @@ func vjpMatchesCentralFiniteDifferences(_ testCase: GradientCase) throws {
 @Test func everyDifferentiableOpHasAGradientCase() {
   let covered = Set(
     gradientCases.map { $0.name.split(separator: " ").first.map(String.init) ?? "" })
-  let nonDifferentiable: Set<String> = ["eq", "ne", "lt", "le", "gt", "ge", "iota", "fill"]
+  let nonDifferentiable: Set<String> = [
+    "eq", "ne", "lt", "le", "gt", "ge", "iota", "fill", "rms_norm_grad", "swiglu_grad",
+    "cross_entropy_grad", "attention_grad",
+  ]
   for mnemonic in Op.allMnemonics where !nonDifferentiable.contains(mnemonic) {
     #expect(covered.contains(mnemonic), "no gradient check for \(mnemonic)")
   }

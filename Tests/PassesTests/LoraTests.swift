@@ -108,7 +108,10 @@ private func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [V
     "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},freeze,autodiff{loss=loss},dce,cse"
   #expect(try Pipeline(parsing: text).description == text)
   let cases: [(String, String)] = [
-    ("lora,fuse", "unknown pass 'fuse' (known passes: lora, freeze, autodiff, dce, cse)"),
+    (
+      "lora,fold",
+      "unknown pass 'fold' (known passes: lora, freeze, fuse, autodiff, dce, cse)"
+    ),
     (
       "lora{rank=8,alpah=16}",
       "lora: unknown option 'alpah' (accepted: rank, alpha, targets, rslora, seed)"

@@ -141,6 +141,39 @@ int lc_quant_path(int dtype);
 int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
                              int64_t m, int64_t n, int64_t k);
 
+// ---- fused ops (fused.c) -------------------------------------------------------------------
+/// y = x (mean(x^2) + eps)^(-1/2) w per row of x [rows, d].
+void lc_rms_norm_f32(float *y, const float *x, const float *w, int64_t rows, int64_t d,
+                     float eps);
+/// dx of rms_norm for the result gradient g: r g w - x r^3 mean(g w x) per row.
+void lc_rms_norm_grad_f32(float *dx, const float *x, const float *w, const float *g, int64_t rows,
+                          int64_t d, float eps);
+/// y = silu(gate) up elementwise.
+void lc_swiglu_f32(float *y, const float *gate, const float *up, int64_t n);
+/// The gradients of swiglu for g.
+void lc_swiglu_grad_f32(float *dgate, float *dup, const float *gate, const float *up,
+                        const float *g, int64_t n);
+/// loss[row] = logsumexp(logits[row]) - logits[row, t] for t = targets[row] in 0..<v, else 0.
+void lc_cross_entropy_f32(float *loss, const float *logits, const int32_t *targets, int64_t rows,
+                          int64_t v);
+/// grad[row] = g[row] (softmax(logits[row]) - onehot(t)), 0 for ignored targets or g[row] = 0.
+void lc_cross_entropy_grad_f32(float *grad, const float *logits, const int32_t *targets,
+                               const float *g, int64_t rows, int64_t v);
+
+/// out [B,H,S,D] = softmax(mask ? scale q k^T : -inf) v per (b, h) with k, v [B,G,T,D] (query
+/// head h reads key/value head h / (H / G)); mask strides index [B,H,S,T] (0 where it
+/// broadcasts). scratch holds 2 S T floats for each of `slots` threads.
+void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
+                      const int32_t *mask, const int64_t *mask_strides, int64_t batch,
+                      int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
+                      float scale, float *scratch, int64_t slots);
+/// The gradients (dq, dk, dv) of lc_attention_f32 for the result gradient g.
+void lc_attention_grad_f32(float *dq, float *dk, float *dv, const float *q, const float *k,
+                           const float *v, const int32_t *mask, const int64_t *mask_strides,
+                           const float *g, int64_t batch, int64_t heads, int64_t groups,
+                           int64_t rows, int64_t keys, int64_t width, float scale, float *scratch,
+                           int64_t slots);
+
 // ---- optimizer ------------------------------------------------------------------------------
 /// One AdamW step (PyTorch's formulation, decoupled weight decay) on n elements:
 /// g = grad * grad_scale; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;

@@ -1,0 +1,158 @@
+import IR
+
+/// The fused kernels of `lorac bench kernels` against the primitive sequences `fuse` replaces,
+/// both compiled as executables over the same inputs (SmolLM2's shapes at 512 tokens).
+extension KernelBenchmarks {
+  /// Every fused-op benchmark at each thread count.
+  public static func fused(threads: [Int], runs: Int) throws -> [BenchmarkResult] {
+    var results: [BenchmarkResult] = []
+    for count in threads {
+      Threads.set(count)
+      results.append(try rmsNorm(rows: 512, width: 576, runs: runs))
+      results.append(try swiglu(rows: 512, width: 1536, runs: runs))
+      results.append(try crossEntropy(rows: 512, vocabulary: 49_152, runs: runs))
+      results.append(try crossEntropyGradient(rows: 512, vocabulary: 49_152, runs: runs))
+      for (k, n) in [(576, 576), (576, 1536)] {
+        results.append(try loraLinear(m: 512, k: k, n: n, rank: 8, runs: runs))
+      }
+    }
+    Threads.set(nil)
+    return results
+  }
+
+  /// Median seconds of running each of two graphs (fused, primitive) on the same random inputs.
+  private static func compare(
+    _ fused: Graph, _ primitive: Graph, constants: [String: HostTensor] = [:], runs: Int,
+    intLimit: Int = 1
+  ) throws -> (Double, Double) {
+    var seconds: [Double] = []
+    for graph in [fused, primitive] {
+      let executable = try Executable(graph, constants: constants)
+      for (offset, input) in graph.inputs.enumerated() {
+        let type = graph.type(of: input.value)
+        var generator = SplitMix64(seed: UInt64(offset) + 7)
+        let tensor =
+          type.dtype == .i32
+          ? HostTensor(
+            shape: type.shape,
+            ints: (0..<type.elementCount).map { _ in Int32(generator.next() % UInt64(intLimit)) })
+          : HostTensor(
+            shape: type.shape,
+            floats: (0..<type.elementCount).map { _ in Float(generator.nextUnit() * 2 - 1) })
+        try executable.set(input.name, tensor)
+      }
+      seconds.append(try median(runs: runs) { try executable.execute() })
+    }
+    return (seconds[0], seconds[1])
+  }
+
+  private static func result(
+    _ name: String, _ times: (Double, Double), work: Double, unit: String, runs: Int
+  ) -> BenchmarkResult {
+    BenchmarkResult(
+      name: name, threads: Threads.count, seconds: times.0, baselineSeconds: times.1,
+      baseline: "the primitive ops it fuses", work: work, unit: unit, runs: runs)
+  }
+
+  /// Builds a graph over inputs of the given shapes (`i32` where `integer` says).
+  private static func graph(
+    _ shapes: [[Int]], integer: Set<Int> = [], _ body: (GraphBuilder, [Tensor]) throws -> [Tensor]
+  ) throws -> Graph {
+    let b = GraphBuilder(name: "bench")
+    var inputs: [Tensor] = []
+    for (index, shape) in shapes.enumerated() {
+      inputs.append(
+        try b.input(name: "in\(index)", shape: shape, dtype: integer.contains(index) ? .i32 : .f32))
+    }
+    return try b.finish(outputs: try body(b, inputs))
+  }
+
+  static func rmsNorm(rows: Int, width: Int, runs: Int) throws -> BenchmarkResult {
+    let shapes = [[rows, width], [width]]
+    let fused = try graph(shapes) { b, x in
+      try b.emit(.rmsNorm(epsilon: 1e-5), [.value(x[0].value), .value(x[1].value)])
+    }
+    let primitive = try graph(shapes) { _, x in
+      [try x[0] * rsqrt((x[0] * x[0]).mean(axes: [-1], keepDims: true) + 1e-5) * x[1]]
+    }
+    return result(
+      "rms_norm_\(rows)x\(width)", try compare(fused, primitive, runs: runs),
+      work: Double(2 * rows * width * 4), unit: "byte", runs: runs)
+  }
+
+  static func swiglu(rows: Int, width: Int, runs: Int) throws -> BenchmarkResult {
+    let shapes = [[rows, width], [rows, width]]
+    let fused = try graph(shapes) { b, x in
+      try b.emit(.swiglu, [.value(x[0].value), .value(x[1].value)])
+    }
+    let primitive = try graph(shapes) { _, x in [try IR.silu(x[0]) * x[1]] }
+    return result(
+      "swiglu_\(rows)x\(width)", try compare(fused, primitive, runs: runs),
+      work: Double(3 * rows * width * 4), unit: "byte", runs: runs)
+  }
+
+  /// The Llama tracer's one-hot form of the per-row log-likelihood against `cross_entropy`.
+  static func crossEntropy(rows: Int, vocabulary: Int, runs: Int) throws -> BenchmarkResult {
+    let shapes = [[rows, vocabulary], [rows]]
+    let fused = try graph(shapes, integer: [1]) { b, x in
+      try b.emit(.crossEntropy, [.value(x[0].value), .value(x[1].value)])
+    }
+    let primitive = try graph(shapes, integer: [1]) { b, x in
+      let iota = try b.iota(shape: [rows, vocabulary], axis: 1)
+      let oneHot = try iota.compare(.eq, x[1].reshaped([rows, 1])).cast(to: .f32)
+      return [try -(IR.logSoftmax(x[0]) * oneHot).sum(axes: [1])]
+    }
+    return result(
+      "xent_\(rows)x\(vocabulary)",
+      try compare(fused, primitive, runs: runs, intLimit: vocabulary),
+      work: Double(rows * vocabulary * 4), unit: "byte", runs: runs)
+  }
+
+  /// `g (softmax - onehot)` as autodiff forms it from the primitives, against the fused gradient.
+  static func crossEntropyGradient(rows: Int, vocabulary: Int, runs: Int) throws
+    -> BenchmarkResult
+  {
+    let shapes = [[rows, vocabulary], [rows], [rows]]
+    let fused = try graph(shapes, integer: [1]) { b, x in
+      try b.emit(.crossEntropyGrad, [.value(x[0].value), .value(x[1].value), .value(x[2].value)])
+    }
+    let primitive = try graph(shapes, integer: [1]) { b, x in
+      let iota = try b.iota(shape: [rows, vocabulary], axis: 1)
+      let oneHot = try iota.compare(.eq, x[1].reshaped([rows, 1])).cast(to: .f32)
+      let g = try x[2].reshaped([rows, 1]).broadcast(to: [rows, vocabulary])
+      let picked = try g * oneHot
+      let total = try picked.sum(axes: [1], keepDims: true)
+      return [try picked - exp(IR.logSoftmax(x[0])) * total]
+    }
+    return result(
+      "xent_grad_\(rows)x\(vocabulary)",
+      try compare(fused, primitive, runs: runs, intLimit: vocabulary),
+      work: Double(2 * rows * vocabulary * 4), unit: "byte", runs: runs)
+  }
+
+  /// `lora_linear` against `x W^T + s (x A) B` as three GEMMs, a scale and an add.
+  static func loraLinear(m: Int, k: Int, n: Int, rank: Int, runs: Int) throws -> BenchmarkResult {
+    let shapes = [[m, k], [k, rank], [rank, n]]
+    var generator = SplitMix64(seed: 5)
+    let weight = HostTensor(
+      shape: [n, k], floats: (0..<(n * k)).map { _ in Float(generator.nextUnit() - 0.5) })
+    func body(_ fusedForm: Bool) -> (GraphBuilder, [Tensor]) throws -> [Tensor] {
+      { b, x in
+        let w = try b.constant(name: "w", shape: [n, k])
+        if fusedForm {
+          return try b.emit(
+            .loraLinear(scale: 2, transposeW: true),
+            [.value(x[0].value), .value(w.value), .value(x[1].value), .value(x[2].value)])
+        }
+        let xa = try matmul(x[0], x[1])
+        return [xa, try matmul(x[0], w, transposeB: true) + matmul(xa, x[2]) * 2.0]
+      }
+    }
+    let times = try compare(
+      try graph(shapes, body(true)), try graph(shapes, body(false)), constants: ["w": weight],
+      runs: runs)
+    return result(
+      "lora_\(m)x\(k)x\(n)_r\(rank)", times,
+      work: 2.0 * Double(m * n * k + m * k * rank + m * rank * n), unit: "flop", runs: runs)
+  }
+}

@@ -1,0 +1,122 @@
+// Fused attention and its gradient: per (batch, head) a score block through cblas_sgemm, the
+// mask and the softmax in place, and the value product through cblas_sgemm, so no [B, H, S, T]
+// tensor and no copy of grouped key/value heads is ever formed.
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "internal.h"
+
+extern int omp_get_thread_num(void);
+
+/// The mask value of query row s, key t for (b, h), from strides over [B, H, S, T].
+static inline int visible(const int32_t *mask, const int64_t *strides, int64_t b, int64_t h,
+                          int64_t s, int64_t t) {
+  return mask[b * strides[0] + h * strides[1] + s * strides[2] + t * strides[3]] != 0;
+}
+
+/// Turns scores [rows, keys] (already scaled) into probabilities in place: masked keys get 0,
+/// rows with no visible key are all 0.
+LC_CLONES static void masked_softmax(float *p, const int32_t *mask, const int64_t *strides,
+                                     int64_t b, int64_t h, int64_t rows, int64_t keys) {
+  for (int64_t s = 0; s < rows; s++) {
+    float *row = p + s * keys;
+    float m = -INFINITY;
+    for (int64_t t = 0; t < keys; t++) {
+      if (!visible(mask, strides, b, h, s, t)) row[t] = -INFINITY;
+      m = row[t] > m ? row[t] : m;
+    }
+    if (m == -INFINITY) {
+      memset(row, 0, (size_t)keys * sizeof(float));
+      continue;
+    }
+    float sum = 0.0f;
+    for (int64_t t = 0; t < keys; t++) {
+      row[t] = lc_exp(row[t] - m);
+      sum += row[t];
+    }
+    float inverse = 1.0f / sum;
+    for (int64_t t = 0; t < keys; t++) row[t] *= inverse;
+  }
+}
+
+/// P = softmax(mask ? scale q_h k_g^T : -inf) for one (b, h) into p [rows, keys].
+static void probabilities(float *p, const float *qh, const float *kg, const int32_t *mask,
+                          const int64_t *strides, int64_t b, int64_t h, int64_t rows,
+                          int64_t keys, int64_t width, float scale) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)width, scale, qh,
+              (int)width, kg, (int)width, 0.0f, p, (int)keys);
+  masked_softmax(p, mask, strides, b, h, rows, keys);
+}
+
+static int slots_to_use(int64_t slots) {
+  int threads = lc_get_threads();
+  return slots < threads ? (int)slots : threads;
+}
+
+void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
+                      const int32_t *mask, const int64_t *mask_strides, int64_t batch,
+                      int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
+                      float scale, float *scratch, int64_t slots) {
+  int64_t per_group = heads / groups, tasks = batch * heads;
+  int threads = slots_to_use(slots);
+#pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1)
+  for (int64_t task = 0; task < tasks; task++) {
+    int64_t b = task / heads, h = task % heads, g = h / per_group;
+    float *p = scratch + (int64_t)omp_get_thread_num() * 2 * rows * keys;
+    const float *qh = q + task * rows * width;
+    const float *kg = k + (b * groups + g) * keys * width;
+    const float *vg = v + (b * groups + g) * keys * width;
+    probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, width, scale);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)width, (int)keys, 1.0f,
+                p, (int)keys, vg, (int)width, 0.0f, out + task * rows * width, (int)width);
+  }
+}
+
+/// ds = p (dp - sum_t p dp) per row, in place in dp.
+LC_CLONES static void softmax_backward(float *dp, const float *p, int64_t rows, int64_t keys) {
+  for (int64_t s = 0; s < rows; s++) {
+    float *d = dp + s * keys;
+    const float *pr = p + s * keys;
+    float projection = 0.0f;
+    for (int64_t t = 0; t < keys; t++) projection += pr[t] * d[t];
+    for (int64_t t = 0; t < keys; t++) d[t] = pr[t] * (d[t] - projection);
+  }
+}
+
+void lc_attention_grad_f32(float *dq, float *dk, float *dv, const float *q, const float *k,
+                           const float *v, const int32_t *mask, const int64_t *mask_strides,
+                           const float *g, int64_t batch, int64_t heads, int64_t groups,
+                           int64_t rows, int64_t keys, int64_t width, float scale, float *scratch,
+                           int64_t slots) {
+  int64_t per_group = heads / groups, tasks = batch * groups;
+  int threads = slots_to_use(slots);
+  // One task per key/value head: it owns dk and dv of that head and dq of its query heads.
+#pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1)
+  for (int64_t task = 0; task < tasks; task++) {
+    int64_t b = task / groups, group = task % groups;
+    float *p = scratch + (int64_t)omp_get_thread_num() * 2 * rows * keys;
+    float *dp = p + rows * keys;
+    const float *kg = k + task * keys * width, *vg = v + task * keys * width;
+    float *dkg = dk + task * keys * width, *dvg = dv + task * keys * width;
+    memset(dkg, 0, (size_t)(keys * width) * sizeof(float));
+    memset(dvg, 0, (size_t)(keys * width) * sizeof(float));
+    for (int64_t h = group * per_group; h < (group + 1) * per_group; h++) {
+      int64_t head = b * heads + h;
+      const float *qh = q + head * rows * width, *gh = g + head * rows * width;
+      probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, width, scale);
+      // dv += p^T g; dp = g v^T.
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)width, (int)rows, 1.0f,
+                  p, (int)keys, gh, (int)width, 1.0f, dvg, (int)width);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)width, 1.0f,
+                  gh, (int)width, vg, (int)width, 0.0f, dp, (int)keys);
+      softmax_backward(dp, p, rows, keys);
+      // dq = scale ds k; dk += scale ds^T q.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)width, (int)keys,
+                  scale, dp, (int)keys, kg, (int)width, 0.0f, dq + head * rows * width,
+                  (int)width);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)width, (int)rows, scale,
+                  dp, (int)keys, qh, (int)width, 1.0f, dkg, (int)width);
+    }
+  }
+}

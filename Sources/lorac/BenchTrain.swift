@@ -1,0 +1,119 @@
+import ArgumentParser
+import Dispatch
+import Foundation
+import IR
+import Models
+import Passes
+import Runtime
+
+extension Bench {
+  /// `lorac bench train`: LoRA training steps (forward, backward, AdamW) on random tokens.
+  struct Train: ParsableCommand {
+    static let configuration = CommandConfiguration(
+      abstract: "Measure LoRA train steps (forward, backward, AdamW) and the train compile time.",
+      discussion: """
+        Random tokens, every position weighted in the loss. Prints the median of --runs steps \
+        after a warm-up step; tokens/s counts batch x seq tokens per step. Compile time is \
+        trace + passes + memory plan.
+        """)
+
+    @Argument(help: "The GGUF model.")
+    var model: String
+
+    @Option(help: "Sequences per step.")
+    var batch = 16
+
+    @Option(help: "Tokens per sequence.")
+    var seq = 32
+
+    @Option(help: "LoRA rank.")
+    var rank = 8
+
+    @Option(help: "Value names to adapt (a glob).")
+    var targets = "layers.*.attn.{q,k,v,o}"
+
+    @Option(help: "The passes between lora/freeze and the executable.")
+    var passes = "fuse,autodiff{loss=loss},dce"
+
+    @Option(help: "Steps measured after one warm-up step.")
+    var runs = 5
+
+    @Option(help: "Threads (default: all cores).")
+    var threads: Int?
+
+    @Flag(help: "Print one JSON object.")
+    var json = false
+
+    func validate() throws {
+      for (name, value) in [("--batch", batch), ("--seq", seq), ("--rank", rank), ("--runs", runs)]
+      where value < 1 {
+        throw ValidationError("\(name) must be at least 1, got \(value)")
+      }
+      if let threads, threads < 1 {
+        throw ValidationError("--threads must be at least 1, got \(threads)")
+      }
+    }
+
+    func run() throws {
+      Threads.set(threads)
+      let loaded: LlamaModel
+      do {
+        loaded = try LlamaModel(path: model)
+      } catch {
+        fail(error.message)
+      }
+      let start = DispatchTime.now().uptimeNanoseconds
+      let executable: Executable
+      let parameters: [String]
+      do {
+        let pipeline = try Pipeline(
+          parsing: "lora{rank=\(rank),alpha=\(2 * rank),targets=\(targets)},freeze," + passes)
+        let graph = try pipeline.run(try loaded.trace(batch: batch, sequence: seq, loss: true))
+        executable = try Executable(graph, constants: try loaded.weights(for: graph))
+        parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
+      } catch {
+        fail("\(error)")
+      }
+      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      let optimizer = try AdamW(
+        executable, parameters: parameters, gradientOutputs: Array(1...parameters.count),
+        learningRate: 1e-4, maxGradientNorm: 1)
+      var generator = SplitMix64(seed: 1)
+      let count = batch * seq
+      let ids = (0..<(count + 1)).map { _ in
+        Int32(generator.next() % UInt64(loaded.config.vocabularySize))
+      }
+      try executable.set("tokens", HostTensor(shape: [batch, seq], ints: Array(ids.prefix(count))))
+      try executable.set("targets", HostTensor(shape: [batch, seq], ints: Array(ids.dropFirst())))
+      try executable.set(
+        "positions", HostTensor(shape: [batch, seq], ints: (0..<count).map { Int32($0 % seq) }))
+      try executable.set(
+        "weights", HostTensor(shape: [batch, seq], floats: [Float](repeating: 1, count: count)))
+      let seconds = try KernelBenchmarks.median(runs: runs) {
+        try executable.execute()
+        _ = optimizer.update()
+      }
+      let rate = Double(count) / seconds
+      let rss = peakResidentBytes()
+      if json {
+        print(
+          "{\"tokens_per_s\": \(rate), \"step_s\": \(seconds), \"runs\": \(runs), "
+            + "\"batch\": \(batch), \"seq\": \(seq), \"rank\": \(rank), "
+            + "\"targets\": \"\(targets)\", \"threads\": \(Threads.count), "
+            + "\"compile_s\": \(compile), \"arena_bytes\": \(executable.plan.arenaBytes), "
+            + "\"instructions\": \(executable.graph.body.count), \"peak_rss_bytes\": \(rss)}")
+      } else {
+        print(
+          String(
+            format:
+              "train step %dx%d, rank %d on %@: %.1f ms, %.0f tokens/s (median of %d, %d threads)",
+            batch, seq, rank, targets, seconds * 1e3, rate, runs, Threads.count))
+        print(
+          String(
+            format:
+              "compile (trace + passes + plan) %.0f ms, %d instructions; arena %d bytes; peak RSS %d bytes",
+            compile * 1e3, executable.graph.body.count, executable.plan.arenaBytes, rss))
+      }
+    }
+  }
+}

@@ -1,0 +1,41 @@
+import Foundation
+import Testing
+
+private func modelPath() throws -> String {
+  let path =
+    ProcessInfo.processInfo.environment["LORAC_MODEL"]
+    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  guard FileManager.default.fileExists(atPath: path) else {
+    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
+    throw CancellationError()
+  }
+  return path
+}
+
+@Test func benchTrainReportsAJSONObjectWithItsFigures() throws {
+  let result = try lorac([
+    "bench", "train", try modelPath(), "--batch", "2", "--seq", "8", "--runs", "1", "--json",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+  let figures = try #require(object)
+  #expect((figures["tokens_per_s"] as? Double ?? 0) > 0)
+  #expect((figures["compile_s"] as? Double ?? 0) > 0)
+  #expect((figures["peak_rss_bytes"] as? Int ?? 0) > 100_000_000)
+  #expect(figures["runs"] as? Int == 1)
+  #expect(figures["batch"] as? Int == 2 && figures["seq"] as? Int == 8)
+}
+
+@Test func benchTrainRejectsBadFlags() throws {
+  let path = try modelPath()
+  let cases: [([String], String)] = [
+    (["--batch", "0"], "--batch must be at least 1, got 0"),
+    (["--threads", "0"], "--threads must be at least 1, got 0"),
+    (["--passes", "fuse,autodif"], "unknown pass 'autodif'"),
+  ]
+  for (flags, message) in cases {
+    let result = try lorac(["bench", "train", path, "--runs", "1"] + flags)
+    #expect(result.status != 0, "\(flags)")
+    #expect(result.stderr.contains(message), "\(flags): \(result.stderr)")
+  }
+}

@@ -1,0 +1,161 @@
+import Foundation
+import IR
+import Models
+import Passes
+import Runtime
+import Testing
+
+// Error bounds for the fused kernels, relative to 1 + |reference| (per element, or to the
+// tensor's largest element for GEMM-based ones): rms_norm and its gradient accumulate a row in
+// float lanes (1e-5); swiglu and the cross-entropy use lc_exp, within a few ulps of expf (1e-6
+// relative for swiglu, 1e-5 for sums over a vocabulary row); lora_linear is three GEMMs (1e-5).
+let fusedRowBound = 1e-5
+let fusedElementwiseBound = 2e-6
+
+extension RuntimeSuite {
+  @Test func rmsNormAndItsGradientMatchInterpreter() throws {
+    for rows in awkwardSizes {
+      for width in [1, 7, 33, 576] {
+        let graph = try singleOp([f32([rows, width]), f32([width]), f32([rows, width])]) {
+          b, x throws(TraceError) in
+          let y = try b.emit(.rmsNorm(epsilon: 1e-5), [.value(x[0].value), .value(x[1].value)])[0]
+          let dx = try b.emit(
+            .rmsNormGrad(epsilon: 1e-5),
+            [.value(x[0].value), .value(x[1].value), .value(x[2].value)]
+          )[0]
+          return try concat([y, dx], axis: 1)
+        }
+        #expect(try compareWithInterpreter(graph) <= fusedRowBound, "\(rows) x \(width)")
+      }
+    }
+  }
+
+  @Test func swigluAndItsGradientMatchInterpreter() throws {
+    for size in awkwardSizes + [40_000] {
+      let b = GraphBuilder(name: "swiglu")
+      let gate = try b.input(name: "gate", shape: [size])
+      let up = try b.input(name: "up", shape: [size])
+      let g = try b.input(name: "g", shape: [size])
+      // Wide gates reach the clamps of lc_exp (|x| up to 40).
+      let wide = try gate * 20.0
+      let y = try b.emit(.swiglu, [.value(wide.value), .value(up.value)])[0]
+      let grads = try b.emit(.swigluGrad, [.value(wide.value), .value(up.value), .value(g.value)])
+      let graph = try b.finish(outputs: [y, grads[0], grads[1]])
+      #expect(try compareWithInterpreter(graph) <= fusedElementwiseBound, "size \(size)")
+    }
+  }
+
+  @Test func crossEntropyAndItsGradientMatchInterpreter() throws {
+    for (rows, vocabulary) in [(1, 1), (3, 7), (7, 33), (33, 129), (5, 49_152)] {
+      let b = GraphBuilder(name: "ce")
+      let logits = try b.input(name: "logits", shape: [rows, vocabulary])
+      // Targets from -1 (ignored) to vocabulary (outside: ignored too).
+      let raw = try b.input(name: "targets", shape: [rows], dtype: .i32)
+      let targets = try raw - 1
+      let g = try b.input(name: "g", shape: [rows])
+      // Spread logits so the softmax is peaked (x 8) and rows with g = 0 take the fast path.
+      let spread = try logits * 8.0
+      let weights = try maximum(g, b.fill(0, shape: [rows]))
+      let loss = try b.emit(.crossEntropy, [.value(spread.value), .value(targets.value)])[0]
+      let grad = try b.emit(
+        .crossEntropyGrad, [.value(spread.value), .value(targets.value), .value(weights.value)])[0]
+      let graph = try b.finish(outputs: [loss, grad])
+      #expect(
+        try compareWithInterpreter(graph, intLimit: vocabulary + 2) <= fusedRowBound,
+        "\(rows) x \(vocabulary)")
+    }
+  }
+
+  @Test(arguments: [DType.f32, .q8_0, .q4_1, .q4_k])
+  func loraLinearMatchesInterpreter(_ dtype: DType) throws {
+    let k = dtype.blockSize >= 256 ? 256 : 96
+    for (m, n, r) in [(1, 7, 1), (3, 33, 2), (33, 129, 8), (130, 65, 4)] {
+      for transposeW in dtype == .f32 ? [true, false] : [true] {
+        let b = GraphBuilder(name: "lora")
+        let x = try b.input(name: "x", shape: [m, k])
+        let w = try b.constant(
+          name: "w", shape: transposeW ? [n, k] : [k, n], dtype: dtype)
+        let a = try b.input(name: "a", shape: [k, r])
+        let bb = try b.input(name: "b", shape: [r, n])
+        let results = try b.emit(
+          .loraLinear(scale: 1.75, transposeW: transposeW),
+          [.value(x.value), .value(w.value), .value(a.value), .value(bb.value)])
+        let graph = try b.finish(outputs: results)
+        let weight = try randomStorage(
+          TensorType(dtype, transposeW ? [n, k] : [k, n]), seed: UInt64(m * 31 + n))
+        #expect(
+          try compareWithInterpreter(graph, constants: ["w": weight], scale: .tensor)
+            <= accumulationBound, "\(dtype) m \(m) n \(n) r \(r) transpose_w \(transposeW)")
+      }
+    }
+  }
+
+  @Test func attentionAndItsGradientMatchInterpreter() throws {
+    // (batch, heads, groups, rows, keys, width): grouped and not, one row (decoding), a long
+    // cache, odd head widths; the mask is random, so some rows see no key at all.
+    for (batch, heads, groups, rows, keys, width) in [
+      (1, 1, 1, 1, 1, 1), (2, 4, 2, 3, 7, 5), (1, 9, 3, 33, 33, 64), (1, 3, 3, 3, 129, 64),
+      (3, 2, 1, 7, 3, 33),
+    ] {
+      let b = GraphBuilder(name: "attention")
+      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
+      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
+      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
+      let mask = try b.input(name: "mask", shape: [batch, 1, rows, keys], dtype: .i32)
+      let g = try b.input(name: "g", shape: [batch, heads, rows, width])
+      let operands: [Operand] = [
+        .value(q.value), .value(k.value), .value(v.value), .value(mask.value),
+      ]
+      let out = try b.emit(.attention(scale: 0.3), operands)[0]
+      let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
+      let graph = try b.finish(outputs: [out] + grads)
+      #expect(
+        try compareWithInterpreter(graph, intLimit: 2, scale: .tensor) <= accumulationBound,
+        "\(batch) x \(heads)/\(groups) x \(rows) x \(keys) x \(width)")
+    }
+  }
+
+  @Test func fusedTrainStepMatchesTheUnfusedOne() throws {
+    // The 2-layer GQA Llama with LoRA on every attention projection, trained one step: the fused
+    // executable's loss and gradients against the unfused executable's (both checked against
+    // the interpreter elsewhere), with q8_0 / q4_1 weights in places.
+    let trace = { () throws -> Graph in
+      try Llama.trace(tinyLlama, batch: 2, sequence: 7, loss: true) { name in
+        name.hasSuffix("attn_q.weight") ? .q8_0 : name.hasSuffix("ffn_up.weight") ? .q4_1 : nil
+      }
+    }
+    let lora = "lora{rank=4,alpha=8,targets=layers.*.attn.{q,k,v,o},seed=2},freeze"
+    let plain = try Pipeline(parsing: lora + ",autodiff{loss=loss},dce").run(trace())
+    let fused = try Pipeline(parsing: lora + ",fuse,autodiff{loss=loss},dce").run(trace())
+    #expect(Fuse.census(fused)["lora_linear"] == 8)
+    let weights = try randomWeights(plain, seed: 11)
+    let inputs: [String: HostTensor] = [
+      "tokens": randomTensor(TensorType(.i32, [2, 7]), seed: 3, intLimit: 67).host,
+      "positions": HostTensor(shape: [2, 7], ints: (0..<14).map { Int32($0 % 7) }),
+      "targets": HostTensor(
+        shape: [2, 7], ints: (0..<14).map { $0 == 3 ? -100 : Int32(($0 * 5) % 67) }),
+      "weights": HostTensor(shape: [2, 7], floats: (0..<14).map { $0 % 4 == 0 ? 0 : 1 }),
+    ]
+    var results: [[HostTensor]] = []
+    for graph in [plain, fused] {
+      let executable = try Executable(graph, constants: weights)
+      // Non-zero B so the branch contributes.
+      for declaration in graph.declarations where declaration.name.hasSuffix("lora_b") {
+        let type = graph.type(of: declaration.value)
+        try executable.set(
+          declaration.name,
+          HostTensor(
+            shape: type.shape,
+            floats: (0..<type.elementCount).map { Float(($0 * 7) % 13) * 0.01 - 0.06 }))
+      }
+      results.append(try executable.run(inputs: inputs))
+    }
+    #expect(results[0].count == results[1].count)
+    for (index, (a, b)) in zip(results[0], results[1]).enumerated() {
+      let (x, y) = (a.floats(), b.floats())
+      let norm = y.map { Double($0 * $0) }.reduce(0, +).squareRoot()
+      let difference = zip(x, y).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +).squareRoot()
+      #expect(difference <= 1e-4 * max(norm, 1e-3), "output \(index)")
+    }
+  }
+}
