@@ -115,6 +115,7 @@ final class Trainer {
           ])
           losses.append(outputs[0].floats()[0])
         } catch {
+          progress.finishLine()
           fail("\(error)")
         }
         if schedule.accumulate > 1 { optimizer.accumulate() }

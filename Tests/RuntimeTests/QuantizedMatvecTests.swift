@@ -11,8 +11,8 @@ import Testing
 /// Error bounds, relative to S = sum_j |a_j| * magnitude_j (what f32 rounding is proportional to):
 /// every path sums in f32 over at most 256 values per block and k / blocksize block sums, so
 /// the classic worst case is (256 + 24) * 2^-24 ~ 1.7e-5 S; 1e-5 S is the bound asserted (what
-/// was seen is <= 1.2e-6 S). magnitude_j is |w_j|, except on the AVX2 and AVX-512 q4_1 paths,
-/// which compute d * sum(q x) + m * sum(x) per block and so round relative to |d q_j| + |m|.
+/// was seen is <= 1.2e-6 S). magnitude_j is |w_j|, except on the vector q4_1 and q4_k paths, which
+/// compute d * sum(q x) + m * sum(x) per (sub-)block and so round relative to |d q_j| + |m|.
 /// One wrong weight moves a result by about S / K >= 1.3e-3 S at these sizes, far outside.
 struct QuantizedMatvecTests {
   static let bound = 1e-5
@@ -24,11 +24,12 @@ struct QuantizedMatvecTests {
   static func code(_ dtype: DType) -> Int32 { Int32(DType.allCases.firstIndex(of: dtype) ?? 0) }
 
   /// Widths K per dtype: block multiples that are not multiples of 2 blocks or of 16 blocks (the
-  /// unrolls), plus tails of 16 lanes for the elementwise types.
+  /// unrolls), one past the 2,048 activations prepared at a time (65 blocks of 32, 9 of 256),
+  /// and tails of 16 lanes for the elementwise types.
   static func widths(_ dtype: DType) -> [Int] {
     switch dtype {
-    case .q8_0, .q4_1: [32, 96, 288]
-    case .q4_k, .q6_k: [256, 768]
+    case .q8_0, .q4_1: [32, 96, 288, 2080]
+    case .q4_k, .q6_k: [256, 768, 2304]
     default: [7, 33, 288]
     }
   }
@@ -93,6 +94,26 @@ struct QuantizedMatvecTests {
     }
   }
 
+  /// |d sc q_j| + |dmin m| for each weight of a q4_k matrix.
+  static func q4_kMagnitudes(_ weight: HostTensor) -> [Double] {
+    let bytes = [UInt8](weight.data)
+    return (0..<weight.type.elementCount).map { index in
+      let base = index / 256 * 144
+      func half(_ offset: Int) -> Double {
+        Double(floatFromHalf(UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8))
+      }
+      let (d, dmin) = (half(base), half(base + 2))
+      let (chunk, within) = ((index % 256) / 64, index % 64)
+      let j = 2 * chunk + within / 32
+      let s = { (i: Int) in Int(bytes[base + 4 + i]) }
+      let sc = j < 4 ? s(j) & 63 : (s(j + 4) & 0xF) | ((s(j - 4) >> 6) << 4)
+      let m = j < 4 ? s(j + 4) & 63 : (s(j + 4) >> 4) | ((s(j) >> 6) << 4)
+      let byte = Int(bytes[base + 16 + 32 * chunk + within % 32])
+      let q = within < 32 ? byte & 0xF : byte >> 4
+      return abs(d * Double(sc * q)) + abs(dmin * Double(m))
+    }
+  }
+
   /// Runs one path; nil when this CPU or build has no kernel of that path for dtype.
   static func run(
     path: Int32, _ dtype: DType, _ weight: HostTensor, _ a: [Float], m: Int
@@ -115,7 +136,10 @@ struct QuantizedMatvecTests {
           let weight = try Self.weights(dtype, n: n, k: k, seed: seed)
           let dequantized = weight.floats().map(Double.init)
           let plainMagnitudes = dequantized.map(abs)
-          let splitMagnitudes = dtype == .q4_1 ? Self.q4_1Magnitudes(weight) : plainMagnitudes
+          let splitMagnitudes =
+            dtype == .q4_1
+            ? Self.q4_1Magnitudes(weight)
+            : dtype == .q4_k ? Self.q4_kMagnitudes(weight) : plainMagnitudes
           for m in [1, 2, 3, 5, 8] {
             let a = Self.activations(m * k, seed: seed &+ UInt64(m))
             // The plain reference loop, one activation row at a time.
@@ -166,7 +190,7 @@ struct QuantizedMatvecTests {
       #expect(ranPaths.contains("q8_0 avx2") && ranPaths.contains("q4_1 avx2"))
     }
     if features & 2 != 0 {
-      for name in ["q8_0", "q4_1", "f16", "bf16", "f32"] {
+      for name in ["q8_0", "q4_1", "q4_k", "q6_k", "f16", "bf16", "f32"] {
         #expect(ranPaths.contains("\(name) avx512"), "\(name) avx512")
       }
     }
@@ -179,14 +203,17 @@ struct QuantizedMatvecTests {
       features & 2 != 0 ? LC_QUANT_AVX512 : features & 1 != 0 ? LC_QUANT_AVX2 : LC_QUANT_PORTABLE
     #expect(lc_quant_path(Self.code(.q4_1)) == Int32(expected.rawValue))
     #expect(lc_quant_path(Self.code(.q8_0)) == Int32(expected.rawValue))
-    // k-quants have no vector kernel yet: the portable loop serves them.
-    #expect(lc_quant_path(Self.code(.q6_k)) == Int32(LC_QUANT_PORTABLE.rawValue))
+    // k-quants and f16 have AVX-512 kernels only: without AVX-512 the portable loop serves them.
+    let wide = Int32((features & 2 != 0 ? LC_QUANT_AVX512 : LC_QUANT_PORTABLE).rawValue)
+    #expect(lc_quant_path(Self.code(.q6_k)) == wide)
+    #expect(lc_quant_path(Self.code(.q4_k)) == wide)
+    #expect(lc_quant_path(Self.code(.f16)) == wide)
   }
 
   @Test func resultsAreBitIdenticalAcrossThreadsRepeatsAndRowCounts() throws {
     // The SmolLM2 MLP shape, large enough to run in parallel; a k of 1,536 spans 48 blocks, so
     // the 64-block activation chunks and 16-block header groups both have remainders.
-    for dtype in [DType.q4_1, .q8_0, .f16] {
+    for dtype in [DType.q4_1, .q8_0, .f16, .q4_k, .q6_k] {
       let (n, k) = (1536, 1536)
       let weight = try Self.weights(dtype, n: n, k: k, seed: 77)
       let a = Self.activations(3 * k, seed: 78)
