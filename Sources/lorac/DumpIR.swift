@@ -20,7 +20,7 @@ struct DumpIR: ParsableCommand {
     case mlp
   }
 
-  @Argument(help: "A GGUF model (or use --example).")
+  @Argument(help: "A GGUF model, a .lorac bundle (its compiled IR), or use --example.")
   var model: String?
 
   @Option(
@@ -55,12 +55,16 @@ struct DumpIR: ParsableCommand {
   func run() throws {
     var graph: Graph
     do {
-      if let model {
+      if let model, model.hasSuffix(".lorac") {
+        graph = try CompiledBundle(path: model).graph
+      } else if let model {
         graph = try LlamaModel(path: model).trace(batch: batch, sequence: seq, loss: loss)
       } else {
         graph = try MLP.trace(batch: batch)
       }
     } catch let error as GGUFError {
+      fail(error.message)
+    } catch let error as FileError {
       fail(error.message)
     } catch {
       fail("\(error)")

@@ -11,7 +11,7 @@ struct Lorac: ParsableCommand {
       Inspect.self, Tokenize.self, Logits.self, Generate.self, Train.self, Eval.self, Grad.self,
       Bench.self, DumpIR.self,
       CheckIR.self, Interpret.self,
-      Merge.self, Export.self,
+      Merge.self, Export.self, Compile.self, Run.self,
     ]
   )
 }

@@ -1,0 +1,120 @@
+import Foundation
+import Testing
+
+private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
+
+private func modelPath() throws -> String {
+  let path =
+    ProcessInfo.processInfo.environment["LORAC_MODEL"]
+    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  guard FileManager.default.fileExists(atPath: path) else {
+    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
+    throw CancellationError()
+  }
+  return path
+}
+
+private func temporary(_ suffix: String) -> String {
+  FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())\(suffix)").path
+}
+
+@Test func aCompiledBundleRunsLikeTheTracedModel() throws {
+  let model = try modelPath()
+  let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
+  let (bundle, ours, reference) = (temporary(".lorac"), temporary(".npy"), temporary(".npy"))
+  defer {
+    for path in [bundle, ours, reference] { try? FileManager.default.removeItem(atPath: path) }
+  }
+  let compiled = try lorac([
+    "compile", model, "--adapter", adapter, "--seq", "5", "-o", bundle,
+  ])
+  #expect(compiled.status == 0, "\(compiled.stderr)")
+  #expect(compiled.stderr.hasPrefix("compiled "))
+  // Same graph, same kernels: the logits are byte-identical to lorac logits with the adapter.
+  let ran = try lorac(["run", bundle, "--ids", "1,17,300,42,9", "--out", ours])
+  #expect(ran.status == 0, "\(ran.stderr)")
+  let traced = try lorac([
+    "logits", model, "--ids", "1,17,300,42,9", "--out", reference, "--adapter", adapter,
+  ])
+  #expect(traced.status == 0)
+  #expect(
+    try Data(contentsOf: URL(fileURLWithPath: ours))
+      == Data(contentsOf: URL(fileURLWithPath: reference)))
+  // dump-ir prints the bundle's IR, which check-ir accepts as canonical.
+  let dumped = try lorac(["dump-ir", bundle])
+  #expect(dumped.status == 0)
+  #expect(dumped.stdout.contains("lora_linear"))
+  let checked = try lorac(["check-ir", "-"], stdin: dumped.stdout)
+  #expect(checked.stdout == dumped.stdout)
+}
+
+@Test func aCompiledTrainBundleGivesTheLossOfLoracGrad() throws {
+  let model = try modelPath()
+  let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
+  let (bundle, gradients) = (temporary(".lorac"), temporary(".safetensors"))
+  defer { for path in [bundle, gradients] { try? FileManager.default.removeItem(atPath: path) } }
+  let compiled = try lorac([
+    "compile", model, "--adapter", adapter, "--seq", "4", "--loss", "--pipeline",
+    "freeze,fuse,autodiff{loss=loss},dce", "-o", bundle,
+  ])
+  #expect(compiled.status == 0, "\(compiled.stderr)")
+  let ran = try lorac(["run", bundle, "--ids", "5,6,7,8,9", "--out", gradients])
+  let grad = try lorac([
+    "grad", model, "--adapter", adapter, "--ids", "5,6,7,8,9", "--out", temporary(".safetensors"),
+  ])
+  #expect(ran.status == 0, "\(ran.stderr)")
+  #expect(grad.status == 0, "\(grad.stderr)")
+  func loss(_ text: String) -> Double? {
+    let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+    return (object?["loss"] as? NSNumber)?.doubleValue
+  }
+  let (ours, reference) = (try #require(loss(ran.stdout)), try #require(loss(grad.stdout)))
+  #expect(abs(ours - reference) <= 1e-5 * abs(reference))
+  #expect(FileManager.default.fileExists(atPath: gradients))
+}
+
+@Test func bundlesRefuseAnotherBaseModelAndBadInput() throws {
+  let model = try modelPath()
+  let bundle = temporary(".lorac")
+  let copy = temporary(".gguf")
+  defer { for path in [bundle, copy] { try? FileManager.default.removeItem(atPath: path) } }
+  #expect(try lorac(["compile", model, "--seq", "2", "-o", bundle]).status == 0)
+  // The same size, one byte different.
+  var bytes = try Data(contentsOf: URL(fileURLWithPath: model))
+  bytes[bytes.count / 2] ^= 0x01
+  try bytes.write(to: URL(fileURLWithPath: copy))
+  bytes = Data()
+  let moved = try lorac([
+    "run", bundle, "--ids", "1,2", "--out", temporary(".npy"), "--model", copy,
+  ])
+  #expect(moved.status == 1)
+  #expect(moved.stderr.hasPrefix("error: \(copy) is not the model \(bundle) was compiled for"))
+  let truncated = temporary(".lorac")
+  defer { try? FileManager.default.removeItem(atPath: truncated) }
+  try Data(try Data(contentsOf: URL(fileURLWithPath: bundle)).prefix(500)).write(
+    to: URL(fileURLWithPath: truncated))
+  let cases: [([String], String)] = [
+    (["run", bundle, "--ids", "1,2,3"], "error: --ids: the bundle takes 1 x 2 = 2 ids, got 3\n"),
+    (["run", bundle, "--ids", "1,99999"], "error: --ids: token 99999 is out of range 0..<49152\n"),
+    (["run", bundle, "--ids", "1,2"], "error: --out: where to write the logits (.npy)\n"),
+    (["run", "/nonexistent.lorac", "--ids", "1"], "error: /nonexistent.lorac: "),
+    (["run", truncated, "--ids", "1"], "error: \(truncated): header length "),
+    (["run", model, "--ids", "1"], "(expected a .lorac bundle from lorac compile)\n"),
+    (
+      ["compile", model, "--pipeline", "fuse,fold", "-o", temporary(".lorac")],
+      "unknown pass 'fold'"
+    ),
+    (
+      ["compile", model, "--loss", "-o", temporary(".lorac")],
+      "error: --pipeline 'fuse' does not differentiate the loss (add autodiff{loss=loss})\n"
+    ),
+  ]
+  for (arguments, message) in cases {
+    let result = try lorac(arguments)
+    #expect(result.status == 1, "\(arguments)")
+    #expect(
+      result.stderr.hasPrefix(message) || result.stderr.contains(message),
+      "\(arguments): \(result.stderr)")
+  }
+}
