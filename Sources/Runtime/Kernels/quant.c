@@ -510,7 +510,8 @@ LC_AVX512 INLINE void q4_1_row_avx512(const lc_qjob *job, const float *prep, int
     }
 #define Q4_1_AVX512(j, acc)                                                                    \
   {                                                                                            \
-    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + 20 * (c0 + (j)) + 4))); \
+    const uint8_t *qs = row + 20 * (c0 + (j)) + 4;                                             \
+    __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));                    \
     __m512 lo = _mm512_permutexvar_ps(c, iota), all = _mm512_cvtepi32_ps(c);                   \
     __m512 scale = _mm512_set1_ps(scales[j]);                                                  \
     for (int i = 0; i < M; i++) {                                                              \
@@ -601,8 +602,10 @@ LC_AVX512 INLINE void q4_k_row_avx512(const lc_qjob *job, const float *prep, int
       __m512 sl = _mm512_set1_ps(scales[2 * c]), sh = _mm512_set1_ps(scales[2 * c + 1]);       \
       for (int i = 0; i < M; i++) {                                                            \
         const float *x = job->a + i * job->k + 256 * (b0 + (b)) + 64 * c;                      \
-        __m512 pl = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(x + 16), _mm512_mul_ps(lo0, _mm512_loadu_ps(x))); \
-        __m512 ph = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(x + 48), _mm512_mul_ps(hi0, _mm512_loadu_ps(x + 32))); \
+        __m512 pl = _mm512_fmadd_ps(lo1, _mm512_loadu_ps(x + 16),                              \
+                                    _mm512_mul_ps(lo0, _mm512_loadu_ps(x)));                   \
+        __m512 ph = _mm512_fmadd_ps(hi1, _mm512_loadu_ps(x + 48),                              \
+                                    _mm512_mul_ps(hi0, _mm512_loadu_ps(x + 32)));              \
         acc[i] = _mm512_fmadd_ps(ph, sh, _mm512_fmadd_ps(pl, sl, acc[i]));                     \
       }                                                                                        \
     }                                                                                          \
@@ -627,14 +630,16 @@ LC_AVX512 INLINE void q6_k_row_avx512(const lc_qjob *job, const float *prep, int
     const uint8_t *block = row + 210 * (b);                                                    \
     float scales[16];                                                                          \
     __m512 d = _mm512_cvtph_ps(_mm256_set1_epi16((short)load16(block + 208)));                 \
-    _mm512_storeu_ps(scales, _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(         \
-                                                  _mm_loadu_si128((const __m128i *)(block + 192)))))); \
+    __m512i s8 = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(block + 192)));         \
+    _mm512_storeu_ps(scales, _mm512_mul_ps(d, _mm512_cvtepi32_ps(s8)));                         \
     for (int n = 0; n < 2; n++) {                                                              \
       for (int h = 0; h < 2; h++) {                                                            \
         int l = 16 * h;                                                                        \
-        __m512i lw = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(block + 64 * n + l))); \
-        __m512i l2 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(block + 64 * n + l + 32))); \
-        __m512i hw = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(block + 128 + 32 * n + l))); \
+        const __m128i *low = (const __m128i *)(block + 64 * n + l);                            \
+        __m512i lw = _mm512_cvtepu8_epi32(_mm_loadu_si128(low));                               \
+        __m512i l2 = _mm512_cvtepu8_epi32(_mm_loadu_si128(low + 2));                           \
+        __m512i hw = _mm512_cvtepu8_epi32(                                                     \
+            _mm_loadu_si128((const __m128i *)(block + 128 + 32 * n + l)));                     \
         __m512 q[4];                                                                           \
         q[0] = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_or_si512(_mm512_and_si512(lw, low4), \
             _mm512_slli_epi32(_mm512_and_si512(hw, two), 4)), bias));                          \
@@ -661,18 +666,22 @@ LC_AVX512 INLINE void q6_k_row_avx512(const lc_qjob *job, const float *prep, int
 
 /// Instantiates a rows function of a row kernel for every m <= LC_SMALL_M (constant M lets the
 /// compiler keep the accumulators in registers).
+#define ROWS_CASE(row_fn, M)                                                                   \
+  case M:                                                                                      \
+    for (int64_t r = r0; r < r1; r++) row_fn(job, prep, M, r, b0, blocks, accumulate);         \
+    break;
 #define ROWS_FN(name, row_fn, target)                                                          \
   target static void name(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,      \
                           int64_t b0, int64_t blocks, int accumulate) {                        \
     switch (job->m) {                                                                          \
-      case 1: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 1, r, b0, blocks, accumulate); break; \
-      case 2: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 2, r, b0, blocks, accumulate); break; \
-      case 3: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 3, r, b0, blocks, accumulate); break; \
-      case 4: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 4, r, b0, blocks, accumulate); break; \
-      case 5: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 5, r, b0, blocks, accumulate); break; \
-      case 6: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 6, r, b0, blocks, accumulate); break; \
-      case 7: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 7, r, b0, blocks, accumulate); break; \
-      default: for (int64_t r = r0; r < r1; r++) row_fn(job, prep, 8, r, b0, blocks, accumulate); break; \
+      ROWS_CASE(row_fn, 1)                                                                     \
+      ROWS_CASE(row_fn, 2)                                                                     \
+      ROWS_CASE(row_fn, 3)                                                                     \
+      ROWS_CASE(row_fn, 4)                                                                     \
+      ROWS_CASE(row_fn, 5)                                                                     \
+      ROWS_CASE(row_fn, 6)                                                                     \
+      ROWS_CASE(row_fn, 7)                                                                     \
+      ROWS_CASE(row_fn, 8)                                                                     \
     }                                                                                          \
   }
 
