@@ -92,8 +92,9 @@ void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
 
 void lc_matmul_quantized(int dtype, float *out, const float *a, const void *w, int64_t m,
                          int64_t n, int64_t k, float *scratch, int64_t chunk) {
-  if (m <= 4 || chunk <= 0) {
-    for (int64_t i = 0; i < m; i++) lc_matvec_quantized(dtype, out + i * n, a + i * k, w, n, k);
+  if (m <= 8 || chunk <= 0) {
+    // Few rows (decoding): one pass over the blocks serves every row.
+    lc_matmul_quantized_small(dtype, out, a, w, m, n, k);
     return;
   }
   int64_t row_bytes = lc_row_bytes(dtype, k);
