@@ -46,9 +46,8 @@ struct DecodeSession {
   }
 
   private func compileNew(tokens: Int) throws -> Executable {
-    var graph = try Llama.traceDecoding(
-      model.config, batch: 1, tokens: tokens, context: context,
-      weightType: { model.file.info($0)?.dtype })
+    // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
+    var graph = try model.trace(batch: 1, sequence: tokens)
     if let adapter {
       let selector = try NameSelector(parsing: "{" + adapter.targets.joined(separator: ",") + "}")
       graph = try Lora(
@@ -57,6 +56,7 @@ struct DecodeSession {
       .run(graph).compacted()
     }
     graph = try Fuse().run(graph).compacted()
+    graph = try Decode(context: context).run(graph).compacted()
     let executable = try Executable(graph, constants: try model.weights(for: graph))
     for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
     return executable

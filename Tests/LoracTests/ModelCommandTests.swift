@@ -4,18 +4,6 @@ import Testing
 private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
   .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
 
-/// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure.
-private func model() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
-
 /// A float32 C-order .npy file's values.
 private func readNumPy(_ url: URL) throws -> [Float] {
   let data = try Data(contentsOf: url)
@@ -24,25 +12,25 @@ private func readNumPy(_ url: URL) throws -> [Float] {
 }
 
 @Test func inspectPrintsHyperParametersAndTensors() throws {
-  let text = try lorac(["inspect", try model()])
+  let text = try lorac(["inspect", try cachedModel()])
   #expect(text.status == 0)
   #expect(
     text.stdout.contains("vocab 49152, embedding 576, 30 layers, 9 heads (3 key/value), ffn 1536"))
   #expect(text.stdout.contains("blk.0.attn_q.weight"))
-  let json = try lorac(["inspect", try model(), "--json"])
+  let json = try lorac(["inspect", try cachedModel(), "--json"])
   let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
   #expect((object?["tensors"] as? [Any])?.count == 272)
   #expect((object?["hyperparameters"] as? [String: Any])?["head_count_kv"] as? Int == 3)
 }
 
 @Test func tokenizePrintsIds() throws {
-  let plain = try lorac(["tokenize", try model(), "--text", "mystery_function(123, 456)\n"])
+  let plain = try lorac(["tokenize", try cachedModel(), "--text", "mystery_function(123, 456)\n"])
   #expect(
     plain.stdout
       == "{\"ids\": [2334, 23780, 79, 6607, 24, 33, 34, 35, 28, 216, 36, 37, 38, 25, 198]}\n")
-  let special = try lorac(["tokenize", try model(), "--text", "<|im_end|>", "--add-special"])
+  let special = try lorac(["tokenize", try cachedModel(), "--text", "<|im_end|>", "--add-special"])
   #expect(special.stdout == "{\"ids\": [2]}\n")
-  let literal = try lorac(["tokenize", try model(), "--text", "<|im_end|>"])
+  let literal = try lorac(["tokenize", try cachedModel(), "--text", "<|im_end|>"])
   #expect(literal.stdout != "{\"ids\": [2]}\n")
 }
 
@@ -55,7 +43,8 @@ private func readNumPy(_ url: URL) throws -> [Float] {
   let out = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).npy")
   defer { try? FileManager.default.removeItem(at: out) }
   let result = try lorac([
-    "logits", try model(), "--ids", ids.map(String.init).joined(separator: ","), "--out", out.path,
+    "logits", try cachedModel(), "--ids", ids.map(String.init).joined(separator: ","), "--out",
+    out.path,
     "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path,
   ])
   #expect(result.status == 0, "\(result.stderr)")
@@ -73,7 +62,7 @@ private func readNumPy(_ url: URL) throws -> [Float] {
 }
 
 @Test func modelCommandsRejectBadInput() throws {
-  let path = try model()
+  let path = try cachedModel()
   let out = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).npy")
     .path
   let cases: [([String], String)] = [
@@ -134,7 +123,7 @@ private func readNumPy(_ url: URL) throws -> [Float] {
     "lorac-\(UUID()).safetensors")
   defer { try? FileManager.default.removeItem(at: out) }
   let result = try lorac([
-    "grad", try model(), "--adapter", fixtures.appendingPathComponent("grad_qv_r4").path,
+    "grad", try cachedModel(), "--adapter", fixtures.appendingPathComponent("grad_qv_r4").path,
     "--ids", ids.map(String.init).joined(separator: ","), "--out", out.path,
   ])
   #expect(result.status == 0, "\(result.stderr)")
@@ -193,7 +182,7 @@ struct SafetensorsReader {
     let ids = try #require(prompt["ids"] as? [Int])
     let greedy = try #require(prompt["greedy"] as? [Int])
     let result = try lorac([
-      "generate", try model(), "--prompt-ids", ids.map(String.init).joined(separator: ","),
+      "generate", try cachedModel(), "--prompt-ids", ids.map(String.init).joined(separator: ","),
       "--max-tokens", String(greedy.count), "--json",
     ])
     #expect(result.status == 0, "\(result.stderr)")
@@ -205,12 +194,13 @@ struct SafetensorsReader {
 
 @Test func generateStreamsTextAndStopsAtStopStrings() throws {
   let plain = try lorac([
-    "generate", try model(), "--prompt", "The capital of France is", "--max-tokens", "32",
+    "generate", try cachedModel(), "--prompt", "The capital of France is", "--max-tokens", "32",
   ])
   #expect(plain.status == 0)
   #expect(plain.stdout == " Paris.\n\nThe answer is: 2018-01-22 12:12:53.\n")
   let stopped = try lorac([
-    "generate", try model(), "--prompt", "The capital of France is", "--max-tokens", "32", "--stop",
+    "generate", try cachedModel(), "--prompt", "The capital of France is", "--max-tokens", "32",
+    "--stop",
     "answer",
   ])
   #expect(stopped.stdout == " Paris.\n\nThe \n")
@@ -218,22 +208,22 @@ struct SafetensorsReader {
     "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--seed", "7", "--json",
   ]
   let first = try lorac(
-    ["generate", try model(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
+    ["generate", try cachedModel(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
   let second = try lorac(
-    ["generate", try model(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
+    ["generate", try cachedModel(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
   let ids = { (run: RunResult) in
     (try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])?["ids"]
       as? [Int]
   }
   #expect(first.status == 0 && ids(first) != nil && ids(first) == ids(second))
   let bad: [([String], String)] = [
-    (["generate", try model()], "Error: give exactly one of --prompt and --prompt-ids"),
+    (["generate", try cachedModel()], "Error: give exactly one of --prompt and --prompt-ids"),
     (
-      ["generate", try model(), "--prompt", "x", "--top-p", "1.5"],
+      ["generate", try cachedModel(), "--prompt", "x", "--top-p", "1.5"],
       "Error: --top-p must be in (0, 1], got 1.5"
     ),
     (
-      ["generate", try model(), "--prompt-ids", "1,70000"],
+      ["generate", try cachedModel(), "--prompt-ids", "1,70000"],
       "error: --prompt-ids: token 70000 is out of range 0..<49152"
     ),
   ]
@@ -256,7 +246,8 @@ struct SafetensorsReader {
   """.write(to: data, atomically: true, encoding: .utf8)
   let out = folder.appendingPathComponent("adapter")
   let train = try lorac([
-    "train", try model(), "--data", data.path, "--out", out.path, "--steps", "3", "--batch", "2",
+    "train", try cachedModel(), "--data", data.path, "--out", out.path, "--steps", "3", "--batch",
+    "2",
     "--rank", "4", "--targets", "layers.{0,1}.attn.{q,v}",
   ])
   #expect(train.status == 0, "\(train.stderr)")
@@ -276,13 +267,13 @@ struct SafetensorsReader {
   let b = try weights.floats("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
   #expect(b.contains { $0 != 0 })
   let eval = try lorac([
-    "eval", try model(), "--adapter", out.path, "--task", "mystery_function", "--count", "3",
+    "eval", try cachedModel(), "--adapter", out.path, "--task", "mystery_function", "--count", "3",
     "--json",
   ])
   #expect(eval.status == 0, "\(eval.stderr)")
   #expect(eval.stdout.contains("\"examples\": 3"))
   let generate = try lorac([
-    "generate", try model(), "--adapter", out.path, "--prompt", "Hi", "--max-tokens", "3",
+    "generate", try cachedModel(), "--adapter", out.path, "--prompt", "Hi", "--max-tokens", "3",
   ])
   #expect(generate.status == 0)
 }
@@ -297,24 +288,27 @@ struct SafetensorsReader {
   let out = folder.appendingPathComponent("out").path
   let cases: [([String], String)] = [
     (
-      ["train", try model(), "--data", data.path, "--out", out],
+      ["train", try cachedModel(), "--data", data.path, "--out", out],
       "error: \(data.path):2: not valid JSON (offset 23: unterminated string)\n"
     ),
     (
-      ["train", try model(), "--task", "addition", "--out", out],
+      ["train", try cachedModel(), "--task", "addition", "--out", out],
       "Error: unknown --task 'addition' (known: mystery_function)"
     ),
-    (["train", try model(), "--out", out], "Error: give exactly one of --data and --task"),
+    (["train", try cachedModel(), "--out", out], "Error: give exactly one of --data and --task"),
     (
-      ["train", try model(), "--task", "mystery_function", "--out", out, "--rank", "0"],
+      ["train", try cachedModel(), "--task", "mystery_function", "--out", out, "--rank", "0"],
       "Error: --rank must be at least 1, got 0"
     ),
     (
-      ["train", try model(), "--task", "mystery_function", "--out", out, "--targets", "nothing.*"],
+      [
+        "train", try cachedModel(), "--task", "mystery_function", "--out", out, "--targets",
+        "nothing.*",
+      ],
       "error: lora: no matmul named like 'nothing.*'"
     ),
     (
-      ["eval", try model(), "--task", "mystery_function", "--adapter", "/nonexistent"],
+      ["eval", try cachedModel(), "--task", "mystery_function", "--adapter", "/nonexistent"],
       "error: /nonexistent: no adapter_config.json (expected a PEFT adapter directory)\n"
     ),
   ]
@@ -328,7 +322,7 @@ struct SafetensorsReader {
 @Test func dumpIRRunsAPipelineOnTheModel() throws {
   let pipeline = "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},freeze,autodiff,dce"
   let result = try lorac([
-    "dump-ir", try model(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline,
+    "dump-ir", try cachedModel(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline,
     "--after", "lora",
   ])
   #expect(result.status == 0, "\(result.stderr)")
@@ -345,10 +339,10 @@ struct SafetensorsReader {
   let check = try lorac(["check-ir", "-"], stdin: result.stdout)
   #expect(check.status == 0)
   #expect(check.stdout == result.stdout)
-  let unknown = try lorac(["dump-ir", try model(), "--pipeline", "lora,fold"])
+  let unknown = try lorac(["dump-ir", try cachedModel(), "--pipeline", "lora,fold"])
   #expect(unknown.status == 1)
   #expect(
     unknown.stderr
-      == "error: unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, autodiff, dce, cse)\n"
+      == "error: unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, decode, autodiff, dce, cse)\n"
   )
 }

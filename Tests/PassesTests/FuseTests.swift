@@ -259,3 +259,62 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
   let lora = try Pipeline(parsing: "lora{rank=2,alpha=4,targets=fc,seed=7}").run(try fcGraph())
   #expect(try Reassociate().run(lora) == lora)
 }
+
+@Test func decodePassMatchesTheDecodingTracer() throws {
+  // The forward graph, fused and turned into a decoding graph, computes what the hand-written
+  // decoding tracer computes: same inputs, same cache names, same logits of the last new token.
+  let config = LlamaConfig(
+    vocabularySize: 11, embeddingLength: 8, layerCount: 2, headCount: 2, keyValueHeadCount: 1,
+    feedForwardLength: 12)
+  for tokens in [1, 3] {
+    let traced = try Llama.traceDecoding(config, batch: 2, tokens: tokens, context: 5)
+    let forward = try Llama.trace(config, batch: 2, sequence: tokens)
+    let decoded = try Pipeline(parsing: "fuse,decode{context=5}").run(forward)
+    #expect(Fuse.census(decoded)["attention"] == 2)
+    #expect(
+      Set(decoded.declarations.filter { $0.kind == .state }.map(\.name))
+        == Set(traced.declarations.filter { $0.kind == .state }.map(\.name)))
+    #expect(decoded.inputs.map(\.name) == traced.inputs.map(\.name))
+    #expect(decoded.type(of: decoded.outputs[0]) == TensorType(.f32, [2, 11]))
+    var values = weights(traced, seed: 8)
+    var generator = SplitMix64(seed: 9)
+    values["tokens"] = DenseTensor(
+      shape: [2, tokens], ints: (0..<(2 * tokens)).map { _ in Int32(generator.next() % 11) })
+    values["positions"] = DenseTensor(
+      shape: [2, tokens], ints: (0..<(2 * tokens)).map { Int32($0 % tokens + 2) })
+    values["cache_start"] = DenseTensor(shape: [4], ints: [0, 0, 2, 0])
+    values["key_mask"] = DenseTensor(
+      shape: [2, tokens, 5],
+      ints: (0..<(2 * tokens * 5)).map { index in
+        let (query, slot) = (index / 5 % tokens, index % 5)
+        return slot <= 2 + query ? 1 : 0
+      })
+    for declaration in traced.declarations where declaration.kind == .state {
+      let type = traced.type(of: declaration.value)
+      values[declaration.name] = DenseTensor(
+        dtype: .f32, shape: type.shape,
+        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+    }
+    let interpreter = Interpreter(precision: .f64)
+    #expect(
+      difference(
+        try interpreter.run(decoded, bindings: values),
+        try interpreter.run(traced, bindings: values)) < 1e-12)
+  }
+  // Bad input: no attention to cache (not fused), and a context smaller than the new tokens.
+  let unfused = try Llama.trace(config, batch: 1, sequence: 3)
+  func message(_ body: () throws -> Graph) -> String {
+    do {
+      _ = try body()
+      return "no error"
+    } catch {
+      return (error as? PassError)?.message ?? "\(error)"
+    }
+  }
+  #expect(
+    message { try Decode(context: 8).run(unfused) }
+      == "decode: no attention op to give a cache (run fuse first)")
+  #expect(
+    message { try Pipeline(parsing: "fuse,decode{context=2}").run(unfused) }
+      == "decode: 3 new tokens do not fit a context of 2")
+}

@@ -110,7 +110,7 @@ private func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [V
   let cases: [(String, String)] = [
     (
       "lora,fold",
-      "unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, autodiff, dce, cse)"
+      "unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, decode, autodiff, dce, cse)"
     ),
     (
       "lora{rank=8,alpah=16}",
