@@ -12,6 +12,8 @@ extension KernelBenchmarks {
       results.append(try swiglu(rows: 512, width: 1536, runs: runs))
       results.append(try crossEntropy(rows: 512, vocabulary: 49_152, runs: runs))
       results.append(try crossEntropyGradient(rows: 512, vocabulary: 49_152, runs: runs))
+      results.append(try attention(batch: 1, sequence: 128, runs: runs))
+      results.append(try attention(batch: 16, sequence: 32, runs: runs))
       for (k, n) in [(576, 576), (576, 1536)] {
         results.append(try loraLinear(m: 512, k: k, n: n, rank: 8, runs: runs))
       }
@@ -128,6 +130,42 @@ extension KernelBenchmarks {
       "xent_grad_\(rows)x\(vocabulary)",
       try compare(fused, primitive, runs: runs, intLimit: vocabulary),
       work: Double(2 * rows * vocabulary * 4), unit: "byte", runs: runs)
+  }
+
+  /// Causal grouped-query attention (SmolLM2: 9 query heads over 3 key/value heads of 64) against
+  /// the tracer's sequence: heads expanded by broadcast, scores by batched matmul, scale, mask,
+  /// softmax, values by batched matmul.
+  static func attention(batch: Int, sequence: Int, runs: Int) throws -> BenchmarkResult {
+    let (heads, groups, width) = (9, 3, 64)
+    let shapes = [
+      [batch, heads, sequence, width], [batch, sequence, groups, width],
+      [batch, sequence, groups, width],
+    ]
+    func causal(_ b: GraphBuilder) throws -> Tensor {
+      try b.iota(shape: [sequence, sequence], axis: 1).compare(
+        .le, b.iota(shape: [sequence, sequence], axis: 0))
+    }
+    let scale = 1 / Double(width).squareRoot()
+    let fused = try graph(shapes) { b, x in
+      let (k, v) = (try x[1].transposed([0, 2, 1, 3]), try x[2].transposed([0, 2, 1, 3]))
+      return try b.emit(
+        .attention(scale: scale),
+        [.value(x[0].value), .value(k.value), .value(v.value), .value(try causal(b).value)])
+    }
+    let primitive = try graph(shapes) { b, x in
+      func expand(_ t: Tensor) throws -> Tensor {
+        try t.reshaped([batch, sequence, groups, 1, width])
+          .broadcast(to: [batch, sequence, groups, heads / groups, width])
+          .reshaped([batch, sequence, heads, width]).transposed([0, 2, 1, 3])
+      }
+      let scores = try matmul(x[0], expand(x[1]), transposeB: true) * scale
+      let masked = try b.emit(
+        .select, [.value(try causal(b).value), .value(scores.value), .scalar(-.infinity)])[0]
+      return [try matmul(IR.softmax(masked), expand(x[2]))]
+    }
+    return result(
+      "attention_\(batch)x\(sequence)_gqa", try compare(fused, primitive, runs: runs),
+      work: 4.0 * Double(batch * heads * sequence * sequence * width), unit: "flop", runs: runs)
   }
 
   /// `lora_linear` against `x W^T + s (x A) B` as three GEMMs, a scale and an add.

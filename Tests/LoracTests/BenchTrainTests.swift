@@ -1,20 +1,9 @@
 import Foundation
 import Testing
 
-private func modelPath() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
-
 @Test func benchTrainReportsAJSONObjectWithItsFigures() throws {
   let result = try lorac([
-    "bench", "train", try modelPath(), "--batch", "2", "--seq", "8", "--runs", "1", "--json",
+    "bench", "train", try cachedModel(), "--batch", "2", "--seq", "8", "--runs", "1", "--json",
   ])
   #expect(result.status == 0, "\(result.stderr)")
   let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
@@ -27,7 +16,7 @@ private func modelPath() throws -> String {
 }
 
 @Test func benchTrainRejectsBadFlags() throws {
-  let path = try modelPath()
+  let path = try cachedModel()
   let cases: [([String], String)] = [
     (["--batch", "0"], "--batch must be at least 1, got 0"),
     (["--threads", "0"], "--threads must be at least 1, got 0"),

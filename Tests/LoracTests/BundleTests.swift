@@ -4,23 +4,12 @@ import Testing
 private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
   .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
 
-private func modelPath() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
-
 private func temporary(_ suffix: String) -> String {
   FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())\(suffix)").path
 }
 
 @Test func aCompiledBundleRunsLikeTheTracedModel() throws {
-  let model = try modelPath()
+  let model = try cachedModel()
   let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
   let (bundle, ours, reference) = (temporary(".lorac"), temporary(".npy"), temporary(".npy"))
   defer {
@@ -50,7 +39,7 @@ private func temporary(_ suffix: String) -> String {
 }
 
 @Test func aCompiledTrainBundleGivesTheLossOfLoracGrad() throws {
-  let model = try modelPath()
+  let model = try cachedModel()
   let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
   let (bundle, gradients) = (temporary(".lorac"), temporary(".safetensors"))
   defer { for path in [bundle, gradients] { try? FileManager.default.removeItem(atPath: path) } }
@@ -75,7 +64,7 @@ private func temporary(_ suffix: String) -> String {
 }
 
 @Test func bundlesRefuseAnotherBaseModelAndBadInput() throws {
-  let model = try modelPath()
+  let model = try cachedModel()
   let bundle = temporary(".lorac")
   let copy = temporary(".gguf")
   defer { for path in [bundle, copy] { try? FileManager.default.removeItem(atPath: path) } }

@@ -1,6 +1,18 @@
 import Foundation
 import Testing
 
+/// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure.
+func cachedModel() throws -> String {
+  let path =
+    ProcessInfo.processInfo.environment["LORAC_MODEL"]
+    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  guard FileManager.default.fileExists(atPath: path) else {
+    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
+    throw CancellationError()
+  }
+  return path
+}
+
 /// The output of one run of the built `lorac` executable.
 struct RunResult {
   var status: Int32

@@ -4,7 +4,7 @@ import Testing
 @Test func evalReportsTheMaskedLossAndPerplexityOfTheCompletions() throws {
   let folder = try trainingFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let model = try trainingModel()
+  let model = try cachedModel()
   let adapter = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
     .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm/peft_qv_r4").path
   let cases = [(">>> mystery_function(12, 30)\n", "42"), ("The capital of France is", " Paris")]

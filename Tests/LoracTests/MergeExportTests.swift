@@ -4,18 +4,6 @@ import Testing
 private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
   .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
 
-/// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure.
-private func model() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
-
 private func temporaryFolder() throws -> URL {
   let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
   try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
@@ -108,7 +96,7 @@ private struct TestGGUF {
   defer { try? FileManager.default.removeItem(at: folder) }
   let adapter = folder.appendingPathComponent("adapter")
   let train = try lorac([
-    "train", try model(), "--task", "mystery_function", "--out", adapter.path, "--steps", "3",
+    "train", try cachedModel(), "--task", "mystery_function", "--out", adapter.path, "--steps", "3",
     "--batch", "2", "--rank", "4", "--targets", "layers.{0,1}.{attn.{q,k,v,o},mlp.{gate,up,down}}",
   ])
   #expect(train.status == 0, "\(train.stderr)")
@@ -118,7 +106,7 @@ private struct TestGGUF {
   #expect(qB.contains { $0 != 0 }, "training left B at zero")
 
   let merged = folder.appendingPathComponent("merged.gguf")
-  let merge = try lorac(["merge", try model(), "--adapter", adapter.path, "-o", merged.path])
+  let merge = try lorac(["merge", try cachedModel(), "--adapter", adapter.path, "-o", merged.path])
   #expect(merge.status == 0, "\(merge.stderr)")
   #expect(merge.stdout.isEmpty)
   #expect(
@@ -134,8 +122,8 @@ private struct TestGGUF {
     return try readNumPy(out)
   }
   let fromMerge = try logits([merged.path])
-  let fromAdapter = try logits([try model(), "--adapter", adapter.path])
-  let base = try logits([try model()])
+  let fromAdapter = try logits([try cachedModel(), "--adapter", adapter.path])
+  let base = try logits([try cachedModel()])
   #expect(fromMerge.count == 12 * 49152 && fromAdapter.count == fromMerge.count)
   let difference = zip(fromMerge, fromAdapter).map { abs($0 - $1) }.max() ?? .infinity
   let effect = zip(base, fromAdapter).map { abs($0 - $1) }.max() ?? 0
@@ -145,7 +133,7 @@ private struct TestGGUF {
   // The llama.cpp adapter: metadata, names, shapes (ne) and q/k lora_b rows in GGUF order.
   let exported = folder.appendingPathComponent("adapter.gguf")
   let export = try lorac([
-    "export", adapter.path, "--gguf-adapter", exported.path, "--model", try model(),
+    "export", adapter.path, "--gguf-adapter", exported.path, "--model", try cachedModel(),
   ])
   #expect(export.status == 0, "\(export.stderr)")
   let file = try TestGGUF(path: exported.path)
@@ -221,7 +209,7 @@ private func writeAdapter(_ folder: URL, rank: Int, tensors: [(String, [Int])]) 
 }
 
 @Test func mergeAndExportRejectBadInputWithoutPartialFiles() throws {
-  let path = try model()
+  let path = try cachedModel()
   let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let fixture = fixtures.appendingPathComponent("peft_qv_r4").path

@@ -1,18 +1,6 @@
 import Foundation
 import Testing
 
-/// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure.
-func trainingModel() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
-
 /// A fresh temporary folder.
 func trainingFolder() throws -> URL {
   let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
@@ -54,7 +42,7 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("data.jsonl")
   try writeTrainingData(data)
-  let common = ["train", try trainingModel(), "--data", data.path, "--steps", "6"] + tinyTraining
+  let common = ["train", try cachedModel(), "--data", data.path, "--steps", "6"] + tinyTraining
   let straight = folder.appendingPathComponent("straight")
   let whole = try lorac(common + ["--out", straight.path, "--save-every", "2"])
   #expect(whole.status == 0, "\(whole.stderr)")
@@ -70,7 +58,7 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
   #expect(try trainingMetricFields(split).count == 3)
   // Only the model, data and folder are repeated: the settings come from the state.
   let second = try lorac([
-    "train", try trainingModel(), "--data", data.path, "--out", split.path, "--resume",
+    "train", try cachedModel(), "--data", data.path, "--out", split.path, "--resume",
     "--threads", "2",
   ])
   #expect(second.status == 0, "\(second.stderr)")
@@ -112,7 +100,7 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
   let data = folder.appendingPathComponent("data.jsonl")
   try writeTrainingData(data)
   let out = folder.appendingPathComponent("out")
-  let model = try trainingModel()
+  let model = try cachedModel()
   let start = try lorac(
     ["train", model, "--data", data.path, "--out", out.path, "--steps", "2"] + tinyTraining)
   #expect(start.status == 0, "\(start.stderr)")

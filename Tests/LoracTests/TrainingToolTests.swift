@@ -121,7 +121,7 @@ private func checkLossCurve(_ folder: URL) throws {
   try writeTrainingData(data)
   let out = folder.appendingPathComponent("out")
   let common = [
-    "train", try trainingModel(), "--data", data.path, "--steps", "12", "--batch", "1", "--seq",
+    "train", try cachedModel(), "--data", data.path, "--steps", "12", "--batch", "1", "--seq",
     "10", "--rank", "2", "--targets", "layers.{0,1}.attn.{q,v}", "--lr", "0.01", "--threads", "1",
   ]
   let process = Process()
@@ -179,7 +179,7 @@ private func checkLossCurve(_ folder: URL) throws {
 @Test func accumulatedMicroBatchesMatchOneBatchOfTheirUnion() throws {
   let folder = try trainingFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let model = try trainingModel()
+  let model = try cachedModel()
   // Two examples with the same number of weighted (completion) tokens: the mean loss of a batch
   // of both equals the mean of their two losses, so the gradients agree too.
   let pair = folder.appendingPathComponent("pair.jsonl")
@@ -236,7 +236,7 @@ private func checkLossCurve(_ folder: URL) throws {
   process.executableURL = loracExecutable()
   process.arguments =
     [
-      "train", try trainingModel(), "--data", data.path, "--out",
+      "train", try cachedModel(), "--data", data.path, "--out",
       folder.appendingPathComponent("out").path, "--steps", "3",
     ] + tinyTraining
   process.standardError = FileHandle(fileDescriptor: terminal, closeOnDealloc: false)

@@ -83,9 +83,16 @@ void lc_swiglu_grad_f32(float *dgate, float *dup, const float *gate, const float
 
 /// The row's maximum and sum of e^(x - max).
 LC_CLONES static void row_statistics(const float *x, int64_t v, float *maximum, float *sum) {
+  // Sixteen running maxima (a max reduction does not vectorise when NaNs must be honoured).
+  float lanes[16];
+  for (int l = 0; l < 16; l++) lanes[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + 16 <= v; j += 16) {
+    for (int l = 0; l < 16; l++) lanes[l] = x[j + l] > lanes[l] ? x[j + l] : lanes[l];
+  }
   float m = -INFINITY;
-#pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < v; j++) m = x[j] > m ? x[j] : m;
+  for (int l = 0; l < 16; l++) m = lanes[l] > m ? lanes[l] : m;
+  for (; j < v; j++) m = x[j] > m ? x[j] : m;
   float s = 0.0f;
 #pragma omp simd reduction(+ : s)
   for (int64_t j = 0; j < v; j++) s += lc_exp(x[j] - m);

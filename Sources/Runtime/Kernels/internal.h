@@ -11,29 +11,6 @@
 #define LC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LC_CLONES
-/// e^x without branches or calls, so loops over it vectorise (Cephes' expf polynomial, ~1 ulp):
-/// x = n ln2 + r, |r| <= ln2/2, e^x = 2^n e^r. Inputs below -87.33 (e^x under FLT_MIN, and -inf)
-/// give 0; inputs above 88 give e^88 (callers pass x <= 0, or the argument of a sigmoid, where
-/// that is exact to float precision).
-static inline float lc_exp(float x) {
-  float clamped = x > 88.0f ? 88.0f : x;
-  clamped = clamped < -87.33654f ? -87.33654f : clamped;
-  // Round-to-nearest by the 1.5 * 2^23 trick: the integer lands in the low mantissa bits.
-  union { float f; int32_t i; } shifter = {.f = clamped * 1.44269504088896341f + 12582912.0f};
-  float n = shifter.f - 12582912.0f;
-  int32_t exponent = shifter.i - 0x4B400000;
-  float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  union { int32_t i; float f; } scale = {.i = (exponent + 127) << 23};
-  return x < -87.33654f ? 0.0f : p * scale.f;
-}
-
 #endif
 
 // Elements per parallel task, and the size below which a loop stays on one thread.
