@@ -1,7 +1,8 @@
 import Foundation
 
 /// Writes `data` to `url` crash-safely: into a temporary file in the same folder, flushed to disk,
-/// then renamed over the target, so readers see the old file or the new one, never a part.
+/// then renamed over the target (and the folder flushed), so readers see the old file or the new
+/// one, never a part.
 public func writeAtomically(_ data: Data, to url: URL) throws(FileError) {
   let folder = url.deletingLastPathComponent()
   let temporary = folder.appendingPathComponent(
@@ -22,5 +23,11 @@ public func writeAtomically(_ data: Data, to url: URL) throws(FileError) {
     let reason = String(cString: strerror(errno))
     try? FileManager.default.removeItem(at: temporary)
     throw FileError(message: "\(url.path): cannot rename into place: \(reason)")
+  }
+  // The rename lives in the folder: flush it too, so the new name survives a power loss.
+  let directory = open(folder.path, O_RDONLY)
+  if directory >= 0 {
+    _ = fsync(directory)
+    close(directory)
   }
 }
