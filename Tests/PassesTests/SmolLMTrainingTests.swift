@@ -20,6 +20,40 @@ private func modelPath() throws -> String {
 private let attentionPipeline =
   "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o},seed=1},freeze,autodiff{loss=loss},dce"
 
+/// The values computed from both `A` and `B` of `target` that have the weight's [in, out] shape
+/// (or its transpose).
+private func adapterProducts(_ graph: Graph, _ target: String) throws -> [[Int]] {
+  let a = try #require(graph.declaration(named: target + ".lora_a")).value
+  let b = try #require(graph.declaration(named: target + ".lora_b")).value
+  let (inputs, outputs) = (graph.type(of: a).shape[0], graph.type(of: b).shape[1])
+  var fromA: Set<Value> = [a]
+  var fromB: Set<Value> = [b]
+  for instruction in graph.body {
+    let operands = instruction.operands.compactMap(\.value)
+    if operands.contains(where: fromA.contains) { fromA.formUnion(instruction.results) }
+    if operands.contains(where: fromB.contains) { fromB.formUnion(instruction.results) }
+  }
+  return fromA.intersection(fromB).map { graph.type(of: $0).shape }.filter {
+    $0 == [inputs, outputs] || $0 == [outputs, inputs]
+  }
+}
+
+@Test func smolLMDecodeGraphsNeverFormAB() throws {
+  // The prefill and step graphs generate compiles: lora on q, k, v, o, fuse, decode.
+  let model = try LlamaModel(path: try modelPath())
+  for tokens in [1, 7] {
+    let graph = try Pipeline(
+      parsing: "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},fuse,decode{context=64}"
+    ).run(try model.trace(batch: 1, sequence: tokens))
+    #expect(Fuse.census(graph)["lora_linear"] == 120)
+    for layer in [0, 17, 29] {
+      for module in ["q", "k", "v", "o"] {
+        #expect(try adapterProducts(graph, "layers.\(layer).attn.\(module)").isEmpty)
+      }
+    }
+  }
+}
+
 @Test func smolLMTrainGraphNeverFormsABNorFrozenWeightGradients() throws {
   let model = try LlamaModel(path: try modelPath())
   let train = try Pipeline(parsing: attentionPipeline).run(
