@@ -56,15 +56,39 @@ public final class Executable {
     self.graph = graph
     adapterFactor.initialize(to: 1)
     let scratch = Executable.scratchBytes(graph)
-    plan = ArenaPlan(graph, scratchBytes: { scratch[$0] ?? 0 })
+    let once = Executable.constantInstructions(graph)
+    hoisted = once
+    // What runs once and is read by later runs keeps its own range for the whole program.
+    var pinned = Set<Value>()
+    for index in once { pinned.formUnion(graph.body[index].results) }
+    plan = ArenaPlan(graph, scratchBytes: { scratch[$0] ?? 0 }, pinned: pinned)
     arena = Executable.mapArena(max(plan.arenaBytes, 64))
     addresses = [UnsafeMutableRawPointer?](repeating: nil, count: graph.types.count)
     // Every stored property is set, so a throw from here on runs deinit, which frees the arena
     // and the buffers made so far.
     try bindStorage(constants: constants)
+    var initial: [Step] = []
     for (index, instruction) in graph.body.enumerated() {
-      if let step = try makeStep(index, instruction) { steps.append(step) }
+      guard let step = try makeStep(index, instruction) else { continue }
+      if once.contains(index) { initial.append(step) } else { steps.append(step) }
     }
+    try run(initial)
+  }
+
+  /// Instructions whose operands depend only on constants and literals (`iota`, `fill`, the
+  /// causal mask, a merged weight `W + s A B` of frozen factors): computed once, when the
+  /// executable is made, and not again by `execute()`.
+  public let hoisted: Set<Int>
+
+  static func constantInstructions(_ graph: Graph) -> Set<Int> {
+    var known = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
+    var result = Set<Int>()
+    for (index, instruction) in graph.body.enumerated()
+    where instruction.operands.allSatisfy({ $0.value.map(known.contains) ?? true }) {
+      result.insert(index)
+      known.formUnion(instruction.results)
+    }
+    return result
   }
 
   deinit {
@@ -76,7 +100,9 @@ public final class Executable {
   // MARK: - Running
 
   /// Runs every kernel once over the current inputs, parameters and state.
-  public func execute() throws(RuntimeError) {
+  public func execute() throws(RuntimeError) { try run(steps) }
+
+  private func run(_ steps: [Step]) throws(RuntimeError) {
     for step in steps {
       if let message = step.run() {
         let instruction = graph.body[step.instruction]

@@ -200,3 +200,32 @@ extension RuntimeSuite {
     #expect(!(try Executable(base, constants: weights)).hasAdapterSwitch)
   }
 }
+
+extension RuntimeSuite {
+  @Test func whatDependsOnlyOnConstantsRunsOnce() throws {
+    // The causal mask (iota, compare) and a product of two constants are computed when the
+    // executable is made; every later run reads them, whatever else the arena holds.
+    let b = GraphBuilder(name: "once")
+    let x = try b.input(name: "x", shape: [6, 6])
+    let c = try b.constant(name: "c", shape: [6, 6])
+    let rows = try b.iota(shape: [6, 6], axis: 0)
+    let mask = try b.iota(shape: [6, 6], axis: 1).compare(.le, rows)
+    let square = try matmul(c, c)
+    let scratch = try (x * 3.0).apply(.exp)
+    let y = try select(mask, matmul(scratch, square), b.fill(-1, shape: []))
+    let graph = try b.finish(outputs: [y])
+    let constant = HostTensor(shape: [6, 6], floats: (0..<36).map { Float($0 % 5) * 0.1 })
+    let executable = try Executable(graph, constants: ["c": constant])
+    let hoisted = executable.hoisted.map { graph.body[$0].op.mnemonic }.sorted()
+    #expect(hoisted == ["fill", "iota", "iota", "le", "matmul"])
+    for seed in [UInt64(1), 2, 3] {
+      let input = randomTensor(TensorType(.f32, [6, 6]), seed: seed)
+      let expected = try Interpreter().run(
+        graph, bindings: ["x": input, "c": DenseTensor(constant)])[0]
+      let actual = try executable.run(inputs: ["x": input.host])[0]
+      for (a, e) in zip(DenseTensor(actual).scalars, expected.scalars) {
+        #expect(abs(a - e) <= 1e-5 * (1 + abs(e)))
+      }
+    }
+  }
+}
