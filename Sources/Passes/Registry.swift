@@ -1,6 +1,7 @@
 /// Every pass a pipeline can name, in one place.
 public let passRegistry: [any Pass.Type] = [
-  Lora.self, Freeze.self, Reassociate.self, Fuse.self, Decode.self, Autodiff.self,
+  Lora.self, Freeze.self, Fold.self, Reassociate.self, Fuse.self, Decode.self, Merge.self,
+  Unmerge.self, Autodiff.self,
   DeadCodeElimination.self,
   CommonSubexpressionElimination.self,
 ]

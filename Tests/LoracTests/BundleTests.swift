@@ -91,8 +91,8 @@ private func temporary(_ suffix: String) -> String {
     (["run", truncated, "--ids", "1"], "error: \(truncated): header length "),
     (["run", model, "--ids", "1"], "(expected a .lorac bundle from lorac compile)\n"),
     (
-      ["compile", model, "--pipeline", "fuse,fold", "-o", temporary(".lorac")],
-      "unknown pass 'fold'"
+      ["compile", model, "--pipeline", "fuse,fsue", "-o", temporary(".lorac")],
+      "unknown pass 'fsue'"
     ),
     (
       ["compile", model, "--loss", "-o", temporary(".lorac")],

@@ -339,10 +339,10 @@ struct SafetensorsReader {
   let check = try lorac(["check-ir", "-"], stdin: result.stdout)
   #expect(check.status == 0)
   #expect(check.stdout == result.stdout)
-  let unknown = try lorac(["dump-ir", try cachedModel(), "--pipeline", "lora,fold"])
+  let unknown = try lorac(["dump-ir", try cachedModel(), "--pipeline", "lora,fsue"])
   #expect(unknown.status == 1)
   #expect(
     unknown.stderr
-      == "error: unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, decode, autodiff, dce, cse)\n"
+      == "error: unknown pass 'fsue' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, dce, cse)\n"
   )
 }

@@ -318,3 +318,74 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
     message { try Pipeline(parsing: "fuse,decode{context=2}").run(unfused) }
       == "decode: 3 new tokens do not fit a context of 2")
 }
+
+@Test func foldRemovesTheSeedProductsOfAutodiff() throws {
+  let pipeline = try Pipeline(
+    parsing: "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},fold")
+  // broadcast(reshape(fill 1)) * fc is fc: the gradient of sum(fc * fc) is fc + fc.
+  let text = Printer().print(try pipeline.run(try fcGraph()))
+  #expect(
+    text == """
+      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
+        const @fc.weight : f32[32,16]
+        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
+        param @fc.lora_b : f32[2,32] {init=zeros}
+        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
+        %2 = mul %1, %1                            : f32[4,32]
+        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
+        %4 = add %1, %1                            : f32[4,32]   "fc.grad"
+        %5 = mul %4, 2.0                           : f32[4,32]
+        %6 = matmul %0, %5 {transpose_a}           : f32[2,32]   "fc.lora_b.grad"
+        %7 = matmul %5, @fc.lora_b {transpose_b}   : f32[4,2]
+        %8 = matmul %x, %7 {transpose_a}           : f32[16,2]   "fc.lora_a.grad"
+        return %3, %8, %6
+      }
+
+      """)
+}
+
+@Test func foldKeepsTheValuesOfTheLlamaTrainGraph() throws {
+  let lora =
+    "lora{rank=2,alpha=4,targets=layers.*.attn.{q,v},seed=1},freeze,fuse,autodiff{loss=loss}"
+  let plain = try Pipeline(parsing: lora + ",dce").run(tinyLlama())
+  let folded = try Pipeline(parsing: lora + ",fold").run(tinyLlama())
+  #expect(folded.body.count < plain.body.count)
+  let values = bindings(plain, seed: 2, limit: 11).merging(weights(plain, seed: 4)) { a, _ in a }
+  let interpreter = Interpreter(precision: .f64)
+  #expect(
+    difference(
+      try interpreter.run(folded, bindings: values), try interpreter.run(plain, bindings: values))
+      < 1e-12)
+}
+
+@Test func mergeBakesTheAdapterInAndUnmergeTakesItOut() throws {
+  let config = LlamaConfig(
+    vocabularySize: 11, embeddingLength: 8, layerCount: 2, headCount: 2, keyValueHeadCount: 1,
+    feedForwardLength: 12)
+  let lora = "lora{rank=2,alpha=4,targets=layers.*.attn.{q,v},seed=1},freeze,fuse"
+  let adapted = try Pipeline(parsing: lora).run(Llama.trace(config, batch: 1, sequence: 3))
+  let merged = try Pipeline(parsing: "merge,dce").run(adapted)
+  #expect(Fuse.census(merged)["lora_linear"] == nil)
+  #expect(merged.body.filter { $0.name?.hasSuffix(".merged_weight") == true }.count == 4)
+  // A . B is formed here, once per target: [8, 2] x [2, 8].
+  #expect(merged.types.contains(TensorType(.f32, [8, 8])))
+  var values = weights(adapted, seed: 5)
+  var generator = SplitMix64(seed: 6)
+  values["tokens"] = DenseTensor(shape: [1, 3], ints: [3, 7, 1])
+  values["positions"] = DenseTensor(shape: [1, 3], ints: [0, 1, 2])
+  for declaration in adapted.declarations where declaration.name.contains("lora_") {
+    let type = adapted.type(of: declaration.value)
+    values[declaration.name] = DenseTensor(
+      dtype: .f32, shape: type.shape,
+      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+  }
+  let interpreter = Interpreter(precision: .f64)
+  let reference = try interpreter.run(adapted, bindings: values)
+  #expect(difference(try interpreter.run(merged, bindings: values), reference) < 1e-12)
+  let unmerged = try Pipeline(parsing: "unmerge").run(merged)
+  #expect(Printer().print(unmerged) == Printer().print(adapted.compacted()))
+  #expect(throws: PassError.self) {
+    try Merge().run(try Llama.trace(config, batch: 1, sequence: 3))
+  }
+  #expect(throws: PassError.self) { try Unmerge().run(adapted) }
+}

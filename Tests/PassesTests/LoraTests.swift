@@ -109,8 +109,8 @@ private func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [V
   #expect(try Pipeline(parsing: text).description == text)
   let cases: [(String, String)] = [
     (
-      "lora,fold",
-      "unknown pass 'fold' (known passes: lora, freeze, reassociate, fuse, decode, autodiff, dce, cse)"
+      "lora,fsue",
+      "unknown pass 'fsue' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, dce, cse)"
     ),
     (
       "lora{rank=8,alpah=16}",
