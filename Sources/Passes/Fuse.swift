@@ -277,12 +277,13 @@ private struct Matcher {
       let source = narrow.operands[0].value
     else { return nil }
     let (b, h, t, d) = (expanded.shape[0], expanded.shape[1], expanded.shape[2], expanded.shape[3])
-    let sourceType = type(source)
-    guard sourceType.rank == 4, sourceType.shape[0] == b, sourceType.shape[1] == t,
-      sourceType.shape[3] == d, sourceType.shape[2] > 0, h % sourceType.shape[2] == 0
-    else { return nil }
-    let g = sourceType.shape[2]
-    guard type(narrow.results[0]).shape == [b, t, g, 1, d],
+    // The narrow form is [B, T, G, 1, D]; its source may have any shape of that size (`fold`
+    // merges the tracer's reshape to [B, T, G, D] into it).
+    let narrowShape = type(narrow.results[0]).shape
+    guard narrowShape.count == 5, narrowShape[3] == 1 else { return nil }
+    let g = narrowShape[2]
+    guard g > 0, h % g == 0, type(source).elementCount == b * t * g * d,
+      narrowShape == [b, t, g, 1, d],
       type(spread.results[0]).shape == [b, t, g, h / g, d],
       type(wide.results[0]).shape == [b, t, h, d]
     else { return nil }
@@ -313,18 +314,25 @@ private struct Matcher {
       guard isInternal(inner, pattern: Set(inner + [anchor])) else { continue }
       var replacement: [Instruction] = []
       if let (k0, kChain) = groupedHeads(keys), let (v0, vChain) = groupedHeads(values),
-        type(k0) == type(v0)
+        type(k0).elementCount == type(v0).elementCount
       {
         // Read the grouped heads in place of the expanded copies: [B, T, G, D] -> [B, G, T, D].
         var heads: [Value] = []
+        let (b, t, d) = (type(keys).shape[0], type(keys).shape[2], type(keys).shape[3])
+        let g = type(k0).elementCount / (b * t * d)
         for source in [k0, v0] {
-          let shape = type(source).shape
-          let transposed = graph.newValue(
-            TensorType(.f32, [shape[0], shape[2], shape[1], shape[3]]))
+          var grouped = source
+          if type(source).shape != [b, t, g, d] {
+            grouped = graph.newValue(TensorType(.f32, [b, t, g, d]))
+            replacement.append(
+              Instruction(
+                results: [grouped], op: .reshape(to: [b, t, g, d]), operands: [.value(source)]))
+          }
+          let transposed = graph.newValue(TensorType(.f32, [b, g, t, d]))
           replacement.append(
             Instruction(
               results: [transposed], op: .transpose(permutation: [0, 2, 1, 3]),
-              operands: [.value(source)]))
+              operands: [.value(grouped)]))
           heads.append(transposed)
         }
         (keys, values) = (heads[0], heads[1])
