@@ -49,7 +49,7 @@ func fcGraph() throws -> Graph {
 }
 
 /// Every value computed from both A and B, following data flow forward from each.
-private func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
+func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
   var fromA: Set<Value> = [a]
   var fromB: Set<Value> = [b]
   for instruction in graph.body {

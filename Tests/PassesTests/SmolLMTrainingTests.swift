@@ -26,14 +26,7 @@ private func adapterProducts(_ graph: Graph, _ target: String) throws -> [[Int]]
   let a = try #require(graph.declaration(named: target + ".lora_a")).value
   let b = try #require(graph.declaration(named: target + ".lora_b")).value
   let (inputs, outputs) = (graph.type(of: a).shape[0], graph.type(of: b).shape[1])
-  var fromA: Set<Value> = [a]
-  var fromB: Set<Value> = [b]
-  for instruction in graph.body {
-    let operands = instruction.operands.compactMap(\.value)
-    if operands.contains(where: fromA.contains) { fromA.formUnion(instruction.results) }
-    if operands.contains(where: fromB.contains) { fromB.formUnion(instruction.results) }
-  }
-  return fromA.intersection(fromB).map { graph.type(of: $0).shape }.filter {
+  return valuesDerivedFromBoth(graph, a, b).map { graph.type(of: $0).shape }.filter {
     $0 == [inputs, outputs] || $0 == [outputs, inputs]
   }
 }
@@ -64,22 +57,9 @@ private func adapterProducts(_ graph: Graph, _ target: String) throws -> [[Int]]
   for layer in [0, 17, 29] {
     for module in ["q", "k", "v", "o"] {
       let target = "layers.\(layer).attn.\(module)"
-      let a = try #require(train.declaration(named: target + ".lora_a")).value
-      let b = try #require(train.declaration(named: target + ".lora_b")).value
-      let (inputs, rank) = (train.type(of: a).shape[0], train.type(of: a).shape[1])
-      let outputs = train.type(of: b).shape[1]
-      #expect(rank == 8)
-      var fromA: Set<Value> = [a]
-      var fromB: Set<Value> = [b]
-      for instruction in train.body {
-        let operands = instruction.operands.compactMap(\.value)
-        if operands.contains(where: fromA.contains) { fromA.formUnion(instruction.results) }
-        if operands.contains(where: fromB.contains) { fromB.formUnion(instruction.results) }
-      }
-      for value in fromA.intersection(fromB) {
-        let shape = train.type(of: value).shape
-        #expect(shape != [inputs, outputs] && shape != [outputs, inputs], "\(target): \(shape)")
-      }
+      #expect(
+        train.declaration(named: target + ".lora_a").map { train.type(of: $0.value).shape[1] } == 8)
+      #expect(try adapterProducts(train, target).isEmpty, "\(target)")
     }
   }
   // Every matmul that reads a frozen weight is either the forward product or the input gradient
