@@ -155,8 +155,10 @@ struct Run: ParsableCommand {
           + "\(fingerprint); expected \(loaded.modelBytes), \(loaded.modelFingerprint))")
     }
     let graph = loaded.graph
-    guard let tokens = graph.inputs.first(where: { $0.name == "tokens" }) else {
-      fail("\(bundle): the graph has no tokens input")
+    guard let tokens = graph.inputs.first(where: { $0.name == "tokens" }),
+      graph.type(of: tokens.value).rank == 2, graph.type(of: tokens.value).dtype == .i32
+    else {
+      fail("\(bundle): the graph has no tokens input of type i32[batch, seq]")
     }
     let shape = graph.type(of: tokens.value).shape
     let (batch, seq) = (shape[0], shape[1])
@@ -196,7 +198,10 @@ struct Run: ParsableCommand {
         try writeAtomically(NumPy.encode(logits), to: URL(fileURLWithPath: out))
         return
       }
-      print("{\"loss\": \(outputs[0].floats()[0])}")
+      guard let loss = outputs.first?.floats().first, outputs[0].type.elementCount == 1 else {
+        fail("\(bundle): its first output is not the scalar loss")
+      }
+      print("{\"loss\": \(loss)}")
       if let out {
         let parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
         let gradients = zip(parameters, outputs.dropFirst()).map { ($0 + ".grad", $1) }

@@ -107,3 +107,31 @@ private func temporary(_ suffix: String) -> String {
       "\(arguments): \(result.stderr)")
   }
 }
+
+@Test func aBundleOfAnotherGraphIsRefusedNotRun() throws {
+  // A bundle whose graph is the tutorials' MLP: well formed, but nothing lorac run can feed.
+  let model = try cachedModel()
+  let (bundle, mlp) = (temporary(".lorac"), temporary(".ir"))
+  defer { for path in [bundle, mlp] { try? FileManager.default.removeItem(atPath: path) } }
+  #expect(try lorac(["compile", model, "--seq", "2", "-o", bundle]).status == 0)
+  let ir = try lorac(["dump-ir", "--example", "mlp"]).stdout
+  // Swap the IR in the bundle's header for the MLP's (same length is not needed: rewrite it).
+  var data = try Data(contentsOf: URL(fileURLWithPath: bundle))
+  let length = Int(data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) })
+  var header = try #require(
+    try JSONSerialization.jsonObject(with: data.subdata(in: 8..<(8 + length))) as? [String: Any])
+  var metadata = try #require(header["__metadata__"] as? [String: String])
+  metadata["lorac.ir"] = ir
+  header = ["__metadata__": metadata]
+  var json = try JSONSerialization.data(withJSONObject: header)
+  json.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - json.count % 8) % 8))
+  data = Data()
+  withUnsafeBytes(of: UInt64(json.count).littleEndian) { data.append(contentsOf: $0) }
+  data.append(json)
+  try data.write(to: URL(fileURLWithPath: bundle))
+  let result = try lorac(["run", bundle, "--ids", "1,2", "--out", temporary(".npy")])
+  #expect(result.status == 1)
+  #expect(
+    result.stderr.contains("parameter") || result.stderr.contains("tokens input"),
+    "\(result.stderr)")
+}
