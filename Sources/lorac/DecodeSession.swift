@@ -13,9 +13,9 @@ struct DecodeSession {
   private let adapter: PEFTAdapter?
   private let compiled = CompiledGraphs()
 
-  /// Compiled decoding graphs by token count, reused across generations.
+  /// Compiled decoding graphs by batch, token count and head form, reused across generations.
   private final class CompiledGraphs {
-    var byTokens: [Int: Executable] = [:]
+    var byShape: [[Int]: Executable] = [:]
   }
 
   /// Loads the model (and adapter) for prompts of up to `context` tokens in all.
@@ -38,16 +38,19 @@ struct DecodeSession {
   }
 
   /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).
-  func compile(tokens: Int) throws -> Executable {
-    if let executable = compiled.byTokens[tokens] { return executable }
-    let executable = try compileNew(tokens: tokens)
-    compiled.byTokens[tokens] = executable
+  /// With `last`, only the last new token's logits (`[batch, vocab]`); otherwise every new
+  /// token's (`[batch, tokens, vocab]`).
+  func compile(tokens: Int, batch: Int = 1, last: Bool = true) throws -> Executable {
+    let key = [batch, tokens, last ? 1 : 0]
+    if let executable = compiled.byShape[key] { return executable }
+    let executable = try compileNew(tokens: tokens, batch: batch, last: last)
+    compiled.byShape[key] = executable
     return executable
   }
 
-  private func compileNew(tokens: Int) throws -> Executable {
+  private func compileNew(tokens: Int, batch: Int, last: Bool) throws -> Executable {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
-    var graph = try model.trace(batch: 1, sequence: tokens)
+    var graph = try model.trace(batch: batch, sequence: tokens)
     if let adapter {
       let selector = try NameSelector(parsing: "{" + adapter.targets.joined(separator: ",") + "}")
       graph = try Lora(
@@ -56,7 +59,7 @@ struct DecodeSession {
       .run(graph).compacted()
     }
     graph = try Fuse().run(graph).compacted()
-    graph = try Decode(context: context).run(graph).compacted()
+    graph = try Decode(context: context, last: last).run(graph).compacted()
     let executable = try Executable(graph, constants: try model.weights(for: graph))
     for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
     return executable
@@ -114,5 +117,73 @@ struct DecodeSession {
     return Result(
       ids: generated, prefillSeconds: Double(prefillDone - start) / 1e9,
       decodeSeconds: Double(end - prefillDone) / 1e9)
+  }
+
+  /// Greedy continuations of several prompts decoded together, one batch row each.
+  ///
+  /// Prompts of different lengths share one prefill: shorter rows are padded at the end and the
+  /// padded cache slots stay masked for good; every row then takes one token per step at its own
+  /// positions. A row ends when `stop` holds for its tokens or at `maxTokens[row]`; the batch ends
+  /// when every row has.
+  func greedyBatch(prompts: [[Int32]], maxTokens: [Int], stop: ([Int32]) -> Bool) throws
+    -> [[Int32]]
+  {
+    let batch = prompts.count
+    let lengths = prompts.map(\.count)
+    let longest = lengths.max() ?? 1
+    let steps = maxTokens.max() ?? 0
+    guard batch > 0, lengths.allSatisfy({ $0 > 0 }), longest + steps <= context else {
+      throw RuntimeError(
+        message: "prompts of up to \(longest) tokens and \(steps) new ones do not fit \(context)")
+    }
+    let vocabulary = model.config.vocabularySize
+    let prefill = try compile(tokens: longest, batch: batch, last: false)
+    let step = try compile(tokens: 1, batch: batch)
+    var mask = [Int32](repeating: 0, count: batch * longest * context)
+    var positions = [Int32](repeating: 0, count: batch * longest)
+    for row in 0..<batch {
+      for t in 0..<longest {
+        positions[row * longest + t] = Int32(min(t, lengths[row] - 1))
+        for slot in 0...min(t, lengths[row] - 1) { mask[(row * longest + t) * context + slot] = 1 }
+      }
+    }
+    let padded = prompts.flatMap { $0 + [Int32](repeating: 0, count: longest - $0.count) }
+    try prefill.set("tokens", HostTensor(shape: [batch, longest], ints: padded))
+    try prefill.set("positions", HostTensor(shape: [batch, longest], ints: positions))
+    try prefill.set("cache_start", HostTensor(shape: [4], ints: [0, 0, 0, 0]))
+    try prefill.set("key_mask", HostTensor(shape: [batch, longest, context], ints: mask))
+    try prefill.execute()
+    try step.copyState(from: prefill)
+    func argmax(_ pointer: UnsafePointer<Float>) -> Int32 {
+      var best = 0
+      for index in 1..<vocabulary where pointer[index] > pointer[best] { best = index }
+      return Int32(best)
+    }
+    let first = prefill.outputAddress(0).assumingMemoryBound(to: Float.self)
+    var next = (0..<batch).map { argmax(first + ($0 * longest + lengths[$0] - 1) * vocabulary) }
+    var generated = [[Int32]](repeating: [], count: batch)
+    var done = [Bool](repeating: false, count: batch)
+    // Each row sees its prompt (slots 0..<length) and the generated tokens (slots from longest).
+    var stepMask = [Int32](repeating: 0, count: batch * context)
+    for row in 0..<batch { for slot in 0..<lengths[row] { stepMask[row * context + slot] = 1 } }
+    for k in 0..<steps {
+      for row in 0..<batch where !done[row] {
+        generated[row].append(next[row])
+        done[row] = generated[row].count >= maxTokens[row] || stop(generated[row])
+      }
+      if done.allSatisfy({ $0 }) || k == steps - 1 { break }
+      let slot = longest + k
+      for row in 0..<batch { stepMask[row * context + slot] = 1 }
+      try step.set("tokens", HostTensor(shape: [batch, 1], ints: next))
+      try step.set(
+        "positions",
+        HostTensor(shape: [batch, 1], ints: (0..<batch).map { Int32(lengths[$0] + k) }))
+      try step.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
+      try step.set("key_mask", HostTensor(shape: [batch, 1, context], ints: stepMask))
+      try step.execute()
+      let logits = step.outputAddress(0).assumingMemoryBound(to: Float.self)
+      next = (0..<batch).map { argmax(logits + $0 * vocabulary) }
+    }
+    return generated
   }
 }

@@ -35,6 +35,9 @@ struct Eval: ParsableCommand {
   @Option(help: "Seed of the generated examples.")
   var seed: UInt64 = 1_000_003
 
+  @Option(help: "Prompts decoded together (greedy) for the exact-match score.")
+  var batch = 8
+
   @Option(help: "Threads (default: all cores).")
   var threads: Int?
 
@@ -49,6 +52,7 @@ struct Eval: ParsableCommand {
       throw ValidationError("unknown --task '\(task)' (known: mystery_function)")
     }
     if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
+    if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
   }
 
   func run() throws {
@@ -94,20 +98,23 @@ struct Eval: ParsableCommand {
     let newline = tokenizer.encode("\n")
     var correct = 0
     var samples: [String] = []
-    for (ids, item) in zip(prompts, cases) {
-      let limit = tokenizer.encode(item.answer).count + 4
-      let result: DecodeSession.Result
+    let limits = cases.map { tokenizer.encode($0.answer).count + 4 }
+    var outputs: [[Int32]] = []
+    for first in stride(from: 0, to: prompts.count, by: batch) {
+      let rows = first..<min(first + batch, prompts.count)
       do {
-        result = try session.generate(
-          prompt: ids, maxTokens: limit, sampling: SamplingOptions(),
+        outputs += try session.greedyBatch(
+          prompts: Array(prompts[rows]), maxTokens: Array(limits[rows]),
           stop: { generated in
             guard let last = generated.last else { return false }
             return last == tokenizer.endOfSequence || last == 0 || newline.contains(last)
-          }, emit: { _ in })
+          })
       } catch {
         fail("\(error)")
       }
-      var output = result.ids
+    }
+    for (ids, item) in zip(outputs, cases) {
+      var output = ids
       while let last = output.last,
         last == tokenizer.endOfSequence || last == 0 || newline.contains(last)
       {

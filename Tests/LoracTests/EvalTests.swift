@@ -73,3 +73,27 @@ private func jsonQuoted(_ text: String) -> String {
   let data = try? JSONSerialization.data(withJSONObject: [text], options: [.fragmentsAllowed])
   return String(decoding: data ?? Data(), as: UTF8.self).dropFirst().dropLast().description
 }
+
+@Test func batchedGreedyDecodingGivesTheOneByOneContinuations() throws {
+  // Sums of different digit counts make prompts of different lengths in one batch; each row's
+  // greedy continuation (printed for the first three) and the score must not depend on batching.
+  let adapter = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm/peft_qv_r4").path
+  var results: [String] = []
+  for batch in ["1", "4"] {
+    let result = try lorac([
+      "eval", try cachedModel(), "--adapter", adapter, "--task", "mystery_function", "--count",
+      "10", "--seed", "7", "--batch", batch,
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    // Everything but the timing.
+    results.append(
+      result.stdout.replacingOccurrences(
+        of: #"\([0-9.]+ s\)"#, with: "", options: .regularExpression))
+  }
+  #expect(results[0] == results[1])
+  #expect(results[0].contains("exact match"))
+  let bad = try lorac(["eval", try cachedModel(), "--task", "mystery_function", "--batch", "0"])
+  #expect(bad.status != 0)
+  #expect(bad.stderr.contains("--batch must be at least 1, got 0"))
+}
