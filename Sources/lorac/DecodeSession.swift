@@ -38,6 +38,7 @@ struct DecodeSession {
   }
 
   /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).
+  ///
   /// With `last`, only the last new token's logits (`[batch, vocab]`); otherwise every new
   /// token's (`[batch, tokens, vocab]`).
   func compile(tokens: Int, batch: Int = 1, last: Bool = true) throws -> Executable {
