@@ -62,11 +62,8 @@ struct Compile: ParsableCommand {
     do {
       graph = try loaded.trace(batch: batch, sequence: seq, loss: loss)
       if let adapter {
-        let peft = try PEFTAdapter(directory: adapter, config: loaded.config)
-        let selector = try NameSelector(parsing: "{" + peft.targets.joined(separator: ",") + "}")
-        graph = try Lora(
-          rank: peft.rank, alpha: peft.alpha, targets: selector, rsLoRA: peft.useRSLoRA
-        ).run(graph).compacted()
+        let peft = PEFTAdapter.load(adapter, for: loaded)
+        graph = try peft.loraPass().run(graph).compacted()
         parameters = peft.tensors
       }
       graph = try Pipeline(parsing: pipeline).run(graph)

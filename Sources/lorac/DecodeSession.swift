@@ -20,21 +20,15 @@ struct DecodeSession {
 
   /// Loads the model (and adapter) for prompts of up to `context` tokens in all.
   init(modelPath: String, context: Int, adapter adapterPath: String?) {
+    let loaded: LlamaModel
     do {
-      model = try LlamaModel(path: modelPath)
+      loaded = try LlamaModel(path: modelPath)
     } catch {
       fail(error.message)
     }
+    model = loaded
     self.context = context
-    if let adapterPath {
-      do {
-        adapter = try PEFTAdapter(directory: adapterPath, config: model.config)
-      } catch {
-        fail(error.message)
-      }
-    } else {
-      adapter = nil
-    }
+    adapter = adapterPath.map { PEFTAdapter.load($0, for: loaded) }
   }
 
   /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).
@@ -51,19 +45,9 @@ struct DecodeSession {
 
   private func compileNew(tokens: Int, batch: Int, last: Bool) throws -> Executable {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
-    var graph = try model.trace(batch: batch, sequence: tokens)
-    if let adapter {
-      let selector = try NameSelector(parsing: "{" + adapter.targets.joined(separator: ",") + "}")
-      graph = try Lora(
-        rank: adapter.rank, alpha: adapter.alpha, targets: selector, rsLoRA: adapter.useRSLoRA
-      )
-      .run(graph).compacted()
-    }
-    graph = try Fuse().run(graph).compacted()
-    graph = try Decode(context: context, last: last).run(graph).compacted()
-    let executable = try Executable(graph, constants: try model.weights(for: graph))
-    for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
-    return executable
+    try compileAdapted(
+      try model.trace(batch: batch, sequence: tokens), model: model, adapter: adapter
+    ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 
   /// What a generation produced, with its speeds.
@@ -155,10 +139,10 @@ struct DecodeSession {
     try prefill.set("key_mask", HostTensor(shape: [batch, longest, context], ints: mask))
     try prefill.execute()
     try step.copyState(from: prefill)
+    // The sampler's greedy rule (no penalty, so no history): the same tie-break as `generate`.
+    var sampler = Sampler(SamplingOptions())
     func argmax(_ pointer: UnsafePointer<Float>) -> Int32 {
-      var best = 0
-      for index in 1..<vocabulary where pointer[index] > pointer[best] { best = index }
-      return Int32(best)
+      sampler.next(UnsafeBufferPointer(start: pointer, count: vocabulary), history: [])
     }
     let first = prefill.outputAddress(0).assumingMemoryBound(to: Float.self)
     var next = (0..<batch).map { argmax(first + ($0 * longest + lengths[$0] - 1) * vocabulary) }

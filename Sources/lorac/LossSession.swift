@@ -20,24 +20,12 @@ struct LossSession {
     }
     self.batch = batch
     self.sequence = sequence
+    var adapter: PEFTAdapter?
+    if let adapterPath { adapter = PEFTAdapter.load(adapterPath, for: model) }
     do {
-      var graph = try model.trace(batch: batch, sequence: sequence, loss: true)
-      var adapterWeights: [String: HostTensor] = [:]
-      if let adapterPath {
-        let adapter: PEFTAdapter
-        do {
-          adapter = try PEFTAdapter(directory: adapterPath, config: model.config)
-        } catch {
-          fail(error.message)
-        }
-        let selector = try NameSelector(parsing: "{" + adapter.targets.joined(separator: ",") + "}")
-        let lora = Lora(
-          rank: adapter.rank, alpha: adapter.alpha, targets: selector, rsLoRA: adapter.useRSLoRA)
-        graph = try lora.run(graph).compacted()
-        adapterWeights = adapter.tensors
-      }
-      executable = try Executable(graph, constants: try model.weights(for: graph))
-      for (name, tensor) in adapterWeights { try executable.set(name, tensor) }
+      executable = try compileAdapted(
+        try model.trace(batch: batch, sequence: sequence, loss: true), model: model,
+        adapter: adapter)
     } catch {
       fail("\(error)")
     }

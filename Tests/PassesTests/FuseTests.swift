@@ -157,12 +157,35 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
 }
 
 @Test func fuseTakesNoOptions() throws {
-  #expect(throws: PassError.self) { try Pipeline(parsing: "fuse{level=2}") }
-  do {
-    _ = try Pipeline(parsing: "fuse{level=2}")
-  } catch {
-    #expect(error.message == "fuse: unknown option 'level' (accepted: none)")
+  #expect(throws: PassError(message: "fuse: unknown option 'level' (accepted: none)")) {
+    try Pipeline(parsing: "fuse{level=2}")
   }
+}
+
+/// Random weights, tokens and cache contents for a decoding graph of `tokens` new tokens per row
+/// of 2 written at cache `slot` of 5; `visible(row, query, slot)` is the key mask.
+private func decodingBindings(
+  _ graph: Graph, tokens: Int, slot: Int, seed: UInt64, visible: (Int, Int, Int) -> Bool
+) -> [String: DenseTensor] {
+  var values = weights(graph, seed: seed)
+  var generator = SplitMix64(seed: seed &+ 1)
+  values["tokens"] = DenseTensor(
+    shape: [2, tokens], ints: (0..<(2 * tokens)).map { _ in Int32(generator.next() % 11) })
+  values["positions"] = DenseTensor(
+    shape: [2, tokens], ints: (0..<(2 * tokens)).map { Int32($0 % tokens + slot) })
+  values["cache_start"] = DenseTensor(shape: [4], ints: [0, 0, Int32(slot), 0])
+  values["key_mask"] = DenseTensor(
+    shape: [2, tokens, 5],
+    ints: (0..<(2 * tokens * 5)).map { index in
+      visible(index / (tokens * 5), index / 5 % tokens, index % 5) ? 1 : 0
+    })
+  for declaration in graph.declarations where declaration.kind == .state {
+    let type = graph.type(of: declaration.value)
+    values[declaration.name] = DenseTensor(
+      dtype: .f32, shape: type.shape,
+      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+  }
+  return values
 }
 
 @Test func fuseMakesOneAttentionPerLayerOfTheDecodingGraph() throws {
@@ -174,25 +197,9 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
     let fused = try Fuse().run(graph).compacted()
     try Verifier.verify(fused)
     #expect(Fuse.census(fused) == ["attention": 2, "rms_norm": 5, "swiglu": 2])
-    var values = weights(graph, seed: 3)
-    var generator = SplitMix64(seed: 4)
-    values["tokens"] = DenseTensor(
-      shape: [2, tokens], ints: (0..<(2 * tokens)).map { _ in Int32(generator.next() % 11) })
-    values["positions"] = DenseTensor(
-      shape: [2, tokens], ints: (0..<(2 * tokens)).map { Int32($0 % tokens + 1) })
-    values["cache_start"] = DenseTensor(shape: [4], ints: [0, 0, 1, 0])
     // Row 1 of the batch sees only the new slots; row 0 sees the cache's first slot too.
-    values["key_mask"] = DenseTensor(
-      shape: [2, tokens, 5],
-      ints: (0..<(2 * tokens * 5)).map { index in
-        let (row, query, slot) = (index / (tokens * 5), index / 5 % tokens, index % 5)
-        return slot >= 1 && slot <= 1 + query || (row == 0 && slot == 0) ? 1 : 0
-      })
-    for declaration in graph.declarations where declaration.kind == .state {
-      let type = graph.type(of: declaration.value)
-      values[declaration.name] = DenseTensor(
-        dtype: .f32, shape: type.shape,
-        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+    let values = decodingBindings(graph, tokens: tokens, slot: 1, seed: 3) { row, query, slot in
+      slot >= 1 && slot <= 1 + query || (row == 0 && slot == 0)
     }
     let interpreter = Interpreter(precision: .f64)
     #expect(
@@ -280,24 +287,8 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
         == Set(traced.declarations.filter { $0.kind == .state }.map(\.name)))
     #expect(decoded.inputs.map(\.name) == traced.inputs.map(\.name))
     #expect(decoded.type(of: decoded.outputs[0]) == TensorType(.f32, [2, 11]))
-    var values = weights(traced, seed: 8)
-    var generator = SplitMix64(seed: 9)
-    values["tokens"] = DenseTensor(
-      shape: [2, tokens], ints: (0..<(2 * tokens)).map { _ in Int32(generator.next() % 11) })
-    values["positions"] = DenseTensor(
-      shape: [2, tokens], ints: (0..<(2 * tokens)).map { Int32($0 % tokens + 2) })
-    values["cache_start"] = DenseTensor(shape: [4], ints: [0, 0, 2, 0])
-    values["key_mask"] = DenseTensor(
-      shape: [2, tokens, 5],
-      ints: (0..<(2 * tokens * 5)).map { index in
-        let (query, slot) = (index / 5 % tokens, index % 5)
-        return slot <= 2 + query ? 1 : 0
-      })
-    for declaration in traced.declarations where declaration.kind == .state {
-      let type = traced.type(of: declaration.value)
-      values[declaration.name] = DenseTensor(
-        dtype: .f32, shape: type.shape,
-        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+    let values = decodingBindings(traced, tokens: tokens, slot: 2, seed: 8) { _, query, slot in
+      slot <= 2 + query
     }
     let interpreter = Interpreter(precision: .f64)
     #expect(
