@@ -37,6 +37,10 @@ public enum KernelBenchmarks {
         for dtype in [DType.q4_1, .q8_0, .f32, .f16, .bf16] {
           results.append(try matvec(dtype, k: k, n: n, runs: runs))
         }
+        // The same products with the activations rounded to int8 (LORAC_ACTIVATIONS=int8).
+        for dtype in [DType.q4_1, .q8_0] {
+          results.append(try matvec(dtype, k: k, n: n, int8Activations: true, runs: runs))
+        }
         // Small M: 4 rows of activations sharing one pass over the weight blocks.
         for dtype in [DType.q4_1, .q8_0] {
           results.append(try matvec(dtype, k: k, n: n, m: 4, runs: runs))
@@ -126,11 +130,15 @@ public enum KernelBenchmarks {
   /// copies exceed 256 MB (far past the 32 MB L3) and each run multiplies by every copy in turn;
   /// the baseline reads the same buffer once (`lc_memory_read`). Products go through the
   /// executable's own entry points: `lc_matmul_quantized` (its M = 1 path is
-  /// `lc_matvec_quantized`), `lc_matmul_quantized_small` for M > 1, and `lc_matmul_f32`'s
-  /// `sgemv` path for f32.
-  static func matvec(_ dtype: DType, k: Int, n: Int, m: Int = 1, runs: Int) throws
-    -> BenchmarkResult
-  {
+  /// `lc_matvec_quantized`), `lc_matmul_quantized_small` for M > 1, and `lc_matmul_f32` (its
+  /// row kernel for M <= 8 rows). `int8Activations` rounds the activations to int8 for the run
+  /// (the VNNI path, as llama.cpp does).
+  static func matvec(
+    _ dtype: DType, k: Int, n: Int, m: Int = 1, int8Activations: Bool = false, runs: Int
+  ) throws -> BenchmarkResult {
+    let int8 = lc_int8_activations()
+    lc_set_int8_activations(int8Activations ? 1 : 0)
+    defer { lc_set_int8_activations(int8) }
     let type = TensorType(dtype, [n, k])
     let bytes = type.byteCount
     let copies = max(1, (256 << 20) / bytes + 1)
@@ -182,7 +190,7 @@ public enum KernelBenchmarks {
     var sink: Float = 0
     let baseline = median(runs: runs) { sink += lc_memory_read(words, Int64(floats)) }
     withExtendedLifetime(sink) {}
-    let name = m == 1 ? "matvec" : "matmul\(m)"
+    let name = (m == 1 ? "matvec" : "matmul\(m)") + (int8Activations ? "_int8act" : "")
     return BenchmarkResult(
       name: "\(name)_\(dtype.rawValue)_\(n)x\(k)", threads: Threads.count,
       seconds: lorac / Double(copies), baselineSeconds: baseline / Double(copies),

@@ -21,3 +21,16 @@ public enum Threads {
     }
   }
 }
+
+/// Settings of the decoding products (weights read as stored, a few activation rows).
+public enum DecodeKernels {
+  /// Whether activations are rounded to int8 per block of 32 against q8_0 and q4_1 weights.
+  ///
+  /// The AVX-512 VNNI path, as llama.cpp does: about 1.5-2x faster products, but SmolLM2's
+  /// activation outliers flatten their blocks' other values and move logits by up to ~2. Off by
+  /// default (or with `LORAC_ACTIVATIONS=int8` in the environment); a CPU without VNNI ignores it.
+  public static var int8Activations: Bool {
+    get { lc_int8_activations() != 0 }
+    set { lc_set_int8_activations(newValue ? 1 : 0) }
+  }
+}

@@ -23,10 +23,14 @@ extension Bench {
     @Option(help: "Threads (default: all cores).")
     var threads: Int?
 
+    @Flag(help: "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does.")
+    var int8Activations = false
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
     func run() throws {
+      if int8Activations { DecodeKernels.int8Activations = true }
       let slots = positions.split(separator: ",").compactMap { Int($0) }
       guard !slots.isEmpty, slots.allSatisfy({ $0 >= 0 }) else {
         fail("--positions must be non-negative integers like 16,256,1024")
@@ -60,7 +64,7 @@ extension Bench {
           "\"\($0.0)\": {\"step_s\": \($0.1), \"tokens_per_s\": \(1 / $0.1)}"
         }
         print(
-          "{\"context\": \(context), \"threads\": \(Threads.count), \"runs\": \(runs), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
+          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(DecodeKernels.int8Activations), \"runs\": \(runs), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
         )
       } else {
         for (slot, seconds) in results {
@@ -70,7 +74,7 @@ extension Bench {
               1 / seconds))
         }
         print(
-          "(context \(context), \(Threads.count) threads, median of \(runs); attention spans the slots up to the position, the cache is \(context) slots)"
+          "(context \(context), \(Threads.count) threads, \(DecodeKernels.int8Activations ? "int8" : "f32") activations, median of \(runs); attention spans the slots up to the position, the cache is \(context) slots)"
         )
       }
     }

@@ -56,6 +56,12 @@ struct Generate: ParsableCommand {
   @Option(help: "Threads (default: all cores).")
   var threads: Int?
 
+  @Flag(
+    help:
+      "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does (faster, less exact)."
+  )
+  var int8Activations = false
+
   @Flag(help: "Print one JSON object at the end instead of streaming.")
   var json = false
 
@@ -79,6 +85,7 @@ struct Generate: ParsableCommand {
 
   func run() throws {
     Threads.set(threads)
+    if int8Activations { DecodeKernels.int8Activations = true }
     let tokenizer: Tokenizer
     do {
       tokenizer = try Tokenizer(gguf: GGUFFile(path: model))

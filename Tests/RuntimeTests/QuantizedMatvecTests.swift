@@ -14,11 +14,15 @@ import Testing
 /// was seen is <= 1.2e-6 S). magnitude_j is |w_j|, except on the vector q4_1 and q4_k paths, which
 /// compute d * sum(q x) + m * sum(x) per (sub-)block and so round relative to |d q_j| + |m|.
 /// One wrong weight moves a result by about S / K >= 1.3e-3 S at these sizes, far outside.
+/// The VNNI path (q8_0, q4_1) rounds each block b of 32 activations to d_b q with
+/// d_b = max|x_b| / 127, so it may also move a result by sum_b (d_b / 2) sum_{j in b} magnitude_j
+/// (asserted with 0.1% slack for the f32 arithmetic of the scale) — and, tightly, it must equal
+/// an f64 sum over the activations rounded the same way in Swift (`int8Rounded`) within 1e-5 S.
 struct QuantizedMatvecTests {
   static let bound = 1e-5
   static let paths: [(name: String, code: Int32)] = [
     ("portable", Int32(LC_QUANT_PORTABLE.rawValue)), ("avx2", Int32(LC_QUANT_AVX2.rawValue)),
-    ("avx512", Int32(LC_QUANT_AVX512.rawValue)),
+    ("avx512", Int32(LC_QUANT_AVX512.rawValue)), ("vnni", Int32(LC_QUANT_VNNI.rawValue)),
   ]
 
   static func code(_ dtype: DType) -> Int32 { Int32(DType.allCases.firstIndex(of: dtype) ?? 0) }
@@ -114,6 +118,26 @@ struct QuantizedMatvecTests {
     }
   }
 
+  /// The activations as the VNNI path sees them: per block of 32, d q with d = max|x| / 127 and
+  /// q = x * (127 / max|x|) rounded to nearest even, in f32 as the kernel computes them.
+  static func int8Rounded(_ x: [Float]) -> [Double] {
+    stride(from: 0, to: x.count, by: 32).flatMap { start in
+      let block = x[start..<start + 32]
+      let amax = block.reduce(Float(0)) { max($0, abs($1)) }
+      let (d, inverse) = (amax / 127, amax > 0 ? 127 / amax : 0)
+      return block.map { Double(d) * Double(($0 * inverse).rounded(.toNearestOrEven)) }
+    }
+  }
+
+  /// The q4_1 minimum m of the block holding each weight (the VNNI path's exact term m sum(x)).
+  static func q4_1Minimums(_ weight: HostTensor) -> [Double] {
+    let bytes = [UInt8](weight.data)
+    return (0..<weight.type.elementCount).map { index in
+      let base = index / 32 * 20
+      return Double(floatFromHalf(UInt16(bytes[base + 2]) | UInt16(bytes[base + 3]) << 8))
+    }
+  }
+
   /// Runs one path; nil when this CPU or build has no kernel of that path for dtype.
   static func run(
     path: Int32, _ dtype: DType, _ weight: HostTensor, _ a: [Float], m: Int
@@ -140,8 +164,11 @@ struct QuantizedMatvecTests {
             dtype == .q4_1
             ? Self.q4_1Magnitudes(weight)
             : dtype == .q4_k ? Self.q4_kMagnitudes(weight) : plainMagnitudes
+          let minimums =
+            dtype == .q4_1 ? Self.q4_1Minimums(weight) : [Double](repeating: 0, count: n * k)
           for m in [1, 2, 3, 5, 8] {
             let a = Self.activations(m * k, seed: seed &+ UInt64(m))
+            let rounded = dtype == .q4_1 || dtype == .q8_0 ? Self.int8Rounded(a) : []
             // The plain reference loop, one activation row at a time.
             var reference = [Float](repeating: 0, count: m * n)
             weight.data.withUnsafeBytes { w in
@@ -163,6 +190,7 @@ struct QuantizedMatvecTests {
                 for r in 0..<n {
                   var exact = 0.0
                   var scale = 0.0
+                  var rounding = 0.0
                   for j in 0..<k {
                     let x = Double(a[i * k + j])
                     exact += x * dequantized[r * k + j]
@@ -170,9 +198,23 @@ struct QuantizedMatvecTests {
                   }
                   let value = Double(out[i * n + r])
                   let context = "\(dtype.rawValue) \(path.name) n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
-                  #expect(abs(value - exact) <= Self.bound * scale, "\(context) vs f64")
+                  if path.name == "vnni" {
+                    var same = 0.0
+                    for j in 0..<k {
+                      let (w, low) = (dequantized[r * k + j], minimums[r * k + j])
+                      same += rounded[i * k + j] * (w - low) + Double(a[i * k + j]) * low
+                    }
+                    #expect(abs(value - same) <= Self.bound * scale, "\(context) vs int8 in f64")
+                    for block in stride(from: 0, to: k, by: 32) {
+                      let values = a[(i * k + block)..<(i * k + block + 32)]
+                      let step = Double(values.reduce(Float(0)) { max($0, abs($1)) }) / 127
+                      let weights = (block..<block + 32).map { magnitudes[r * k + $0] }
+                      rounding += step / 2 * weights.reduce(0, +) * 1.001
+                    }
+                  }
+                  #expect(abs(value - exact) <= Self.bound * scale + rounding, "\(context) vs f64")
                   #expect(
-                    abs(value - Double(reference[i * n + r])) <= 2 * Self.bound * scale,
+                    abs(value - Double(reference[i * n + r])) <= 2 * Self.bound * scale + rounding,
                     "\(context) vs reference loop")
                 }
               }
@@ -194,13 +236,17 @@ struct QuantizedMatvecTests {
         #expect(ranPaths.contains("\(name) avx512"), "\(name) avx512")
       }
     }
+    if features & 6 == 6 {
+      #expect(ranPaths.contains("q8_0 vnni") && ranPaths.contains("q4_1 vnni"))
+    }
   }
 
   @Test func autoPathIsTheWidestThisCPURuns() {
     guard ProcessInfo.processInfo.environment["LORAC_QUANT_PATH"] == nil else { return }
     let features = lc_cpu_features()
-    let expected =
+    let exact =
       features & 2 != 0 ? LC_QUANT_AVX512 : features & 1 != 0 ? LC_QUANT_AVX2 : LC_QUANT_PORTABLE
+    let expected = features & 6 == 6 && lc_int8_activations() != 0 ? LC_QUANT_VNNI : exact
     #expect(lc_quant_path(Self.code(.q4_1)) == Int32(expected.rawValue))
     #expect(lc_quant_path(Self.code(.q8_0)) == Int32(expected.rawValue))
     // k-quants and f16 have AVX-512 kernels only: without AVX-512 the portable loop serves them.

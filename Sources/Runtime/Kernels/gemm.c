@@ -49,6 +49,15 @@ void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
   int64_t lda = trans_a ? m : k, ldw = trans_b ? k : n;
   enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   enum CBLAS_TRANSPOSE tw = trans_b ? CblasTrans : CblasNoTrans;
+  if (m <= 8 && !trans_a && trans_b && lc_quant_path(LC_F32) != LC_QUANT_PORTABLE) {
+    // Few rows against w [N, K] (decoding on f32 weights): the hand-written row kernel reads w
+    // once for all rows at close to memory bandwidth, where sgemv reaches about half of it.
+    for (int64_t b = 0; b < batches; b++) {
+      lc_matmul_quantized_small(LC_F32, out + b * m * n, a + a_offsets[b], w + w_offsets[b], m,
+                                n, k);
+    }
+    return;
+  }
   if (m == 1 && !trans_a) {
     // A vector times a matrix: sgemv reads the matrix once; sgemm at M = 1 is 2.5-5x slower.
     // Split the outputs across threads, each a single-threaded sgemv.

@@ -664,6 +664,176 @@ LC_AVX512 INLINE void q6_k_row_avx512(const lc_qjob *job, const float *prep, int
   STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(A[i], B[i])))
 }
 
+// ---- AVX-512 VNNI: int8 activations (llama.cpp's scheme) ----
+//
+// The activations of each block of 32 become d_x q_x with d_x = max|x| / 127 and q_x = round(x
+// / d_x) in int8, so a block's dot product is integer vpdpbusd work and one float scale d_w d_x:
+// about half the instructions per weight byte of widening the weights to floats, enough to come
+// near memory bandwidth. The price is the activations' rounding: |x - d_x q_x| <= d_x / 2 per
+// value, so a result moves by at most sum_b (max|x_b| / 254) sum_j |w_bj|. vpdpbusd multiplies
+// unsigned by signed bytes: q4_1's nibbles are the unsigned side (its min term m sum(x) uses the
+// exact sum of x); q8_0's weights are flipped to w + 128 and each block's integer sum starts at
+// -128 sum(q_x), so it stays exact.
+//
+// A prepared row holds the chunk's int8 values in its first PREP_BLOCKS * 32 bytes, d_x at float
+// PREP_SCALES, sum(x) at PREP_SUMS and (q8_0) each block pair's starting sums, 16 int32 lanes
+// with -128 sum(q_x) in lane 0 (first block) and lane 8 (second), at float PREP_BIAS. q4_1 stores each group of four
+// blocks a-d as [a0-15 b0-15 c0-15 d0-15 | a16-31 b16-31 c16-31 d16-31], the order in which one
+// dword permute lays out the blocks' nibble bytes (q4_1 blocks are 5 dwords: header, 16 bytes).
+#define PREP_SCALES (PREP_BLOCKS * 8)
+#define PREP_BIAS (PREP_BLOCKS * 16)
+#define LC_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+/// Quantizes blocks [b0, b0 + blocks) of every activation row (`quads`: q4_1's order).
+LC_VNNI INLINE void int8_prepare(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks,
+                                 int quads) {
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (int i = 0; i < job->m; i++) {
+    float *p = prep + i * PREP_ROW;
+    int8_t *q = (int8_t *)p;
+    for (int64_t b = 0; b < blocks; b++) {
+      const float *x = job->a + i * job->k + 32 * (b0 + b);
+      __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+      __m512 magnitude = _mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1));
+      float amax = _mm512_reduce_max_ps(magnitude);
+      float d = amax / 127.0f, inverse = amax > 0 ? 127.0f / amax : 0.0f;
+      __m512 scale = _mm512_set1_ps(inverse);
+      __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, scale));
+      __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, scale));
+      int8_t *lo = quads ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
+      int8_t *hi = quads ? lo + 64 : lo + 16;
+      _mm_storeu_si128((__m128i *)lo, _mm512_cvtsepi32_epi8(q0));
+      _mm_storeu_si128((__m128i *)hi, _mm512_cvtsepi32_epi8(q1));
+      p[PREP_SCALES + b] = d;
+      p[PREP_SUMS + b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+      if (!quads) {
+        int32_t *bias = (int32_t *)(p + PREP_BIAS) + 16 * (b / 2);
+        if (b % 2 == 0) _mm512_storeu_si512(bias, _mm512_setzero_si512());
+        bias[8 * (b % 2)] = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      }
+    }
+  }
+}
+
+LC_VNNI static void q4_1_int8_prepare(const lc_qjob *job, float *prep, int64_t b0,
+                                      int64_t blocks) {
+  int8_prepare(job, prep, b0, blocks, 1);
+}
+
+LC_VNNI static void q8_0_int8_prepare(const lc_qjob *job, float *prep, int64_t b0,
+                                      int64_t blocks) {
+  int8_prepare(job, prep, b0, blocks, 0);
+}
+
+/// For block pair j of a group of 16: lanes 0-7 take scale 2j, lanes 8-15 scale 2j + 1.
+static const int32_t pair_lanes[8][16] = {
+#define PAIR(j) {2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1, \
+                 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1}
+    PAIR(0), PAIR(1), PAIR(2), PAIR(3), PAIR(4), PAIR(5), PAIR(6), PAIR(7)
+#undef PAIR
+};
+
+/// For block quad j of a group of 16: lanes 4t..4t+3 take scale 4j + t.
+static const int32_t quad_lanes[4][16] = {
+#define QUAD(j) {4 * j, 4 * j, 4 * j, 4 * j, 4 * j + 1, 4 * j + 1, 4 * j + 1, 4 * j + 1, \
+                 4 * j + 2, 4 * j + 2, 4 * j + 2, 4 * j + 2, 4 * j + 3, 4 * j + 3, 4 * j + 3, 4 * j + 3}
+    QUAD(0), QUAD(1), QUAD(2), QUAD(3)
+#undef QUAD
+};
+
+/// The nibble bytes of up to four q4_1 blocks: dwords 1-4, 6-9, 11-14, 16-19 of 80 bytes.
+static const int32_t quad_nibble_dwords[16] = {1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 13, 14, 16, 17, 18, 19};
+
+/// q4_1 x int8 activations, four blocks at a time: two masked loads and one permute gather their
+/// 64 nibble bytes; per activation row two vpdpbusd (low nibbles, then high), one conversion and
+/// one FMA with the lanes' d_w d_x; the min term m sum(x) once per 16 blocks.
+LC_VNNI INLINE void q4_1_row_vnni(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                  int64_t b0, int64_t blocks, int accumulate) {
+  __m512 A[LC_SMALL_M], B[LC_SMALL_M], mins[LC_SMALL_M];
+  for (int i = 0; i < M; i++) A[i] = B[i] = mins[i] = _mm512_setzero_ps();
+  const uint8_t *row = job->w + r * job->row_bytes + 20 * b0;
+  const __m512i gather = _mm512_loadu_si512(quad_nibble_dwords), low = _mm512_set1_epi8(0x0F);
+  for (int64_t c0 = 0; c0 < blocks; c0 += 16) {
+    int count = blocks - c0 < 16 ? (int)(blocks - c0) : 16;
+    __mmask16 live = (__mmask16)((1u << count) - 1);
+    __m512 d, m, scales[LC_SMALL_M];
+    q4_1_headers_avx512(row + 20 * c0, count, &d, &m);
+    for (int i = 0; i < M; i++) {
+      const float *p = prep + i * PREP_ROW;
+      scales[i] = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(live, p + PREP_SCALES + c0));
+      mins[i] = _mm512_fmadd_ps(m, _mm512_maskz_loadu_ps(live, p + PREP_SUMS + c0), mins[i]);
+    }
+    for (int j = 0; 4 * j < count; j++) {
+      // Dwords past the last block load as zero, so absent blocks' nibbles are zero.
+      int words = 5 * (count - 4 * j < 4 ? count - 4 * j : 4);
+      const uint8_t *quad = row + 20 * (c0 + 4 * j);
+      __m512i z0 = _mm512_maskz_loadu_epi32(words >= 16 ? 0xFFFF : (__mmask16)((1u << words) - 1),
+                                            quad);
+      __m512i z1 = _mm512_maskz_loadu_epi32(words > 16 ? (__mmask16)((1u << (words - 16)) - 1) : 0,
+                                            quad + 64);
+      __m512i bytes = _mm512_permutex2var_epi32(z0, gather, z1);
+      __m512i lo = _mm512_and_si512(bytes, low);
+      __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
+      __m512i lanes = _mm512_loadu_si512(quad_lanes[j]);
+      for (int i = 0; i < M; i++) {
+        const uint8_t *x = (const uint8_t *)(prep + i * PREP_ROW) + 128 * ((c0 + 4 * j) / 4);
+        __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512(x));
+        dot = _mm512_dpbusd_epi32(dot, hi, _mm512_loadu_si512(x + 64));
+        __m512 scale = _mm512_permutexvar_ps(lanes, scales[i]);
+        if (j & 1) {
+          B[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, B[i]);
+        } else {
+          A[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, A[i]);
+        }
+      }
+    }
+  }
+  STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(A[i], B[i]), mins[i])))
+}
+
+/// q8_0 x int8 activations, two blocks at a time: vpdpbusd(w + 128, q_x) from -128 sum(q_x).
+LC_VNNI INLINE void q8_0_row_vnni(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                  int64_t b0, int64_t blocks, int accumulate) {
+  __m512 A[LC_SMALL_M], B[LC_SMALL_M];
+  for (int i = 0; i < M; i++) A[i] = B[i] = _mm512_setzero_ps();
+  const uint8_t *row = job->w + r * job->row_bytes + 34 * b0;
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  for (int64_t c0 = 0; c0 < blocks; c0 += 16) {
+    int count = blocks - c0 < 16 ? (int)(blocks - c0) : 16;
+    __mmask16 live = (__mmask16)((1u << count) - 1);
+    float dw[16] = {0};
+    for (int j = 0; j < count; j++) dw[j] = _cvtsh_ss(load16(row + 34 * (c0 + j)));
+    __m512 d = _mm512_loadu_ps(dw), scales[LC_SMALL_M];
+    for (int i = 0; i < M; i++) {
+      scales[i] = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(live, prep + i * PREP_ROW + PREP_SCALES + c0));
+    }
+    for (int j = 0; 2 * j < count; j++) {
+      const uint8_t *block = row + 34 * (c0 + 2 * j);
+      __m256i wa = _mm256_loadu_si256((const __m256i *)(block + 2));
+      // A lone last block pairs with zero bytes: flipped to 128 against whatever q_x follows, so
+      // its lanes are masked off below instead.
+      __m256i wb = 2 * j + 1 < count ? _mm256_loadu_si256((const __m256i *)(block + 36))
+                                     : _mm256_setzero_si256();
+      __m512i w = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(wa), wb, 1), flip);
+      __mmask16 keep = 2 * j + 1 < count ? 0xFFFF : 0x00FF;
+      __m512i lanes = _mm512_loadu_si512(pair_lanes[j]);
+      for (int i = 0; i < M; i++) {
+        const float *p = prep + i * PREP_ROW;
+        const uint8_t *x = (const uint8_t *)p + 32 * (c0 + 2 * j);
+        __m512i start = _mm512_loadu_si512((const int32_t *)(p + PREP_BIAS) + 8 * (c0 + 2 * j));
+        __m512i dot = _mm512_dpbusd_epi32(start, w, _mm512_loadu_si512(x));
+        __m512 scale = _mm512_maskz_permutexvar_ps(keep, lanes, scales[i]);
+        if (j & 1) {
+          B[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, B[i]);
+        } else {
+          A[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, A[i]);
+        }
+      }
+    }
+  }
+  STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(A[i], B[i])))
+}
+
 /// Instantiates a rows function of a row kernel for every m <= LC_SMALL_M (constant M lets the
 /// compiler keep the accumulators in registers).
 #define ROWS_CASE(row_fn, M)                                                                   \
@@ -692,6 +862,8 @@ ROWS_FN(rows_q4_1_avx512, q4_1_row_avx512, LC_AVX512)
 ROWS_FN(rows_elementwise_avx512, elementwise_row_avx512, LC_AVX512)
 ROWS_FN(rows_q4_k_avx512, q4_k_row_avx512, LC_AVX512)
 ROWS_FN(rows_q6_k_avx512, q6_k_row_avx512, LC_AVX512)
+ROWS_FN(rows_q4_1_vnni, q4_1_row_vnni, LC_VNNI)
+ROWS_FN(rows_q8_0_vnni, q8_0_row_vnni, LC_VNNI)
 #endif
 
 /// The kernel of `path` for dtype (0 when that path has none), and its activation preparation.
@@ -700,6 +872,12 @@ static lc_qrows_fn path_kernel(int path, int dtype, lc_qprep_fn *prepare) {
   if (path == LC_QUANT_PORTABLE) return rows_portable;
 #if defined(__x86_64__)
   int features = lc_cpu_features();
+  if (path == LC_QUANT_VNNI && (features & 6) == 6) {
+    if (dtype == LC_Q4_1) *prepare = q4_1_int8_prepare;
+    if (dtype == LC_Q4_1) return rows_q4_1_vnni;
+    if (dtype == LC_Q8_0) *prepare = q8_0_int8_prepare;
+    if (dtype == LC_Q8_0) return rows_q8_0_vnni;
+  }
   if (path == LC_QUANT_AVX512 && (features & 2)) {
     if (dtype == LC_Q4_1) *prepare = q4_1_prepare;
     if (dtype == LC_Q8_0) return rows_q8_0_avx512;
@@ -718,18 +896,34 @@ static lc_qrows_fn path_kernel(int path, int dtype, lc_qprep_fn *prepare) {
   return 0;
 }
 
+static int int8_activations = -1;
+
+void lc_set_int8_activations(int on) { int8_activations = on ? 1 : 0; }
+
+int lc_int8_activations(void) {
+  // Off unless LORAC_ACTIVATIONS=int8; lc_set_int8_activations overrides both. (SmolLM2's
+  // activation outliers flatten their blocks' other values: logits move by up to ~2.)
+  if (int8_activations < 0) {
+    const char *env = getenv("LORAC_ACTIVATIONS");
+    int8_activations = env && strcmp(env, "int8") == 0;
+  }
+  return int8_activations;
+}
+
 int lc_quant_path(int dtype) {
-  // LORAC_QUANT_PATH=portable|avx2|avx512 caps the choice (for measurements); read once.
+  // LORAC_QUANT_PATH=portable|avx2|avx512|vnni caps the choice (for measurements); read once.
   static int cap = -1;
   if (cap < 0) {
     const char *env = getenv("LORAC_QUANT_PATH");
-    int value = LC_QUANT_AVX512;
+    int value = LC_QUANT_VNNI;
     if (env && strcmp(env, "portable") == 0) value = LC_QUANT_PORTABLE;
     if (env && strcmp(env, "avx2") == 0) value = LC_QUANT_AVX2;
+    if (env && strcmp(env, "avx512") == 0) value = LC_QUANT_AVX512;
     cap = value;
   }
+  int top = cap == LC_QUANT_VNNI && !lc_int8_activations() ? LC_QUANT_AVX512 : cap;
   lc_qprep_fn prepare;
-  for (int path = cap; path > LC_QUANT_PORTABLE; path--) {
+  for (int path = top; path > LC_QUANT_PORTABLE; path--) {
     if (path_kernel(path, dtype, &prepare)) return path;
   }
   return LC_QUANT_PORTABLE;

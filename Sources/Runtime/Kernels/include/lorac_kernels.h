@@ -133,9 +133,16 @@ void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const vo
 void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void *w, int64_t m,
                                int64_t n, int64_t k);
 /// Kernel paths of the storage-typed products: AUTO picks the widest this CPU runs for the dtype.
-enum lc_quant_path { LC_QUANT_AUTO, LC_QUANT_PORTABLE, LC_QUANT_AVX2, LC_QUANT_AVX512 };
-/// The path AUTO takes for dtype (the environment variable LORAC_QUANT_PATH=portable|avx2 caps it).
+/// VNNI (q8_0, q4_1) rounds the activations to int8 per block of 32, as llama.cpp does; the
+/// others keep them f32.
+enum lc_quant_path { LC_QUANT_AUTO, LC_QUANT_PORTABLE, LC_QUANT_AVX2, LC_QUANT_AVX512, LC_QUANT_VNNI };
+/// The path AUTO takes for dtype (the environment variable LORAC_QUANT_PATH=portable|avx2|avx512
+/// caps it; int8 activations off caps it at AVX512).
 int lc_quant_path(int dtype);
+/// Whether AUTO may round activations to int8 (the VNNI path): off unless LORAC_ACTIVATIONS=int8
+/// or lc_set_int8_activations(1).
+int lc_int8_activations(void);
+void lc_set_int8_activations(int on);
 /// lc_matmul_quantized_small on one path (for tests and measurements); returns 0 and writes nothing
 /// when this CPU or build has no kernel of that path for dtype.
 int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
