@@ -195,7 +195,8 @@ public struct Interpreter: Sendable {
         return round(DenseTensor(dtype: scalarDType, shape: [], scalars: [value]))
       }
     }
-    if op.isFused { return try fused(op, inputs, resultTypes).map(round) }
+    // `elementwise` is computed node by node, as the primitives it replaces.
+    if op.isFused, !op.isElementwise { return try fused(op, inputs, resultTypes).map(round) }
     return [round(try compute(op, inputs, resultType))]
   }
 
@@ -440,6 +441,15 @@ public struct Interpreter: Sendable {
       for flat in 0..<update.elementCount {
         let index = zip(unravel(flat, updateStrides), start).map { $0 + $1 }
         out[offset(index, outStrides)] = update.scalars[flat]
+      }
+
+    case .elementwise(let expression):
+      let round: (Double) -> Double =
+        precision == .f32 ? { Double(Float($0)) } : { $0 }
+      for flat in 0..<count {
+        out[flat] = expression.evaluate(
+          { x[$0].scalars[flat] }, unary: { unary($0, $1, integer: false) },
+          binary: { binary($0, $1, $2) }, round: round)
       }
 
     case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,

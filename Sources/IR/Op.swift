@@ -102,4 +102,8 @@ public enum Op: Hashable, Sendable {
   case attention(scale: Double)
   /// `attention_grad(q, k, v, mask, g) = (dq, dk, dv)`: the gradients of `attention` for `g`.
   case attentionGrad(scale: Double)
+  /// A chain of unary and binary functions computed per element in one pass: operands `$i` of
+  /// one `f32` type (the result's), number literals, no broadcasting. Made by `fuse{elementwise}`
+  /// after `autodiff`; it has no gradient of its own.
+  case elementwise(ElementwiseExpression)
 }

@@ -6,6 +6,8 @@ public enum AttributeValue: Hashable, Sendable {
   case number(Double)
   case integers([Int])
   case word(String)
+  /// A quoted string: `{expr="add($0, $1)"}`.
+  case text(String)
 
   /// The printed form of the value (nothing for a flag).
   var text: String {
@@ -15,6 +17,15 @@ public enum AttributeValue: Hashable, Sendable {
     case .number(let value): formatNumber(value)
     case .integers(let values): "[" + values.map(String.init).joined(separator: ",") + "]"
     case .word(let word): word
+    case .text(let text):
+      "\""
+        + text.flatMap { character -> [Character] in
+          switch character {
+          case "\\", "\"": ["\\", character]
+          case "\n": ["\\", "n"]
+          default: [character]
+          }
+        } + "\""
     }
   }
 }
@@ -45,6 +56,7 @@ extension Op {
       "cast", "iota", "fill", "softmax", "log_softmax", "rope", "dynamic_slice",
       "dynamic_update_slice", "rms_norm", "rms_norm_grad", "swiglu", "swiglu_grad",
       "cross_entropy", "cross_entropy_grad", "lora_linear", "attention", "attention_grad",
+      "elementwise",
     ]
 
   /// The op's name in the text format.
@@ -80,6 +92,7 @@ extension Op {
     case .loraLinear: "lora_linear"
     case .attention: "attention"
     case .attentionGrad: "attention_grad"
+    case .elementwise: "elementwise"
     }
   }
 
@@ -87,10 +100,15 @@ extension Op {
   public var isFused: Bool {
     switch self {
     case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,
-      .loraLinear, .attention, .attentionGrad:
+      .loraLinear, .attention, .attentionGrad, .elementwise:
       true
     default: false
     }
+  }
+
+  /// Whether the op is a fused `elementwise` chain.
+  public var isElementwise: Bool {
+    if case .elementwise = self { true } else { false }
   }
 
   /// The attributes the text shows, in order, leaving out defaults and what the result type
@@ -107,6 +125,8 @@ extension Op {
       return [("scale", .number(scale))] + (transposeW ? [("transpose_w", .flag)] : [])
     case .attention(let scale), .attentionGrad(let scale):
       return [("scale", .number(scale))]
+    case .elementwise(let expression):
+      return [("expr", .text(expression.description))]
     case .reduce(_, let axes, let keepDims):
       return [("axes", .integers(axes))] + (keepDims ? [("keep_dims", .flag)] : [])
     case .matmul(let transposeA, let transposeB):
@@ -185,6 +205,8 @@ extension Op {
       case "cross_entropy_grad": op = .crossEntropyGrad
       case "attention": op = .attention(scale: try reader.number("scale"))
       case "attention_grad": op = .attentionGrad(scale: try reader.number("scale"))
+      case "elementwise":
+        op = .elementwise(try ElementwiseExpression(parsing: try reader.text("expr")))
       case "lora_linear":
         op = .loraLinear(
           scale: try reader.number("scale"), transposeW: try reader.flag("transpose_w"))
@@ -273,6 +295,14 @@ struct AttributeReader {
     case nil: return nil
     case .word(let word): return word
     default: throw wrong(key, "a word")
+    }
+  }
+
+  mutating func text(_ key: String) throws(AttributeError) -> String {
+    switch try take(key) {
+    case nil: throw missing(key)
+    case .text(let text): return text
+    default: throw wrong(key, "a quoted string")
     }
   }
 

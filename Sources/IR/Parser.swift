@@ -363,6 +363,9 @@ public struct Parser {
           }
           _ = try expect(.rightBracket, "',' or ']'")
           value = .integers(values)
+        case .string:
+          value = .text(token.text)
+          try advance()
         default:
           throw expected("an attribute value")
         }

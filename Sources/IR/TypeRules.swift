@@ -56,7 +56,7 @@ extension Op {
       3
     case .loraLinear, .attention: 4
     case .attentionGrad: 5
-    case .concat: nil
+    case .concat, .elementwise: nil
     }
   }
 
@@ -359,6 +359,18 @@ extension Op {
       }
       if case .rmsNormGrad = self, tensor(2) != type {
         throw fail("expected the gradient \(type), got \(tensor(2))")
+      }
+      return [type]
+
+    case .elementwise(let expression):
+      if operands.count != expression.operandCount {
+        throw fail(
+          "the expression reads \(expression.operandCount) operand(s), got \(operands.count)")
+      }
+      let type = tensor(0)
+      try requireFloat(0)
+      for index in 1..<tensors.count where tensor(index) != type {
+        throw fail("operands must all be \(type): \(list())")
       }
       return [type]
 

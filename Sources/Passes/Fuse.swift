@@ -18,12 +18,22 @@ import IR
 /// Run it before `autodiff`: the fused ops have their own gradients (`rms_norm_grad`,
 /// `swiglu_grad`, `cross_entropy_grad`, and primitives for `lora_linear`). After `autodiff` the
 /// forward patterns whose inner values the backward pass reads are left as they are.
+///
+/// `fuse{elementwise=true}` also fuses trees of unary and binary ops into `elementwise`
+/// instructions (see `ElementwiseChains`). They have no gradient, so run that after `autodiff`:
+/// `lora,freeze,fuse,autodiff,fuse{elementwise=true},dce`.
 public struct Fuse: Pass {
   public static let mnemonic = "fuse"
-  public static let optionNames: [String] = []
+  public static let optionNames = ["elementwise"]
 
-  public init(options: PassOptions) throws(PassError) {}
-  public init() {}
+  /// Whether elementwise chains are fused too.
+  public var elementwise: Bool
+
+  public init(options: PassOptions) throws(PassError) {
+    elementwise = try options.flag("elementwise", default: false)
+  }
+
+  public init(elementwise: Bool = false) { self.elementwise = elementwise }
 
   public func run(_ graph: Graph) throws(PassError) -> Graph {
     var matcher = Matcher(graph)
@@ -33,7 +43,8 @@ public struct Fuse: Pass {
         matcher.rmsNorm(index) || matcher.swiglu(index) || matcher.crossEntropy(index)
         || matcher.loraLinear(index) || matcher.attention(index)
     }
-    return matcher.rewritten()
+    let fused = matcher.rewritten()
+    return elementwise ? ElementwiseChains(fused).run() : fused
   }
 
   /// Fused instructions by kind in `graph`, for reports (`rms_norm: 61, ...`).

@@ -315,7 +315,7 @@ func vjp(
     ]
 
   case .compare, .iota, .fill, .rmsNormGrad, .swigluGrad, .crossEntropyGrad, .loraLinear,
-    .attentionGrad:
+    .attentionGrad, .elementwise:
     throw noGradient()
   }
 }

@@ -176,6 +176,50 @@ struct StepBuilder {
         return nil
       }
 
+    case .elementwise(let expression):
+      guard expression.depth <= Int(LC_EW_MAX_DEPTH) else {
+        throw unsupported("an expression deeper than \(LC_EW_MAX_DEPTH) values")
+      }
+      var steps: [Int32] = []
+      var literals: [Float] = []
+      func emit(_ node: ElementwiseExpression) {
+        switch node {
+        case .operand(let index):
+          steps += [Int32(LC_EW_INPUT.rawValue), Int32(index)]
+        case .literal(let value):
+          steps += [Int32(LC_EW_LITERAL.rawValue), Int32(literals.count)]
+          literals.append(Float(value))
+        case .unary(let function, let x):
+          emit(x)
+          steps += [
+            Int32(LC_EW_UNARY.rawValue), Int32(UnaryOp.allCases.firstIndex(of: function) ?? 0),
+          ]
+        case .binary(let function, let x, let y):
+          emit(x)
+          emit(y)
+          steps += [
+            Int32(LC_EW_BINARY.rawValue), Int32(BinaryOp.allCases.firstIndex(of: function) ?? 0),
+          ]
+        }
+      }
+      emit(expression)
+      let inputs: [UnsafePointer<Float>?] = (0..<instruction.operands.count).map {
+        UnsafePointer(operand($0).assumingMemoryBound(to: Float.self))
+      }
+      let stepCount = Int64(steps.count / 2)
+      return {
+        steps.withUnsafeBufferPointer { program in
+          inputs.withUnsafeBufferPointer { pointers in
+            literals.withUnsafeBufferPointer { values in
+              lc_elementwise_f32(
+                out.assumingMemoryBound(to: Float.self), program.baseAddress, stepCount,
+                pointers.baseAddress, values.baseAddress, count)
+            }
+          }
+        }
+        return nil
+      }
+
     case .swiglu:
       let (gate, up) = (operand(0), operand(1))
       return {

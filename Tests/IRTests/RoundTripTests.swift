@@ -116,6 +116,9 @@ func everyOpGraph() throws -> Graph {
       .value(queries.value), .value(keys.value), .value(keys.value), .value(causal.value),
       .value(queries.value),
     ])
+  outputs += try b.emit(
+    .elementwise(try ElementwiseExpression(parsing: "mul(add($0, $1), neg(-0.5))")),
+    [.value(x.value), .value(x.value)], name: "layers.0.chain")
   return try b.finish(outputs: outputs)
 }
 

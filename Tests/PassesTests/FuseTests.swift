@@ -157,7 +157,7 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
 }
 
 @Test func fuseTakesNoOptions() throws {
-  #expect(throws: PassError(message: "fuse: unknown option 'level' (accepted: none)")) {
+  #expect(throws: PassError(message: "fuse: unknown option 'level' (accepted: elementwise)")) {
     try Pipeline(parsing: "fuse{level=2}")
   }
 }
@@ -383,4 +383,74 @@ private func decodingBindings(
     try Merge().run(try Llama.trace(config, batch: 1, sequence: 3))
   }
   #expect(throws: PassError.self) { try Unmerge().run(adapted) }
+}
+
+@Test func fuseElementwiseAfterAutodiffOnTheDesignExample() throws {
+  let pipeline = try Pipeline(
+    parsing:
+      "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
+  )
+  let text = Printer().print(try pipeline.run(try fcGraph()))
+  // The gradient chain %7-%10 (two products, their sum, the LoRA scale) is one instruction; %1,
+  // read four times, and the broadcast stay leaves.
+  #expect(
+    text == """
+      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
+        const @fc.weight : f32[32,16]
+        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
+        param @fc.lora_b : f32[2,32] {init=zeros}
+        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
+        %2 = mul %1, %1                            : f32[4,32]
+        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
+        %4 = fill {value=1.0}                      : f32[]       "loss.grad"
+        %5 = reshape %4                            : f32[1,1]
+        %6 = broadcast %5                          : f32[4,32]
+        %7 = elementwise %6, %1 {expr="mul(add(mul($0, $1), mul($0, $1)), 2.0)"} : f32[4,32]
+        %8 = matmul %0, %7 {transpose_a}           : f32[2,32]   "fc.lora_b.grad"
+        %9 = matmul %7, @fc.lora_b {transpose_b}   : f32[4,2]
+        %10 = matmul %x, %9 {transpose_a}          : f32[16,2]   "fc.lora_a.grad"
+        return %3, %10, %8
+      }
+
+      """)
+}
+
+@Test func fuseElementwiseComputesTheSameValuesOnTheLlamaTrainGraph() throws {
+  let lora = "lora{rank=2,alpha=4,targets=layers.*.attn.{q,k,v,o},seed=3},freeze,fuse"
+  let plain = try Pipeline(parsing: lora + ",autodiff{loss=loss},dce").run(tinyLlama())
+  let chained = try Pipeline(parsing: lora + ",autodiff{loss=loss},fuse{elementwise=true},dce")
+    .run(tinyLlama())
+  let chains = chained.body.filter(\.op.isElementwise)
+  #expect(chains.count >= 4)
+  #expect(chained.body.count < plain.body.count)
+  // Every chain holds at least two ops, and no leaf is an op it could have absorbed.
+  for chain in chains {
+    guard case .elementwise(let expression) = chain.op else { continue }
+    #expect(expression.nodeCount >= 2)
+  }
+  var values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
+  var generator = SplitMix64(seed: 9)
+  for declaration in plain.declarations where declaration.kind == .parameter {
+    let type = plain.type(of: declaration.value)
+    values[declaration.name] = DenseTensor(
+      dtype: .f32, shape: type.shape,
+      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+  }
+  // Node-by-node rounding: the same values to the bit in f32 precision.
+  let interpreter = Interpreter(precision: .f32)
+  #expect(
+    try interpreter.run(chained, bindings: values) == interpreter.run(plain, bindings: values))
+}
+
+@Test func elementwiseChainsHaveNoGradient() throws {
+  // Fused before autodiff, a chain stops autodiff with a message naming it.
+  let b = GraphBuilder(name: "chain")
+  let x = try b.input(name: "x", shape: [3])
+  let w = try b.parameter(name: "w", shape: [3], initializer: .zeros)
+  let loss = try (exp(x * w) + 1.0).sum().named("loss")
+  let graph = try Fuse(elementwise: true).run(try b.finish(outputs: [loss]))
+  #expect(graph.body.contains { $0.op.isElementwise })
+  #expect(throws: PassError(message: "autodiff: elementwise has no gradient")) {
+    try Pipeline(parsing: "autodiff{loss=loss}").run(graph)
+  }
 }

@@ -229,3 +229,36 @@ extension RuntimeSuite {
     }
   }
 }
+
+extension RuntimeSuite {
+  /// A fused chain with every node kind: operands read twice, a literal on each side, a unary
+  /// literal-free function, and a leaf reshaped from another shape.
+  static func chainGraphs(size: Int) throws -> (primitive: Graph, fused: Graph) {
+    let b = GraphBuilder(name: "chain")
+    let x = try b.input(name: "x", shape: [size])
+    let y = try b.input(name: "y", shape: [size])
+    let z = try b.input(name: "z", shape: [1, size])
+    let chain = try (2.0 - sigmoid(x * y)) * (x + z.reshaped([size])) / 3.0
+    let primitive = try b.finish(outputs: [try maximum(chain, y)])
+    return (primitive, try Fuse(elementwise: true).run(primitive))
+  }
+
+  @Test func elementwiseChainsMatchTheirPrimitivesBitForBit() throws {
+    for size in awkwardSizes + [40_000] {
+      let (primitive, fused) = try Self.chainGraphs(size: size)
+      #expect(fused.body.filter(\.op.isElementwise).count == 1, "\(Printer().print(fused))")
+      #expect(fused.body.count < primitive.body.count)
+      #expect(try compareWithInterpreter(fused) <= elementwiseBound, "size \(size)")
+      // Same kernels per node, same rounding: the fused executable equals the unfused one.
+      var inputs: [String: HostTensor] = [:]
+      for (offset, input) in primitive.inputs.enumerated() {
+        inputs[input.name] =
+          randomTensor(primitive.type(of: input.value), seed: 40 &+ UInt64(offset)).host
+      }
+      let expected = try Executable(primitive).run(inputs: inputs)[0]
+      let actual = try Executable(fused).run(inputs: inputs)[0]
+      #expect(
+        actual.floats().map(\.bitPattern) == expected.floats().map(\.bitPattern), "size \(size)")
+    }
+  }
+}

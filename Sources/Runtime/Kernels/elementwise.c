@@ -214,3 +214,62 @@ void lc_fill_32(uint32_t *out, uint32_t word, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > LC_PARALLEL_MIN)
   for (int64_t i = 0; i < n; i++) out[i] = word;
 }
+
+// ---- fused elementwise chains ---------------------------------------------------------------
+
+#define LC_EW_BLOCK 256
+
+/// One value on the evaluation stack of a block: its elements and stride (0 for a literal).
+typedef struct {
+  const float *p;
+  int64_t stride;
+} lc_ew_value;
+
+void lc_elementwise_f32(float *out, const int32_t *steps, int64_t count,
+                        const float *const *inputs, const float *literals, int64_t n) {
+  int64_t blocks = (n + LC_EW_BLOCK - 1) / LC_EW_BLOCK;
+#pragma omp parallel for schedule(static) if (n > LC_PARALLEL_MIN)
+  for (int64_t block = 0; block < blocks; block++) {
+    int64_t start = block * LC_EW_BLOCK;
+    int64_t width = n - start < LC_EW_BLOCK ? n - start : LC_EW_BLOCK;
+    // Stack entry d computes into buffer d; the last step writes straight into out.
+    float buffers[LC_EW_MAX_DEPTH][LC_EW_BLOCK];
+    lc_ew_value stack[LC_EW_MAX_DEPTH];
+    int depth = 0;
+    for (int64_t s = 0; s < count; s++) {
+      int kind = steps[2 * s], argument = steps[2 * s + 1];
+      int last = s == count - 1;
+      switch (kind) {
+        case LC_EW_INPUT:
+          stack[depth++] = (lc_ew_value){inputs[argument] + start, 1};
+          break;
+        case LC_EW_LITERAL:
+          stack[depth++] = (lc_ew_value){literals + argument, 0};
+          break;
+        case LC_EW_UNARY: {
+          lc_ew_value x = stack[depth - 1];
+          float *o = last ? out + start : buffers[depth - 1];
+          if (x.stride == 0) {
+            for (int64_t i = 0; i < width; i++) buffers[depth - 1][i] = x.p[0];
+            x.p = buffers[depth - 1];
+          }
+          unary_f32_range(argument, x.p, o, width);
+          stack[depth - 1] = (lc_ew_value){o, 1};
+          break;
+        }
+        case LC_EW_BINARY: {
+          lc_ew_value a = stack[depth - 2], b = stack[depth - 1];
+          float *o = last ? out + start : buffers[depth - 2];
+          binary_f32_row(argument, o, a.p, a.stride, b.p, b.stride, width);
+          stack[depth - 2] = (lc_ew_value){o, 1};
+          depth--;
+          break;
+        }
+      }
+    }
+    // A program that is a lone operand or literal: copy it.
+    if (count > 0 && steps[2 * (count - 1)] <= LC_EW_LITERAL) {
+      for (int64_t i = 0; i < width; i++) out[start + i] = stack[0].p[i * stack[0].stride];
+    }
+  }
+}

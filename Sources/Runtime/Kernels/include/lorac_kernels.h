@@ -148,6 +148,17 @@ void lc_set_int8_activations(int on);
 int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
                              int64_t m, int64_t n, int64_t k);
 
+/// Step kinds of an elementwise program (postfix; each step is a kind and an argument): push
+/// input `argument`, push literal `argument`, apply unary op `argument` to the top, apply binary
+/// op `argument` to the top two (the deeper one is the left operand).
+enum lc_elementwise_step { LC_EW_INPUT, LC_EW_LITERAL, LC_EW_UNARY, LC_EW_BINARY };
+/// The deepest stack an elementwise program may use.
+#define LC_EW_MAX_DEPTH 8
+/// out[i] = program(inputs[0][i], inputs[1][i], ...) for i < n, one pass over blocks of 256
+/// elements that stay in L1; each step rounds as the primitive kernel does (same results).
+void lc_elementwise_f32(float *out, const int32_t *steps, int64_t count,
+                        const float *const *inputs, const float *literals, int64_t n);
+
 // ---- fused ops (fused.c) -------------------------------------------------------------------
 /// y = x (mean(x^2) + eps)^(-1/2) w per row of x [rows, d].
 void lc_rms_norm_f32(float *y, const float *x, const float *w, int64_t rows, int64_t d,
