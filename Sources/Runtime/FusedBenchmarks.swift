@@ -10,6 +10,8 @@ extension KernelBenchmarks {
       Threads.set(count)
       results.append(try rmsNorm(rows: 512, width: 576, runs: runs))
       results.append(try swiglu(rows: 512, width: 1536, runs: runs))
+      results.append(try gradientSum(rows: 512, width: 576, runs: runs))
+      results.append(try mixedChain(rows: 512, width: 1536, runs: runs))
       results.append(try crossEntropy(rows: 512, vocabulary: 49_152, runs: runs))
       results.append(try crossEntropyGradient(rows: 512, vocabulary: 49_152, runs: runs))
       results.append(try attention(batch: 1, sequence: 128, runs: runs))
@@ -90,6 +92,39 @@ extension KernelBenchmarks {
     let primitive = try graph(shapes) { _, x in [try IR.silu(x[0]) * x[1]] }
     return result(
       "swiglu_\(rows)x\(width)", try compare(fused, primitive, runs: runs),
+      work: Double(3 * rows * width * 4), unit: "byte", runs: runs)
+  }
+
+  /// The six-way sum of the gradients reaching a layer's normed input in the train graph (base
+  /// and adapter paths of q, k and v), one `elementwise` instruction against five `add`s.
+  static func gradientSum(rows: Int, width: Int, runs: Int) throws -> BenchmarkResult {
+    let shapes = Array(repeating: [rows, width], count: 6)
+    let expression = try ElementwiseExpression(
+      parsing: "add(add(add($0, $1), add($2, $3)), add($4, $5))")
+    let fused = try graph(shapes) { b, x in
+      try b.emit(.elementwise(expression), x.map { .value($0.value) })
+    }
+    let primitive = try graph(shapes) { _, x in
+      [try ((x[0] + x[1]) + (x[2] + x[3])) + (x[4] + x[5])]
+    }
+    return result(
+      "elementwise_sum6_\(rows)x\(width)", try compare(fused, primitive, runs: runs),
+      work: Double(7 * rows * width * 4), unit: "byte", runs: runs)
+  }
+
+  /// A chain of five ops over two operands with literals (a gated, scaled residual).
+  static func mixedChain(rows: Int, width: Int, runs: Int) throws -> BenchmarkResult {
+    let shapes = [[rows, width], [rows, width]]
+    let expression = try ElementwiseExpression(
+      parsing: "add(mul(sigmoid(mul($0, 2.0)), $1), mul($0, 0.5))")
+    let fused = try graph(shapes) { b, x in
+      try b.emit(.elementwise(expression), [.value(x[0].value), .value(x[1].value)])
+    }
+    let primitive = try graph(shapes) { _, x in
+      [try IR.sigmoid(x[0] * 2.0) * x[1] + x[0] * 0.5]
+    }
+    return result(
+      "elementwise_chain5_\(rows)x\(width)", try compare(fused, primitive, runs: runs),
       work: Double(3 * rows * width * 4), unit: "byte", runs: runs)
   }
 

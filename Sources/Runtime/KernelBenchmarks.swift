@@ -24,16 +24,19 @@ public struct BenchmarkResult: Sendable {
 /// The kernel benchmarks of `lorac bench kernels`: each measures lorac's compiled path and a
 /// baseline on the same data, medians of `runs` runs after a warm-up.
 public enum KernelBenchmarks {
-  /// Runs every kernel benchmark at each thread count.
-  public static func run(threads: [Int], runs: Int) throws -> [BenchmarkResult] {
+  /// Runs the GEMM (`gemm`) and decoding-product (`matvec`) benchmarks at each thread count.
+  public static func run(
+    threads: [Int], runs: Int, groups: Set<String> = ["gemm", "matvec"]
+  ) throws -> [BenchmarkResult] {
     var results: [BenchmarkResult] = []
     for count in threads {
       Threads.set(count)
-      for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)] {
+      for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)]
+      where groups.contains("gemm") {
         results.append(try gemm(m: 512, k: k, n: n, runs: runs))
       }
       // SmolLM2's decoding shapes: ffn_down, ffn_gate/up, and the Q8_0 embedding as the head.
-      for (n, k) in [(576, 1536), (1536, 576), (49152, 576)] {
+      for (n, k) in [(576, 1536), (1536, 576), (49152, 576)] where groups.contains("matvec") {
         for dtype in [DType.q4_1, .q8_0, .f32, .f16, .bf16] {
           results.append(try matvec(dtype, k: k, n: n, runs: runs))
         }

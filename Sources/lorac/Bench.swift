@@ -20,11 +20,21 @@ struct Bench: ParsableCommand {
     @Option(help: "Comma-separated thread counts.")
     var threads: String = "1,2"
 
+    @Option(help: "Comma-separated groups to run: gemm, matvec, fused (default: all).")
+    var only: String = "gemm,matvec,fused"
+
     @Flag(help: "Print one JSON object keyed by benchmark and thread count.")
     var json = false
 
+    private var groups: Set<String> { Set(only.split(separator: ",").map(String.init)) }
+
     func validate() throws {
       if runs < 1 { throw ValidationError("--runs must be at least 1, got \(runs)") }
+      let unknown = groups.subtracting(["gemm", "matvec", "fused"])
+      if groups.isEmpty || !unknown.isEmpty {
+        throw ValidationError(
+          "--only takes gemm, matvec and fused, got '\(only)'")
+      }
       if parsedThreads == nil {
         throw ValidationError("--threads must be positive integers like 1,2, got '\(threads)'")
       }
@@ -39,8 +49,8 @@ struct Bench: ParsableCommand {
     func run() throws {
       let counts = parsedThreads ?? [1]
       let results =
-        try KernelBenchmarks.run(threads: counts, runs: runs)
-        + KernelBenchmarks.fused(threads: counts, runs: runs)
+        try KernelBenchmarks.run(threads: counts, runs: runs, groups: groups)
+        + (groups.contains("fused") ? KernelBenchmarks.fused(threads: counts, runs: runs) : [])
       print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
     }
   }

@@ -33,7 +33,7 @@ extension Bench {
     var targets = "layers.*.attn.{q,k,v,o}"
 
     @Option(help: "The passes between lora/freeze and the executable.")
-    var passes = "fuse,autodiff{loss=loss},dce"
+    var passes = "fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
 
     @Option(help: "Steps measured after one warm-up step.")
     var runs = 5

@@ -23,7 +23,7 @@ final class Trainer {
     do {
       let pipeline = try Pipeline(
         parsing:
-          "lora{rank=\(rank),alpha=\(alpha),targets=\(targets),seed=\(seed)},freeze,fuse,autodiff{loss=loss},dce"
+          "lora{rank=\(rank),alpha=\(alpha),targets=\(targets),seed=\(seed)},freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
       )
       let graph = try pipeline.run(try model.trace(batch: batch, sequence: sequence, loss: true))
       executable = try Executable(graph, constants: try model.weights(for: graph))

@@ -38,7 +38,7 @@ struct TrainingSession {
       let pipeline = try Pipeline(
         parsing:
           "lora{rank=\(adapter.rank),alpha=\(adapter.alpha),rslora=\(adapter.useRSLoRA),targets=\(targets)},"
-          + "freeze,fuse,autodiff{loss=loss},dce")
+          + "freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce")
       let printAfter: Pipeline.PrintAfter =
         switch printIRAfter {
         case nil: .none
