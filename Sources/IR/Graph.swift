@@ -108,6 +108,15 @@ public struct Graph: Hashable, Sendable {
     declarations.first { $0.name == name }
   }
 
+  /// For each instruction result, the index of the instruction that defines it.
+  public func definers() -> [Value: Int] {
+    var definers: [Value: Int] = [:]
+    for (index, instruction) in body.enumerated() {
+      for result in instruction.results { definers[result] = index }
+    }
+    return definers
+  }
+
   /// For each value, the indices of the instructions that read it (a computed analysis).
   public func users() -> [Value: [Int]] {
     var users: [Value: [Int]] = [:]

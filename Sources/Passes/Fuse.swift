@@ -73,11 +73,7 @@ private struct Matcher {
 
   init(_ graph: Graph) {
     self.graph = graph
-    var definer: [Value: Int] = [:]
-    for (index, instruction) in graph.body.enumerated() {
-      for result in instruction.results { definer[result] = index }
-    }
-    self.definer = definer
+    definer = graph.definers()
     users = graph.users()
     outputs = Set(graph.outputs)
   }

@@ -65,10 +65,7 @@ public struct Unmerge: Pass {
   public init() {}
 
   public func run(_ graph: Graph) throws(PassError) -> Graph {
-    var definer: [Value: Int] = [:]
-    for (index, instruction) in graph.body.enumerated() {
-      for value in instruction.results { definer[value] = index }
-    }
+    let definer = graph.definers()
     func defining(_ operand: Operand) -> Instruction? {
       operand.value.flatMap { definer[$0] }.map { graph.body[$0] }
     }

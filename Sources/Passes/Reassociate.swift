@@ -16,10 +16,7 @@ public struct Reassociate: Pass {
 
   public func run(_ graph: Graph) throws(PassError) -> Graph {
     var result = graph
-    var definer: [Value: Int] = [:]
-    for (index, instruction) in graph.body.enumerated() {
-      for value in instruction.results { definer[value] = index }
-    }
+    let definer = graph.definers()
     let users = graph.users()
     let outputs = Set(graph.outputs)
     let plain = Op.matmul(transposeA: false, transposeB: false)
