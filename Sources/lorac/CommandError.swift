@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// Prints `error: message` to standard error and exits with status 1.
@@ -27,4 +28,11 @@ func readText(_ path: String) -> String {
     fail("'\(path)' is not UTF-8 text")
   }
   return text
+}
+
+/// Checks a `--threads` value: at least 1 when given (leave it out for all cores).
+func validateThreads(_ threads: Int?) throws {
+  if let threads, threads < 1 {
+    throw ValidationError("--threads must be at least 1, got \(threads)")
+  }
 }

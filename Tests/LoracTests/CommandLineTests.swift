@@ -133,6 +133,8 @@ final class ErrorReader: @unchecked Sendable {
   #expect(help.stdout.contains("dump-ir"))
   #expect(help.stdout.contains("check-ir"))
   let unknown = try lorac(["dump-ir", "--example", "gpt5"])
-  #expect(unknown.status != 0)
+  #expect(unknown.status == 1)
+  #expect(unknown.stderr.hasPrefix("error: "))
   #expect(unknown.stderr.contains("gpt5"))
+  #expect(unknown.stderr.hasSuffix(" (see 'lorac dump-ir --help')\n"))
 }
