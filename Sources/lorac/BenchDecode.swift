@@ -17,14 +17,16 @@ extension Bench {
     @Option(help: "Comma-separated cache positions.")
     var positions = "16,256,1024"
 
-    @Option(help: "Steps per position after one warm-up step.")
+    @Option(parsing: .unconditional, help: "Steps per position after one warm-up step.")
     var runs = 9
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(parsing: .unconditional, help: "Threads (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Print one JSON object.")
     var json = false
+
+    func validate() throws { try validateThreads(threads) }
 
     func run() throws {
       let slots = positions.split(separator: ",").compactMap { Int($0) }
