@@ -5,6 +5,13 @@ import Foundation
 /// one, never a part.
 public func writeAtomically(_ data: Data, to url: URL) throws(FileError) {
   let folder = url.deletingLastPathComponent()
+  // Said before anything is written: the rename below would only fail after a full write.
+  var isDirectory: ObjCBool = false
+  if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory),
+    isDirectory.boolValue
+  {
+    throw FileError(message: "\(url.path): is a directory")
+  }
   let temporary = folder.appendingPathComponent(
     ".\(url.lastPathComponent).\(UUID().uuidString).tmp")
   guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {

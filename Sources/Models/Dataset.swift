@@ -25,28 +25,60 @@ public struct DatasetError: Error, Hashable, Sendable, CustomStringConvertible {
 /// loss on the assistant turns, their `<|im_end|>` included), and the tutorials' synthetic
 /// `mystery_function` task.
 public enum Dataset {
-  /// Reads a jsonl file; every bad line is reported with its number.
-  public static func load(
-    path: String, tokenizer: Tokenizer, template: ChatTemplate?
-  ) throws(DatasetError) -> [TrainingExample] {
+  /// The JSON object on every non-blank line of a jsonl file, with its line number (from 1).
+  ///
+  /// - Throws: `DatasetError` for a file that cannot be read (naming it) and for a line that is
+  ///   not a JSON object (naming the file and the line).
+  public static func jsonLines(path: String) throws(DatasetError) -> [(
+    line: Int, object: JSONValue
+  )] {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+      throw DatasetError(message: "\(path): cannot open: No such file or directory")
+    }
+    if isDirectory.boolValue { throw DatasetError(message: "\(path): is a directory") }
     guard let data = FileManager.default.contents(atPath: path) else {
       throw DatasetError(message: "\(path): cannot read the file")
     }
-    var examples: [TrainingExample] = []
+    var objects: [(line: Int, object: JSONValue)] = []
     var lineNumber = 0
     for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
       lineNumber += 1
       if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }
-      func fail(_ message: String) -> DatasetError {
-        DatasetError(message: "\(path):\(lineNumber): \(message)")
-      }
       let json: JSONValue
       do {
         json = try JSONValue.parse(Array(line))
       } catch {
-        throw fail("not valid JSON (\(error.message))")
+        throw DatasetError(message: "\(path):\(lineNumber): not valid JSON (\(error.message))")
       }
-      guard case .object = json else { throw fail("expected a JSON object") }
+      guard case .object = json else {
+        throw DatasetError(
+          message: "\(path):\(lineNumber): expected a JSON object, got \(json.kindName)")
+      }
+      objects.append((lineNumber, json))
+    }
+    if objects.isEmpty { throw DatasetError(message: "\(path): no examples") }
+    return objects
+  }
+
+  /// Reads a jsonl file; every bad line is reported with its number.
+  public static func load(
+    path: String, tokenizer: Tokenizer, template: ChatTemplate?
+  ) throws(DatasetError) -> [TrainingExample] {
+    var examples: [TrainingExample] = []
+    for (lineNumber, json) in try jsonLines(path: path) {
+      func fail(_ message: String) -> DatasetError {
+        DatasetError(message: "\(path):\(lineNumber): \(message)")
+      }
+      // A known field of the wrong type is named, rather than the line read as another format.
+      for key in ["prompt", "completion", "text"] {
+        guard let value = json[key] else { continue }
+        if case .string = value { continue }
+        throw fail("\"\(key)\" must be a string, got \(value.kindName)")
+      }
+      if let value = json["messages"], !value.isArray {
+        throw fail("\"messages\" must be an array, got \(value.kindName)")
+      }
       if case .string(let prompt)? = json["prompt"] {
         guard case .string(let completion)? = json["completion"] else {
           throw fail("\"prompt\" needs a string \"completion\"")
@@ -63,10 +95,10 @@ public enum Dataset {
           throw fail("\"messages\" needs a model with a ChatML chat template")
         }
         var messages: [ChatMessage] = []
-        for item in items {
+        for (index, item) in items.enumerated() {
           guard case .string(let role)? = item["role"], case .string(let content)? = item["content"]
           else {
-            throw fail("every message needs string \"role\" and \"content\"")
+            throw fail("message \(index + 1) needs string \"role\" and \"content\"")
           }
           messages.append(ChatMessage(role: role, content: content))
         }
@@ -81,7 +113,6 @@ public enum Dataset {
         throw fail("the example has fewer than 2 tokens")
       }
     }
-    if examples.isEmpty { throw DatasetError(message: "\(path): no examples") }
     return examples
   }
 
@@ -131,5 +162,25 @@ public enum Dataset {
       let b = Int(generator.next() % 1000)
       return (">>> mystery_function(\(a), \(b))\n", String(a + b))
     }
+  }
+}
+
+extension JSONValue {
+  /// What kind of value this is, for messages: `a string`, `a number`, `an object`, ...
+  public var kindName: String {
+    switch self {
+    case .object: "an object"
+    case .array: "an array"
+    case .string: "a string"
+    case .integer, .number: "a number"
+    case .bool: "a boolean"
+    case .null: "null"
+    }
+  }
+
+  /// Whether this is a JSON array.
+  public var isArray: Bool {
+    if case .array = self { return true }
+    return false
   }
 }

@@ -76,6 +76,11 @@ public struct PEFTAdapter: Sendable {
     var order: [String] = []
     for entry in weights.entries {
       guard let (target, isA) = PEFTAdapter.loracName(entry.name, layers: config.layerCount) else {
+        if let layer = PEFTAdapter.layerIndex(entry.name), layer >= config.layerCount {
+          throw fail(
+            "tensor '\(entry.name)' adapts layer \(layer), but the model has \(config.layerCount) "
+              + "layers (an adapter for another model?)")
+        }
         throw fail(
           "unexpected tensor '\(entry.name)' (expected base_model.model.model.layers.N.<module>.lora_{A,B}.weight)"
         )
@@ -135,6 +140,13 @@ public struct PEFTAdapter: Sendable {
       if tail == module.hf + ".lora_B.weight" { return ("layers.\(layer).\(module.lorac)", false) }
     }
     return nil
+  }
+
+  /// The layer number in a PEFT tensor name (`...layers.3....` -> 3), whatever follows it.
+  static func layerIndex(_ name: String) -> Int? {
+    let prefix = "base_model.model.model.layers."
+    guard name.hasPrefix(prefix) else { return nil }
+    return Int(name.dropFirst(prefix.count).prefix { $0 != "." })
   }
 
   static func dimensions(of target: String, config: LlamaConfig) -> (inputs: Int, outputs: Int) {

@@ -17,10 +17,10 @@ extension Bench {
     @Option(help: "Comma-separated cache positions.")
     var positions = "16,256,1024"
 
-    @Option(help: "Steps per position after one warm-up step.")
+    @Option(parsing: .unconditional, help: "Steps per position after one warm-up step.")
     var runs = 9
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(parsing: .unconditional, help: "Threads (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does.")
@@ -28,6 +28,8 @@ extension Bench {
 
     @Flag(help: "Print one JSON object.")
     var json = false
+
+    func validate() throws { try validateThreads(threads) }
 
     func run() throws {
       if int8Activations { DecodeKernels.int8Activations = true }

@@ -22,7 +22,7 @@ extension Bench {
     @Option(help: "Runs after one warm-up run.")
     var runs: Int = 5
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(parsing: .unconditional, help: "Threads (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Print one JSON object.")
@@ -31,6 +31,7 @@ extension Bench {
     func validate() throws {
       if tokens < 1 { throw ValidationError("--tokens must be at least 1") }
       if runs < 1 { throw ValidationError("--runs must be at least 1") }
+      try validateThreads(threads)
     }
 
     func run() throws {

@@ -20,13 +20,13 @@ extension Bench {
     @Argument(help: "The GGUF model.")
     var model: String
 
-    @Option(help: "Sequences per step.")
+    @Option(parsing: .unconditional, help: "Sequences per step.")
     var batch = 16
 
-    @Option(help: "Tokens per sequence.")
+    @Option(parsing: .unconditional, help: "Tokens per sequence.")
     var seq = 32
 
-    @Option(help: "LoRA rank.")
+    @Option(parsing: .unconditional, help: "LoRA rank.")
     var rank = 8
 
     @Option(help: "Value names to adapt (a glob).")
@@ -35,10 +35,10 @@ extension Bench {
     @Option(help: "The passes between lora/freeze and the executable.")
     var passes = "fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
 
-    @Option(help: "Steps measured after one warm-up step.")
+    @Option(parsing: .unconditional, help: "Steps measured after one warm-up step.")
     var runs = 5
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(parsing: .unconditional, help: "Threads (default: all cores).")
     var threads: Int?
 
     @Flag(help: "Print one JSON object.")
@@ -61,6 +61,9 @@ extension Bench {
         loaded = try LlamaModel(path: model)
       } catch {
         fail(error.message)
+      }
+      if seq > loaded.contextLength {
+        fail("--seq \(seq) is more than the model's context of \(loaded.contextLength) tokens")
       }
       let start = DispatchTime.now().uptimeNanoseconds
       var phases: [UInt64] = []

@@ -6,7 +6,9 @@ struct CheckIR: ParsableCommand {
   static let configuration = CommandConfiguration(
     commandName: "check-ir",
     abstract: "Parse and verify IR text, then print its canonical form.",
-    discussion: "On an error prints 'error: LINE:COL: message' to stderr and exits 1.")
+    discussion:
+      "On an error prints 'error: FILE:LINE:COL: message' (for standard input 'error: LINE:COL: message') to stderr and exits 1."
+  )
 
   @Argument(help: "The IR file, or - for standard input.")
   var file: String
@@ -18,10 +20,13 @@ struct CheckIR: ParsableCommand {
       graph = try Parser.parse(text)
       try Verifier.verify(graph)
     } catch let error as ParseError {
-      fail(error.description)
+      fail(sourcePrefix(file) + error.description)
     } catch {
       fail("\(error)")
     }
     print(Printer().print(graph), terminator: "")
   }
 }
+
+/// `FILE:` before a `LINE:COL:` position in IR read from a file; nothing for standard input.
+func sourcePrefix(_ file: String) -> String { file == "-" ? "" : "\(file):" }

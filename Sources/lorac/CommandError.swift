@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// Prints `error: message` to standard error and exits with status 1.
@@ -17,14 +18,21 @@ func readText(_ path: String) -> String {
     guard let contents = FileManager.default.contents(atPath: path) else {
       var isDirectory: ObjCBool = false
       if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
-        fail(isDirectory.boolValue ? "'\(path)' is a directory" : "cannot read '\(path)'")
+        fail(isDirectory.boolValue ? "\(path): is a directory" : "\(path): cannot read the file")
       }
-      fail("no such file '\(path)'")
+      fail("\(path): cannot open: No such file or directory")
     }
     data = contents
   }
   guard let text = String(data: data, encoding: .utf8) else {
-    fail("'\(path)' is not UTF-8 text")
+    fail("\(path == "-" ? "standard input" : path): is not UTF-8 text")
   }
   return text
+}
+
+/// Checks a `--threads` value: at least 1 when given (leave it out for all cores).
+func validateThreads(_ threads: Int?) throws {
+  if let threads, threads < 1 {
+    throw ValidationError("--threads must be at least 1, got \(threads)")
+  }
 }

@@ -27,10 +27,10 @@ struct Compile: ParsableCommand {
   @Option(help: "A PEFT adapter directory to compile in.")
   var adapter: String?
 
-  @Option(help: "Sequences per run.")
+  @Option(parsing: .unconditional, help: "Sequences per run.")
   var batch = 1
 
-  @Option(help: "Tokens per sequence.")
+  @Option(parsing: .unconditional, help: "Tokens per sequence.")
   var seq = 16
 
   @Flag(help: "Compile the train graph (next-token loss) instead of the logits.")
@@ -56,6 +56,9 @@ struct Compile: ParsableCommand {
       fail(error.message)
     } catch {
       fail("\(model): \(error)")
+    }
+    if seq > loaded.contextLength {
+      fail("--seq \(seq) is more than the model's context of \(loaded.contextLength) tokens")
     }
     var graph: Graph
     var parameters: [String: HostTensor] = [:]
@@ -117,7 +120,7 @@ struct Run: ParsableCommand {
   @Argument(help: "The .lorac bundle.")
   var bundle: String
 
-  @Option(help: "Comma-separated token ids.")
+  @Option(parsing: .unconditional, help: "Comma-separated token ids.")
   var ids: String
 
   @Option(help: "Where to write the logits (.npy) or the gradients (.safetensors).")
@@ -126,8 +129,10 @@ struct Run: ParsableCommand {
   @Option(help: "The base model, when it moved since compiling.")
   var model: String?
 
-  @Option(help: "Threads (default: all cores).")
+  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
+
+  func validate() throws { try validateThreads(threads) }
 
   func run() throws {
     Threads.set(threads)

@@ -27,10 +27,10 @@ struct DumpIR: ParsableCommand {
     help: "A built-in example model: \(Example.allCases.map(\.rawValue).joined(separator: ", ")).")
   var example: Example?
 
-  @Option(help: "Batch size of the traced graph.")
+  @Option(parsing: .unconditional, help: "Batch size of the traced graph.")
   var batch: Int = 4
 
-  @Option(help: "Sequence length of a traced language model.")
+  @Option(parsing: .unconditional, help: "Sequence length of a traced language model.")
   var seq: Int = 16
 
   @Flag(
@@ -44,7 +44,10 @@ struct DumpIR: ParsableCommand {
   var after: String?
 
   func validate() throws {
-    if (model == nil) == (example == nil) {
+    if model == nil && example == nil {
+      throw ValidationError("give a model file or --example")
+    }
+    if model != nil && example != nil {
       throw ValidationError("give a model file or --example, not both")
     }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
@@ -72,6 +75,14 @@ struct DumpIR: ParsableCommand {
     if let pipeline {
       do {
         let passes = try Pipeline(parsing: pipeline)
+        // A name that is not in the pipeline would print nothing for it, silently.
+        let names = passNames(passes.description)
+        for name in (after ?? "").split(separator: ",").map(String.init)
+        where name != "all" && !names.contains(name) {
+          fail(
+            "--after: '\(name)' is not a pass of the pipeline '\(passes)' (give one of "
+              + "\(names.joined(separator: ", ")), or all)")
+        }
         let printAfter: Pipeline.PrintAfter =
           switch after {
           case nil: .none
@@ -87,4 +98,25 @@ struct DumpIR: ParsableCommand {
     }
     print(Printer().print(graph), terminator: "")
   }
+}
+
+/// The pass names of pipeline text, in order: `lora{rank=4},fuse` -> `[lora, fuse]`.
+func passNames(_ pipeline: String) -> [String] {
+  var names: [String] = []
+  var current = ""
+  var depth = 0
+  for character in pipeline + "," {
+    switch character {
+    case "{":
+      if depth == 0 { names.append(current) }
+      depth += 1
+    case "}": depth -= 1
+    case "," where depth == 0:
+      if !current.isEmpty && names.last != current { names.append(current) }
+      current = ""
+    default:
+      if depth == 0 { current.append(character) }
+    }
+  }
+  return names.map { $0.trimmingCharacters(in: .whitespaces) }
 }

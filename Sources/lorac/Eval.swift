@@ -29,16 +29,19 @@ struct Eval: ParsableCommand {
   @Option(help: "A built-in task instead of --data: mystery_function.")
   var task: String?
 
-  @Option(help: "Examples to generate for --task (fresh ones: a seed the training does not use).")
+  @Option(
+    parsing: .unconditional,
+    help: "Examples to generate for --task (fresh ones: a seed the training does not use).")
   var count = 200
 
   @Option(help: "Seed of the generated examples.")
   var seed: UInt64 = 1_000_003
 
-  @Option(help: "Prompts decoded together (greedy) for the exact-match score.")
+  @Option(
+    parsing: .unconditional, help: "Prompts decoded together (greedy) for the exact-match score.")
   var batch = 8
 
-  @Option(help: "Threads (default: all cores).")
+  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
 
   @Flag(help: "Print one JSON object.")
@@ -53,35 +56,57 @@ struct Eval: ParsableCommand {
     }
     if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+    try validateThreads(threads)
   }
 
   func run() throws {
     Threads.set(threads)
+    let loaded: LlamaModel
     let tokenizer: Tokenizer
     do {
-      tokenizer = try Tokenizer(gguf: GGUFFile(path: model))
+      loaded = try LlamaModel(path: model)
+      tokenizer = try Tokenizer(gguf: loaded.file)
     } catch {
       fail(error.message)
     }
     var cases: [(prompt: String, answer: String)] = []
+    // Where each case comes from, for messages: `FILE:LINE` or the task.
+    var origins: [String] = []
     if let data {
-      guard let contents = FileManager.default.contents(atPath: data) else {
-        fail("\(data): cannot read the file")
+      let lines: [(line: Int, object: JSONValue)]
+      do {
+        lines = try Dataset.jsonLines(path: data)
+      } catch {
+        fail(error.message)
       }
-      for (index, line) in contents.split(separator: UInt8(ascii: "\n")).enumerated() {
-        guard let object = try? JSONValue.parse(Array(line)),
-          case .string(let prompt)? = object["prompt"],
+      for (line, object) in lines {
+        guard case .string(let prompt)? = object["prompt"],
           case .string(let completion)? = object["completion"]
-        else { fail("\(data):\(index + 1): expected {\"prompt\": ..., \"completion\": ...}") }
+        else {
+          let found = ["prompt", "completion"].map { key in
+            object[key].map { "\"\(key)\" is \($0.kindName)" } ?? "no \"\(key)\""
+          }
+          fail(
+            "\(data):\(line): expected string \"prompt\" and \"completion\" "
+              + "(\(found.joined(separator: ", ")))")
+        }
         cases.append((prompt, completion))
+        origins.append("\(data):\(line)")
       }
     } else {
       cases = Dataset.mysteryFunction(count: count, seed: seed)
+      origins = cases.indices.map { "--task example \($0 + 1)" }
     }
     let start = DispatchTime.now().uptimeNanoseconds
     // Loss over the completion tokens, masked as in training.
     let scored = cases.map {
       Dataset.completion(prompt: $0.prompt, completion: $0.answer, tokenizer: tokenizer)
+    }
+    let limit = loaded.contextLength
+    if let index = scored.indices.first(where: { scored[$0].ids.count > limit }) {
+      fail(
+        "\(origins[index]): the prompt and completion have \(scored[index].ids.count) tokens "
+          + "(with end-of-sequence), more than the model's context of \(limit)")
     }
     let longestScored = scored.map { $0.ids.count - 1 }.max() ?? 1
     let scorer = LossSession(
@@ -94,7 +119,7 @@ struct Eval: ParsableCommand {
     let longest =
       zip(prompts, cases).map { $0.count + tokenizer.encode($1.answer).count + 4 }.max() ?? 16
     let session = DecodeSession(
-      modelPath: model, context: (longest + 15) / 16 * 16, adapter: adapter)
+      modelPath: model, context: min(limit, (longest + 15) / 16 * 16), adapter: adapter)
     let newline = tokenizer.encode("\n")
     var correct = 0
     var samples: [String] = []
@@ -102,9 +127,11 @@ struct Eval: ParsableCommand {
     var outputs: [[Int32]] = []
     for first in stride(from: 0, to: prompts.count, by: batch) {
       let rows = first..<min(first + batch, prompts.count)
+      // Near the end of the context a continuation is cut where the cache ends.
+      let room = session.context - (rows.map { prompts[$0].count }.max() ?? 0)
       do {
         outputs += try session.greedyBatch(
-          prompts: Array(prompts[rows]), maxTokens: Array(limits[rows]),
+          prompts: Array(prompts[rows]), maxTokens: limits[rows].map { min($0, room) },
           stop: { generated in
             guard let last = generated.last else { return false }
             return last == tokenizer.endOfSequence || last == 0 || newline.contains(last)

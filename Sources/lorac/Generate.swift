@@ -23,25 +23,27 @@ struct Generate: ParsableCommand {
   @Option(help: "The prompt text.")
   var prompt: String?
 
-  @Option(name: .customLong("prompt-ids"), help: "The prompt as comma-separated token ids.")
+  @Option(
+    name: .customLong("prompt-ids"), parsing: .unconditional,
+    help: "The prompt as comma-separated token ids.")
   var promptIDs: String?
 
   @Flag(help: "Wrap --prompt as a user message in the model's chat template.")
   var chat = false
 
-  @Option(help: "Tokens to generate at most.")
+  @Option(parsing: .unconditional, help: "Tokens to generate at most.")
   var maxTokens = 128
 
-  @Option(help: "0 is greedy.")
+  @Option(parsing: .unconditional, help: "0 is greedy.")
   var temperature = 0.0
 
-  @Option(help: "Keep the k most likely tokens.")
+  @Option(parsing: .unconditional, help: "Keep the k most likely tokens.")
   var topK: Int?
 
-  @Option(help: "Keep the most likely tokens up to this probability mass.")
+  @Option(parsing: .unconditional, help: "Keep the most likely tokens up to this probability mass.")
   var topP: Double?
 
-  @Option(help: "Penalty for tokens among the last 64 (1 is off).")
+  @Option(parsing: .unconditional, help: "Penalty for tokens among the last 64 (1 is off).")
   var repeatPenalty = 1.0
 
   @Option(help: "Seed of the sampler.")
@@ -53,7 +55,7 @@ struct Generate: ParsableCommand {
   @Flag(help: "Do not stop at end-of-sequence tokens.")
   var ignoreEos = false
 
-  @Option(help: "Threads (default: all cores).")
+  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
 
   @Flag(
@@ -71,24 +73,27 @@ struct Generate: ParsableCommand {
     }
     if chat && prompt == nil { throw ValidationError("--chat needs --prompt") }
     if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
-    if temperature < 0 {
+    if !(temperature >= 0 && temperature.isFinite) {
       throw ValidationError("--temperature must not be negative, got \(temperature)")
     }
     if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
     if let topP, !(topP > 0 && topP <= 1) {
       throw ValidationError("--top-p must be in (0, 1], got \(topP)")
     }
-    if repeatPenalty <= 0 {
+    if !(repeatPenalty > 0) {
       throw ValidationError("--repeat-penalty must be positive, got \(repeatPenalty)")
     }
+    try validateThreads(threads)
   }
 
   func run() throws {
     Threads.set(threads)
     if int8Activations { DecodeKernels.int8Activations = true }
+    let loaded: LlamaModel
     let tokenizer: Tokenizer
     do {
-      tokenizer = try Tokenizer(gguf: GGUFFile(path: model))
+      loaded = try LlamaModel(path: model)
+      tokenizer = try Tokenizer(gguf: loaded.file)
     } catch {
       fail(error.message)
     }
@@ -116,9 +121,16 @@ struct Generate: ParsableCommand {
     }
     let endTokens: Set<Int32> =
       ignoreEos ? [] : Set([tokenizer.endOfSequence, 0].compactMap { $0 })
-    let context = min(ids.count + maxTokens, 8192)
+    let limit = loaded.contextLength
+    if ids.count >= limit {
+      fail(
+        "the prompt has \(ids.count) tokens; the model's context of \(limit) leaves no room to "
+          + "generate (at most \(limit - 1) prompt tokens)")
+    }
+    // Generation stops at the end of the context.
+    let context = min(ids.count + maxTokens, limit)
     let session = DecodeSession(
-      modelPath: model, context: (context + 15) / 16 * 16, adapter: adapter)
+      modelPath: model, context: min(limit, (context + 15) / 16 * 16), adapter: adapter)
     let sampling = SamplingOptions(
       temperature: temperature, topK: topK, topP: topP, repetitionPenalty: repeatPenalty, seed: seed
     )

@@ -21,28 +21,28 @@ struct Grad: ParsableCommand {
   @Option(help: "A PEFT adapter directory.")
   var adapter: String
 
-  @Option(help: "Comma-separated token ids (at least 2).")
+  @Option(parsing: .unconditional, help: "Comma-separated token ids (at least 2).")
   var ids: String
 
   @Option(help: "The safetensors file to write.")
   var out: String
 
-  @Option(help: "Threads (default: all cores).")
+  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
 
   @Option(help: "Print the IR after these passes (a pass name, or all).")
   var printIRAfter: String?
 
+  func validate() throws { try validateThreads(threads) }
+
   func run() throws {
     let tokens = parseIDs(ids, option: "--ids")
     if tokens.count < 2 { fail("--ids: need at least 2 tokens for a next-token loss") }
+    checkTokens(tokens, option: "--ids", model: model)
     Threads.set(threads)
     let session = TrainingSession(
       modelPath: model, adapter: adapter, batch: 1, sequence: tokens.count,
       printIRAfter: printIRAfter)
-    if let bad = tokens.first(where: { $0 < 0 || Int($0) >= session.model.config.vocabularySize }) {
-      fail("--ids: token \(bad) is out of range 0..<\(session.model.config.vocabularySize)")
-    }
     let targets = Array(tokens.dropFirst()) + [0]
     let weights = [Float](repeating: 1, count: tokens.count - 1) + [0]
     let loss = session.run(tokens: tokens, targets: targets, weights: weights)

@@ -29,7 +29,7 @@ struct Interpret: ParsableCommand {
       graph = try Parser.parse(readText(file))
       try Verifier.verify(graph)
     } catch let error as ParseError {
-      fail(error.description)
+      fail(sourcePrefix(file) + error.description)
     }
     let bindings = parseBindings(for: graph)
     let interpreter = Interpreter(precision: precision == .f32 ? .f32 : .f64)

@@ -12,26 +12,25 @@ struct Logits: ParsableCommand {
   @Argument(help: "The GGUF model.")
   var model: String
 
-  @Option(help: "Comma-separated token ids, e.g. 1,2,3.")
+  @Option(parsing: .unconditional, help: "Comma-separated token ids, e.g. 1,2,3.")
   var ids: String
 
   @Option(help: "The .npy file to write.")
   var out: String
 
-  @Option(help: "Threads for the kernels (default: all cores).")
+  @Option(parsing: .unconditional, help: "Threads for the kernels (default: all cores).")
   var threads: Int?
 
   @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
   var adapter: String?
 
+  func validate() throws { try validateThreads(threads) }
+
   func run() throws {
     let tokens = parseIDs(ids, option: "--ids")
+    checkTokens(tokens, option: "--ids", model: model)
     Threads.set(threads)
     let session = ForwardSession(modelPath: model, sequence: tokens.count, adapter: adapter)
-    let vocabulary = session.model.config.vocabularySize
-    if let bad = tokens.first(where: { $0 < 0 || Int($0) >= vocabulary }) {
-      fail("--ids: token \(bad) is out of range 0..<\(vocabulary)")
-    }
     do {
       try writeAtomically(NumPy.encode(session.logits(tokens)), to: URL(fileURLWithPath: out))
     } catch {

@@ -29,52 +29,66 @@ struct Train: ParsableCommand {
   @Option(help: "A built-in task instead of --data: mystery_function.")
   var task: String?
 
-  @Option(help: "Examples to generate for --task (default: 4000).")
+  @Option(parsing: .unconditional, help: "Examples to generate for --task (default: 4000).")
   var examples: Int?
 
   @Option(help: "The output folder.")
   var out: String
 
-  @Option(help: "LoRA rank (default: 8).")
+  @Option(parsing: .unconditional, help: "LoRA rank (default: 8).")
   var rank: Int?
 
-  @Option(help: "LoRA alpha; the branch is scaled by alpha / rank (default: 16).")
+  @Option(
+    parsing: .unconditional, help: "LoRA alpha; the branch is scaled by alpha / rank (default: 16)."
+  )
   var alpha: Double?
 
   @Option(help: "Value names to adapt, a glob (default: layers.*.attn.{q,k,v,o}).")
   var targets: String?
 
-  @Option(help: "Peak learning rate (default: 0.002).")
+  @Option(parsing: .unconditional, help: "Peak learning rate (default: 0.002).")
   var lr: Double?
 
-  @Option(help: "Linear warm-up steps before cosine decay to 10% (default: 5).")
+  @Option(
+    parsing: .unconditional, help: "Linear warm-up steps before cosine decay to 10% (default: 5).")
   var warmup: Int?
 
-  @Option(help: "Optimizer steps in all (default: 60; with --resume it may grow).")
+  @Option(
+    parsing: .unconditional,
+    help: "Optimizer steps in all (default: 60; with --resume it may grow).")
   var steps: Int?
 
-  @Option(help: "Sequences per micro-batch (default: 16).")
+  @Option(parsing: .unconditional, help: "Sequences per micro-batch (default: 16).")
   var batch: Int?
 
-  @Option(help: "Micro-batches per optimizer step; their gradients are averaged (default: 1).")
+  @Option(
+    parsing: .unconditional,
+    help: "Micro-batches per optimizer step; their gradients are averaged (default: 1).")
   var accumulate: Int?
 
-  @Option(help: "Tokens per sequence (default: the longest example, at most 512).")
+  @Option(
+    parsing: .unconditional,
+    help: "Tokens per sequence (default: the longest example, at most 512).")
   var seq: Int?
 
-  @Option(help: "AdamW weight decay (default: 0).")
+  @Option(parsing: .unconditional, help: "AdamW weight decay (default: 0).")
   var weightDecay: Double?
 
-  @Option(help: "Clip the gradients' global norm to this (default: 1).")
+  @Option(parsing: .unconditional, help: "Clip the gradients' global norm to this (default: 1).")
   var maxGradNorm: Double?
 
-  @Option(help: "Seed of the adapter's initial values and of the data order (default: 0).")
+  @Option(
+    parsing: .unconditional,
+    help: "Seed of the adapter's initial values and of the data order (default: 0).")
   var seed: UInt64?
 
-  @Option(help: "Write a checkpoint every N steps; one is also written at the end.")
+  @Option(
+    parsing: .unconditional,
+    help: "Write a checkpoint every N steps; one is also written at the end.")
   var saveEvery = 50
 
   @Option(
+    parsing: .unconditional,
     help:
       "Stop after step N with a checkpoint, as if interrupted; the schedule still spans --steps.")
   var stopAfter: Int?
@@ -82,7 +96,7 @@ struct Train: ParsableCommand {
   @Flag(help: "Continue from the training state in --out (settings not given are taken from it).")
   var resume = false
 
-  @Option(help: "Threads (default: all cores).")
+  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
 
   func validate() throws {
@@ -102,13 +116,29 @@ struct Train: ParsableCommand {
     if let warmup, warmup < 0 {
       throw ValidationError("--warmup must be at least 0, got \(warmup)")
     }
-    if let lr, !(lr > 0) { throw ValidationError("--lr must be positive, got \(lr)") }
+    if let lr, !(lr > 0 && lr.isFinite) {
+      throw ValidationError("--lr must be positive, got \(lr)")
+    }
+    if let alpha, !(alpha > 0 && alpha.isFinite) {
+      throw ValidationError("--alpha must be positive, got \(alpha)")
+    }
+    if let weightDecay, !(weightDecay >= 0 && weightDecay.isFinite) {
+      throw ValidationError("--weight-decay must be at least 0, got \(weightDecay)")
+    }
+    if let maxGradNorm, !(maxGradNorm > 0 && maxGradNorm.isFinite) {
+      throw ValidationError("--max-grad-norm must be positive, got \(maxGradNorm)")
+    }
+    try validateThreads(threads)
     if let seq, seq < 2 { throw ValidationError("--seq must be at least 2, got \(seq)") }
   }
 
   func run() throws {
     Threads.set(threads)
     let outFolder = URL(fileURLWithPath: out)
+    var isFolder: ObjCBool = false
+    if FileManager.default.fileExists(atPath: out, isDirectory: &isFolder), !isFolder.boolValue {
+      fail("\(out): is a file; --out names a folder (made if missing)")
+    }
     var saved: TrainingState?
     do {
       saved = try TrainingState.read(from: outFolder)
@@ -180,7 +210,10 @@ struct Train: ParsableCommand {
     }
     let dataFingerprint = Fingerprint.examples(set)
     let sequence = settings.resolve(
-      "seq", seq, default: min(512, set.map { $0.ids.count }.max() ?? 2))
+      "seq", seq, default: min(512, loaded.contextLength, set.map { $0.ids.count }.max() ?? 2))
+    if sequence > loaded.contextLength {
+      fail("--seq \(sequence) is more than the model's context of \(loaded.contextLength) tokens")
+    }
     if let saved {
       if saved.modelFingerprint != modelFingerprint {
         fail(

@@ -132,7 +132,7 @@ final class Trainer {
       metrics.append(
         step: step + 1, loss: loss,
         line:
-          "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsedBefore + session)}"
+          "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsedBefore + session), \"rss_bytes\": \(residentBytes()), \"peak_rss_bytes\": \(peakResidentBytes())}"
       )
       progress.report(
         step: step + 1, total: schedule.steps, first: step == firstStep, loss: loss,

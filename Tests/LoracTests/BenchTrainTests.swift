@@ -24,7 +24,7 @@ import Testing
   ]
   for (flags, message) in cases {
     let result = try lorac(["bench", "train", path, "--runs", "1"] + flags)
-    #expect(result.status != 0, "\(flags)")
+    #expect(result.status == 1, "\(flags)")
     #expect(result.stderr.contains(message), "\(flags): \(result.stderr)")
   }
 }

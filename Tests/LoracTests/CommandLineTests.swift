@@ -116,12 +116,14 @@ final class ErrorReader: @unchecked Sendable {
 @Test func checkIRReportsUnreadableFiles() throws {
   let missing = try lorac(["check-ir", "/nonexistent/model.ir"])
   #expect(missing.status == 1)
-  #expect(missing.stderr == "error: no such file '/nonexistent/model.ir'\n")
+  #expect(
+    missing.stderr == "error: /nonexistent/model.ir: cannot open: No such file or directory\n")
   let folder = try lorac(["check-ir", "/tmp"])
   #expect(folder.status == 1)
-  #expect(folder.stderr == "error: '/tmp' is a directory\n")
+  #expect(folder.stderr == "error: /tmp: is a directory\n")
   let garbage = try lorac(["check-ir", "-"], stdin: "\u{FF}")
   #expect(garbage.status == 1)
+  #expect(garbage.stderr == "error: 1:1: unexpected character byte 0xc3\n")
 }
 
 @Test func helpAndVersion() throws {
@@ -133,6 +135,8 @@ final class ErrorReader: @unchecked Sendable {
   #expect(help.stdout.contains("dump-ir"))
   #expect(help.stdout.contains("check-ir"))
   let unknown = try lorac(["dump-ir", "--example", "gpt5"])
-  #expect(unknown.status != 0)
+  #expect(unknown.status == 1)
+  #expect(unknown.stderr.hasPrefix("error: "))
   #expect(unknown.stderr.contains("gpt5"))
+  #expect(unknown.stderr.hasSuffix(" (see 'lorac dump-ir --help')\n"))
 }

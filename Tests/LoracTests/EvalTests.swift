@@ -94,6 +94,6 @@ private func jsonQuoted(_ text: String) -> String {
   #expect(results[0] == results[1])
   #expect(results[0].contains("exact match"))
   let bad = try lorac(["eval", try cachedModel(), "--task", "mystery_function", "--batch", "0"])
-  #expect(bad.status != 0)
-  #expect(bad.stderr.contains("--batch must be at least 1, got 0"))
+  #expect(bad.status == 1)
+  #expect(bad.stderr == "error: --batch must be at least 1, got 0 (see 'lorac eval --help')\n")
 }

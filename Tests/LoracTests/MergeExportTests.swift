@@ -268,8 +268,9 @@ private func writeAdapter(_ folder: URL, rank: Int, tensors: [(String, [Int])]) 
     #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path) == ["other"])
   }
   let dtype = try lorac(["merge", path, "--adapter", fixture, "-o", out, "--dtype", "bf16"])
-  #expect(dtype.status != 0)
-  #expect(dtype.stderr.hasPrefix("Error: --dtype must be f32 or f16, got 'bf16'"))
+  #expect(dtype.status == 1)
+  #expect(
+    dtype.stderr == "error: --dtype must be f32 or f16, got 'bf16' (see 'lorac merge --help')\n")
   // The 360M adapter has no q/k, so without --model it exports on its own shapes.
   let alone = try lorac(["export", other.path, "--gguf-adapter", out])
   #expect(alone.status == 0, "\(alone.stderr)")

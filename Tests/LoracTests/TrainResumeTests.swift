@@ -27,12 +27,12 @@ let tinyTraining = [
 ]
 
 /// The `step`, `loss`, `lr` and `grad_norm` fields of each metrics.jsonl line, as their text (so
-/// that equality is bit-for-bit).
+/// that equality is bit-for-bit); times and memory differ between runs and are left out.
 func trainingMetricFields(_ folder: URL) throws -> [String] {
   let text = try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
   return text.split(separator: "\n").map { line in
     line.split(separator: ",").filter {
-      !$0.contains("tokens_per_s") && !$0.contains("elapsed_s")
+      !$0.contains("tokens_per_s") && !$0.contains("elapsed_s") && !$0.contains("rss_bytes")
     }.joined(separator: ",")
   }
 }
@@ -149,16 +149,16 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
       "\(out.path): already trained 2 steps; nothing to do (raise --steps to continue)\n"
     ),
     (
-      ["train", model, "--data", data.path, "--out", out.path, "--save-every", "0"], 64,
-      "Error: --save-every must be at least 1, got 0\n"
+      ["train", model, "--data", data.path, "--out", out.path, "--save-every", "0"], 1,
+      "error: --save-every must be at least 1, got 0 (see 'lorac train --help')\n"
     ),
     (
-      ["train", model, "--data", data.path, "--out", out.path, "--accumulate", "0"], 64,
-      "Error: --accumulate must be at least 1, got 0\n"
+      ["train", model, "--data", data.path, "--out", out.path, "--accumulate", "0"], 1,
+      "error: --accumulate must be at least 1, got 0 (see 'lorac train --help')\n"
     ),
     (
-      ["train", model, "--data", data.path, "--out", out.path, "--stop-after", "0"], 64,
-      "Error: --stop-after must be at least 1, got 0\n"
+      ["train", model, "--data", data.path, "--out", out.path, "--stop-after", "0"], 1,
+      "error: --stop-after must be at least 1, got 0 (see 'lorac train --help')\n"
     ),
     (
       ["train", model, "--data", data.path, "--stop-after", "2"] + resume, 1,

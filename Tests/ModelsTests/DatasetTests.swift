@@ -41,11 +41,11 @@ private func write(_ text: String) throws -> String {
   let cases: [(String, String)] = [
     (
       "{\"text\": \"ok\"}\n{\"text\": 3}\n",
-      ":2: expected \"prompt\"+\"completion\", \"text\" or \"messages\""
+      ":2: \"text\" must be a string, got a number"
     ),
     ("{\"prompt\": \"a\"}\n", ":1: \"prompt\" needs a string \"completion\""),
     ("{\"text\": \"a\"}\nnot json\n", ":2: not valid JSON (offset 0: invalid literal)"),
-    ("[1, 2]\n", ":1: expected a JSON object"),
+    ("[1, 2]\n", ":1: expected a JSON object, got an array"),
     (
       "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}\n",
       ":1: \"messages\" has no assistant turn to learn"
