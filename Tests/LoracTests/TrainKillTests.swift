@@ -86,39 +86,40 @@ private func checkCheckpoint(_ folder: URL) throws -> Int? {
 
 /// How one trial picks its moment to kill.
 private enum KillMoment: CustomStringConvertible {
-  /// After this many seconds (the first trial: before the first checkpoint, most likely).
+  /// After this many seconds from the start (the first trial: before the first checkpoint).
   case after(Double)
-  /// As soon as the n-th temporary file of a checkpoint write is seen: inside a write, or just
-  /// after one between two files of a checkpoint.
-  case temporaryFile(Int)
+  /// This many seconds after the n-th temporary file of a checkpoint write is seen: with 0,
+  /// inside that write or just after it; with up to a step's time, anywhere in the next step.
+  /// Anchoring to the run's progress keeps the kill inside the run however fast the machine is.
+  case temporaryFile(Int, then: Double)
 
   var description: String {
     switch self {
     case .after(let seconds): "after \(String(format: "%.2f", seconds)) s"
-    case .temporaryFile(let n): "at temporary file \(n)"
+    case .temporaryFile(let n, 0): "at temporary file \(n)"
+    case .temporaryFile(let n, let seconds):
+      "\(String(format: "%.2f", seconds)) s after temporary file \(n)"
     }
   }
 }
 
 /// Runs `process` until `moment`, then sends SIGKILL; returns whether it was still running.
 private func killProcess(_ process: Process, at moment: KillMoment, folder: URL) -> Bool {
-  let start = Date()
+  var deadline: Date? = nil
   var seen = Set<String>()
+  switch moment {
+  case .after(let seconds): deadline = Date(timeIntervalSinceNow: seconds)
+  case .temporaryFile: break
+  }
   while process.isRunning {
-    switch moment {
-    case .after(let seconds):
-      if Date().timeIntervalSince(start) >= seconds {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        return process.terminationReason == .uncaughtSignal
-      }
-    case .temporaryFile(let count):
+    if case .temporaryFile(let count, let delay) = moment, deadline == nil {
       seen.formUnion(entries(folder).filter { $0.hasSuffix(".tmp") })
-      if seen.count >= count {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
-        return process.terminationReason == .uncaughtSignal
-      }
+      if seen.count >= count { deadline = Date(timeIntervalSinceNow: delay) }
+    }
+    if let deadline, Date() >= deadline {
+      kill(process.processIdentifier, SIGKILL)
+      process.waitUntilExit()
+      return process.terminationReason == .uncaughtSignal
     }
     usleep(300)
   }
@@ -140,20 +141,24 @@ private func killProcess(_ process: Process, at moment: KillMoment, folder: URL)
   let expected = try trainingMetricFields(straight)
   #expect(expected.count == 10)
   let adapter = try Data(contentsOf: straight.appendingPathComponent("adapter_model.safetensors"))
-  // Five files per checkpoint, one checkpoint per step.
+  // Five files per checkpoint, one checkpoint per step; a step's share of the run.
   let temporaryFiles = 5 * expected.count
+  let stepSeconds = duration / Double(expected.count)
 
   var generator = SplitMix64(seed: 2026)
   var report: [String] = []
   var resumedMidRun = 0
   var leftMidWrite = 0
   for trial in 0..<10 {
+    // A temporary file of any checkpoint but the last, plus up to a step (a kill after the
+    // run's end would test nothing), or of any checkpoint with no delay.
+    let file = 1 + Int(generator.next() % UInt64(temporaryFiles - 1))
+    let early = 1 + Int(generator.next() % UInt64(temporaryFiles - 5))
     let moment: KillMoment =
       switch trial {
       case 0: .after(0.3 * generator.nextUnit())
-      case 1...4: .temporaryFile(1 + Int(generator.next() % UInt64(temporaryFiles - 1)))
-      // Later runs start faster than the first (warm caches): 0.8 keeps most kills in the run.
-      default: .after(0.8 * duration * generator.nextUnit())
+      case 1...4: .temporaryFile(file, then: 0)
+      default: .temporaryFile(early, then: stepSeconds * generator.nextUnit())
       }
     let out = folder.appendingPathComponent("trial\(trial)")
     let run = killableRun(model, out: out)
