@@ -311,6 +311,9 @@ public struct FileSink {
 
 /// Streams a file crash-safely: `body` writes into a temporary file in the target's folder,
 /// which is flushed and renamed over `path` when `body` returns, and removed when it throws.
+///
+/// For files too big to build in memory (merged models); the folder is flushed after the rename,
+/// as in `writeAtomically(_:to:)`.
 public func writeAtomically(
   path: String, _ body: (inout FileSink) throws(GGUFError) -> Void
 ) throws(GGUFError) {
@@ -322,8 +325,7 @@ public func writeAtomically(
   {
     throw GGUFError(message: "\(path): is a directory")
   }
-  let temporary = folder.appendingPathComponent(
-    ".\(url.lastPathComponent).\(UUID().uuidString).tmp")
+  let temporary = temporaryURL(for: url)
   guard FileManager.default.createFile(atPath: temporary.path, contents: nil),
     let handle = FileHandle(forWritingAtPath: temporary.path)
   else {
@@ -352,4 +354,5 @@ public func writeAtomically(
     try? FileManager.default.removeItem(at: temporary)
     throw GGUFError(message: "\(path): cannot rename into place: \(reason)")
   }
+  synchronizeFolder(folder)
 }

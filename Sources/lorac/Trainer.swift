@@ -169,10 +169,26 @@ final class Trainer {
     progress.finishLine()
   }
 
+  /// The files a checkpoint writes, in order: the training state last.
+  static let checkpointFiles = [
+    "metrics.jsonl", "loss.svg", "adapter_model.safetensors", "adapter_config.json",
+    TrainingState.fileName,
+  ]
+
+  /// Whether this process has cleared the folder's stale temporary files yet.
+  private var clearedStaleFiles = false
+
   /// Writes metrics.jsonl, loss.svg, the PEFT adapter and, last, the training state, each
   /// crash-safely: after a crash the state never claims steps the other files lack.
+  ///
+  /// The first checkpoint of a process also removes the temporary files (`.NAME.UUID.tmp`) that
+  /// an earlier, killed run left mid-write for these names.
   func checkpoint(folder: URL, state: TrainingState, metrics: Metrics, record: CheckpointRecord) {
     var state = state
+    if !clearedStaleFiles {
+      removeStaleTemporaryFiles(in: folder, for: Trainer.checkpointFiles)
+      clearedStaleFiles = true
+    }
     do {
       for name in parameters { state.parameters[name] = try executable.value(named: name) }
       try writeAtomically(

@@ -42,7 +42,12 @@ private func temporary(_ suffix: String) -> String {
   let model = try cachedModel()
   let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
   let (bundle, gradients) = (temporary(".lorac"), temporary(".safetensors"))
-  defer { for path in [bundle, gradients] { try? FileManager.default.removeItem(atPath: path) } }
+  let gradGradients = temporary(".safetensors")
+  defer {
+    for path in [bundle, gradients, gradGradients] {
+      try? FileManager.default.removeItem(atPath: path)
+    }
+  }
   let compiled = try lorac([
     "compile", model, "--adapter", adapter, "--seq", "4", "--loss", "--pipeline",
     "freeze,fuse,autodiff{loss=loss},dce", "-o", bundle,
@@ -50,7 +55,7 @@ private func temporary(_ suffix: String) -> String {
   #expect(compiled.status == 0, "\(compiled.stderr)")
   let ran = try lorac(["run", bundle, "--ids", "5,6,7,8,9", "--out", gradients])
   let grad = try lorac([
-    "grad", model, "--adapter", adapter, "--ids", "5,6,7,8,9", "--out", temporary(".safetensors"),
+    "grad", model, "--adapter", adapter, "--ids", "5,6,7,8,9", "--out", gradGradients,
   ])
   #expect(ran.status == 0, "\(ran.stderr)")
   #expect(grad.status == 0, "\(grad.stderr)")

@@ -21,7 +21,7 @@ struct RunResult {
 }
 
 /// The folder holding the built products (`lorac` sits beside the test bundle).
-private func productsFolder() -> URL {
+func productsFolder() -> URL {
   var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
   if let first = CommandLine.arguments.first {
     candidates.append(URL(fileURLWithPath: first).deletingLastPathComponent())

@@ -128,6 +128,28 @@ private func error(_ data: Data) -> String {
   }
 }
 
+@Test func staleTemporaryFilesOfTheGivenNamesAreRemovedAndNothingElse() throws {
+  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
+  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let uuid = UUID().uuidString
+  // What a writer killed mid-write leaves, next to files that only look alike.
+  let stale = [".metrics.jsonl.\(uuid).tmp", ".a.b.safetensors.\(uuid).tmp"]
+  let kept = [
+    "metrics.jsonl", ".metrics.jsonl.not-a-uuid.tmp", ".notes.txt.\(uuid).tmp",
+    "metrics.jsonl.\(uuid).tmp", ".metrics.jsonl.\(uuid).tmp.bak",
+  ]
+  for name in stale + kept {
+    try Data("x".utf8).write(to: folder.appendingPathComponent(name))
+  }
+  let removed = removeStaleTemporaryFiles(
+    in: folder, for: ["metrics.jsonl", "a.b.safetensors", "other.json"])
+  #expect(removed == stale.sorted())
+  #expect(
+    try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == kept.sorted())
+  #expect(removeStaleTemporaryFiles(in: folder.appendingPathComponent("none"), for: ["x"]) == [])
+}
+
 @Test func safetensorsCorruptionNeverCrashes() throws {
   let url = temporaryURL()
   defer { try? FileManager.default.removeItem(at: url) }

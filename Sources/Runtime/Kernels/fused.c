@@ -93,9 +93,17 @@ LC_CLONES static void row_statistics(const float *x, int64_t v, float *maximum, 
   float m = -INFINITY;
   for (int l = 0; l < 16; l++) m = lanes[l] > m ? lanes[l] : m;
   for (; j < v; j++) m = x[j] > m ? x[j] : m;
+  // Sixteen running sums in a fixed order, like the maxima: a single float sum over a 49152-word
+  // row loses ~1e-4 of the loss, and `omp simd reduction` left the order (and so the result) to
+  // the vectoriser, which sanitizer builds skip.
+  float sums[16] = {0};
+  j = 0;
+  for (; j + 16 <= v; j += 16) {
+    for (int l = 0; l < 16; l++) sums[l] += lc_exp(x[j + l] - m);
+  }
   float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t j = 0; j < v; j++) s += lc_exp(x[j] - m);
+  for (int l = 0; l < 16; l++) s += sums[l];
+  for (; j < v; j++) s += lc_exp(x[j] - m);
   *maximum = m;
   *sum = s;
 }

@@ -7,6 +7,14 @@
 #include "lorac_kernels.h"
 
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at run time.
+// Not under ThreadSanitizer: clang instruments the clones' ifunc resolvers, which the loader runs
+// before TSan is initialised, so every binary crashed at startup (the loops are the same source
+// in every clone, so TSan checks them as well in their baseline form).
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define LC_NO_CLONES
+#endif
+#endif
 #if defined(__x86_64__) && !defined(LC_NO_CLONES)
 #define LC_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
