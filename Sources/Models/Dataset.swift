@@ -32,6 +32,13 @@ public enum Dataset {
     guard let data = FileManager.default.contents(atPath: path) else {
       throw DatasetError(message: "\(path): cannot read the file")
     }
+    return try parse(data, path: path, tokenizer: tokenizer, template: template)
+  }
+
+  /// Reads jsonl bytes already in memory, as `load` reads a file; `path` names them in messages.
+  public static func parse(
+    _ data: Data, path: String, tokenizer: Tokenizer, template: ChatTemplate?
+  ) throws(DatasetError) -> [TrainingExample] {
     var examples: [TrainingExample] = []
     var lineNumber = 0
     for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
