@@ -9,13 +9,29 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
   /// Parses a glob; unbalanced braces are an error.
   public init(parsing pattern: String) throws(PassError) {
     self.pattern = pattern
-    alternatives = try NameSelector.expand(Array(pattern))
+    var budget = NameSelector.maximumAlternatives
+    do {
+      alternatives = try NameSelector.expand(Array(pattern), budget: &budget)
+    } catch {
+      guard budget >= 0 else {
+        throw PassError(
+          message:
+            "pattern '\(pattern)' expands to more than \(NameSelector.maximumAlternatives) alternatives"
+        )
+      }
+      throw error
+    }
   }
+
+  /// The most plain globs a pattern may expand to: `{a,b}` groups multiply, so a short pattern
+  /// could otherwise expand to billions.
+  public static let maximumAlternatives = 10_000
 
   public init(stringLiteral pattern: String) {
     // Literals in code are written correctly; a bad one matches nothing.
     self.pattern = pattern
-    alternatives = (try? NameSelector.expand(Array(pattern))) ?? []
+    var budget = NameSelector.maximumAlternatives
+    alternatives = (try? NameSelector.expand(Array(pattern), budget: &budget)) ?? []
   }
 
   public var description: String { pattern }
@@ -26,12 +42,16 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
     return alternatives.contains { NameSelector.match(Array($0[...]), text) }
   }
 
-  /// Expands `{a,b}` groups into plain globs (`*` and `?` only).
-  private static func expand(_ pattern: [Character]) throws(PassError) -> [[Character]] {
+  /// Expands `{a,b}` groups into plain globs (`*` and `?` only), at most `budget` of them.
+  private static func expand(_ pattern: [Character], budget: inout Int) throws(PassError)
+    -> [[Character]]
+  {
     guard let open = pattern.firstIndex(of: "{") else {
       if pattern.contains("}") {
         throw PassError(message: "unbalanced '}' in pattern '\(String(pattern))'")
       }
+      budget -= 1
+      if budget < 0 { throw PassError(message: "too many alternatives") }
       return [pattern]
     }
     var depth = 0
@@ -57,7 +77,9 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
     var result: [[Character]] = []
     for k in 0..<(bounds.count - 1) {
       let choice = Array(pattern[(bounds[k] + 1)..<bounds[k + 1]])
-      for expanded in try expand(prefix + choice + suffix) { result.append(expanded) }
+      for expanded in try expand(prefix + choice + suffix, budget: &budget) {
+        result.append(expanded)
+      }
     }
     bounds.removeAll()
     return result

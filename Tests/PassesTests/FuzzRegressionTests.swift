@@ -1,0 +1,36 @@
+import Foundation
+import Passes
+import Testing
+
+/// The pipeline texts the pipeline fuzz target (Fuzz/pipeline.swift) ever failed on, under
+/// `Tests/Fixtures/fuzz/pipeline/`, each with the error it must give now ("" when parsing is fine
+/// too).
+let pipelineExpected: [String: String] = [
+  // 26 `{a,b}` groups expanded to 2^26 globs (minutes and gigabytes); now capped.
+  "brace-expansion-bomb": "expands to more than 10000 alternatives"
+]
+
+let pipelineFuzzFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+  .deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz/pipeline")
+
+let pipelineFuzzNames =
+  ((try? FileManager.default.contentsOfDirectory(atPath: pipelineFuzzFolder.path)) ?? []).sorted()
+
+@Test(arguments: pipelineFuzzNames)
+func pipelineFuzzInput(name: String) throws {
+  let expected = try #require(pipelineExpected[name], "no expected outcome for \(name)")
+  let data = try Data(contentsOf: pipelineFuzzFolder.appendingPathComponent(name))
+  let text = String(decoding: data, as: UTF8.self)
+  do {
+    let pipeline = try Pipeline(parsing: text)
+    // What parses prints as text that parses back the same.
+    #expect(try Pipeline(parsing: pipeline.description).description == pipeline.description)
+    #expect(expected.isEmpty, "\(name) parsed; expected \(expected)")
+  } catch {
+    #expect(error.message.contains(expected), "\(name): \(error.message)")
+  }
+}
+
+@Test func pipelineFuzzInputsAreListed() {
+  #expect(Set(pipelineFuzzNames) == Set(pipelineExpected.keys))
+}
