@@ -145,8 +145,9 @@ public struct PEFTAdapter: Sendable {
     let prefix = "base_model.model.model.layers."
     guard name.hasPrefix(prefix) else { return nil }
     let rest = name.dropFirst(prefix.count)
-    guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]), layer >= 0,
-      layer < layers
+    // Layer numbers as PEFT writes them: `Int` alone would also read `+1` and `01`.
+    guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]),
+      String(layer) == rest[..<dot], layer >= 0, layer < layers
     else { return nil }
     let tail = rest[rest.index(after: dot)...]
     for module in modules {
