@@ -2,7 +2,7 @@
 //
 // An input is `adapter_config.json`, a zero byte, then `adapter_model.safetensors`. Any input
 // loads an adapter or throws `FileError`, for a small Llama (2 layers, width 8, 2 heads, 1 KV
-// head, feed-forward 16).
+// head, feed-forward 16) and without a model.
 import Foundation
 import Models
 
@@ -24,5 +24,8 @@ public func fuzzPEFT(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
   let weights =
     (try? SafetensorsFile(data: weightBytes, path: "adapter_model.safetensors")) ?? empty
   _ = try? PEFTAdapter(configJSON: json, weights: weights, directory: "fuzz", config: config)
+  // And without a model, the widths taken from the tensors' shapes (as `lorac export` does).
+  _ = try? PEFTAdapter(
+    configJSON: json, weights: weights, directory: "fuzz", withoutModelFor: "export")
   return 0
 }
