@@ -25,10 +25,10 @@ func irFuzzInput(name: String) throws {
       // What parses and verifies prints as text that parses back to the same graph.
       #expect(try Parser.parse(Printer().print(graph)) == graph.compacted())
     } catch {
-      errors.append(error.message)
+      errors.append("\(error)")
     }
   } catch {
-    errors.append(error.description)
+    errors.append("\(error)")
   }
   if !expected.isEmpty {
     #expect(errors.contains { $0.contains(expected) }, "\(name): \(errors)")

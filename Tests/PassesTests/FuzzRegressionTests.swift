@@ -27,7 +27,7 @@ func pipelineFuzzInput(name: String) throws {
     #expect(try Pipeline(parsing: pipeline.description).description == pipeline.description)
     #expect(expected.isEmpty, "\(name) parsed; expected \(expected)")
   } catch {
-    #expect(error.message.contains(expected), "\(name): \(error.message)")
+    #expect("\(error)".contains(expected), "\(name): \(error)")
   }
 }
 
