@@ -161,11 +161,39 @@ public indirect enum JSONValue: Hashable, Sendable {
       {
         position += 1
       }
+      // JSON's grammar, which Int and Double alone would widen (`+1`, `01`, `.5`, `1.`):
+      // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+      var index = start
+      func digits() -> Int {
+        let first = index
+        while index < position, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(bytes[index]) {
+          index += 1
+        }
+        return index - first
+      }
+      if index < position, bytes[index] == UInt8(ascii: "-") { index += 1 }
+      let leadingZero = index < position && bytes[index] == UInt8(ascii: "0")
+      let whole = digits()
+      var valid = whole > 0 && !(leadingZero && whole > 1)
+      if valid, index < position, bytes[index] == UInt8(ascii: ".") {
+        index += 1
+        valid = digits() > 0
+      }
+      if valid, index < position, bytes[index] | 0x20 == UInt8(ascii: "e") {
+        index += 1
+        if index < position, bytes[index] == UInt8(ascii: "+") || bytes[index] == UInt8(ascii: "-")
+        {
+          index += 1
+        }
+        valid = digits() > 0
+      }
       let text = String(decoding: bytes[start..<position], as: UTF8.self)
-      if let integer = Int(text) { return .integer(integer) }
-      if let number = Double(text), !text.isEmpty { return .number(number) }
+      if valid, index == position {
+        if let integer = Int(text) { return .integer(integer) }
+        if let number = Double(text), number.isFinite { return .number(number) }
+      }
       position = start
-      throw fail("invalid value")
+      throw fail(valid && index == position ? "number out of range" : "invalid value")
     }
 
     mutating func string() throws(ParseError) -> String {
