@@ -25,7 +25,7 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
 
   /// The most plain globs a pattern may expand to: `{a,b}` groups multiply, so a short pattern
   /// could otherwise expand to billions.
-  public static let maximumAlternatives = 10_000
+  public static let maximumAlternatives = 1000
 
   public init(stringLiteral pattern: String) {
     // Literals in code are written correctly; a bad one matches nothing.
