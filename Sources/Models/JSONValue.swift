@@ -188,12 +188,13 @@ public indirect enum JSONValue: Hashable, Sendable {
         valid = digits() > 0
       }
       let text = String(decoding: bytes[start..<position], as: UTF8.self)
-      if valid, index == position {
+      let grammatical = valid && index == position
+      if grammatical {
         if let integer = Int(text) { return .integer(integer) }
         if let number = Double(text), number.isFinite { return .number(number) }
       }
       position = start
-      throw fail(valid && index == position ? "number out of range" : "invalid value")
+      throw fail(grammatical ? "number out of range" : "invalid value")
     }
 
     mutating func string() throws(ParseError) -> String {

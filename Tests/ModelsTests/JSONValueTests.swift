@@ -17,7 +17,10 @@ func jsonNumbersParse(text: String, value: JSONValue) throws {
   ("1e999", "number out of range"), ("-1e999", "number out of range"),
 ])
 func jsonNumbersOutsideTheGrammarAreErrors(text: String, message: String) {
-  #expect(throws: JSONValue.ParseError(message: "offset 0: \(message)")) {
-    try JSONValue.parse(Array(text.utf8))
+  do {
+    let value = try JSONValue.parse(Array(text.utf8))
+    Issue.record("'\(text)' parsed as \(value)")
+  } catch {
+    #expect(error.message == "offset 0: \(message)")
   }
 }
