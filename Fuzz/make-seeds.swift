@@ -7,9 +7,18 @@ import Passes
 
 let root = CommandLine.arguments.count > 1 ? CommandLine.arguments[1] : "Fuzz/corpus"
 
+/// The value of `body`; a seed that cannot be made ends the program with the error.
+func must<T>(_ body: () throws -> T) -> T {
+  do {
+    return try body()
+  } catch {
+    fatalError("\(error)")
+  }
+}
+
 func write(_ data: Data, _ target: String, _ name: String) {
   let url = URL(fileURLWithPath: "\(root)/\(target)/\(name)")
-  try! data.write(to: url)
+  must { try data.write(to: url) }
 }
 
 func floats(_ count: Int, _ scale: Float = 0.25) -> [Float] {
@@ -74,17 +83,17 @@ let values = GGUFFileWriter(
   tensors: [.f32(name: "a", shape: [2, 2, 1, 1], floats: floats(4))])
 for (name, writer) in [("llama", llama), ("values", values)] {
   let path = NSTemporaryDirectory() + "lorac-seed-\(name)"
-  try! writer.write(to: path)
-  write(try! Data(contentsOf: URL(fileURLWithPath: path)), "gguf", name)
+  must { try writer.write(to: path) }
+  write(must { try Data(contentsOf: URL(fileURLWithPath: path)) }, "gguf", name)
   try? FileManager.default.removeItem(atPath: path)
 }
 
 /// A safetensors file's bytes.
 func safetensors(_ tensors: [(String, HostTensor)], metadata: [String: String] = [:]) -> Data {
   let path = NSTemporaryDirectory() + "lorac-seed.safetensors"
-  try! SafetensorsFile.write(tensors, metadata: metadata, to: URL(fileURLWithPath: path))
+  must { try SafetensorsFile.write(tensors, metadata: metadata, to: URL(fileURLWithPath: path)) }
   defer { try? FileManager.default.removeItem(atPath: path) }
-  return try! Data(contentsOf: URL(fileURLWithPath: path))
+  return must { try Data(contentsOf: URL(fileURLWithPath: path)) }
 }
 
 // PEFT: adapters for the fuzz target's Llama (width 8, 2 heads of 4, 1 KV head, feed-forward 16,
@@ -98,7 +107,7 @@ func adapter(rank: Int, layers: [Int], modules: [String]) -> Data {
   var tensors: [(String, HostTensor)] = []
   for layer in layers {
     for module in modules {
-      let (inputs, outputs) = shapes[module]!
+      guard let (inputs, outputs) = shapes[module] else { fatalError("no shape for \(module)") }
       let prefix = "base_model.model.model.layers.\(layer).\(module)"
       tensors.append(
         (
@@ -135,8 +144,11 @@ write(
     [
       ("f32", HostTensor(shape: [2, 3], floats: floats(6))),
       ("i32", HostTensor(shape: [3], ints: [1, -2, 3])),
-      ("f16", try! HostTensor(type: TensorType(.f16, [2]), data: Data([0, 60, 0, 188]))),
-      ("bf16", try! HostTensor(type: TensorType(.bf16, [2]), data: Data([128, 63, 0, 192]))),
+      ("f16", must { try HostTensor(type: TensorType(.f16, [2]), data: Data([0, 60, 0, 188])) }),
+      (
+        "bf16",
+        must { try HostTensor(type: TensorType(.bf16, [2]), data: Data([128, 63, 0, 192])) }
+      ),
     ], metadata: ["format": "pt", "note": "fuzz seed"]), "safetensors", "dtypes")
 
 // IR: a one-block Llama (loss graph, fused and with LoRA gradients, and a decoding step) and
@@ -144,15 +156,20 @@ write(
 let tiny = LlamaConfig(
   vocabularySize: 16, embeddingLength: 8, layerCount: 1, headCount: 2, keyValueHeadCount: 1,
   feedForwardLength: 16)
-let loss = try! Llama.trace(tiny, batch: 1, sequence: 3, loss: true)
+let loss = must { try Llama.trace(tiny, batch: 1, sequence: 3, loss: true) }
 let graphs: [(String, Graph)] = [
-  ("llama", try! Llama.trace(tiny, batch: 1, sequence: 2)),
+  ("llama", must { try Llama.trace(tiny, batch: 1, sequence: 2) }),
   (
     "llama-lora-grad",
-    try! Pipeline(parsing: "lora{rank=2,targets=layers.*.attn.{q,v}},freeze,fuse,autodiff,dce")
-      .run(loss)
+    must {
+      try Pipeline(parsing: "lora{rank=2,targets=layers.*.attn.{q,v}},freeze,fuse,autodiff,dce")
+        .run(loss)
+    }
   ),
-  ("llama-step", try! Llama.traceDecoding(tiny, batch: 1, tokens: 1, context: 4)),
-  ("mlp-grad", try! Pipeline(parsing: "autodiff{loss=loss},dce").run(try! MLP.trace(batch: 2))),
+  ("llama-step", must { try Llama.traceDecoding(tiny, batch: 1, tokens: 1, context: 4) }),
+  (
+    "mlp-grad",
+    must { try Pipeline(parsing: "autodiff{loss=loss},dce").run(try MLP.trace(batch: 2)) }
+  ),
 ]
 for (name, graph) in graphs { write(Data(Printer().print(graph).utf8), "ir", name) }
