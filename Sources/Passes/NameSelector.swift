@@ -9,17 +9,20 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
   /// Parses a glob; unbalanced braces are an error.
   public init(parsing pattern: String) throws(PassError) {
     self.pattern = pattern
+    let tooMany = PassError(
+      message:
+        "pattern '\(pattern)' expands to more than \(NameSelector.maximumAlternatives) alternatives"
+    )
+    let characters = Array(pattern)
+    // Counted first, so a pattern that would expand to millions is refused after one scan.
+    guard NameSelector.count(characters[...]) <= NameSelector.maximumAlternatives else {
+      throw tooMany
+    }
     var budget = NameSelector.maximumAlternatives
     do {
-      alternatives = try NameSelector.expand(Array(pattern), budget: &budget)
+      alternatives = try NameSelector.expand(characters, budget: &budget)
     } catch {
-      guard budget >= 0 else {
-        throw PassError(
-          message:
-            "pattern '\(pattern)' expands to more than \(NameSelector.maximumAlternatives) alternatives"
-        )
-      }
-      throw error
+      throw budget < 0 ? tooMany : error
     }
   }
 
@@ -40,6 +43,38 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
   public func matches(_ name: String) -> Bool {
     let text = Array(name)
     return alternatives.contains { NameSelector.match(Array($0[...]), text) }
+  }
+
+  /// How many plain globs `pattern` expands to, saturating just above `maximumAlternatives`
+  /// (an unbalanced brace ends the count; `expand` reports it).
+  private static func count(_ pattern: ArraySlice<Character>) -> Int {
+    let limit = maximumAlternatives + 1
+    var total = 1
+    var index = pattern.startIndex
+    while let open = pattern[index...].firstIndex(of: "{") {
+      var depth = 0
+      var choices = 0
+      var start = open + 1
+      var close: Int?
+      for position in open..<pattern.endIndex {
+        switch pattern[position] {
+        case "{": depth += 1
+        case "}":
+          depth -= 1
+          if depth == 0 { close = position }
+        case "," where depth == 1:
+          choices = min(choices + count(pattern[start..<position]), limit)
+          start = position + 1
+        default: break
+        }
+        if close != nil { break }
+      }
+      guard let close else { return total }
+      choices = min(choices + count(pattern[start..<close]), limit)
+      total = min(total * choices, limit)
+      index = close + 1
+    }
+    return total
   }
 
   /// Expands `{a,b}` groups into plain globs (`*` and `?` only), at most `budget` of them.

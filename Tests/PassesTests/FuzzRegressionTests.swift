@@ -34,3 +34,25 @@ func pipelineFuzzInput(name: String) throws {
 @Test func pipelineFuzzInputsAreListed() {
   #expect(Set(pipelineFuzzNames) == Set(pipelineExpected.keys))
 }
+
+@Test func selectorsExpandUpToTheLimit() throws {
+  let nine = try NameSelector(parsing: String(repeating: "{a,b}", count: 9))  // 512 globs
+  #expect(nine.matches("abababbba"))
+  #expect(!nine.matches("abababbb"))
+  let nested = try NameSelector(parsing: "layers.{a{1,2,3},b}.x")
+  #expect(["layers.a1.x", "layers.a3.x", "layers.b.x"].allSatisfy(nested.matches))
+  #expect(!nested.matches("layers.a.x"))
+  let ten = String(repeating: "{a,b}", count: 10)  // 1024 globs
+  do {
+    _ = try NameSelector(parsing: ten)
+    Issue.record("\(ten) parsed")
+  } catch {
+    #expect(error.message == "pattern '\(ten)' expands to more than 1000 alternatives")
+  }
+  do {
+    _ = try NameSelector(parsing: "{a,b")
+    Issue.record("an unbalanced pattern parsed")
+  } catch {
+    #expect(error.message.contains("unbalanced '{'"))
+  }
+}
