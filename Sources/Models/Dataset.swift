@@ -40,6 +40,14 @@ public enum Dataset {
     guard let data = FileManager.default.contents(atPath: path) else {
       throw DatasetError(message: "\(path): cannot read the file")
     }
+    return try jsonLines(data, path: path)
+  }
+
+  /// The JSON objects of jsonl bytes already in memory, as `jsonLines(path:)` reads a file;
+  /// `path` names them in messages.
+  public static func jsonLines(_ data: Data, path: String) throws(DatasetError) -> [(
+    line: Int, object: JSONValue
+  )] {
     var objects: [(line: Int, object: JSONValue)] = []
     var lineNumber = 0
     for line in data.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
@@ -65,8 +73,24 @@ public enum Dataset {
   public static func load(
     path: String, tokenizer: Tokenizer, template: ChatTemplate?
   ) throws(DatasetError) -> [TrainingExample] {
+    try examples(jsonLines(path: path), path: path, tokenizer: tokenizer, template: template)
+  }
+
+  /// Reads jsonl bytes already in memory, as `load` reads a file; `path` names them in messages.
+  public static func parse(
+    _ data: Data, path: String, tokenizer: Tokenizer, template: ChatTemplate?
+  ) throws(DatasetError) -> [TrainingExample] {
+    try examples(
+      jsonLines(data, path: path), path: path, tokenizer: tokenizer, template: template)
+  }
+
+  /// The training examples of numbered JSON objects.
+  private static func examples(
+    _ lines: [(line: Int, object: JSONValue)], path: String, tokenizer: Tokenizer,
+    template: ChatTemplate?
+  ) throws(DatasetError) -> [TrainingExample] {
     var examples: [TrainingExample] = []
-    for (lineNumber, json) in try jsonLines(path: path) {
+    for (lineNumber, json) in lines {
       func fail(_ message: String) -> DatasetError {
         DatasetError(message: "\(path):\(lineNumber): \(message)")
       }

@@ -5,9 +5,14 @@ import Foundation
 #endif
 
 /// A file mapped read-only into memory; tensors are zero-copy slices that keep it alive.
+///
+/// `init(copying:path:)` holds bytes already in memory the same way, so readers that take a
+/// mapping also parse in-memory bytes (fuzzing, tests) without a file.
 public final class FileMapping: @unchecked Sendable {
   public let path: String
   public let bytes: UnsafeRawBufferPointer
+  /// The memory `init(copying:path:)` allocated (nil for a mapped file).
+  private let allocation: UnsafeMutableRawBufferPointer?
 
   /// Maps `path`; missing, unreadable, directory and empty files are errors naming the path.
   public init(path: String) throws(FileError) {
@@ -31,10 +36,25 @@ public final class FileMapping: @unchecked Sendable {
       throw FileError(message: "\(path): cannot map: \(String(cString: strerror(errno)))")
     }
     bytes = UnsafeRawBufferPointer(start: address, count: size)
+    allocation = nil
+  }
+
+  /// Holds a copy of `contents` as if it were the file `path` (which is only used in messages).
+  public init(copying contents: some Collection<UInt8>, path: String) {
+    self.path = path
+    let buffer = UnsafeMutableRawBufferPointer.allocate(
+      byteCount: max(contents.count, 1), alignment: 64)
+    _ = buffer.initializeMemory(as: UInt8.self, from: contents)
+    bytes = UnsafeRawBufferPointer(rebasing: buffer[0..<contents.count])
+    allocation = buffer
   }
 
   deinit {
-    if let base = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: base), bytes.count) }
+    if let allocation {
+      allocation.deallocate()
+    } else if let base = bytes.baseAddress {
+      munmap(UnsafeMutableRawPointer(mutating: base), bytes.count)
+    }
   }
 
   /// The bytes `offset ..< offset + count` as Data that shares the mapping and keeps it alive.

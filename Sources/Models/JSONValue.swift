@@ -62,6 +62,35 @@ public indirect enum JSONValue: Hashable, Sendable {
     return value
   }
 
+  /// Whether `text` is a number in JSON's grammar.
+  static func isNumber(_ text: ArraySlice<UInt8>) -> Bool {
+    var index = text.startIndex
+    func digits(_ index: inout Int) -> Int {
+      let first = index
+      while index < text.endIndex, (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(text[index]) {
+        index += 1
+      }
+      return index - first
+    }
+    if index < text.endIndex, text[index] == UInt8(ascii: "-") { index += 1 }
+    let leadingZero = index < text.endIndex && text[index] == UInt8(ascii: "0")
+    let whole = digits(&index)
+    guard whole > 0, !(leadingZero && whole > 1) else { return false }
+    if index < text.endIndex, text[index] == UInt8(ascii: ".") {
+      index += 1
+      guard digits(&index) > 0 else { return false }
+    }
+    if index < text.endIndex, text[index] | 0x20 == UInt8(ascii: "e") {
+      index += 1
+      if index < text.endIndex, text[index] == UInt8(ascii: "+") || text[index] == UInt8(ascii: "-")
+      {
+        index += 1
+      }
+      guard digits(&index) > 0 else { return false }
+    }
+    return index == text.endIndex
+  }
+
   private struct Parser {
     let bytes: [UInt8]
     var position = 0
@@ -161,11 +190,23 @@ public indirect enum JSONValue: Hashable, Sendable {
       {
         position += 1
       }
-      let text = String(decoding: bytes[start..<position], as: UTF8.self)
-      if let integer = Int(text) { return .integer(integer) }
-      if let number = Double(text), !text.isEmpty { return .number(number) }
+      // JSON's grammar, which Int and Double alone would widen (`+1`, `01`, `.5`, `1.`):
+      // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+      let end = position
       position = start
-      throw fail("invalid value")
+      let grammatical = JSONValue.isNumber(bytes[start..<end])
+      if grammatical {
+        let text = String(decoding: bytes[start..<end], as: UTF8.self)
+        if let integer = Int(text) {
+          position = end
+          return .integer(integer)
+        }
+        if let number = Double(text), number.isFinite {
+          position = end
+          return .number(number)
+        }
+      }
+      throw fail(grammatical ? "number out of range" : "invalid value")
     }
 
     mutating func string() throws(ParseError) -> String {

@@ -292,8 +292,8 @@ extension LlamaConfig {
     let embedding = try integer("embedding_length")
     let heads = try integer("attention.head_count")
     let vocabulary: Int
-    if let size = file["\(architecture).vocab_size"]?.integer {
-      vocabulary = size
+    if file["\(architecture).vocab_size"] != nil {
+      vocabulary = try integer("vocab_size")
     } else if let tokens = file["tokenizer.ggml.tokens"]?.array {
       vocabulary = tokens.count
     } else if let embed = file.info("token_embd.weight") {
@@ -304,7 +304,8 @@ extension LlamaConfig {
     self.init(
       vocabularySize: vocabulary, embeddingLength: embedding,
       layerCount: try integer("block_count"), headCount: heads,
-      keyValueHeadCount: file["\(architecture).attention.head_count_kv"]?.integer ?? heads,
+      keyValueHeadCount: file["\(architecture).attention.head_count_kv"] == nil
+        ? heads : try integer("attention.head_count_kv"),
       feedForwardLength: try integer("feed_forward_length"),
       ropeTheta: file["\(architecture).rope.freq_base"]?.number ?? 10_000,
       normEpsilon: file["\(architecture).attention.layer_norm_rms_epsilon"]?.number ?? 1e-5,

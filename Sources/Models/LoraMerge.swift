@@ -207,6 +207,23 @@ extension PEFTAdapter {
     } catch {
       throw FileError(message: error.message)
     }
+    let config = try PEFTAdapter.config(fromShapesOf: weights, directory: directory, use: use)
+    try self.init(directory: directory, config: config)
+  }
+
+  /// Reads an adapter without a model from the bytes of its `adapter_config.json` and its parsed
+  /// weights, as `init(directory:withoutModelFor:)` reads a directory.
+  public init(
+    configJSON: Data, weights: SafetensorsFile, directory: String, withoutModelFor use: String
+  ) throws(FileError) {
+    let config = try PEFTAdapter.config(fromShapesOf: weights, directory: directory, use: use)
+    try self.init(configJSON: configJSON, weights: weights, directory: directory, config: config)
+  }
+
+  /// A model config that fits the adapter's own tensor shapes.
+  private static func config(
+    fromShapesOf weights: SafetensorsFile, directory: String, use: String
+  ) throws(FileError) -> LlamaConfig {
     var embedding: Int?
     var keyValue: Int?
     var feedForward: Int?
@@ -234,11 +251,11 @@ extension PEFTAdapter {
         feedForward = feedForward ?? rows
       }
     }
-    let width = embedding ?? 1
+    // At least 1, so head dimensions are defined; the reader refuses zero dimensions itself.
+    let width = max(embedding ?? 1, 1)
     // One-element heads make every head-count product equal the widths themselves.
-    let config = LlamaConfig(
+    return LlamaConfig(
       vocabularySize: 1, embeddingLength: width, layerCount: max(layers, 1), headCount: width,
       keyValueHeadCount: keyValue ?? width, feedForwardLength: feedForward ?? width)
-    try self.init(directory: directory, config: config)
   }
 }

@@ -36,6 +36,31 @@ public struct PEFTAdapter: Sendable {
     guard let configData = FileManager.default.contents(atPath: configURL.path) else {
       throw fail("no adapter_config.json (expected a PEFT adapter directory)")
     }
+    try self.init(configJSON: configData, directory: directory, config: config) {
+      () throws(FileError) in
+      do throws(SafetensorsError) {
+        return try SafetensorsFile(
+          path: folder.appendingPathComponent("adapter_model.safetensors").path)
+      } catch {
+        throw FileError(message: error.message)
+      }
+    }
+  }
+
+  /// Reads an adapter from the bytes of its `adapter_config.json` and its parsed weights, as
+  /// `init(directory:config:)` reads a directory; `directory` names them in messages.
+  public init(
+    configJSON configData: Data, weights: SafetensorsFile, directory: String, config: LlamaConfig
+  ) throws(FileError) {
+    try self.init(configJSON: configData, directory: directory, config: config) { weights }
+  }
+
+  /// The config checked first, then the weights `open` returns.
+  private init(
+    configJSON configData: Data, directory: String, config: LlamaConfig,
+    open: () throws(FileError) -> SafetensorsFile
+  ) throws(FileError) {
+    func fail(_ message: String) -> FileError { FileError(message: "\(directory): \(message)") }
     let json: JSONValue
     do {
       json = try JSONValue.parse(Array(configData))
@@ -65,13 +90,7 @@ public struct PEFTAdapter: Sendable {
     self.alpha = alpha
     if case .bool(let value)? = json["use_rslora"] { useRSLoRA = value } else { useRSLoRA = false }
 
-    let weights: SafetensorsFile
-    do {
-      weights = try SafetensorsFile(
-        path: folder.appendingPathComponent("adapter_model.safetensors").path)
-    } catch {
-      throw FileError(message: error.message)
-    }
+    let weights = try open()
     var pairs: [String: (a: HostTensor?, b: HostTensor?)] = [:]
     var order: [String] = []
     for entry in weights.entries {
@@ -131,8 +150,9 @@ public struct PEFTAdapter: Sendable {
     let prefix = "base_model.model.model.layers."
     guard name.hasPrefix(prefix) else { return nil }
     let rest = name.dropFirst(prefix.count)
-    guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]), layer >= 0,
-      layer < layers
+    // Layer numbers as PEFT writes them: `Int` alone would also read `+1` and `01`.
+    guard let dot = rest.firstIndex(of: "."), let layer = Int(rest[..<dot]),
+      String(layer) == rest[..<dot], layer >= 0, layer < layers
     else { return nil }
     let tail = rest[rest.index(after: dot)...]
     for module in modules {

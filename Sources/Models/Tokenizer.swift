@@ -69,12 +69,28 @@ public struct Tokenizer: Sendable {
       merges[Pair(left: String(text[..<space]), right: String(text[text.index(after: space)...]))] =
         rank
     }
-    let types = file["tokenizer.ggml.token_type"]?.array?.compactMap(\.integer) ?? []
-    let control = types.enumerated().filter { $0.element == 3 }.map { Int32($0.offset) }
+    guard tokens.count <= Int(Int32.max) else { throw fail("too many tokens") }
+    var control: [Int32] = []
+    if let types = file["tokenizer.ggml.token_type"]?.array {
+      guard types.count == tokens.count else {
+        throw fail(
+          "tokenizer.ggml.token_type has \(types.count) entries for \(tokens.count) tokens")
+      }
+      control = types.indices.filter { types[$0].integer == 3 }.map { Int32($0) }
+    }
+    /// A special token's id, which must name a token.
+    func tokenID(_ key: String) throws(GGUFError) -> Int32? {
+      guard let value = file[key] else { return nil }
+      guard let id = value.integer, tokens.indices.contains(id) else {
+        let shown = value.integer.map(String.init) ?? "not an integer"
+        throw fail("\(key) (\(shown)) is not a token id (\(tokens.count) tokens)")
+      }
+      return Int32(id)
+    }
     self.init(
       tokens: tokens, merges: merges, controlTokens: control,
-      beginOfSequence: file["tokenizer.ggml.bos_token_id"]?.integer.map(Int32.init),
-      endOfSequence: file["tokenizer.ggml.eos_token_id"]?.integer.map(Int32.init),
+      beginOfSequence: try tokenID("tokenizer.ggml.bos_token_id"),
+      endOfSequence: try tokenID("tokenizer.ggml.eos_token_id"),
       addsBeginOfSequence: file["tokenizer.ggml.add_bos_token"]?.bool ?? false,
       preTokenizer: pre, chatTemplate: file["tokenizer.chat_template"]?.string)
   }

@@ -9,13 +9,32 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
   /// Parses a glob; unbalanced braces are an error.
   public init(parsing pattern: String) throws(PassError) {
     self.pattern = pattern
-    alternatives = try NameSelector.expand(Array(pattern))
+    let tooMany = PassError(
+      message:
+        "pattern '\(pattern)' expands to more than \(NameSelector.maximumAlternatives) alternatives"
+    )
+    let characters = Array(pattern)
+    // Counted first, so a pattern that would expand to millions is refused after one scan.
+    guard NameSelector.count(characters[...]) <= NameSelector.maximumAlternatives else {
+      throw tooMany
+    }
+    var budget = NameSelector.maximumAlternatives
+    do {
+      alternatives = try NameSelector.expand(characters, budget: &budget)
+    } catch {
+      throw budget < 0 ? tooMany : error
+    }
   }
+
+  /// The most plain globs a pattern may expand to: `{a,b}` groups multiply, so a short pattern
+  /// could otherwise expand to billions.
+  public static let maximumAlternatives = 1000
 
   public init(stringLiteral pattern: String) {
     // Literals in code are written correctly; a bad one matches nothing.
     self.pattern = pattern
-    alternatives = (try? NameSelector.expand(Array(pattern))) ?? []
+    var budget = NameSelector.maximumAlternatives
+    alternatives = (try? NameSelector.expand(Array(pattern), budget: &budget)) ?? []
   }
 
   public var description: String { pattern }
@@ -26,12 +45,48 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
     return alternatives.contains { NameSelector.match(Array($0[...]), text) }
   }
 
-  /// Expands `{a,b}` groups into plain globs (`*` and `?` only).
-  private static func expand(_ pattern: [Character]) throws(PassError) -> [[Character]] {
+  /// How many plain globs `pattern` expands to, saturating just above `maximumAlternatives`
+  /// (an unbalanced brace ends the count; `expand` reports it).
+  private static func count(_ pattern: ArraySlice<Character>) -> Int {
+    let limit = maximumAlternatives + 1
+    var total = 1
+    var index = pattern.startIndex
+    while let open = pattern[index...].firstIndex(of: "{") {
+      var depth = 0
+      var choices = 0
+      var start = open + 1
+      var close: Int?
+      for position in open..<pattern.endIndex {
+        switch pattern[position] {
+        case "{": depth += 1
+        case "}":
+          depth -= 1
+          if depth == 0 { close = position }
+        case "," where depth == 1:
+          choices = min(choices + count(pattern[start..<position]), limit)
+          start = position + 1
+        default: break
+        }
+        if close != nil { break }
+      }
+      guard let close else { return total }
+      choices = min(choices + count(pattern[start..<close]), limit)
+      total = min(total * choices, limit)
+      index = close + 1
+    }
+    return total
+  }
+
+  /// Expands `{a,b}` groups into plain globs (`*` and `?` only), at most `budget` of them.
+  private static func expand(_ pattern: [Character], budget: inout Int) throws(PassError)
+    -> [[Character]]
+  {
     guard let open = pattern.firstIndex(of: "{") else {
       if pattern.contains("}") {
         throw PassError(message: "unbalanced '}' in pattern '\(String(pattern))'")
       }
+      budget -= 1
+      if budget < 0 { throw PassError(message: "too many alternatives") }
       return [pattern]
     }
     var depth = 0
@@ -57,7 +112,9 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
     var result: [[Character]] = []
     for k in 0..<(bounds.count - 1) {
       let choice = Array(pattern[(bounds[k] + 1)..<bounds[k + 1]])
-      for expanded in try expand(prefix + choice + suffix) { result.append(expanded) }
+      for expanded in try expand(prefix + choice + suffix, budget: &budget) {
+        result.append(expanded)
+      }
     }
     bounds.removeAll()
     return result

@@ -1,0 +1,38 @@
+import Foundation
+import IR
+import Testing
+
+/// The IR texts the IR fuzz target (Fuzz/ir.swift) ever failed on, under
+/// `Tests/Fixtures/fuzz/ir/`, each with the error it must give now ("" when parsing is fine too).
+let irExpected: [String: String] = [:]
+
+let irFuzzFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+  .deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz/ir")
+
+let irFuzzNames =
+  ((try? FileManager.default.contentsOfDirectory(atPath: irFuzzFolder.path)) ?? []).sorted()
+
+@Test(arguments: irFuzzNames)
+func irFuzzInput(name: String) throws {
+  let expected = try #require(irExpected[name], "no expected outcome for \(name)")
+  let data = try Data(contentsOf: irFuzzFolder.appendingPathComponent(name))
+  let text = String(decoding: data, as: UTF8.self)
+  var errors: [String] = []
+  do {
+    let graph = try Parser.parse(text)
+    do {
+      try Verifier.verify(graph)
+      // What parses and verifies prints as text that parses back to the same graph.
+      #expect(try Parser.parse(Printer().print(graph)) == graph.compacted())
+    } catch {
+      errors.append("\(error)")
+    }
+  } catch {
+    errors.append("\(error)")
+  }
+  if !expected.isEmpty {
+    #expect(errors.contains { $0.contains(expected) }, "\(name): \(errors)")
+  }
+}
+
+@Test func irFuzzInputsAreListed() { #expect(Set(irFuzzNames) == Set(irExpected.keys)) }
