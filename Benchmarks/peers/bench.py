@@ -765,6 +765,8 @@ def report(args, rows, header):
                     notes.append(f"lorac --int8-activations / this {row['ratio_speed_int8']:.2f}")
         if "error" in row:
             notes.append("FAILED: " + row["error"].replace("|", "/"))
+        if row.get("peak_rss_after_load_bytes"):
+            notes.append(f"peak RSS from warm-up on {row['peak_rss_after_load_bytes'] / 2**20:.0f} MiB")
         for key, label in (("first_step_s", "first step"), ("compile_s", "compile")):
             if row.get(key) is not None:
                 notes.append(f"{label} {row[key]:.2f} s")
