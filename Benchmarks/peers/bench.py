@@ -408,6 +408,8 @@ class Driver:
         env = dict(os.environ)
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[name] = str(spec["threads"])
+        if self.args.omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = self.args.omp_wait_policy
         env.update(HF_HUB_DISABLE_PROGRESS_BARS="1", TRANSFORMERS_VERBOSITY="error",
                    TQDM_DISABLE="1", HF_HUB_OFFLINE="1")
         started = time.time()
@@ -670,6 +672,10 @@ def machine():
         for line in text.splitlines():
             if line.startswith("model name") and "cpu_model" not in info:
                 info["cpu_model"] = line.split(":", 1)[1].strip()
+            if line.startswith("cpu family") and "cpu_family" not in info:
+                info["cpu_family"] = line.split(":", 1)[1].strip()
+            if line.startswith("model") and line.split(":")[0].strip() == "model" and "cpu_model_number" not in info:
+                info["cpu_model_number"] = line.split(":", 1)[1].strip()
             if line.startswith("flags") and "flags" not in info:
                 flags = set(line.split(":", 1)[1].split())
                 info["flags"] = sorted(f for f in flags if f in {
@@ -712,7 +718,8 @@ def versions(args):
 def lorac_row(rows, row):
     """The lorac figure a peer row is compared with."""
     if row["workload"].startswith("greedy decode"):
-        name = {"llama.cpp F32 copy": "lorac F32 copy"}.get(row["system"], "lorac Q4_1")
+        name = {"llama.cpp F32 copy": "lorac F32 copy",
+                "PyTorch f32 (HF generate)": "lorac F32 copy"}.get(row["system"], "lorac Q4_1")
     else:
         name = None
     for other in rows:
@@ -730,17 +737,19 @@ def report(args, rows, header):
              f"Threads {header['threads']}, medians of {args.runs} runs after one warm-up; each system in its "
              "own process (peak RSS = that process's ru_maxrss), systems run back to back per workload.",
              "",
-             f"- machine: {header['machine'].get('cpu_model', '?')}, {header['machine'].get('cpus_online')} CPUs, "
+             f"- machine: {header['machine'].get('cpu_model', '?')} (family {header['machine'].get('cpu_family', '?')}, "
+             f"model {header['machine'].get('cpu_model_number', '?')}), {header['machine'].get('cpus_online')} CPUs, "
              f"{header['machine'].get('memory', '?')}; flags: {', '.join(header['machine'].get('flags', []))}",
              f"- load average at start {header['load_start']}, at end {header['load_end']} "
              "(the machine is shared: other builds and tests ran meanwhile)",
+             f"- OMP_WAIT_POLICY of the Python peers: {header.get('omp_wait_policy') or 'unset (their default)'}",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in header["versions"].items()),
              ]
     if header["install_errors"]:
         lines.append("- install failures: " + "; ".join(f"{k}: {v}" for k, v in header["install_errors"].items()))
     lines += ["", "Ratio = lorac tokens/s / peer tokens/s (above 1: lorac faster); RSS ratio = lorac / peer "
               "(below 1: lorac smaller). Decode peers compare with lorac on the same file (Q4_1 with f32 "
-              "activations; the F32 copy); `--int8-activations` rounds activations as llama.cpp does.",
+              "activations; the F32 copy, also for PyTorch's f32); `--int8-activations` rounds activations as llama.cpp does.",
               "", "| workload | threads | system | tokens/s | peak RSS | lorac / peer speed | lorac / peer RSS | notes |",
               "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -840,6 +849,10 @@ def main():
                              "16x32:all; --quick: 16x32:attn)")
     parser.add_argument("--tokens", type=int, default=128,
                         help="prompt and decode lengths (default 128; smaller only to debug the harness)")
+    parser.add_argument("--omp-wait-policy", choices=["ACTIVE", "PASSIVE"], default=None,
+                        help="OMP_WAIT_POLICY for the Python peers (default: theirs). On a loaded "
+                             "machine PyTorch's spinning OpenMP workers lose 3x (measured: 92 vs 297 "
+                             "prefill tok/s at load 6); PASSIVE keeps them from spinning")
     parser.add_argument("--quick", action="store_true",
                         help="check the harness: 1 thread count, 2 runs, one train shape, no torch.compile")
     args = parser.parse_args()
@@ -875,7 +888,7 @@ def main():
     header = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "threads": args.threads, "runs": args.runs, "full": args.full, "model": args.model,
               "argv": [a for a in sys.argv[1:] if not a.startswith(("--lorac", "--llama-python", "--install-status", "--out", "/"))],
-              "machine": machine(), "versions": versions(args), "load_start": load_average(),
+              "machine": machine(), "versions": versions(args), "omp_wait_policy": args.omp_wait_policy, "load_start": load_average(),
               "install_errors": driver.install_errors}
     print(f"peers: load average {header['load_start']}; threads {args.threads}, runs {args.runs}", flush=True)
     for threads in args.threads:
