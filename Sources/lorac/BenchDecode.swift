@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Foundation
 import IR
 import Models
@@ -9,7 +10,11 @@ extension Bench {
   struct Decode: ParsableCommand {
     static let configuration = CommandConfiguration(
       abstract: "Measure one-token decoding steps over the KV cache at several positions.",
-      discussion: "Medians of --runs steps after a warm-up, at each of --positions.")
+      discussion: """
+        Medians of --runs steps after a warm-up, at each of --positions. With --json, \
+        tokens_per_s is the rate of the median position and compile_s the step's compile time \
+        (trace, passes, plan).
+        """)
 
     @Argument(help: "The GGUF model.")
     var model: String
@@ -41,11 +46,13 @@ extension Bench {
       let context = ((slots.max() ?? 0) + 16) / 16 * 16
       let session = DecodeSession(modelPath: model, context: context, adapter: nil)
       let step: Executable
+      let start = DispatchTime.now().uptimeNanoseconds
       do {
         step = try session.compile(tokens: 1)
       } catch {
         fail("\(error)")
       }
+      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
       var results: [(Int, Double)] = []
       for slot in slots {
         var mask = [Int32](repeating: 0, count: context)
@@ -65,8 +72,10 @@ extension Bench {
         let entries = results.map {
           "\"\($0.0)\": {\"step_s\": \($0.1), \"tokens_per_s\": \(1 / $0.1)}"
         }
+        // The top-level rate is that of the median step over the positions.
+        let middle = results.map(\.1).sorted()[results.count / 2]
         print(
-          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(DecodeKernels.int8Activations), \"runs\": \(runs), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
+          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(DecodeKernels.int8Activations), \"runs\": \(runs), \"tokens_per_s\": \(1 / middle), \"compile_s\": \(compile), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
         )
       } else {
         for (slot, seconds) in results {
