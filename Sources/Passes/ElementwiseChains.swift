@@ -128,14 +128,7 @@ struct ElementwiseChains {
       claimed.formUnion(inner)
       replacements[root] = replacement
     }
-    result.body = []
-    for (index, instruction) in graph.body.enumerated() {
-      if let replacement = replacements[index] {
-        result.body += replacement
-      } else if !claimed.contains(index) {
-        result.body.append(instruction)
-      }
-    }
+    result.body = graph.body.rewritten(replacements, removing: claimed)
     return result
   }
 }

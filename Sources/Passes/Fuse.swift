@@ -365,14 +365,7 @@ private struct Matcher {
   /// The graph with every match applied and the instructions matches left dead removed.
   func rewritten() -> Graph {
     var result = graph
-    result.body = []
-    for (index, instruction) in graph.body.enumerated() {
-      if let replacement = replacements[index] {
-        result.body += replacement
-      } else if !claimed.contains(index) {
-        result.body.append(instruction)
-      }
-    }
+    result.body = graph.body.rewritten(replacements, removing: claimed)
     // Remove candidates nothing reads any more, until none is left (chains die from the end).
     let candidates = Set(maybeDead.flatMap { graph.body[$0].results })
     while true {
@@ -384,5 +377,22 @@ private struct Matcher {
       }
       if result.body.count == before { return result }
     }
+  }
+}
+
+extension Array where Element == Instruction {
+  /// The body with the instruction at each key of `replacements` replaced by its value and those
+  /// in `removed` (that are not replaced) dropped.
+  func rewritten(_ replacements: [Int: [Instruction]], removing removed: Set<Int>) -> [Instruction]
+  {
+    var body: [Instruction] = []
+    for (index, instruction) in enumerated() {
+      if let replacement = replacements[index] {
+        body += replacement
+      } else if !removed.contains(index) {
+        body.append(instruction)
+      }
+    }
+    return body
   }
 }

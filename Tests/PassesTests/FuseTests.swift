@@ -423,10 +423,24 @@ private func decodingBindings(
   let chains = chained.body.filter(\.op.isElementwise)
   #expect(chains.count >= 4)
   #expect(chained.body.count < plain.body.count)
-  // Every chain holds at least two ops, and no leaf is an op it could have absorbed.
-  for chain in chains {
-    guard case .elementwise(let expression) = chain.op else { continue }
-    #expect(expression.nodeCount >= 2)
+  // No leaf is a unary or binary op read only by its chain (the chain would have absorbed it).
+  let users = chained.users()
+  let definers = chained.definers()
+  for (index, chain) in chained.body.enumerated() where chain.op.isElementwise {
+    for leaf in chain.operands.compactMap(\.value) {
+      guard let definer = definers[leaf], users[leaf] == [index] else { continue }
+      let inner = chained.body[definer]
+      switch inner.op {
+      case .unary, .binary:
+        // Absorbable unless it broadcasts an operand (or has another result type).
+        let type = chained.type(of: chain.results[0])
+        let broadcasts = inner.operands.compactMap(\.value).contains {
+          chained.type(of: $0) != type
+        }
+        #expect(chained.type(of: leaf) != type || broadcasts, "\(leaf)")
+      default: break
+      }
+    }
   }
   var values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
   var generator = SplitMix64(seed: 9)
