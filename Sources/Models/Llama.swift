@@ -1,4 +1,7 @@
+import Dispatch
+import Foundation
 import IR
+import Synchronization
 
 /// The hyper-parameters of a Llama-family decoder.
 public struct LlamaConfig: Hashable, Sendable {
@@ -325,19 +328,60 @@ public struct LlamaModel: Sendable {
   }
 
   /// Traces the forward graph (or, with `loss`, the loss graph) with each weight in its stored
-  /// dtype.
-  public func trace(batch: Int, sequence: Int, loss: Bool = false) throws(TraceError) -> Graph {
+  /// dtype, or with `precision` `.bf16` every weight matrix declared `bf16` (vectors as stored).
+  public func trace(
+    batch: Int, sequence: Int, loss: Bool = false, precision: WeightPrecision = .stored
+  ) throws(TraceError) -> Graph {
     try Llama.trace(config, batch: batch, sequence: sequence, loss: loss) { name in
-      file.info(name)?.dtype
+      guard let info = file.info(name) else { return nil }
+      return precision == .bf16 && info.shape.count == 2 ? .bf16 : info.dtype
     }
   }
 
-  /// The weights a traced graph declares, bound by name without copying.
+  /// The weights a traced graph declares, bound by name: without copying where the graph
+  /// declares a weight in its stored dtype, else decoded and rounded to the declared `bf16`
+  /// (round to nearest even), one weight per core at a time.
   public func weights(for graph: Graph) throws(GGUFError) -> [String: HostTensor] {
     var result: [String: HostTensor] = [:]
+    var converted: [(name: String, stored: HostTensor)] = []
     for declaration in graph.declarations where declaration.kind == .constant {
-      result[declaration.name] = try file.tensor(named: declaration.name)
+      let stored = try file.tensor(named: declaration.name)
+      let declared = graph.type(of: declaration.value)
+      if stored.type == declared {
+        result[declaration.name] = stored
+      } else if declared == TensorType(.bf16, stored.type.shape) {
+        converted.append((declaration.name, stored))
+      } else {
+        throw GGUFError(
+          message:
+            "\(file.path): tensor '\(declaration.name)' is \(stored.type); the graph declares "
+            + "\(declared)")
+      }
+    }
+    let rounded = Mutex([String: HostTensor]())
+    let pending = converted
+    DispatchQueue.concurrentPerform(iterations: pending.count) { index in
+      let (name, stored) = pending[index]
+      let bits = stored.floats().map(bfloat16FromFloat)
+      let tensor = bits.withUnsafeBytes { bytes in
+        try? HostTensor(type: TensorType(.bf16, stored.type.shape), data: Data(bytes))
+      }
+      rounded.withLock { $0[name] = tensor }
+    }
+    for (name, _) in converted {
+      guard let tensor = rounded.withLock({ $0[name] }) else {
+        throw GGUFError(message: "\(file.path): tensor '\(name)' could not be rounded to bf16")
+      }
+      result[name] = tensor
     }
     return result
   }
+}
+
+/// The dtype a model's frozen weights are computed from.
+public enum WeightPrecision: String, CaseIterable, Sendable {
+  /// Each weight as the file stores it (quantized blocks are decoded exactly to f32).
+  case stored
+  /// Weight matrices rounded to bf16 at load, for avx512_bf16 dot products.
+  case bf16
 }

@@ -21,6 +21,8 @@ public final class Executable {
   /// Input, parameter and state buffers by name.
   private var bindable: [String: (value: Value, address: UnsafeMutableRawPointer)] = [:]
   private var steps: [Step] = []
+  /// Packed bf16 weights by constant and orientation (in `owned`).
+  private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
   /// The factor every `lora_linear` branch is scaled by at run time (see `adapterScale`).
   let adapterFactor = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
@@ -101,6 +103,18 @@ public final class Executable {
 
   /// Runs every kernel once over the current inputs, parameters and state.
   public func execute() throws(RuntimeError) { try run(steps) }
+
+  /// Runs every kernel once, like `execute()`, timing each: seconds by instruction index.
+  public func executeTimed() throws(RuntimeError) -> [Int: Double] {
+    var seconds: [Int: Double] = [:]
+    for step in steps {
+      let start = DispatchTime.now().uptimeNanoseconds
+      try run([step])
+      seconds[step.instruction, default: 0] +=
+        Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    }
+    return seconds
+  }
 
   private func run(_ steps: [Step]) throws(RuntimeError) {
     for step in steps {
@@ -313,9 +327,83 @@ public final class Executable {
   /// Rows of a quantized weight decoded at a time before a GEMM.
   static let dequantizeChunk = 2048
 
+  /// A product of rows of `x` by a constant bf16 weight matrix that runs on the packed weight and
+  /// avx512_bf16 dot products: `out [rows, n] = x [rows, k] op(w)`.
+  public struct PackedBF16Product: Hashable, Sendable {
+    public var rows: Int
+    public var n: Int
+    public var k: Int
+    public var transposeB: Bool
+    public var weight: Value
+  }
+
+  /// The packed bf16 product `instruction` (a `matmul` or `lora_linear`) runs, if any: when the
+  /// CPU has avx512_bf16, the weight is a bf16 constant and there are more than 8 rows (fewer
+  /// read the weight once with the decoding kernels).
+  public static func packedBF16Product(_ graph: Graph, _ instruction: Instruction)
+    -> PackedBF16Product?
+  {
+    let transposeB: Bool
+    switch instruction.op {
+    case .matmul(let transposeA, let transpose) where !transposeA: transposeB = transpose
+    case .loraLinear(_, let transpose): transposeB = transpose
+    default: return nil
+    }
+    guard lc_bf16_dot_available() != 0, let x = instruction.operands[0].value,
+      let w = instruction.operands[1].value
+    else { return nil }
+    let weight = graph.type(of: w)
+    guard weight.dtype == .bf16, weight.rank == 2,
+      graph.declarations.contains(where: { $0.value == w && $0.kind == .constant })
+    else { return nil }
+    let (n, k) =
+      transposeB ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
+    let rows = k > 0 ? graph.type(of: x).elementCount / k : 0
+    guard rows > 8 else { return nil }
+    return PackedBF16Product(rows: rows, n: n, k: k, transposeB: transposeB, weight: w)
+  }
+
+  /// The packed form of a bf16 constant for products with or without transposing it, made on
+  /// first use (when steps are built) and shared by every instruction that needs that form.
+  func packedBF16(_ weight: Value, transposeB: Bool) throws(RuntimeError) -> UnsafeRawPointer {
+    let key = PackedKey(weight: weight, transposeB: transposeB)
+    if let packed = packed[key] { return UnsafeRawPointer(packed) }
+    let type = graph.type(of: weight)
+    let (n, k) = transposeB ? (type.shape[0], type.shape[1]) : (type.shape[1], type.shape[0])
+    let bytes = Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
+    var memory: UnsafeMutableRawPointer?
+    guard posix_memalign(&memory, 64, max(bytes, 64)) == 0, let memory else {
+      throw RuntimeError(message: "out of memory packing a \(type) weight (\(bytes) bytes)")
+    }
+    owned.append(memory)
+    lc_bf16_pack(
+      address(weight).assumingMemoryBound(to: UInt16.self), Int64(n), Int64(k), transposeB ? 1 : 0,
+      memory.assumingMemoryBound(to: UInt16.self))
+    packed[key] = memory
+    return UnsafeRawPointer(memory)
+  }
+
+  private struct PackedKey: Hashable {
+    var weight: Value
+    var transposeB: Bool
+  }
+
+  /// Bytes of packed bf16 weights made so far (they live outside the arena, like constants).
+  public var packedWeightBytes: Int {
+    packed.keys.reduce(0) { total, key in
+      let shape = graph.type(of: key.weight).shape
+      let (n, k) = key.transposeB ? (shape[0], shape[1]) : (shape[1], shape[0])
+      return total + Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
+    }
+  }
+
   private static func scratchBytes(_ graph: Graph) -> [Int: Int] {
     var result: [Int: Int] = [:]
     for (index, instruction) in graph.body.enumerated() {
+      if let product = packedBF16Product(graph, instruction) {
+        result[index] = Int(lc_bf16_scratch_bytes(Int64(product.rows), Int64(product.k)))
+        continue
+      }
       switch instruction.op {
       case .matmul, .loraLinear: break
       case .attention, .attentionGrad:

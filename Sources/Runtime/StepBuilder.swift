@@ -441,6 +441,19 @@ struct StepBuilder {
     let m = Int64(resultType.shape[resultType.rank - 2])
     let n = Int64(resultType.shape[resultType.rank - 1])
     let k = Int64(transposeA ? lhs.shape[lhs.rank - 2] : lhs.shape[lhs.rank - 1])
+    if !rhs.dtype.isCompute, let product = Executable.packedBF16Product(graph, instruction) {
+      let packed = try executable.packedBF16(product.weight, transposeB: product.transposeB)
+      guard let scratch = executable.scratchAddress(index) else {
+        throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
+      }
+      let (rows, n, k) = (Int64(product.rows), Int64(product.n), Int64(product.k))
+      return {
+        lc_matmul_bf16_packed(
+          out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self), rows, n,
+          k, packed.assumingMemoryBound(to: UInt16.self), scratch)
+        return nil
+      }
+    }
     if !rhs.dtype.isCompute {
       guard rhs.rank == 2, !transposeA else {
         throw unsupported(

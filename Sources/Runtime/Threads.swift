@@ -34,3 +34,15 @@ public enum DecodeKernels {
     set { lc_set_int8_activations(newValue ? 1 : 0) }
   }
 }
+
+extension DecodeKernels {
+  /// Whether products with more than 8 rows on bf16 weight constants use avx512_bf16 dot
+  /// products on packed weights (else the weights are decoded to f32 for sgemm).
+  ///
+  /// Setting it false (tests of the fallback) affects executables made afterwards; setting it
+  /// true on a CPU without avx512_bf16 has no effect.
+  public static var bf16DotProducts: Bool {
+    get { lc_bf16_dot_available() != 0 }
+    set { lc_set_bf16_dot(newValue ? 1 : 0) }
+  }
+}

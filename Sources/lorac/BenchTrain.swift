@@ -35,6 +35,9 @@ extension Bench {
     @Option(help: "The passes between lora/freeze and the executable.")
     var passes = "fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
 
+    @Option(help: TrainPrecision.help)
+    var precision: TrainPrecision = .f32
+
     @Option(parsing: .unconditional, help: "Steps measured after one warm-up step.")
     var runs = 5
 
@@ -43,6 +46,9 @@ extension Bench {
 
     @Flag(help: "Print one JSON object.")
     var json = false
+
+    @Flag(help: "After the measured steps, time one more step kernel by kernel and print the ops.")
+    var profile = false
 
     func validate() throws {
       for (name, value) in [("--batch", batch), ("--seq", seq), ("--rank", rank), ("--runs", runs)]
@@ -56,6 +62,7 @@ extension Bench {
 
     func run() throws {
       Threads.set(threads)
+      if let note = precision.fallbackNote { FileHandle.standardError.write(Data(note.utf8)) }
       let loaded: LlamaModel
       do {
         loaded = try LlamaModel(path: model)
@@ -72,19 +79,25 @@ extension Bench {
       do {
         let pipeline = try Pipeline(
           parsing: "lora{rank=\(rank),alpha=\(2 * rank),targets=\(targets)},freeze," + passes)
-        let traced = try loaded.trace(batch: batch, sequence: seq, loss: true)
+        let traced = try loaded.trace(
+          batch: batch, sequence: seq, loss: true, precision: precision.weights)
         phases.append(DispatchTime.now().uptimeNanoseconds)
         let graph = try pipeline.run(traced)
         phases.append(DispatchTime.now().uptimeNanoseconds)
-        executable = try Executable(graph, constants: try loaded.weights(for: graph))
+        let constants = try loaded.weights(for: graph)
+        phases.append(DispatchTime.now().uptimeNanoseconds)
+        executable = try Executable(graph, constants: constants)
         parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
       } catch {
         fail("\(error)")
       }
-      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-      let (trace, passes) = (
-        Double(phases[0] - start) / 1e9, Double(phases[1] - phases[0]) / 1e9
+      // Compile is trace + passes + plan (steps, and packing bf16 weights); rounding the weights
+      // to bf16 (--precision bf16) is loading, reported apart.
+      let (trace, passes, load) = (
+        Double(phases[0] - start) / 1e9, Double(phases[1] - phases[0]) / 1e9,
+        Double(phases[2] - phases[1]) / 1e9
       )
+      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 - load
       let optimizer = try AdamW(
         executable, parameters: parameters, gradientOutputs: Array(1...parameters.count),
         learningRate: 1e-4, maxGradientNorm: 1)
@@ -105,27 +118,65 @@ extension Bench {
       }
       let rate = Double(count) / seconds
       let rss = peakResidentBytes()
+      if profile { try printProfile(executable) }
       if json {
         print(
           "{\"tokens_per_s\": \(rate), \"step_s\": \(seconds), \"runs\": \(runs), "
             + "\"batch\": \(batch), \"seq\": \(seq), \"rank\": \(rank), "
             + "\"targets\": \"\(targets)\", \"threads\": \(Threads.count), "
             + "\"compile_s\": \(compile), \"trace_s\": \(trace), \"passes_s\": \(passes), "
-            + "\"plan_s\": \(compile - trace - passes), \"arena_bytes\": \(executable.plan.arenaBytes), "
+            + "\"plan_s\": \(compile - trace - passes), \"weights_s\": \(load), "
+            + "\"precision\": \"\(precision)\", \"packed_bytes\": \(executable.packedWeightBytes), "
+            + "\"arena_bytes\": \(executable.plan.arenaBytes), "
             + "\"instructions\": \(executable.graph.body.count), \"peak_rss_bytes\": \(rss)}")
       } else {
         print(
           String(
             format:
-              "train step %dx%d, rank %d on %@: %.1f ms, %.0f tokens/s (median of %d, %d threads)",
-            batch, seq, rank, targets, seconds * 1e3, rate, runs, Threads.count))
+              "train step %dx%d, rank %d on %@, %@: %.1f ms, %.0f tokens/s (median of %d, %d threads)",
+            batch, seq, rank, targets, precision.description, seconds * 1e3, rate, runs,
+            Threads.count))
         print(
           String(
             format:
               "compile %.0f ms (trace %.0f, passes %.0f, plan %.0f), %d instructions; arena %d bytes; peak RSS %d bytes",
             compile * 1e3, trace * 1e3, passes * 1e3, (compile - trace - passes) * 1e3,
             executable.graph.body.count, executable.plan.arenaBytes, rss))
+        if precision == .bf16 {
+          print(
+            String(
+              format: "weights rounded to bf16 in %.0f ms; %d bytes of packed bf16 weights",
+              load * 1e3, executable.packedWeightBytes))
+        }
       }
+    }
+
+    /// Prints the time of one step by kind of instruction (op, and the weight dtype of products),
+    /// largest first, to stderr.
+    private func printProfile(_ executable: Executable) throws {
+      let seconds = try executable.executeTimed()
+      var byKind: [String: (seconds: Double, count: Int)] = [:]
+      let graph = executable.graph
+      for (index, time) in seconds {
+        let instruction = graph.body[index]
+        var kind = instruction.op.mnemonic
+        if case .matmul = instruction.op, let w = instruction.operands[1].value {
+          kind += " " + graph.type(of: w).dtype.rawValue
+        } else if case .loraLinear = instruction.op, let w = instruction.operands[1].value {
+          kind += " " + graph.type(of: w).dtype.rawValue
+        }
+        byKind[kind, default: (0, 0)].seconds += time
+        byKind[kind, default: (0, 0)].count += 1
+      }
+      let total = seconds.values.reduce(0, +)
+      var lines = [String(format: "profile of one step: %.1f ms", total * 1e3)]
+      for (kind, entry) in byKind.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+        lines.append(
+          String(
+            format: "%8.1f ms %5.1f%%  %4d x %@", entry.seconds * 1e3,
+            100 * entry.seconds / max(total, 1e-12), entry.count, kind))
+      }
+      FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }
   }
 }

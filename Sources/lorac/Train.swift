@@ -96,6 +96,9 @@ struct Train: ParsableCommand {
   @Flag(help: "Continue from the training state in --out (settings not given are taken from it).")
   var resume = false
 
+  @Option(help: ArgumentHelp(stringLiteral: TrainPrecision.helpText + " (default: f32)"))
+  var precision: TrainPrecision?
+
   @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
 
@@ -170,6 +173,8 @@ struct Train: ParsableCommand {
     let weightDecay = settings.resolve("weight-decay", weightDecay, default: 0.0)
     let maxGradNorm = settings.resolve("max-grad-norm", maxGradNorm, default: 1.0)
     let seed = settings.resolve("seed", seed, default: UInt64(0))
+    let precision = settings.resolve("precision", precision, default: .f32)
+    if let note = precision.fallbackNote { FileHandle.standardError.write(Data(note.utf8)) }
     // The total may change on resume (the schedule then decays over the new total).
     let steps = steps ?? saved.flatMap { $0.settings["steps"] }.flatMap { Int($0) } ?? 60
     settings.values["steps"] = String(steps)
@@ -243,7 +248,7 @@ struct Train: ParsableCommand {
     }
     let trainer = Trainer(
       model: loaded, sequence: sequence, batch: batch, rank: rank, alpha: alpha, targets: targets,
-      seed: seed)
+      seed: seed, precision: precision.weights)
     do {
       try FileManager.default.createDirectory(at: outFolder, withIntermediateDirectories: true)
     } catch {

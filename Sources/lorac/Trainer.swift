@@ -15,7 +15,7 @@ final class Trainer {
 
   init(
     model: LlamaModel, sequence: Int, batch: Int, rank: Int, alpha: Double, targets: String,
-    seed: UInt64
+    seed: UInt64, precision: WeightPrecision = .stored
   ) {
     self.model = model
     self.sequence = sequence
@@ -25,7 +25,8 @@ final class Trainer {
         parsing:
           "lora{rank=\(rank),alpha=\(alpha),targets=\(targets),seed=\(seed)},freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
       )
-      let graph = try pipeline.run(try model.trace(batch: batch, sequence: sequence, loss: true))
+      let graph = try pipeline.run(
+        try model.trace(batch: batch, sequence: sequence, loss: true, precision: precision))
       executable = try Executable(graph, constants: try model.weights(for: graph))
       parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
     } catch {

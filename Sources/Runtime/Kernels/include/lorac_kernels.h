@@ -119,6 +119,23 @@ void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
 /// at a time into `scratch` (chunk * K floats) and calls sgemm.
 void lc_matmul_quantized(int dtype, float *out, const float *a, const void *w, int64_t m,
                          int64_t n, int64_t k, float *scratch, int64_t chunk);
+/// Whether this CPU has avx512_bf16 dot products for the packed bf16 products (and
+/// LORAC_QUANT_PATH does not cap the kernels below AVX-512).
+int lc_bf16_dot_available(void);
+/// Turns the packed bf16 products off (0) or back on for executables made afterwards (tests of
+/// the f32 fallback).
+void lc_set_bf16_dot(int enabled);
+/// Bytes of the packed form of a bf16 weight for a product with N output columns over K.
+int64_t lc_bf16_packed_bytes(int64_t n, int64_t k);
+/// Bytes of scratch `lc_matmul_bf16_packed` needs for M rows over K (the rounded activations).
+int64_t lc_bf16_scratch_bytes(int64_t m, int64_t k);
+/// Packs bf16 w for `lc_matmul_bf16_packed`: with trans_b, w is [N, K] (the product is a w^T);
+/// without, w is [K, N] (the product is a w).
+void lc_bf16_pack(const uint16_t *w, int64_t n, int64_t k, int trans_b, uint16_t *packed);
+/// out [M, N] = bf16(a) [M, K] x the packed weight, f32 sums of exact bf16 products; needs
+/// `lc_bf16_dot_available()`. Bit-identical across thread counts.
+void lc_matmul_bf16_packed(float *out, const float *a, int64_t m, int64_t n, int64_t k,
+                           const uint16_t *packed, void *scratch);
 /// out [M,K] = a [M,N] x w with w a storage-typed [N,K] matrix used as stored (no transpose):
 /// the input gradient through a quantized linear layer. Decodes `chunk` rows at a time.
 void lc_matmul_quantized_nt(int dtype, float *out, const float *a, const void *w, int64_t m,
