@@ -376,6 +376,8 @@ public final class Executable {
       throw RuntimeError(message: "out of memory packing a \(type) weight (\(bytes) bytes)")
     }
     owned.append(memory)
+    let start = DispatchTime.now().uptimeNanoseconds
+    defer { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
     lc_bf16_pack(
       address(weight).assumingMemoryBound(to: UInt16.self), Int64(n), Int64(k), transposeB ? 1 : 0,
       memory.assumingMemoryBound(to: UInt16.self))
@@ -387,6 +389,10 @@ public final class Executable {
     var weight: Value
     var transposeB: Bool
   }
+
+  /// Seconds spent packing bf16 weights while the executable was made (loading work, like
+  /// reading the weights, rather than compiling).
+  public private(set) var packingSeconds = 0.0
 
   /// Bytes of packed bf16 weights made so far (they live outside the arena, like constants).
   public var packedWeightBytes: Int {

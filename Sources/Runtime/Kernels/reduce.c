@@ -146,22 +146,52 @@ void lc_softmax_f32(float *out, const float *x, int64_t outer, int64_t n, int64_
   }
 }
 
+/// Slots of the per-thread table of recent positions' cos/sin in `lc_rope_f32` (a batch of
+/// sequences repeats positions 0..S-1, so training recomputes each angle once per thread).
+#define LC_ROPE_SLOTS 32
+#define LC_ROPE_MAX_HALF 64
+
 void lc_rope_f32(float *out, const float *x, const int32_t *positions, int64_t p, int64_t h,
                  int64_t d, double theta, int interleaved) {
   int64_t half = d / 2;
-#pragma omp parallel for schedule(static) if (p * h * d > LC_PARALLEL_MIN)
-  for (int64_t i = 0; i < p; i++) {
-    double position = positions[i];
-    for (int64_t k = 0; k < half; k++) {
-      double angle = position * pow(theta, -2.0 * (double)k / (double)d);
-      double c = cos(angle), s = sin(angle);
-      int64_t first = interleaved ? 2 * k : k, second = interleaved ? 2 * k + 1 : k + half;
-      for (int64_t j = 0; j < h; j++) {
-        const float *v = x + (i * h + j) * d;
-        float *result = out + (i * h + j) * d;
-        double a = v[first], b = v[second];
-        result[first] = (float)(a * c - b * s);
-        result[second] = (float)(a * s + b * c);
+  int cached = half <= LC_ROPE_MAX_HALF;
+#pragma omp parallel if (p * h * d > LC_PARALLEL_MIN)
+  {
+    double frequency[LC_ROPE_MAX_HALF];
+    double cosines[LC_ROPE_SLOTS][LC_ROPE_MAX_HALF], sines[LC_ROPE_SLOTS][LC_ROPE_MAX_HALF];
+    int64_t slot_position[LC_ROPE_SLOTS];
+    for (int slot = 0; slot < LC_ROPE_SLOTS; slot++) slot_position[slot] = INT64_MIN;
+    for (int64_t k = 0; cached && k < half; k++) frequency[k] = pow(theta, -2.0 * (double)k / (double)d);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < p; i++) {
+      double position = positions[i];
+      int slot = (int)((uint32_t)positions[i] % LC_ROPE_SLOTS);
+      if (cached && slot_position[slot] != positions[i]) {
+        for (int64_t k = 0; k < half; k++) {
+          double angle = position * frequency[k];
+          cosines[slot][k] = cos(angle);
+          sines[slot][k] = sin(angle);
+        }
+        slot_position[slot] = positions[i];
+      }
+      for (int64_t k = 0; k < half; k++) {
+        double c, s;
+        if (cached) {
+          c = cosines[slot][k];
+          s = sines[slot][k];
+        } else {
+          double angle = position * pow(theta, -2.0 * (double)k / (double)d);
+          c = cos(angle);
+          s = sin(angle);
+        }
+        int64_t first = interleaved ? 2 * k : k, second = interleaved ? 2 * k + 1 : k + half;
+        for (int64_t j = 0; j < h; j++) {
+          const float *v = x + (i * h + j) * d;
+          float *result = out + (i * h + j) * d;
+          double a = v[first], b = v[second];
+          result[first] = (float)(a * c - b * s);
+          result[second] = (float)(a * s + b * c);
+        }
       }
     }
   }
