@@ -136,6 +136,38 @@ extension RuntimeSuite {
     }
   }
 
+  @Test func attentionOverAPartlyFilledCacheMatchesInterpreter() throws {
+    // Decoding over a KV cache: batch row b holds filled[b] keys (the slots after them hold stale
+    // values), and the query rows are its last `rows` tokens, each seeing the slots up to its
+    // own. The kernel's softmax stops at the last filled slot of the (batch, head); the reference
+    // interpreter skips every masked slot.
+    for (heads, groups, rows, keys, width, filled) in [
+      (9, 3, 1, 256, 64, [17]), (9, 3, 1, 64, 64, [1, 40, 64]), (4, 2, 5, 48, 33, [5, 30]),
+      (9, 3, 16, 300, 64, [16]), (2, 1, 3, 7, 5, [3, 7, 4]),
+    ] {
+      let batch = filled.count
+      let b = GraphBuilder(name: "attention")
+      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
+      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
+      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
+      let mask = try b.constant(name: "mask", shape: [batch, 1, rows, keys], dtype: .i32)
+      let out = try b.emit(
+        .attention(scale: 0.125),
+        [.value(q.value), .value(k.value), .value(v.value), .value(mask.value)])[0]
+      let graph = try b.finish(outputs: [out])
+      var seen = [Int32](repeating: 0, count: batch * rows * keys)
+      for row in 0..<batch {
+        for s in 0..<rows {
+          for t in 0..<(filled[row] - rows + s + 1) { seen[(row * rows + s) * keys + t] = 1 }
+        }
+      }
+      let constants = ["mask": HostTensor(shape: [batch, 1, rows, keys], ints: seen)]
+      #expect(
+        try compareWithInterpreter(graph, constants: constants, scale: .tensor)
+          <= accumulationBound, "\(heads)/\(groups) x \(rows) x \(keys) filled \(filled)")
+    }
+  }
+
   @Test func fusedTrainStepMatchesTheUnfusedOne() throws {
     // The 2-layer GQA Llama with LoRA on every attention projection, trained one step: the fused
     // executable's loss and gradients against the unfused executable's (both checked against
