@@ -168,6 +168,44 @@ extension RuntimeSuite {
     }
   }
 
+  @Test func resetStateEmptiesTheCachesOfAPrefill() throws {
+    // A decoding prefill, then a step that writes the next cache slot, then a reset: the caches
+    // are those of a newly compiled executable again, and the prefill gives the same bits.
+    let forward = try Llama.trace(tinyLlama, batch: 1, sequence: 3)
+    let prefillGraph = try Pipeline(parsing: "fuse,decode{context=8}").run(forward)
+    let stepGraph = try Pipeline(parsing: "fuse,decode{context=8}").run(
+      try Llama.trace(tinyLlama, batch: 1, sequence: 1))
+    let weights = try randomWeights(prefillGraph, seed: 5)
+    func inputs(_ tokens: [Int32], slot: Int) -> [String: HostTensor] {
+      let count = tokens.count
+      var mask = [Int32](repeating: 0, count: count * 8)
+      for t in 0..<count { for s in 0...(slot + t) { mask[t * 8 + s] = 1 } }
+      return [
+        "tokens": HostTensor(shape: [1, count], ints: tokens),
+        "positions": HostTensor(shape: [1, count], ints: (0..<count).map { Int32(slot + $0) }),
+        "cache_start": HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]),
+        "key_mask": HostTensor(shape: [1, count, 8], ints: mask),
+      ]
+    }
+    let caches = prefillGraph.declarations.filter { $0.kind == .state }.map(\.name)
+    #expect(caches.count == 4)
+    let fresh = try Executable(prefillGraph, constants: weights)
+    let prefill = try Executable(prefillGraph, constants: weights)
+    let step = try Executable(stepGraph, constants: weights)
+    let first = try prefill.run(inputs: inputs([5, 9, 2], slot: 0))[0]
+    try step.copyState(from: prefill)
+    _ = try step.run(inputs: inputs([7], slot: 3))
+    try prefill.copyState(from: step)
+    let written = try caches.map { try prefill.value(named: $0).floats() }
+    #expect(written != (try caches.map { try fresh.value(named: $0).floats() }))
+    prefill.resetState()
+    for name in caches {
+      #expect(try prefill.value(named: name).data == fresh.value(named: name).data, "\(name)")
+    }
+    let again = try prefill.run(inputs: inputs([5, 9, 2], slot: 0))[0]
+    #expect(again.data == first.data)
+  }
+
   @Test func fusedTrainStepMatchesTheUnfusedOne() throws {
     // The 2-layer GQA Llama with LoRA on every attention projection, trained one step: the fused
     // executable's loss and gradients against the unfused executable's (both checked against
