@@ -42,7 +42,8 @@ for threads in [int(t) for t in args.threads.split(",")]:
             if run > 0:
                 times.append(time.perf_counter() - start)
     hf = {"model_ready_s": ready, "tokens_per_s": args.tokens / statistics.median(times)}
-    out = subprocess.run([args.lorac, "bench", "prefill", args.model, "--tokens", str(args.tokens),
+    # --all-logits: transformers computes the logits of every position here too.
+    out = subprocess.run([args.lorac, "bench", "prefill", args.model, "--all-logits", "--tokens", str(args.tokens),
                           "--runs", str(args.runs), "--threads", str(threads), "--json"],
                          check=True, capture_output=True, text=True).stdout
     ours = json.loads(out)

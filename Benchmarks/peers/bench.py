@@ -19,9 +19,10 @@ Workloads (all on SmolLM2-135M-Instruct from the same GGUF):
            the GGUF by transformers) and torch.compile (inductor) of the same model; JAX + Penzai
            (Penzai's Llama of the same shape, random weights, the LoRA tutorial's LowRankAdapter,
            basic_training.StatefulTrainer with optax adamw, jitted).
-  prefill  a 128-token random prompt at batch 1. lorac computes the logits of every position;
-           the peers only the last position's (what generation needs): PyTorch f32
-           (logits_to_keep=1), llama.cpp on the Q4_1 file and on an all-F32 copy.
+  prefill  a 128-token random prompt at batch 1: the prompt's KV cache and the last position's
+           logits (what generation needs). lorac (bench prefill: generate's prefill graph, a
+           cache of 128 slots), PyTorch f32 (logits_to_keep=1), llama.cpp on the Q4_1 file and on
+           an all-F32 copy.
   decode   after that prompt, greedy decoding of 128 tokens at batch 1; the rate is 127 one-token
            steps (the first token comes from the prefill's logits) over their time. lorac
            (generate, Q4_1 as stored with f32 activations and with --int8-activations, and the F32
@@ -35,7 +36,6 @@ import json
 import os
 import platform
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -96,6 +96,38 @@ def reset_peak_rss():
         return False
 
 
+def measure(runs, body):
+    """Calls body() once to warm up, then `runs` times: (the warm-up's result, the runs' results)."""
+    first = body()
+    return first, [body() for _ in range(runs)]
+
+
+def timed(step, before=None):
+    """A body for measure: the seconds of one step() call, after an untimed before()."""
+    def body():
+        if before:
+            before()
+        start = time.perf_counter()
+        step()
+        return time.perf_counter() - start
+    return body
+
+
+def train_result(step, runs, tokens, **extra):
+    """Times a train step (warm-up, then `runs` steps) from a reset peak RSS, as every train
+    worker reports it: rate, median step, each step, the first step and the peak RSS."""
+    reset_peak_rss()
+    first, times = measure(runs, timed(step))
+    step_s = median(times)
+    return {"tokens_per_s": tokens / step_s, "step_s": step_s, "step_times_s": times,
+            "first_step_s": first, "peak_rss_after_load_bytes": peak_rss_now(), **extra}
+
+
+def prefill_result(times, **extra):
+    return {"tokens_per_s": PROMPT_TOKENS / median(times), "prefill_s": median(times),
+            "times_s": times, **extra}
+
+
 # ---------------------------------------------------------------- workers (one per subprocess)
 
 def worker_torch_train(spec):
@@ -131,19 +163,8 @@ def worker_torch_train(spec):
 
     import gc
     gc.collect()
-    reset_peak_rss()
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(spec["runs"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    step_s = median(times)
-    return {"tokens_per_s": batch * seq / step_s, "step_s": step_s, "step_times_s": times,
-            "first_step_s": first, "load_s": load_s, "peak_rss_after_load_bytes": peak_rss_now(),
-            "trainable_parameters": sum(p.numel() for p in params)}
+    return train_result(step, spec["runs"], batch * seq, load_s=load_s,
+                        trainable_parameters=sum(p.numel() for p in params))
 
 
 def worker_penzai_train(spec):
@@ -232,20 +253,9 @@ def worker_penzai_train(spec):
         out = trainer.step(tokens=tokens)
         return float(jax.block_until_ready(out["loss"]))
 
-    reset_peak_rss()
-    start = time.perf_counter()
-    step()
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(spec["runs"]):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    step_s = median(times)
-    return {"tokens_per_s": batch * seq / step_s, "step_s": step_s, "step_times_s": times,
-            "first_step_s": first, "load_s": load_s, "peak_rss_after_load_bytes": peak_rss_now(),
-            "trainable_parameters": trainable, "jax_version": jax.__version__,
-            "jax_devices": str(jax.devices())}
+    return train_result(step, spec["runs"], batch * seq, load_s=load_s,
+                        trainable_parameters=trainable, jax_version=jax.__version__,
+                        jax_devices=str(jax.devices()))
 
 
 def worker_torch_prefill(spec):
@@ -255,16 +265,10 @@ def worker_torch_prefill(spec):
     folder, name = os.path.split(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     ids = torch.tensor([prompt_ids()])
-    times = []
     reset_peak_rss()
     with torch.no_grad():
-        for run in range(spec["runs"] + 1):
-            start = time.perf_counter()
-            model(ids, logits_to_keep=1)
-            if run:
-                times.append(time.perf_counter() - start)
-    return {"tokens_per_s": PROMPT_TOKENS / median(times), "prefill_s": median(times),
-            "times_s": times, "peak_rss_after_load_bytes": peak_rss_now()}
+        _, times = measure(spec["runs"], timed(lambda: model(ids, logits_to_keep=1)))
+    return prefill_result(times, peak_rss_after_load_bytes=peak_rss_now())
 
 
 def worker_torch_decode(spec):
@@ -288,9 +292,9 @@ def worker_torch_decode(spec):
             pass
 
     ids = torch.tensor([prompt_ids()])
-    rates, prefills = [], []
-    reset_peak_rss()
-    for run in range(spec["runs"] + 1):
+
+    def generate():
+        """One generation: (decode rate, prefill seconds)."""
         clock = Clock()
         start = time.perf_counter()
         with torch.no_grad():
@@ -299,11 +303,13 @@ def worker_torch_decode(spec):
                                  pad_token_id=2, streamer=clock)
         generated = out.shape[1] - ids.shape[1]
         assert generated == DECODE_TOKENS and len(clock.stamps) == DECODE_TOKENS + 1, (generated, len(clock.stamps))
-        if run:
-            # stamps[1] is the first new token (after prefill), stamps[-1] the last.
-            rates.append((DECODE_TOKENS - 1) / (clock.stamps[-1] - clock.stamps[1]))
-            prefills.append(clock.stamps[1] - start)
-    return {"tokens_per_s": median(rates), "rates": rates, "prefill_s": median(prefills),
+        # stamps[1] is the first new token (after prefill), stamps[-1] the last.
+        return (DECODE_TOKENS - 1) / (clock.stamps[-1] - clock.stamps[1]), clock.stamps[1] - start
+
+    reset_peak_rss()
+    _, runs = measure(spec["runs"], generate)
+    rates = [rate for rate, _ in runs]
+    return {"tokens_per_s": median(rates), "rates": rates, "prefill_s": median([p for _, p in runs]),
             "peak_rss_after_load_bytes": peak_rss_now()}
 
 
@@ -314,19 +320,17 @@ def llama_load(spec):
 
 
 def worker_llama_prefill(spec):
+    import llama_cpp
     llm = llama_load(spec)
     ids = prompt_ids()
-    times = []
-    for run in range(spec["runs"] + 1):
+
+    def empty_cache():
         llm.reset()
-        llm._ctx.kv_cache_clear() if hasattr(llm._ctx, "kv_cache_clear") else None
-        start = time.perf_counter()
-        llm.eval(ids)
-        if run:
-            times.append(time.perf_counter() - start)
-    import llama_cpp
-    return {"tokens_per_s": PROMPT_TOKENS / median(times), "prefill_s": median(times),
-            "times_s": times, "llama_cpp_python": llama_cpp.__version__}
+        if hasattr(llm._ctx, "kv_cache_clear"):
+            llm._ctx.kv_cache_clear()
+
+    _, times = measure(spec["runs"], timed(lambda: llm.eval(ids), before=empty_cache))
+    return prefill_result(times, llama_cpp_python=llama_cpp.__version__)
 
 
 def worker_llama_decode(spec):
@@ -339,17 +343,22 @@ def worker_llama_decode(spec):
     def argmax():
         return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(vocab,))))
 
-    rates = []
-    for run in range(spec["runs"] + 1):
+    first = {}
+
+    def prefill():
         llm.reset()
         llm.eval(ids)
-        token = argmax()
-        start = time.perf_counter()
+        first["token"] = argmax()
+
+    def decode():
+        """The one-token steps of a generation after the (untimed) prefill."""
+        token = first["token"]
         for _ in range(DECODE_TOKENS - 1):
             llm.eval([token])
             token = argmax()
-        if run:
-            rates.append((DECODE_TOKENS - 1) / (time.perf_counter() - start))
+
+    _, times = measure(spec["runs"], timed(decode, before=prefill))
+    rates = [(DECODE_TOKENS - 1) / seconds for seconds in times]
     return {"tokens_per_s": median(rates), "rates": rates, "llama_cpp_python": llama_cpp.__version__}
 
 
@@ -481,33 +490,30 @@ class Driver:
              "--targets", LORAC_TARGETS[targets], "--threads", str(threads), "--runs",
              str(self.args.runs), "--json"], 1800))]
         if "torch" in self.peers:
-            systems.append(("PyTorch+PEFT eager", lambda: self.python_worker(
-                self.args.python, "torch_train", spec, 1800)))
+            systems.append(("PyTorch+PEFT eager", self.peer(self.args.python, "torch_train", spec, 1800)))
         if "penzai" in self.peers:
             systems.append(("JAX+Penzai (jit)", lambda: self.python_worker(
                 self.args.python, "penzai_train", dict(spec, config=self.hf_config()), 1800)))
         if "torch.compile" in self.peers and (batch, seq, targets) in self.compile_configs:
-            systems.append(("PyTorch+PEFT torch.compile", lambda: self.python_worker(
+            systems.append(("PyTorch+PEFT torch.compile", self.peer(
                 self.args.python, "torch_train", dict(spec, compile=True), 3600)))
-        for system, measure in self.ordered(systems):
-            self.record(workload, threads, system, self.installed(system) or measure())
+        self.run_systems(workload, threads, systems)
 
     def prefill(self, threads):
         workload = f"prefill {PROMPT_TOKENS} tokens"
         spec = {"threads": threads}
-        systems = [("lorac (Q4_1 file, all logits)", lambda: self.lorac(
+        systems = [("lorac (Q4_1 file)", lambda: self.lorac(
             ["bench", "prefill", self.args.model, "--tokens", str(PROMPT_TOKENS), "--threads",
              str(threads), "--runs", str(self.args.runs), "--json"], 600))]
         if "torch" in self.peers:
-            systems.append(("PyTorch f32", lambda: self.python_worker(
+            systems.append(("PyTorch f32", self.peer(
                 self.args.python, "torch_prefill", dict(spec, model=self.args.model), 900)))
         if "llama.cpp" in self.peers:
-            systems.append(("llama.cpp Q4_1", lambda: self.python_worker(
+            systems.append(("llama.cpp Q4_1", self.peer(
                 self.args.llama_python, "llama_prefill", dict(spec, model=self.args.model), 600)))
             systems.append(("llama.cpp F32 copy", lambda: self.python_worker(
                 self.args.llama_python, "llama_prefill", dict(spec, model=self.f32_copy()), 600)))
-        for system, measure in self.ordered(systems):
-            self.record(workload, threads, system, self.installed(system) or measure())
+        self.run_systems(workload, threads, systems)
 
     def decode(self, threads):
         workload = f"greedy decode {DECODE_TOKENS} tokens"
@@ -519,15 +525,14 @@ class Driver:
             ("lorac F32 copy", lambda: self.lorac_generate(self.f32_copy(), threads, [])),
         ]
         if "llama.cpp" in self.peers:
-            systems.append(("llama.cpp Q4_1", lambda: self.python_worker(
+            systems.append(("llama.cpp Q4_1", self.peer(
                 self.args.llama_python, "llama_decode", dict(spec, model=self.args.model), 900)))
             systems.append(("llama.cpp F32 copy", lambda: self.python_worker(
                 self.args.llama_python, "llama_decode", dict(spec, model=self.f32_copy()), 900)))
         if "torch" in self.peers:
-            systems.append(("PyTorch f32 (HF generate)", lambda: self.python_worker(
+            systems.append(("PyTorch f32 (HF generate)", self.peer(
                 self.args.python, "torch_decode", dict(spec, model=self.args.model), 1800)))
-        for system, measure in self.ordered(systems):
-            self.record(workload, threads, system, self.installed(system) or measure())
+        self.run_systems(workload, threads, systems)
 
     def compile_times(self, threads):
         train = self.lorac(["bench", "train", self.args.model, "--runs", "1", "--threads", str(threads),
@@ -547,6 +552,16 @@ class Driver:
                                                  else row["error"]), flush=True)
 
     # ---- helpers
+
+    def run_systems(self, workload, threads, systems):
+        """Measures each (name, function) in turn and records its row (an error row for a system
+        whose packages failed to install)."""
+        for system, run in self.ordered(systems):
+            self.record(workload, threads, system, self.installed(system) or run())
+
+    def peer(self, python, worker, spec, timeout):
+        """A measurement by a worker of this file in its own process, for run_systems."""
+        return lambda: self.python_worker(python, worker, spec, timeout)
 
     def ordered(self, systems):
         """Alternates the order of systems between workloads so no system always runs first."""
@@ -588,78 +603,13 @@ class Driver:
         return target
 
 
+
 def all_f32(source, target):
-    """Copies a GGUF with every F16/Q8_0/Q4_1 tensor dequantized to F32, metadata bytes kept (as
-    Tests/Interop/llama_cpp_adapter.py does)."""
-    import numpy as np
-    with open(source, "rb") as f:
-        data = f.read()
-    n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
-    pos = 24
-    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-    def skip(kind):
-        nonlocal pos
-        if kind == 8:
-            (length,) = struct.unpack_from("<Q", data, pos)
-            pos += 8 + length
-        elif kind == 9:
-            element, count = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            for _ in range(count):
-                skip(element)
-        else:
-            pos += sizes[kind]
-
-    for _ in range(n_kv):
-        skip(8)
-        (kind,) = struct.unpack_from("<I", data, pos)
-        pos += 4
-        skip(kind)
-    metadata = data[24:pos]
-    assert b"general.alignment" not in metadata, "this script assumes the default alignment 32"
-    infos = []
-    for _ in range(n_tensors):
-        (length,) = struct.unpack_from("<Q", data, pos)
-        name = data[pos + 8:pos + 8 + length]
-        pos += 8 + length
-        (dims,) = struct.unpack_from("<I", data, pos)
-        ne = struct.unpack_from(f"<{dims}Q", data, pos + 4)
-        kind, offset = struct.unpack_from("<IQ", data, pos + 4 + 8 * dims)
-        pos += 4 + 8 * dims + 12
-        infos.append((name, ne, kind, offset))
-    start = (pos + 31) // 32 * 32
-    blocks = {0: (1, 4), 1: (1, 2), 3: (32, 20), 8: (32, 34)}
-    header = bytearray(data[:24] + metadata)
-    chunks, offset = [], 0
-    for name, ne, kind, stored in infos:
-        count = int(np.prod(ne))
-        block, size = blocks[kind]
-        raw = np.frombuffer(data, np.uint8, count // block * size, start + stored)
-        if kind == 0:
-            values = raw.view("<f4")
-        elif kind == 1:
-            values = raw.view("<f2").astype(np.float32)
-        elif kind == 8:
-            b = raw.reshape(-1, 34)
-            values = (b[:, 2:].view(np.int8).astype(np.float32)
-                      * b[:, :2].copy().view("<f2").astype(np.float32)).ravel()
-        else:
-            b = raw.reshape(-1, 20)
-            d = b[:, 0:2].copy().view("<f2").astype(np.float32)
-            m = b[:, 2:4].copy().view("<f2").astype(np.float32)
-            q = np.concatenate([b[:, 4:] & 0xF, b[:, 4:] >> 4], axis=1).astype(np.float32)
-            values = (q * d + m).ravel()
-        header += struct.pack("<Q", len(name)) + name + struct.pack(f"<I{len(ne)}QIQ", len(ne), *ne, 0, offset)
-        chunk = values.astype("<f4").tobytes()
-        chunk += bytes((32 - len(chunk) % 32) % 32)
-        chunks.append(chunk)
-        offset += len(chunk)
-    header += bytes((32 - len(header) % 32) % 32)
-    with open(target, "wb") as f:
-        f.write(header)
-        for chunk in chunks:
-            f.write(chunk)
+    """The all-F32 copy of a GGUF that Tests/Interop/llama_cpp_adapter.py writes for its checks
+    (every F16/Q8_0/Q4_1 tensor dequantized, metadata bytes kept): one implementation for both."""
+    sys.path.insert(0, os.path.join(HERE, "..", "..", "Tests", "Interop"))
+    from llama_cpp_adapter import all_f32 as copy
+    copy(source, target)
 
 
 # ---------------------------------------------------------------- report

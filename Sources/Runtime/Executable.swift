@@ -187,6 +187,26 @@ public final class Executable {
     }
   }
 
+  /// Puts every state buffer back to its declared initial value (zeros when it has none), as in a
+  /// newly compiled executable: a prefill that starts again from empty key/value caches.
+  public func resetState() {
+    for declaration in graph.declarations where declaration.kind == .state {
+      guard let binding = bindable[declaration.name] else { continue }
+      let type = graph.type(of: declaration.value)
+      let initializer = declaration.initializer ?? .zeros
+      if case .zeros = initializer {
+        binding.address.initializeMemory(as: UInt8.self, repeating: 0, count: type.byteCount)
+        continue
+      }
+      initializer.values(for: type, seed: declaration.seed ?? 0).host.data.withUnsafeBytes {
+        bytes in
+        if let base = bytes.baseAddress {
+          binding.address.copyMemory(from: base, byteCount: type.byteCount)
+        }
+      }
+    }
+  }
+
   /// A copy of output `index` as computed by the last run.
   public func output(_ index: Int) -> HostTensor { copy(graph.outputs[index]) }
 

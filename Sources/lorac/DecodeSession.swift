@@ -50,6 +50,21 @@ struct DecodeSession {
     ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 
+  /// Sets a decoding graph's inputs for `tokens` new tokens of one sequence written at cache slots
+  /// `slot...`: positions count from `slot`, and each token sees the slots up to its own.
+  func setInputs(_ executable: Executable, tokens: [Int32], slot: Int) throws {
+    let count = tokens.count
+    var mask = [Int32](repeating: 0, count: count * context)
+    for t in 0..<count {
+      for s in 0...(slot + t) { mask[t * context + s] = 1 }
+    }
+    try executable.set("tokens", HostTensor(shape: [1, count], ints: tokens))
+    try executable.set(
+      "positions", HostTensor(shape: [1, count], ints: (0..<count).map { Int32(slot + $0) }))
+    try executable.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
+    try executable.set("key_mask", HostTensor(shape: [1, count, context], ints: mask))
+  }
+
   /// What a generation produced, with its speeds.
   struct Result {
     var ids: [Int32]
@@ -70,16 +85,7 @@ struct DecodeSession {
     func run(_ executable: Executable, tokens: [Int32], slot: Int) throws -> UnsafeBufferPointer<
       Float
     > {
-      let count = tokens.count
-      var mask = [Int32](repeating: 0, count: count * context)
-      for t in 0..<count {
-        for s in 0...(slot + t) { mask[t * context + s] = 1 }
-      }
-      try executable.set("tokens", HostTensor(shape: [1, count], ints: tokens))
-      try executable.set(
-        "positions", HostTensor(shape: [1, count], ints: (0..<count).map { Int32(slot + $0) }))
-      try executable.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
-      try executable.set("key_mask", HostTensor(shape: [1, count, context], ints: mask))
+      try setInputs(executable, tokens: tokens, slot: slot)
       try executable.execute()
       return UnsafeBufferPointer(
         start: executable.outputAddress(0).assumingMemoryBound(to: Float.self), count: vocabulary)

@@ -25,14 +25,8 @@ import sys
 import tempfile
 
 import numpy as np
-from llama_cpp import Llama
 
-parser = argparse.ArgumentParser()
-parser.add_argument("model")
-parser.add_argument("adapter")
-parser.add_argument("--lorac", default=os.path.join(os.path.dirname(__file__), "..", "..", ".build", "release", "lorac"))
-parser.add_argument("--tokens", type=int, default=24)
-args = parser.parse_args()
+args = None  # the command line, parsed by main()
 
 PROMPTS = [
     ">>> mystery_function(12, 30)\n",
@@ -47,7 +41,8 @@ def lorac(*arguments):
 
 def all_f32(source, target):
     """Copies a GGUF with every F16/Q8_0/Q4_1 tensor dequantized to F32 (formats.md 3d); the
-    metadata bytes are copied as they are."""
+    metadata bytes are copied as they are. Benchmarks/peers/bench.py imports this for its F32
+    rows."""
     with open(source, "rb") as f:
         data = f.read()
     n_tensors, n_kv = struct.unpack_from("<QQ", data, 8)
@@ -149,55 +144,68 @@ def common_prefix(a, b):
 
 
 def load(path, lora=None):
+    from llama_cpp import Llama
     return Llama(model_path=path, lora_path=lora, n_ctx=256, n_threads=2, n_batch=256,
                  logits_all=True, verbose=False, seed=0, type_k=0, type_v=0)  # F32 KV cache
 
 
-with tempfile.TemporaryDirectory() as folder:
-    files = {name: os.path.join(folder, name + ".gguf") for name in ("adapter", "merged", "base_f32", "merged_f32")}
-    lorac("export", args.adapter, "--gguf-adapter", files["adapter"], "--model", args.model)
-    lorac("merge", args.model, "--adapter", args.adapter, "-o", files["merged"])
-    all_f32(args.model, files["base_f32"])
-    all_f32(files["merged"], files["merged_f32"])
-    # (name, model, adapter GGUF, compared with lorac with the adapter?, decides the verdict?)
-    runs = [
-        ("Q4_1 base", args.model, None, False, False),
-        ("Q4_1 base + adapter.gguf", args.model, files["adapter"], True, False),
-        ("lorac merge (Q4_1 + f32 merged)", files["merged"], None, True, False),
-        ("F32 base", files["base_f32"], None, False, False),
-        ("F32 base + adapter.gguf", files["base_f32"], files["adapter"], True, True),
-        ("lorac merge, all F32", files["merged_f32"], None, True, True),
-    ]
-    failed = False
-    for text in PROMPTS:
-        ids = json.loads(lorac("tokenize", args.model, "--text", text))["ids"]
-        reference = {False: lorac_run(ids, None, folder), True: lorac_run(ids, args.adapter, folder)}
-        changed = common_prefix(reference[False][0], reference[True][0])
-        print(f"prompt {text!r} ({len(ids)} tokens); lorac's continuation with and without the "
-              f"adapter agree on {changed}/{args.tokens} tokens; adapter's effect on lorac's logits "
-              f"up to {float(np.abs(reference[True][1] - reference[False][1]).max()):.3g}")
-        # The F32 copy is the same model: lorac gives the same logits on it.
-        copy = float(np.abs(lorac_run(ids, None, folder, files["base_f32"])[1] - reference[False][1]).max())
-        print(f"  (lorac on the F32 copy of the base: logits within {copy:.3g} of the Q4_1 file)")
-        base_logits = {}
-        for name, path, lora, adapted, decisive in runs:
-            ours, logits = llama_run(load(path, lora), ids)
-            expected, expected_logits = reference[adapted]
-            same = common_prefix(expected, ours)
-            difference = float(np.abs(logits - expected_logits).max())
-            line = (f"  {name:32s} greedy {same:2d}/{args.tokens} equal to lorac{' --adapter' if adapted else ''}, "
-                    f"max |llama.cpp - lorac| logits {difference:.3g}")
-            kind = "F32" if "F32" in name else "Q4_1"
-            if not adapted:
-                base_logits[kind] = logits
-            elif "base +" in name:
-                effect = logits - base_logits[kind]
-                lorac_effect = reference[True][1] - reference[False][1]
-                line += f", adapter effect differs by {float(np.abs(effect - lorac_effect).max()):.3g}"
-            print(line + ("  <- decides" if decisive else ""))
-            if same < args.tokens:
-                print(f"    lorac     {expected}\n    llama.cpp {ours}")
-            if decisive and (same < args.tokens or difference > 1e-3):
-                failed = True
-    print("FAIL" if failed else "OK")
-    sys.exit(1 if failed else 0)
+def main():
+    global args
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("adapter")
+    parser.add_argument("--lorac", default=os.path.join(os.path.dirname(__file__), "..", "..", ".build", "release", "lorac"))
+    parser.add_argument("--tokens", type=int, default=24)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        files = {name: os.path.join(folder, name + ".gguf") for name in ("adapter", "merged", "base_f32", "merged_f32")}
+        lorac("export", args.adapter, "--gguf-adapter", files["adapter"], "--model", args.model)
+        lorac("merge", args.model, "--adapter", args.adapter, "-o", files["merged"])
+        all_f32(args.model, files["base_f32"])
+        all_f32(files["merged"], files["merged_f32"])
+        # (name, model, adapter GGUF, compared with lorac with the adapter?, decides the verdict?)
+        runs = [
+            ("Q4_1 base", args.model, None, False, False),
+            ("Q4_1 base + adapter.gguf", args.model, files["adapter"], True, False),
+            ("lorac merge (Q4_1 + f32 merged)", files["merged"], None, True, False),
+            ("F32 base", files["base_f32"], None, False, False),
+            ("F32 base + adapter.gguf", files["base_f32"], files["adapter"], True, True),
+            ("lorac merge, all F32", files["merged_f32"], None, True, True),
+        ]
+        failed = False
+        for text in PROMPTS:
+            ids = json.loads(lorac("tokenize", args.model, "--text", text))["ids"]
+            reference = {False: lorac_run(ids, None, folder), True: lorac_run(ids, args.adapter, folder)}
+            changed = common_prefix(reference[False][0], reference[True][0])
+            print(f"prompt {text!r} ({len(ids)} tokens); lorac's continuation with and without the "
+                  f"adapter agree on {changed}/{args.tokens} tokens; adapter's effect on lorac's logits "
+                  f"up to {float(np.abs(reference[True][1] - reference[False][1]).max()):.3g}")
+            # The F32 copy is the same model: lorac gives the same logits on it.
+            copy = float(np.abs(lorac_run(ids, None, folder, files["base_f32"])[1] - reference[False][1]).max())
+            print(f"  (lorac on the F32 copy of the base: logits within {copy:.3g} of the Q4_1 file)")
+            base_logits = {}
+            for name, path, lora, adapted, decisive in runs:
+                ours, logits = llama_run(load(path, lora), ids)
+                expected, expected_logits = reference[adapted]
+                same = common_prefix(expected, ours)
+                difference = float(np.abs(logits - expected_logits).max())
+                line = (f"  {name:32s} greedy {same:2d}/{args.tokens} equal to lorac{' --adapter' if adapted else ''}, "
+                        f"max |llama.cpp - lorac| logits {difference:.3g}")
+                kind = "F32" if "F32" in name else "Q4_1"
+                if not adapted:
+                    base_logits[kind] = logits
+                elif "base +" in name:
+                    effect = logits - base_logits[kind]
+                    lorac_effect = reference[True][1] - reference[False][1]
+                    line += f", adapter effect differs by {float(np.abs(effect - lorac_effect).max()):.3g}"
+                print(line + ("  <- decides" if decisive else ""))
+                if same < args.tokens:
+                    print(f"    lorac     {expected}\n    llama.cpp {ours}")
+                if decisive and (same < args.tokens or difference > 1e-3):
+                    failed = True
+        print("FAIL" if failed else "OK")
+        sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -136,6 +136,76 @@ extension RuntimeSuite {
     }
   }
 
+  @Test func attentionOverAPartlyFilledCacheMatchesInterpreter() throws {
+    // Decoding over a KV cache: batch row b holds filled[b] keys (the slots after them hold stale
+    // values), and the query rows are its last `rows` tokens, each seeing the slots up to its
+    // own. The kernel's softmax stops at the last filled slot of the (batch, head); the reference
+    // interpreter skips every masked slot.
+    for (heads, groups, rows, keys, width, filled) in [
+      (9, 3, 1, 256, 64, [17]), (9, 3, 1, 64, 64, [1, 40, 64]), (4, 2, 5, 48, 33, [5, 30]),
+      (9, 3, 16, 300, 64, [16]), (2, 1, 3, 7, 5, [3, 7, 4]),
+    ] {
+      let batch = filled.count
+      let b = GraphBuilder(name: "attention")
+      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
+      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
+      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
+      let mask = try b.constant(name: "mask", shape: [batch, 1, rows, keys], dtype: .i32)
+      let out = try b.emit(
+        .attention(scale: 0.125),
+        [.value(q.value), .value(k.value), .value(v.value), .value(mask.value)])[0]
+      let graph = try b.finish(outputs: [out])
+      var seen = [Int32](repeating: 0, count: batch * rows * keys)
+      for row in 0..<batch {
+        for s in 0..<rows {
+          for t in 0..<(filled[row] - rows + s + 1) { seen[(row * rows + s) * keys + t] = 1 }
+        }
+      }
+      let constants = ["mask": HostTensor(shape: [batch, 1, rows, keys], ints: seen)]
+      #expect(
+        try compareWithInterpreter(graph, constants: constants, scale: .tensor)
+          <= accumulationBound, "\(heads)/\(groups) x \(rows) x \(keys) filled \(filled)")
+    }
+  }
+
+  @Test func resetStateEmptiesTheCachesOfAPrefill() throws {
+    // A decoding prefill, then a step that writes the next cache slot, then a reset: the caches
+    // are those of a newly compiled executable again, and the prefill gives the same bits.
+    let forward = try Llama.trace(tinyLlama, batch: 1, sequence: 3)
+    let prefillGraph = try Pipeline(parsing: "fuse,decode{context=8}").run(forward)
+    let stepGraph = try Pipeline(parsing: "fuse,decode{context=8}").run(
+      try Llama.trace(tinyLlama, batch: 1, sequence: 1))
+    let weights = try randomWeights(prefillGraph, seed: 5)
+    func inputs(_ tokens: [Int32], slot: Int) -> [String: HostTensor] {
+      let count = tokens.count
+      var mask = [Int32](repeating: 0, count: count * 8)
+      for t in 0..<count { for s in 0...(slot + t) { mask[t * 8 + s] = 1 } }
+      return [
+        "tokens": HostTensor(shape: [1, count], ints: tokens),
+        "positions": HostTensor(shape: [1, count], ints: (0..<count).map { Int32(slot + $0) }),
+        "cache_start": HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]),
+        "key_mask": HostTensor(shape: [1, count, 8], ints: mask),
+      ]
+    }
+    let caches = prefillGraph.declarations.filter { $0.kind == .state }.map(\.name)
+    #expect(caches.count == 4)
+    let fresh = try Executable(prefillGraph, constants: weights)
+    let prefill = try Executable(prefillGraph, constants: weights)
+    let step = try Executable(stepGraph, constants: weights)
+    let first = try prefill.run(inputs: inputs([5, 9, 2], slot: 0))[0]
+    try step.copyState(from: prefill)
+    _ = try step.run(inputs: inputs([7], slot: 3))
+    try prefill.copyState(from: step)
+    let written = try caches.map { try prefill.value(named: $0).floats() }
+    #expect(written != (try caches.map { try fresh.value(named: $0).floats() }))
+    prefill.resetState()
+    for name in caches {
+      #expect(try prefill.value(named: name).data == fresh.value(named: name).data, "\(name)")
+    }
+    let again = try prefill.run(inputs: inputs([5, 9, 2], slot: 0))[0]
+    #expect(again.data == first.data)
+  }
+
   @Test func fusedTrainStepMatchesTheUnfusedOne() throws {
     // The 2-layer GQA Llama with LoRA on every attention projection, trained one step: the fused
     // executable's loss and gradients against the unfused executable's (both checked against

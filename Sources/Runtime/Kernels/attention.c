@@ -1,6 +1,12 @@
 // Fused attention and its gradient: per (batch, head) a score block through cblas_sgemm, the
 // mask and the softmax in place, and the value product through cblas_sgemm, so no [B, H, S, T]
 // tensor and no copy of grouped key/value heads is ever formed.
+//
+// The forward softmax stops at the last key slot any query row of the (batch, head) sees (a KV
+// cache filled up to there); the two products still span every slot. OpenBLAS picks its kernel
+// by the shape of a call (small-matrix, direct or packed, and the packed one splits long sums),
+// so a product over fewer keys rounds the same dot products differently: shortening them would
+// change the results, which stay bit-identical to the products over the whole cache.
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -15,38 +21,65 @@ static inline int visible(const int32_t *mask, const int64_t *strides, int64_t b
   return mask[b * strides[0] + h * strides[1] + s * strides[2] + t * strides[3]] != 0;
 }
 
-/// Turns scores [rows, keys] (already scaled) into probabilities in place: masked keys get 0,
-/// rows with no visible key are all 0.
+/// Turns scores [rows, stride] (already scaled) into probabilities in place over keys 0..<live:
+/// masked keys get 0, rows with no visible key are all 0; keys live..<stride get 0 (the caller
+/// passes the `live` of `live_keys`, so they are masked for every row).
+///
+/// The exponentials are a loop of their own (it vectorises) and are summed in key order after,
+/// so every value and the sum are the ones of one fused scalar loop, bit for bit.
 LC_CLONES static void masked_softmax(float *p, const int32_t *mask, const int64_t *strides,
-                                     int64_t b, int64_t h, int64_t rows, int64_t keys) {
+                                     int64_t b, int64_t h, int64_t rows, int64_t live,
+                                     int64_t stride) {
   for (int64_t s = 0; s < rows; s++) {
-    float *row = p + s * keys;
+    float *row = p + s * stride;
+    const int32_t *seen = mask + b * strides[0] + h * strides[1] + s * strides[2];
+    int64_t step = strides[3];
     float m = -INFINITY;
-    for (int64_t t = 0; t < keys; t++) {
-      if (!visible(mask, strides, b, h, s, t)) row[t] = -INFINITY;
-      m = row[t] > m ? row[t] : m;
+    for (int64_t t = 0; t < live; t++) {
+      float x = seen[t * step] != 0 ? row[t] : -INFINITY;
+      row[t] = x;
+      m = x > m ? x : m;
     }
+    memset(row + live, 0, (size_t)(stride - live) * sizeof(float));
     if (m == -INFINITY) {
-      memset(row, 0, (size_t)keys * sizeof(float));
+      memset(row, 0, (size_t)live * sizeof(float));
       continue;
     }
+    for (int64_t t = 0; t < live; t++) row[t] = lc_exp(row[t] - m);
     float sum = 0.0f;
-    for (int64_t t = 0; t < keys; t++) {
-      row[t] = lc_exp(row[t] - m);
-      sum += row[t];
-    }
+    for (int64_t t = 0; t < live; t++) sum += row[t];
     float inverse = 1.0f / sum;
-    for (int64_t t = 0; t < keys; t++) row[t] *= inverse;
+    for (int64_t t = 0; t < live; t++) row[t] *= inverse;
   }
 }
 
-/// P = softmax(mask ? scale q_h k_g^T : -inf) for one (b, h) into p [rows, keys].
+/// One past the last key slot that any query row of (b, h) sees; 0 when no row sees any.
+///
+/// Rows are scanned from the last (the one that sees most under a causal mask), each only down to
+/// the bound found so far, so a causal or prefix mask costs about `keys` reads in all.
+static int64_t live_keys(const int32_t *mask, const int64_t *strides, int64_t b, int64_t h,
+                         int64_t rows, int64_t keys) {
+  int64_t live = 0;
+  for (int64_t s = rows - 1; s >= 0 && live < keys; s--) {
+    const int32_t *seen = mask + b * strides[0] + h * strides[1] + s * strides[2];
+    for (int64_t t = keys - 1; t >= live; t--) {
+      if (seen[t * strides[3]] != 0) {
+        live = t + 1;
+        break;
+      }
+    }
+  }
+  return live;
+}
+
+/// P = softmax(mask ? scale q_h k_g^T : -inf) for one (b, h) into p [rows, keys], where no row
+/// sees a key at or after `live`.
 static void probabilities(float *p, const float *qh, const float *kg, const int32_t *mask,
                           const int64_t *strides, int64_t b, int64_t h, int64_t rows,
-                          int64_t keys, int64_t width, float scale) {
+                          int64_t keys, int64_t live, int64_t width, float scale) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)width, scale, qh,
               (int)width, kg, (int)width, 0.0f, p, (int)keys);
-  masked_softmax(p, mask, strides, b, h, rows, keys);
+  masked_softmax(p, mask, strides, b, h, rows, live, keys);
 }
 
 static int slots_to_use(int64_t slots) {
@@ -67,7 +100,8 @@ void lc_attention_f32(float *out, const float *q, const float *k, const float *v
     const float *qh = q + task * rows * width;
     const float *kg = k + (b * groups + g) * keys * width;
     const float *vg = v + (b * groups + g) * keys * width;
-    probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, width, scale);
+    int64_t live = live_keys(mask, mask_strides, b, h, rows, keys);
+    probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, live, width, scale);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)width, (int)keys, 1.0f,
                 p, (int)keys, vg, (int)width, 0.0f, out + task * rows * width, (int)width);
   }
@@ -104,7 +138,7 @@ void lc_attention_grad_f32(float *dq, float *dk, float *dv, const float *q, cons
     for (int64_t h = group * per_group; h < (group + 1) * per_group; h++) {
       int64_t head = b * heads + h;
       const float *qh = q + head * rows * width, *gh = g + head * rows * width;
-      probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, width, scale);
+      probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, keys, width, scale);
       // dv += p^T g; dp = g v^T.
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)keys, (int)width, (int)rows, 1.0f,
                   p, (int)keys, gh, (int)width, 1.0f, dvg, (int)width);
