@@ -2,11 +2,12 @@
 // mask and the softmax in place, and the value product through cblas_sgemm, so no [B, H, S, T]
 // tensor and no copy of grouped key/value heads is ever formed.
 //
-// The forward softmax stops at the last key slot any query row of the (batch, head) sees (a KV
-// cache filled up to there); the two products still span every slot. OpenBLAS picks its kernel
-// by the shape of a call (small-matrix, direct or packed, and the packed one splits long sums),
-// so a product over fewer keys rounds the same dot products differently: shortening them would
-// change the results, which stay bit-identical to the products over the whole cache.
+// The forward pass stops at the last key slot any query row of the (batch, head) sees (a KV
+// cache filled up to there): both products and the softmax span only those slots, so a decoding
+// step costs in proportion to the tokens so far, not to the compiled context. The slots after
+// contribute exact zeros, but OpenBLAS picks its kernel by the shape of a call (small-matrix,
+// direct or packed, and the packed one splits long sums), so the same inputs in a larger cache
+// may round differently (up to ~5e-6 relative, measured); the same call always gives the same bits.
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -77,8 +78,10 @@ static int64_t live_keys(const int32_t *mask, const int64_t *strides, int64_t b,
 static void probabilities(float *p, const float *qh, const float *kg, const int32_t *mask,
                           const int64_t *strides, int64_t b, int64_t h, int64_t rows,
                           int64_t keys, int64_t live, int64_t width, float scale) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)keys, (int)width, scale, qh,
-              (int)width, kg, (int)width, 0.0f, p, (int)keys);
+  if (live > 0) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)live, (int)width, scale,
+                qh, (int)width, kg, (int)width, 0.0f, p, (int)keys);
+  }
   masked_softmax(p, mask, strides, b, h, rows, live, keys);
 }
 
@@ -102,7 +105,11 @@ void lc_attention_f32(float *out, const float *q, const float *k, const float *v
     const float *vg = v + (b * groups + g) * keys * width;
     int64_t live = live_keys(mask, mask_strides, b, h, rows, keys);
     probabilities(p, qh, kg, mask, mask_strides, b, h, rows, keys, live, width, scale);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)width, (int)keys, 1.0f,
+    if (live == 0) {
+      memset(out + task * rows * width, 0, (size_t)(rows * width) * sizeof(float));
+      continue;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, (int)width, (int)live, 1.0f,
                 p, (int)keys, vg, (int)width, 0.0f, out + task * rows * width, (int)width);
   }
 }
