@@ -34,6 +34,15 @@ public enum KernelBenchmarks {
       for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)]
       where groups.contains("gemm") {
         results.append(try gemm(m: 512, k: k, n: n, runs: runs))
+        // --precision bf16: the same product on a packed bf16 weight, against f32 sgemm.
+        if DecodeKernels.bf16DotProducts {
+          results.append(try gemm(m: 512, k: k, n: n, dtype: .bf16, runs: runs))
+        }
+      }
+      // The input gradients of the bf16 base (dy W, W as stored), the head's over 49,152.
+      for (k, n) in [(1536, 576), (49152, 576)]
+      where groups.contains("gemm") && DecodeKernels.bf16DotProducts {
+        results.append(try gemm(m: 512, k: k, n: n, dtype: .bf16, transposeB: false, runs: runs))
       }
       // SmolLM2's decoding shapes: ffn_down, ffn_gate/up, and the Q8_0 embedding as the head.
       for (n, k) in [(576, 1536), (1536, 576), (49152, 576)] where groups.contains("matvec") {
@@ -115,25 +124,40 @@ public enum KernelBenchmarks {
     return (0..<count).map { _ in Float(generator.nextUnit() - 0.5) }
   }
 
-  /// `x [m,k] x W [n,k]^T` through a compiled matmul against a bare `cblas_sgemm`.
-  static func gemm(m: Int, k: Int, n: Int, runs: Int) throws -> BenchmarkResult {
+  /// `x [m,k] x W [n,k]^T` (or `x W` with W [k,n] without `transposeB`) through a compiled
+  /// matmul against a bare `cblas_sgemm` of the same shape; a `bf16` W runs the packed bf16
+  /// product, and the baseline multiplies the same values in f32.
+  static func gemm(
+    m: Int, k: Int, n: Int, dtype: DType = .f32, transposeB: Bool = true, runs: Int
+  ) throws -> BenchmarkResult {
     let b = GraphBuilder(name: "gemm")
     let x = try b.input(name: "x", shape: [m, k])
-    let w = try b.constant(name: "w", shape: [n, k])
-    let graph = try b.finish(outputs: [try matmul(x, w, transposeB: true)])
-    let weights = randomFloats(n * k, seed: 1)
+    let shape = transposeB ? [n, k] : [k, n]
+    let w = try b.constant(name: "w", shape: shape, dtype: dtype)
+    let graph = try b.finish(outputs: [try matmul(x, w, transposeB: transposeB)])
+    var weights = randomFloats(n * k, seed: 1)
+    let constant: HostTensor
+    if dtype == .bf16 {
+      let bits = weights.map(bfloat16FromFloat)
+      weights = bits.map(floatFromBFloat16)
+      constant = try bits.withUnsafeBytes { bytes in
+        try HostTensor(type: TensorType(.bf16, shape), data: Data(bytes))
+      }
+    } else {
+      constant = HostTensor(shape: shape, floats: weights)
+    }
     let input = HostTensor(shape: [m, k], floats: randomFloats(m * k, seed: 2))
-    let executable = try Executable(
-      graph, constants: ["w": HostTensor(shape: [n, k], floats: weights)])
+    let executable = try Executable(graph, constants: ["w": constant])
     try executable.set("x", input)
     let lorac = try median(runs: runs) { try executable.execute() }
     var out = [Float](repeating: 0, count: m * n)
     let xs = input.floats()
     let baseline = median(runs: runs) {
-      lc_sgemm_baseline(xs, weights, &out, Int64(m), Int64(n), Int64(k), 1)
+      lc_sgemm_baseline(xs, weights, &out, Int64(m), Int64(n), Int64(k), transposeB ? 1 : 0)
     }
+    let kind = dtype == .bf16 ? "gemm_bf16" + (transposeB ? "" : "_nt") : "gemm"
     return BenchmarkResult(
-      name: "gemm_\(m)x\(k)x\(n)", threads: Threads.count, seconds: lorac,
+      name: "\(kind)_\(m)x\(k)x\(n)", threads: Threads.count, seconds: lorac,
       baselineSeconds: baseline,
       baseline: "cblas_sgemm", work: 2.0 * Double(m * n * k), unit: "flop", runs: runs)
   }
