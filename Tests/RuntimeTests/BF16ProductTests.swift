@@ -103,16 +103,9 @@ extension RuntimeSuite {
     let k = 96
     for (m, n, r) in [(33, 129, 8), (130, 65, 4)] {
       for transposeW in [true, false] {
-        let b = GraphBuilder(name: "lora")
-        let x = try b.input(name: "x", shape: [m, k])
         let shape = transposeW ? [n, k] : [k, n]
-        let w = try b.constant(name: "w", shape: shape, dtype: .bf16)
-        let a = try b.input(name: "a", shape: [k, r])
-        let bb = try b.input(name: "b", shape: [r, n])
-        let results = try b.emit(
-          .loraLinear(scale: 1.75, transposeW: transposeW),
-          [.value(x.value), .value(w.value), .value(a.value), .value(bb.value)])
-        let graph = try b.finish(outputs: results)
+        let graph = try loraLinearGraph(
+          m: m, n: n, k: k, r: r, dtype: .bf16, transposeW: transposeW)
         #expect(Executable.packedBF16Product(graph, graph.body[0]) != nil)
         let weight = try randomStorage(TensorType(.bf16, shape), seed: UInt64(m * 31 + n))
         #expect(

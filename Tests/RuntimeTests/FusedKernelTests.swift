@@ -92,16 +92,8 @@ extension RuntimeSuite {
     let k = dtype.blockSize >= 256 ? 256 : 96
     for (m, n, r) in [(1, 7, 1), (3, 33, 2), (33, 129, 8), (130, 65, 4)] {
       for transposeW in dtype == .f32 ? [true, false] : [true] {
-        let b = GraphBuilder(name: "lora")
-        let x = try b.input(name: "x", shape: [m, k])
-        let w = try b.constant(
-          name: "w", shape: transposeW ? [n, k] : [k, n], dtype: dtype)
-        let a = try b.input(name: "a", shape: [k, r])
-        let bb = try b.input(name: "b", shape: [r, n])
-        let results = try b.emit(
-          .loraLinear(scale: 1.75, transposeW: transposeW),
-          [.value(x.value), .value(w.value), .value(a.value), .value(bb.value)])
-        let graph = try b.finish(outputs: results)
+        let graph = try loraLinearGraph(
+          m: m, n: n, k: k, r: r, dtype: dtype, transposeW: transposeW)
         let weight = try randomStorage(
           TensorType(dtype, transposeW ? [n, k] : [k, n]), seed: UInt64(m * 31 + n))
         #expect(

@@ -88,3 +88,19 @@ func matvec(_ dtype: DType, _ weight: HostTensor, _ x: [Float], reference: Bool)
   }
   return y
 }
+
+/// `lora_linear(x, w, a, b)` with x [m, k], a constant w of `dtype` ([n, k] with
+/// `transposeW`, else [k, n]), a [k, r] and b [r, n] as inputs.
+func loraLinearGraph(m: Int, n: Int, k: Int, r: Int, dtype: DType, transposeW: Bool) throws
+  -> Graph
+{
+  let b = GraphBuilder(name: "lora")
+  let x = try b.input(name: "x", shape: [m, k])
+  let w = try b.constant(name: "w", shape: transposeW ? [n, k] : [k, n], dtype: dtype)
+  let a = try b.input(name: "a", shape: [k, r])
+  let bb = try b.input(name: "b", shape: [r, n])
+  let results = try b.emit(
+    .loraLinear(scale: 1.75, transposeW: transposeW),
+    [.value(x.value), .value(w.value), .value(a.value), .value(bb.value)])
+  return try b.finish(outputs: results)
+}
