@@ -15,7 +15,7 @@ public final class Executable {
   /// Storage of inputs, parameters, state, literals and unaligned constants, freed on deinit.
   private var owned: [UnsafeMutableRawPointer] = []
   /// Constants read in place, retained so their bytes outlive the executable's use of them.
-  private var retained: [HostTensor] = []
+  private var retained: [Value: HostTensor] = [:]
   /// The address of every value.
   private var addresses: [UnsafeMutableRawPointer?]
   /// Input, parameter and state buffers by name.
@@ -75,6 +75,28 @@ public final class Executable {
       if once.contains(index) { initial.append(step) } else { steps.append(step) }
     }
     try run(initial)
+    releasePackedOnly()
+  }
+
+  /// Lets go of bf16 constants that only packed products read (they read the packed forms), so
+  /// their bytes are freed once the caller drops its copy of the weights too.
+  private func releasePackedOnly() {
+    guard !packed.isEmpty else { return }
+    var read = Set(graph.outputs)
+    for instruction in graph.body {
+      let packedWeight = Executable.packedBF16Product(graph, instruction)?.weight
+      for (position, operand) in instruction.operands.enumerated() {
+        guard let value = operand.value, !(position == 1 && value == packedWeight) else { continue }
+        read.insert(value)
+      }
+    }
+    for key in packed.keys where !read.contains(key.weight) { retained[key.weight] = nil }
+  }
+
+  /// Returns freed heap memory to the system (glibc keeps freed blocks of a few MB, such as the
+  /// bf16 copies that packing made redundant, in its heap otherwise).
+  public static func trimHeap() {
+    lc_trim_heap()
   }
 
   /// Instructions whose operands depend only on constants and literals (`iota`, `fill`, the
@@ -275,7 +297,7 @@ public final class Executable {
             message:
               "constant @\(declaration.name) is declared \(type), but its data is \(tensor.type)")
         }
-        addresses[declaration.value.index] = constantAddress(tensor)
+        addresses[declaration.value.index] = constantAddress(tensor, declaration.value)
       case .parameter, .state:
         let buffer = ownedBuffer(type.byteCount)
         let initial = (declaration.initializer ?? .zeros).values(
@@ -304,7 +326,7 @@ public final class Executable {
 
   /// A constant's bytes in place when they are large enough to have stable storage and aligned
   /// for their element type; otherwise a private aligned copy.
-  private func constantAddress(_ tensor: HostTensor) -> UnsafeMutableRawPointer {
+  private func constantAddress(_ tensor: HostTensor, _ value: Value) -> UnsafeMutableRawPointer {
     let count = tensor.data.count
     var inPlace: UnsafeMutableRawPointer?
     if count >= 4096 {
@@ -317,7 +339,7 @@ public final class Executable {
     if let inPlace {
       // Large Data keeps its bytes on the heap or in a mapping: the address is stable while
       // the Data is retained, and nothing writes to constants.
-      retained.append(tensor)
+      retained[value] = tensor
       return inPlace
     }
     let buffer = ownedBuffer(count)

@@ -97,6 +97,7 @@ extension Bench {
         Double(phases[0] - start) / 1e9, Double(phases[1] - phases[0]) / 1e9,
         Double(phases[2] - phases[1]) / 1e9
       )
+      if precision == .bf16 { Executable.trimHeap() }
       let packing = executable.packingSeconds
       let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 - load - packing
       let optimizer = try AdamW(

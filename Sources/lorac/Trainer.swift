@@ -32,6 +32,8 @@ final class Trainer {
     } catch {
       fail("\(error)")
     }
+    // bf16 weights: the rounded copies only the packed forms needed are gone by now.
+    if precision == .bf16 { Executable.trimHeap() }
   }
 
   /// Runs optimizer steps `resume.step + 1 ... steps` over `examples` (shuffled, cycled), each

@@ -71,3 +71,13 @@ float lc_memory_read(const float *x, int64_t n) {
   for (int t = 0; t < threads; t++) total += partial[t];
   return total;
 }
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+void lc_trim_heap(void) {
+#if defined(__GLIBC__)
+  malloc_trim(0);
+#endif
+}

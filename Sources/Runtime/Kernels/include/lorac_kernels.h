@@ -28,6 +28,8 @@ int lc_get_threads(void);
 int lc_core_count(void);
 /// A bit set of the vector extensions found at run time: 1 AVX2+FMA, 2 AVX-512F/BW, 4 AVX-512 VNNI.
 int lc_cpu_features(void);
+/// Returns the heap's free memory to the system where the C library can (glibc's malloc_trim).
+void lc_trim_heap(void);
 
 // ---- elementwise ----------------------------------------------------------------------------
 enum lc_unary { LC_NEG, LC_ABS, LC_EXP, LC_LOG, LC_SQRT, LC_RSQRT, LC_RECIPROCAL, LC_TANH,
