@@ -47,6 +47,6 @@ let package = Package(
     .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models", "Passes"]),
     .testTarget(
       name: "ModelsTests", dependencies: ["Models", "IR", "Runtime", "CKernels"], exclude: ["Golden"]),
-    .testTarget(name: "LoracTests", dependencies: ["lorac", "IR", "Models"]),
+    .testTarget(name: "LoracTests", dependencies: ["lorac", "IR", "Models", "Runtime"]),
   ]
 )

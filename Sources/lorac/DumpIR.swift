@@ -75,20 +75,7 @@ struct DumpIR: ParsableCommand {
     if let pipeline {
       do {
         let passes = try Pipeline(parsing: pipeline)
-        // A name that is not in the pipeline would print nothing for it, silently.
-        let names = passNames(passes.description)
-        for name in (after ?? "").split(separator: ",").map(String.init)
-        where name != "all" && !names.contains(name) {
-          fail(
-            "--after: '\(name)' is not a pass of the pipeline '\(passes)' (give one of "
-              + "\(names.joined(separator: ", ")), or all)")
-        }
-        let printAfter: Pipeline.PrintAfter =
-          switch after {
-          case nil: .none
-          case "all": .all
-          case let names?: .passes(Set(names.split(separator: ",").map(String.init)))
-          }
+        let printAfter = checkedPrintAfter(after, option: "--after", pipeline: passes)
         graph = try passes.run(graph, printAfter: printAfter) { line in
           if after != nil { FileHandle.standardError.write(Data((line + "\n").utf8)) }
         }
@@ -119,4 +106,21 @@ func passNames(_ pipeline: String) -> [String] {
     }
   }
   return names.map { $0.trimmingCharacters(in: .whitespaces) }
+}
+
+/// What `option` (comma-separated pass names, or all) asks `pipeline` to print; a name that is not
+/// a pass of the pipeline is an error (it would print nothing, silently).
+func checkedPrintAfter(_ value: String?, option: String, pipeline: Pipeline) -> Pipeline.PrintAfter
+{
+  guard let value else { return .none }
+  if value == "all" { return .all }
+  var names: [String] = []
+  for name in passNames(pipeline.description) where !names.contains(name) { names.append(name) }
+  let asked = value.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+  for name in asked where !names.contains(name) {
+    fail(
+      "\(option): '\(name)' is not a pass of the pipeline '\(pipeline)' (give one of "
+        + "\(names.joined(separator: ", ")), or all)")
+  }
+  return .passes(Set(asked))
 }

@@ -39,12 +39,8 @@ struct TrainingSession {
         parsing:
           "lora{rank=\(adapter.rank),alpha=\(adapter.alpha),rslora=\(adapter.useRSLoRA),targets=\(targets)},"
           + "freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce")
-      let printAfter: Pipeline.PrintAfter =
-        switch printIRAfter {
-        case nil: .none
-        case "all": .all
-        case let names?: .passes(Set(names.split(separator: ",").map(String.init)))
-        }
+      let printAfter = checkedPrintAfter(
+        printIRAfter, option: "--print-ir-after", pipeline: pipeline)
       // Pass timings and IR go to stderr, and only when asked for.
       let graph = try pipeline.run(forward, printAfter: printAfter) { line in
         if printIRAfter != nil { FileHandle.standardError.write(Data((line + "\n").utf8)) }

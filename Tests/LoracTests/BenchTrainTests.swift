@@ -1,4 +1,5 @@
 import Foundation
+import Runtime
 import Testing
 
 @Test func benchTrainReportsAJSONObjectWithItsFigures() throws {
@@ -21,10 +22,30 @@ import Testing
     (["--batch", "0"], "--batch must be at least 1, got 0"),
     (["--threads", "0"], "--threads must be at least 1, got 0"),
     (["--passes", "fuse,autodif"], "unknown pass 'autodif'"),
+    (["--precision", "f16"], "--precision"),
   ]
   for (flags, message) in cases {
     let result = try lorac(["bench", "train", path, "--runs", "1"] + flags)
     #expect(result.status == 1, "\(flags)")
     #expect(result.stderr.contains(message), "\(flags): \(result.stderr)")
+  }
+}
+
+@Test func benchTrainInBF16PacksTheBaseWeights() throws {
+  let result = try lorac([
+    "bench", "train", try cachedModel(), "--batch", "2", "--seq", "8", "--runs", "1",
+    "--precision", "bf16", "--json",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+  let figures = try #require(object)
+  #expect(figures["precision"] as? String == "bf16")
+  #expect((figures["tokens_per_s"] as? Double ?? 0) > 0)
+  // 16 rows: every base product is packed, both ways (forward, and the input gradient) for the
+  // 210 linear weights and the head, 134,479,872 bf16 values, no panel padded (SmolLM2's widths
+  // are multiples of 32): 537,919,488 bytes, less the input gradients of layer 0's q, k and v
+  // (576 x 576 + 2 x 192 x 576 values), which nothing trained needs.
+  if DecodeKernels.bf16DotProducts {
+    #expect(figures["packed_bytes"] as? Int == 537_919_488 - 2 * (576 * 576 + 2 * 192 * 576))
   }
 }

@@ -257,6 +257,13 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   try expectError(
     ["dump-ir", "--example", "mlp", "--pipeline", "fuse", "--after", "lora"],
     "error: --after: 'lora' is not a pass of the pipeline 'fuse' (give one of fuse, or all)\n")
+  let grad = try lorac([
+    "grad", try cachedModel(), "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path,
+    "--ids", "1,2,3", "--out", "/tmp/unused.safetensors", "--print-ir-after", "lora,fuze",
+  ])
+  #expect(grad.status == 1)
+  #expect(grad.stderr.hasPrefix("error: --print-ir-after: 'fuze' is not a pass of the pipeline"))
+  #expect(grad.stderr.hasSuffix("(give one of lora, freeze, fuse, autodiff, dce, or all)\n"))
   try expectError(
     ["compile", try cachedModel(), "--pipeline", "lora{rank=0}", "-o", "/tmp/unused.lorac"],
     "error: lora: option 'rank' must be an integer in 1...65536, got '0'\n")
