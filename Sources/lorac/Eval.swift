@@ -47,6 +47,9 @@ struct Eval: ParsableCommand {
   @Flag(help: "Print one JSON object.")
   var json = false
 
+  @Flag(help: "Print every wrong continuation (prompt, output, expected), not only 3 samples.")
+  var showFailures = false
+
   func validate() throws {
     if (data == nil) == (task == nil) {
       throw ValidationError("give exactly one of --data and --task")
@@ -149,9 +152,12 @@ struct Eval: ParsableCommand {
       }
       let text = tokenizer.decode(output)
       if text == item.answer { correct += 1 }
-      if samples.count < 3 {
-        samples.append(
-          "\(item.prompt.debugDescription) -> \(text.debugDescription) (expected \(item.answer))")
+      let line =
+        "\(item.prompt.debugDescription) -> \(text.debugDescription) (expected \(item.answer))"
+      if showFailures {
+        if text != item.answer { samples.append("wrong: " + line) }
+      } else if samples.count < 3 {
+        samples.append(line)
       }
     }
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

@@ -97,3 +97,19 @@ private func jsonQuoted(_ text: String) -> String {
   #expect(bad.status == 1)
   #expect(bad.stderr == "error: --batch must be at least 1, got 0 (see 'lorac eval --help')\n")
 }
+
+@Test func evalShowFailuresPrintsEveryWrongContinuation() throws {
+  // The base model gets some of these sums wrong; each wrong one is a line, and the lines add up
+  // with the score.
+  let result = try lorac([
+    "eval", try cachedModel(), "--task", "mystery_function", "--count", "6", "--show-failures",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let lines = result.stdout.split(separator: "\n").map(String.init)
+  let wrong = lines.filter { $0.hasPrefix("wrong: \">>> mystery_function(") }
+  let score = try #require(lines.first { $0.hasPrefix("exact match ") })
+  let correct = try #require(Int(score.dropFirst("exact match ".count).prefix { $0 != "/" }))
+  #expect(wrong.count == 6 - correct)
+  #expect(wrong.count > 0)
+  #expect(wrong.allSatisfy { $0.contains("(expected ") })
+}
