@@ -28,11 +28,12 @@ struct QuantizedMatvecTests {
   static func code(_ dtype: DType) -> Int32 { Int32(DType.allCases.firstIndex(of: dtype) ?? 0) }
 
   /// Widths K per dtype: block multiples that are not multiples of 2 blocks or of 16 blocks (the
-  /// unrolls), one past the 2,048 activations prepared at a time (65 blocks of 32, 9 of 256),
-  /// and tails of 16 lanes for the elementwise types.
+  /// unrolls), SmolLM2's 576 (a group of 16 blocks of 32 and a 2-block tail, the next group's
+  /// headers decoded during the first), one past the 2,048 activations prepared at a time (65
+  /// blocks of 32, 9 of 256), and tails of 16 lanes for the elementwise types.
   static func widths(_ dtype: DType) -> [Int] {
     switch dtype {
-    case .q8_0, .q4_1: [32, 96, 288, 2080]
+    case .q8_0, .q4_1: [32, 96, 288, 576, 2080]
     case .q4_k, .q6_k: [256, 768, 2304]
     default: [7, 33, 288]
     }

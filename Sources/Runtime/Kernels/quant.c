@@ -461,47 +461,89 @@ static const int16_t q4_1_header_words[32] = {0,  10, 20, 30, 40, 50, 60, 6,  16
                                               46, 56, 2,  12, 22, 1,  11, 21, 31, 41, 51,
                                               61, 7,  17, 27, 37, 47, 57, 3,  13, 23};
 
-/// The d and m of up to 16 consecutive q4_1 blocks as two vectors: five masked loads (never past
-/// the row) and three word permutes, instead of a scalar f16 conversion per block and value.
-LC_AVX512 INLINE void q4_1_headers_avx512(const uint8_t *blocks, int count, __m512 *d,
-                                          __m512 *m) {
-  const __m512i words = _mm512_loadu_si512(q4_1_header_words);
-  __m512i z[5];
+/// The load masks of a group of `count` <= 16 consecutive q4_1 blocks' headers: which words of
+/// its five 64-byte pieces to read (never past the group's last block) and which lanes to keep.
+/// Every row of a call has the same groups, so these are computed once per call, not per group.
+typedef struct {
+  int count;
+  __mmask32 load[5], keep;
+} q4_1_group;
+
+static q4_1_group q4_1_group_of(int count) {
+  q4_1_group g = {count, {0}, (__mmask32)(((1u << count) - 1) * 0x10001u)};
   for (int i = 0; i < 5; i++) {
     int left = 10 * count - 32 * i;
-    __mmask32 k = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
-    z[i] = _mm512_maskz_loadu_epi16(k, blocks + 64 * i);
+    g.load[i] = left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
   }
+  return g;
+}
+
+/// The d and m of a group of q4_1 blocks as two vectors (lanes past the group zero): up to five
+/// loads (plain ones for a whole group: its 320 bytes are all in the row) and three word
+/// permutes, instead of a scalar f16 conversion per block and value.
+LC_AVX512 INLINE void q4_1_headers_avx512(const uint8_t *blocks, const q4_1_group *g, __m512 *d,
+                                          __m512 *m) {
+  const __m512i words = _mm512_loadu_si512(q4_1_header_words);
+  int whole = g->count == 16;
+#define Q4_1_PIECE(i)                                                                          \
+  (whole ? _mm512_loadu_si512(blocks + 64 * (i))                                               \
+         : _mm512_maskz_loadu_epi16(g->load[i], blocks + 64 * (i)))
   // Blocks 0-6 lie in words 0-63, 7-12 in 64-127, 13-15 in 128-159. A short group (the tail of
-  // a row, e.g. 2 of SmolLM2's 18 blocks) skips the permutes it does not need.
-  __m512i t = _mm512_permutex2var_epi16(z[0], words, z[1]);
-  if (count > 7) {
-    t = _mm512_mask_blend_epi16(0x1F801F80u, t, _mm512_permutex2var_epi16(z[2], words, z[3]));
+  // a row, e.g. 2 of SmolLM2's 18 blocks) skips the loads and permutes it does not need.
+  __m512i t = _mm512_permutex2var_epi16(Q4_1_PIECE(0), words, Q4_1_PIECE(1));
+  if (g->count > 7) {
+    __m512i high = _mm512_permutex2var_epi16(Q4_1_PIECE(2), words, Q4_1_PIECE(3));
+    t = _mm512_mask_blend_epi16(0x1F801F80u, t, high);
   }
-  if (count > 13) {
-    t = _mm512_mask_blend_epi16(0xE000E000u, t, _mm512_permutexvar_epi16(words, z[4]));
+  if (g->count > 13) {
+    t = _mm512_mask_blend_epi16(0xE000E000u, t, _mm512_permutexvar_epi16(words, Q4_1_PIECE(4)));
   }
+#undef Q4_1_PIECE
   // Lanes of blocks past `count` hold other bytes (maybe an f16 NaN): zero them.
-  if (count < 16) t = _mm512_maskz_mov_epi16((__mmask32)((1u << count) - 1) * 0x10001u, t);
+  if (!whole) t = _mm512_maskz_mov_epi16(g->keep, t);
   *d = _mm512_cvtph_ps(_mm512_castsi512_si256(t));
   *m = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(t, 1));
+}
+
+/// The groups of 16 blocks of a row's [b0, b0 + blocks), worked out once per call. The kernels
+/// decode group g + 1's headers before multiplying group g's blocks: a decode's chain (loads,
+/// permutes, conversion) is long, and blocks that wait for their scale stall the accumulator
+/// chains behind them (decoding in place cost 0.4-0.8 cycles per block on Zen 4).
+typedef struct {
+  q4_1_group full, tail;
+  int64_t groups;
+} q4_1_groups;
+
+static q4_1_groups q4_1_groups_of(int64_t blocks) {
+  q4_1_groups g = {q4_1_group_of(16), q4_1_group_of((int)(blocks - 16 * ((blocks - 1) / 16))),
+                   (blocks + 15) / 16};
+  return g;
+}
+
+/// Decodes group `index` of a row (nothing past the last).
+LC_AVX512 INLINE void q4_1_decode_group(const uint8_t *row, const q4_1_groups *g, int64_t index,
+                                        __m512 *d, __m512 *m) {
+  if (index >= g->groups) return;
+  q4_1_headers_avx512(row + 320 * index, index + 1 < g->groups ? &g->full : &g->tail, d, m);
 }
 
 /// q4_1, AVX-512, on the prepared activations. Per block: bytes widened once; the low nibble
 /// becomes a float through a 16-entry permute (which ignores the high bits, so no mask), the
 /// whole byte through one conversion; 3 FMAs per activation row, no horizontal sum.
 LC_AVX512 INLINE void q4_1_row_avx512(const lc_qjob *job, const float *prep, int M, int64_t r,
-                                      int64_t b0, int64_t blocks, int accumulate) {
+                                      int64_t b0, const q4_1_groups *g, int accumulate) {
   const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 A[LC_SMALL_M], B[LC_SMALL_M], mins[LC_SMALL_M];
   for (int i = 0; i < M; i++) A[i] = B[i] = mins[i] = _mm512_setzero_ps();
   const uint8_t *row = job->w + r * job->row_bytes + 20 * b0;
-  for (int64_t c0 = 0; c0 < blocks; c0 += 16) {
-    int count = blocks - c0 < 16 ? (int)(blocks - c0) : 16;
-    float scales[16];
-    __m512 d, m;
-    q4_1_headers_avx512(row + 20 * c0, count, &d, &m);
+  float scales[16];
+  __m512 d, m, next_d, next_m;
+  q4_1_decode_group(row, g, 0, &d, &m);
+  for (int64_t group = 0; group < g->groups; group++) {
+    int64_t c0 = 16 * group;
+    int count = group + 1 < g->groups ? 16 : g->tail.count;
     _mm512_storeu_ps(scales, d);
+    q4_1_decode_group(row, g, group + 1, &next_d, &next_m);
     for (int i = 0; i < M; i++) {
       // Lanes past `count` are zero in both m and the masked sums.
       __m512 sums = _mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1),
@@ -523,6 +565,7 @@ LC_AVX512 INLINE void q4_1_row_avx512(const lc_qjob *job, const float *prep, int
   }
     PAIRED(0, count, Q4_1_AVX512)
 #undef Q4_1_AVX512
+    d = next_d, m = next_m;
   }
   STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(A[i], B[i]), mins[i])))
 }
@@ -748,16 +791,19 @@ static const int32_t quad_nibble_dwords[16] = {1, 2, 3, 4, 6, 7, 8, 9, 11, 12, 1
 /// 64 nibble bytes; per activation row two vpdpbusd (low nibbles, then high), one conversion and
 /// one FMA with the lanes' d_w d_x; the min term m sum(x) once per 16 blocks.
 LC_VNNI INLINE void q4_1_row_vnni(const lc_qjob *job, const float *prep, int M, int64_t r,
-                                  int64_t b0, int64_t blocks, int accumulate) {
+                                  int64_t b0, const q4_1_groups *g, int accumulate) {
   __m512 A[LC_SMALL_M], B[LC_SMALL_M], mins[LC_SMALL_M];
   for (int i = 0; i < M; i++) A[i] = B[i] = mins[i] = _mm512_setzero_ps();
   const uint8_t *row = job->w + r * job->row_bytes + 20 * b0;
   const __m512i gather = _mm512_loadu_si512(quad_nibble_dwords), low = _mm512_set1_epi8(0x0F);
-  for (int64_t c0 = 0; c0 < blocks; c0 += 16) {
-    int count = blocks - c0 < 16 ? (int)(blocks - c0) : 16;
+  __m512 d, m, next_d, next_m;
+  q4_1_decode_group(row, g, 0, &d, &m);
+  for (int64_t group = 0; group < g->groups; group++) {
+    int64_t c0 = 16 * group;
+    int count = group + 1 < g->groups ? 16 : g->tail.count;
     __mmask16 live = (__mmask16)((1u << count) - 1);
-    __m512 d, m, scales[LC_SMALL_M];
-    q4_1_headers_avx512(row + 20 * c0, count, &d, &m);
+    __m512 scales[LC_SMALL_M];
+    q4_1_decode_group(row, g, group + 1, &next_d, &next_m);
     for (int i = 0; i < M; i++) {
       const float *p = prep + i * PREP_ROW;
       scales[i] = _mm512_mul_ps(d, _mm512_maskz_loadu_ps(live, p + PREP_SCALES + c0));
@@ -787,6 +833,7 @@ LC_VNNI INLINE void q4_1_row_vnni(const lc_qjob *job, const float *prep, int M, 
         }
       }
     }
+    d = next_d, m = next_m;
   }
   STORE_ROW(M, _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(A[i], B[i]), mins[i])))
 }
@@ -836,33 +883,42 @@ LC_VNNI INLINE void q8_0_row_vnni(const lc_qjob *job, const float *prep, int M, 
 
 /// Instantiates a rows function of a row kernel for every m <= LC_SMALL_M (constant M lets the
 /// compiler keep the accumulators in registers).
-#define ROWS_CASE(row_fn, M)                                                                   \
+/// (q4_1's kernels take the row's groups of 16 blocks, worked out once, in place of `blocks`.)
+#define ROWS_CASE(row_fn, M, span)                                                             \
   case M:                                                                                      \
-    for (int64_t r = r0; r < r1; r++) row_fn(job, prep, M, r, b0, blocks, accumulate);         \
+    for (int64_t r = r0; r < r1; r++) row_fn(job, prep, M, r, b0, span, accumulate);           \
     break;
+#define ROWS_SWITCH(row_fn, span)                                                              \
+  switch (job->m) {                                                                            \
+    ROWS_CASE(row_fn, 1, span)                                                                 \
+    ROWS_CASE(row_fn, 2, span)                                                                 \
+    ROWS_CASE(row_fn, 3, span)                                                                 \
+    ROWS_CASE(row_fn, 4, span)                                                                 \
+    ROWS_CASE(row_fn, 5, span)                                                                 \
+    ROWS_CASE(row_fn, 6, span)                                                                 \
+    ROWS_CASE(row_fn, 7, span)                                                                 \
+    ROWS_CASE(row_fn, 8, span)                                                                 \
+  }
 #define ROWS_FN(name, row_fn, target)                                                          \
   target static void name(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,      \
                           int64_t b0, int64_t blocks, int accumulate) {                        \
-    switch (job->m) {                                                                          \
-      ROWS_CASE(row_fn, 1)                                                                     \
-      ROWS_CASE(row_fn, 2)                                                                     \
-      ROWS_CASE(row_fn, 3)                                                                     \
-      ROWS_CASE(row_fn, 4)                                                                     \
-      ROWS_CASE(row_fn, 5)                                                                     \
-      ROWS_CASE(row_fn, 6)                                                                     \
-      ROWS_CASE(row_fn, 7)                                                                     \
-      ROWS_CASE(row_fn, 8)                                                                     \
-    }                                                                                          \
+    ROWS_SWITCH(row_fn, blocks)                                                                \
+  }
+#define ROWS_FN_Q4_1(name, row_fn, target)                                                     \
+  target static void name(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,      \
+                          int64_t b0, int64_t blocks, int accumulate) {                        \
+    q4_1_groups groups = q4_1_groups_of(blocks);                                               \
+    ROWS_SWITCH(row_fn, &groups)                                                               \
   }
 
 ROWS_FN(rows_q8_0_avx2, q8_0_row_avx2, LC_AVX2)
 ROWS_FN(rows_q4_1_avx2, q4_1_row_avx2, LC_AVX2)
 ROWS_FN(rows_q8_0_avx512, q8_0_row_avx512, LC_AVX512)
-ROWS_FN(rows_q4_1_avx512, q4_1_row_avx512, LC_AVX512)
+ROWS_FN_Q4_1(rows_q4_1_avx512, q4_1_row_avx512, LC_AVX512)
 ROWS_FN(rows_elementwise_avx512, elementwise_row_avx512, LC_AVX512)
 ROWS_FN(rows_q4_k_avx512, q4_k_row_avx512, LC_AVX512)
 ROWS_FN(rows_q6_k_avx512, q6_k_row_avx512, LC_AVX512)
-ROWS_FN(rows_q4_1_vnni, q4_1_row_vnni, LC_VNNI)
+ROWS_FN_Q4_1(rows_q4_1_vnni, q4_1_row_vnni, LC_VNNI)
 ROWS_FN(rows_q8_0_vnni, q8_0_row_vnni, LC_VNNI)
 #endif
 
