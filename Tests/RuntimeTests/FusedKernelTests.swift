@@ -128,6 +128,35 @@ extension RuntimeSuite {
     }
   }
 
+  /// Causal masks over more rows than one 32-row block: each block's products, softmax and
+  /// gradient stop at its diagonal (the last block a partial one), a prompt of `rows` tokens after
+  /// `offset` cached ones; checked against the interpreter, forward and gradient.
+  @Test func causalAttentionByRowBlocksMatchesInterpreter() throws {
+    for (batch, heads, groups, rows, offset, width) in [
+      (2, 4, 2, 129, 0, 16), (1, 3, 1, 64, 0, 33), (1, 2, 2, 70, 30, 8),
+    ] {
+      let keys = offset + rows
+      let b = GraphBuilder(name: "causal")
+      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
+      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
+      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
+      let mask = try b.constant(name: "mask", shape: [1, 1, rows, keys], dtype: .i32)
+      let g = try b.input(name: "g", shape: [batch, heads, rows, width])
+      let operands: [Operand] = [
+        .value(q.value), .value(k.value), .value(v.value), .value(mask.value),
+      ]
+      let out = try b.emit(.attention(scale: 0.3), operands)[0]
+      let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
+      let graph = try b.finish(outputs: [out] + grads)
+      let causal = (0..<(rows * keys)).map { Int32($0 % keys <= offset + $0 / keys ? 1 : 0) }
+      #expect(
+        try compareWithInterpreter(
+          graph, constants: ["mask": HostTensor(shape: [1, 1, rows, keys], ints: causal)],
+          scale: .tensor) <= accumulationBound,
+        "\(batch) x \(heads)/\(groups) x \(rows) after \(offset) x \(width)")
+    }
+  }
+
   @Test func attentionOverAPartlyFilledCacheMatchesInterpreter() throws {
     // Decoding over a KV cache: batch row b holds filled[b] keys (the slots after them hold stale
     // values), and the query rows are its last `rows` tokens, each seeing the slots up to its
