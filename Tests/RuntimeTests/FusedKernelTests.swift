@@ -110,18 +110,9 @@ extension RuntimeSuite {
       (1, 1, 1, 1, 1, 1), (2, 4, 2, 3, 7, 5), (1, 9, 3, 33, 33, 64), (1, 3, 3, 3, 129, 64),
       (3, 2, 1, 7, 3, 33),
     ] {
-      let b = GraphBuilder(name: "attention")
-      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
-      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
-      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
-      let mask = try b.input(name: "mask", shape: [batch, 1, rows, keys], dtype: .i32)
-      let g = try b.input(name: "g", shape: [batch, heads, rows, width])
-      let operands: [Operand] = [
-        .value(q.value), .value(k.value), .value(v.value), .value(mask.value),
-      ]
-      let out = try b.emit(.attention(scale: 0.3), operands)[0]
-      let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
-      let graph = try b.finish(outputs: [out] + grads)
+      let graph = try attentionAndGradient(
+        batch: batch, heads: heads, groups: groups, rows: rows, keys: keys, width: width,
+        maskShape: [batch, 1, rows, keys], constantMask: false)
       #expect(
         try compareWithInterpreter(graph, intLimit: 2, scale: .tensor) <= accumulationBound,
         "\(batch) x \(heads)/\(groups) x \(rows) x \(keys) x \(width)")
@@ -136,18 +127,9 @@ extension RuntimeSuite {
       (2, 4, 2, 129, 0, 16), (1, 3, 1, 64, 0, 33), (1, 2, 2, 70, 30, 8),
     ] {
       let keys = offset + rows
-      let b = GraphBuilder(name: "causal")
-      let q = try b.input(name: "q", shape: [batch, heads, rows, width])
-      let k = try b.input(name: "k", shape: [batch, groups, keys, width])
-      let v = try b.input(name: "v", shape: [batch, groups, keys, width])
-      let mask = try b.constant(name: "mask", shape: [1, 1, rows, keys], dtype: .i32)
-      let g = try b.input(name: "g", shape: [batch, heads, rows, width])
-      let operands: [Operand] = [
-        .value(q.value), .value(k.value), .value(v.value), .value(mask.value),
-      ]
-      let out = try b.emit(.attention(scale: 0.3), operands)[0]
-      let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
-      let graph = try b.finish(outputs: [out] + grads)
+      let graph = try attentionAndGradient(
+        batch: batch, heads: heads, groups: groups, rows: rows, keys: keys, width: width,
+        maskShape: [1, 1, rows, keys], constantMask: true)
       let causal = (0..<(rows * keys)).map { Int32($0 % keys <= offset + $0 / keys ? 1 : 0) }
       #expect(
         try compareWithInterpreter(
@@ -373,4 +355,25 @@ extension RuntimeSuite {
         actual.floats().map(\.bitPattern) == expected.floats().map(\.bitPattern), "size \(size)")
     }
   }
+}
+
+/// `attention` and `attention_grad` (scale 0.3) of q [B, H, S, D], k, v [B, G, T, D], a mask (an
+/// input, or a constant named "mask") and an upstream gradient g; outputs: out, dq, dk, dv.
+func attentionAndGradient(
+  batch: Int, heads: Int, groups: Int, rows: Int, keys: Int, width: Int, maskShape: [Int],
+  constantMask: Bool
+) throws -> Graph {
+  let b = GraphBuilder(name: "attention")
+  let q = try b.input(name: "q", shape: [batch, heads, rows, width])
+  let k = try b.input(name: "k", shape: [batch, groups, keys, width])
+  let v = try b.input(name: "v", shape: [batch, groups, keys, width])
+  let mask =
+    constantMask
+    ? try b.constant(name: "mask", shape: maskShape, dtype: .i32)
+    : try b.input(name: "mask", shape: maskShape, dtype: .i32)
+  let g = try b.input(name: "g", shape: [batch, heads, rows, width])
+  let operands: [Operand] = [.value(q.value), .value(k.value), .value(v.value), .value(mask.value)]
+  let out = try b.emit(.attention(scale: 0.3), operands)[0]
+  let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
+  return try b.finish(outputs: [out] + grads)
 }
