@@ -23,6 +23,9 @@ public final class Executable {
   private var steps: [Step] = []
   /// Packed bf16 weights by constant and orientation (in `owned`).
   private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
+  /// The products that run on packed bf16 weights, by instruction index (decided once, so the
+  /// scratch plan, the steps and the release of unpacked copies agree).
+  let packedProducts: [Int: PackedBF16Product]
   /// The factor every `lora_linear` branch is scaled by at run time (see `adapterScale`).
   let adapterFactor = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
@@ -57,7 +60,8 @@ public final class Executable {
   public init(_ graph: Graph, constants: [String: HostTensor] = [:]) throws(RuntimeError) {
     self.graph = graph
     adapterFactor.initialize(to: 1)
-    let scratch = Executable.scratchBytes(graph)
+    packedProducts = Executable.packedBF16Products(graph)
+    let scratch = Executable.scratchBytes(graph, packedProducts)
     let once = Executable.constantInstructions(graph)
     hoisted = once
     // What runs once and is read by later runs keeps its own range for the whole program.
@@ -83,8 +87,8 @@ public final class Executable {
   private func releasePackedOnly() {
     guard !packed.isEmpty else { return }
     var read = Set(graph.outputs)
-    for instruction in graph.body {
-      let packedWeight = Executable.packedBF16Product(graph, instruction)?.weight
+    for (index, instruction) in graph.body.enumerated() {
+      let packedWeight = packedProducts[index]?.weight
       for (position, operand) in instruction.operands.enumerated() {
         guard let value = operand.value, !(position == 1 && value == packedWeight) else { continue }
         read.insert(value)
@@ -379,30 +383,34 @@ public final class Executable {
     public var weight: Value
   }
 
-  /// The packed bf16 product `instruction` (a `matmul` or `lora_linear`) runs, if any: when the
-  /// CPU has avx512_bf16, the weight is a bf16 constant and there are more than 8 rows (fewer
-  /// read the weight once with the decoding kernels).
-  public static func packedBF16Product(_ graph: Graph, _ instruction: Instruction)
-    -> PackedBF16Product?
-  {
-    let transposeB: Bool
-    switch instruction.op {
-    case .matmul(let transposeA, let transpose) where !transposeA: transposeB = transpose
-    case .loraLinear(_, let transpose): transposeB = transpose
-    default: return nil
+  /// The products of `graph` that run on packed bf16 weights, by instruction index: `matmul` and
+  /// `lora_linear` whose weight is a bf16 constant, with more than 8 rows (fewer read the weight
+  /// once with the decoding kernels), when the CPU has avx512_bf16.
+  public static func packedBF16Products(_ graph: Graph) -> [Int: PackedBF16Product] {
+    guard lc_bf16_dot_available() != 0 else { return [:] }
+    let constants = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
+    var result: [Int: PackedBF16Product] = [:]
+    for (index, instruction) in graph.body.enumerated() {
+      let transposeB: Bool
+      switch instruction.op {
+      case .matmul(let transposeA, let transpose) where !transposeA: transposeB = transpose
+      case .loraLinear(_, let transpose): transposeB = transpose
+      default: continue
+      }
+      guard let x = instruction.operands[0].value, let w = instruction.operands[1].value,
+        constants.contains(w)
+      else { continue }
+      let weight = graph.type(of: w)
+      guard weight.dtype == .bf16, weight.rank == 2 else { continue }
+      let (n, k) =
+        transposeB ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
+      let rows = k > 0 ? graph.type(of: x).elementCount / k : 0
+      if rows > 8 {
+        result[index] = PackedBF16Product(
+          rows: rows, n: n, k: k, transposeB: transposeB, weight: w)
+      }
     }
-    guard lc_bf16_dot_available() != 0, let x = instruction.operands[0].value,
-      let w = instruction.operands[1].value
-    else { return nil }
-    let weight = graph.type(of: w)
-    guard weight.dtype == .bf16, weight.rank == 2,
-      graph.declarations.contains(where: { $0.value == w && $0.kind == .constant })
-    else { return nil }
-    let (n, k) =
-      transposeB ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
-    let rows = k > 0 ? graph.type(of: x).elementCount / k : 0
-    guard rows > 8 else { return nil }
-    return PackedBF16Product(rows: rows, n: n, k: k, transposeB: transposeB, weight: w)
+    return result
   }
 
   /// The packed form of a bf16 constant for products with or without transposing it, made on
@@ -445,10 +453,12 @@ public final class Executable {
     }
   }
 
-  private static func scratchBytes(_ graph: Graph) -> [Int: Int] {
+  private static func scratchBytes(_ graph: Graph, _ packedProducts: [Int: PackedBF16Product])
+    -> [Int: Int]
+  {
     var result: [Int: Int] = [:]
     for (index, instruction) in graph.body.enumerated() {
-      if let product = packedBF16Product(graph, instruction) {
+      if let product = packedProducts[index] {
         result[index] = Int(lc_bf16_scratch_bytes(Int64(product.rows), Int64(product.k)))
         continue
       }

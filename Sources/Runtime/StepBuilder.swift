@@ -441,7 +441,7 @@ struct StepBuilder {
     let m = Int64(resultType.shape[resultType.rank - 2])
     let n = Int64(resultType.shape[resultType.rank - 1])
     let k = Int64(transposeA ? lhs.shape[lhs.rank - 2] : lhs.shape[lhs.rank - 1])
-    if !rhs.dtype.isCompute, let product = Executable.packedBF16Product(graph, instruction) {
+    if let product = executable.packedProducts[index] {
       let packed = try executable.packedBF16(product.weight, transposeB: product.transposeB)
       guard let scratch = executable.scratchAddress(index) else {
         throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")

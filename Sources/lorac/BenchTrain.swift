@@ -35,7 +35,7 @@ extension Bench {
     @Option(help: "The passes between lora/freeze and the executable.")
     var passes = "fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
 
-    @Option(help: TrainPrecision.help)
+    @Option(help: TrainPrecision.help(default: nil))
     var precision: TrainPrecision = .f32
 
     @Option(parsing: .unconditional, help: "Steps measured after one warm-up step.")
@@ -162,10 +162,10 @@ extension Bench {
       for (index, time) in seconds {
         let instruction = graph.body[index]
         var kind = instruction.op.mnemonic
-        if case .matmul = instruction.op, let w = instruction.operands[1].value {
-          kind += " " + graph.type(of: w).dtype.rawValue
-        } else if case .loraLinear = instruction.op, let w = instruction.operands[1].value {
-          kind += " " + graph.type(of: w).dtype.rawValue
+        switch instruction.op {
+        case .matmul, .loraLinear:
+          if let w = instruction.operands[1].value { kind += " \(graph.type(of: w).dtype)" }
+        default: break
         }
         byKind[kind, default: (0, 0)].seconds += time
         byKind[kind, default: (0, 0)].count += 1

@@ -96,7 +96,7 @@ struct Train: ParsableCommand {
   @Flag(help: "Continue from the training state in --out (settings not given are taken from it).")
   var resume = false
 
-  @Option(help: ArgumentHelp(stringLiteral: TrainPrecision.helpText + " (default: f32)"))
+  @Option(help: TrainPrecision.help(default: .f32))
   var precision: TrainPrecision?
 
   @Option(parsing: .unconditional, help: "Threads (default: all cores).")

@@ -17,12 +17,15 @@ enum TrainPrecision: String, ExpressibleByArgument, CaseIterable, LosslessString
   /// The weights the model is traced and loaded with.
   var weights: WeightPrecision { self == .bf16 ? .bf16 : .stored }
 
-  static let help = ArgumentHelp(stringLiteral: helpText)
-
-  static let helpText =
-    ("f32 or bf16: bf16 rounds the frozen weight matrices and the activations they multiply to "
-      + "bf16 (avx512_bf16 dot products with f32 sums; adapters, gradients and AdamW stay f32). "
-      + "On CPUs without avx512_bf16 the bf16 weights are decoded to f32 for the products.")
+  /// The option's help; `fallback` is the default it names, when the option's value is optional.
+  static func help(default fallback: TrainPrecision?) -> ArgumentHelp {
+    ArgumentHelp(
+      stringLiteral:
+        "f32 or bf16: bf16 rounds the frozen weight matrices and the activations they multiply to "
+        + "bf16 (avx512_bf16 dot products with f32 sums; adapters, gradients and AdamW stay f32). "
+        + "On CPUs without avx512_bf16 the bf16 weights are decoded to f32 for the products."
+        + (fallback.map { " (default: \($0))" } ?? ""))
+  }
 
   /// A note for stderr when bf16 was asked for and the CPU has no bf16 dot products.
   var fallbackNote: String? {

@@ -181,9 +181,12 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   try expectError(["generate", model, "--adapter", folder.path, "--prompt", "hi"], message)
   try expectError(["merge", model, "--adapter", folder.path, "-o", out], message)
   try expectError(
+    ["logits", model, "--ids", "1", "--out", out + ".npy", "--adapter", folder.path], message)
+  try expectError(
     ["eval", model, "--adapter", folder.path, "--task", "mystery_function", "--count", "1"], message
   )
   #expect(!FileManager.default.fileExists(atPath: out))
+  #expect(!FileManager.default.fileExists(atPath: out + ".npy"))
 }
 
 @Test func malformedJSONLinesAreReportedWithTheirLineNumber() throws {

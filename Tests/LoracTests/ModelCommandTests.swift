@@ -93,22 +93,7 @@ private func readNumPy(_ url: URL) throws -> [Float] {
     #expect(result.status == 1, "\(arguments)")
     #expect(result.stderr == message)
   }
-  // An adapter for another model: its shapes do not fit.
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-  defer { try? FileManager.default.removeItem(at: folder) }
-  for file in ["adapter_config.json", "adapter_model.safetensors"] {
-    try FileManager.default.copyItem(
-      at: fixtures.appendingPathComponent("peft_qv_r4/\(file)"),
-      to: folder.appendingPathComponent(file))
-  }
-  let config = folder.appendingPathComponent("adapter_config.json")
-  let text = try String(contentsOf: config, encoding: .utf8).replacingOccurrences(
-    of: "\"r\": 4", with: "\"r\": 8")
-  try text.write(to: config, atomically: true, encoding: .utf8)
-  let mismatch = try lorac(["logits", path, "--ids", "1", "--out", out, "--adapter", folder.path])
-  #expect(mismatch.status == 1)
-  #expect(mismatch.stderr.contains("rank 8 on this model needs [8, 576] and [576, 8]"))
+  // An adapter of another rank: ErrorTableTests.anAdapterOfAnotherRankIsRefused (logits too).
 }
 
 @Test func gradMatchesPyTorchAndPEFT() throws {

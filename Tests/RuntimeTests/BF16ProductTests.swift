@@ -26,7 +26,7 @@ extension RuntimeSuite {
     for (rows, n, k) in [(9, 1, 3), (12, 33, 7), (13, 3, 33), (33, 129, 129), (129, 7, 1100)] {
       for transposeB in [true, false] {
         let (graph, weight) = try bf16Product(rows: rows, n: n, k: k, transposeB: transposeB)
-        #expect(Executable.packedBF16Product(graph, graph.body[0]) != nil)
+        #expect(Executable.packedBF16Products(graph)[0] != nil)
         let difference = try compareWithInterpreter(
           graph, constants: ["w": weight], scale: .tensor, bf16Inputs: true)
         #expect(difference <= accumulationBound, "\(rows)x\(n)x\(k) transpose_b \(transposeB)")
@@ -90,7 +90,7 @@ extension RuntimeSuite {
     defer { DecodeKernels.bf16DotProducts = saved }
     for transposeB in [true, false] {
       let (graph, weight) = try bf16Product(rows: 33, n: 65, k: 96, transposeB: transposeB)
-      #expect(Executable.packedBF16Product(graph, graph.body[0]) == nil)
+      #expect(Executable.packedBF16Products(graph)[0] == nil)
       #expect(
         try compareWithInterpreter(graph, constants: ["w": weight], scale: .tensor)
           <= accumulationBound)
@@ -106,7 +106,7 @@ extension RuntimeSuite {
         let shape = transposeW ? [n, k] : [k, n]
         let graph = try loraLinearGraph(
           m: m, n: n, k: k, r: r, dtype: .bf16, transposeW: transposeW)
-        #expect(Executable.packedBF16Product(graph, graph.body[0]) != nil)
+        #expect(Executable.packedBF16Products(graph)[0] != nil)
         let weight = try randomStorage(TensorType(.bf16, shape), seed: UInt64(m * 31 + n))
         #expect(
           try compareWithInterpreter(
