@@ -23,6 +23,10 @@ public final class Executable {
   private var steps: [Step] = []
   /// Packed bf16 weights by constant and orientation (in `owned`).
   private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
+  /// Interleaved q4_1 and q8_0 weights by constant (in `owned`).
+  private var interleaved: [Value: UnsafeMutableRawPointer] = [:]
+  /// The graph's constants.
+  private let constantValues: Set<Value>
   /// The products that run on packed bf16 weights, by instruction index (decided once, so the
   /// scratch plan, the steps and the release of unpacked copies agree).
   let packedProducts: [Int: PackedBF16Product]
@@ -59,6 +63,7 @@ public final class Executable {
   ///   implement for the given types.
   public init(_ graph: Graph, constants: [String: HostTensor] = [:]) throws(RuntimeError) {
     self.graph = graph
+    constantValues = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
     adapterFactor.initialize(to: 1)
     packedProducts = Executable.packedBF16Products(graph)
     let scratch = Executable.scratchBytes(graph, packedProducts)
@@ -435,6 +440,32 @@ public final class Executable {
     return UnsafeRawPointer(memory)
   }
 
+  /// The interleaved form of a q4_1 or q8_0 constant (`lc_interleave`), for products of a few
+  /// rows with int8 activations; made on first use and shared like the packed bf16 forms.
+  func interleavedForm(_ weight: Value) throws(RuntimeError) -> UnsafeRawPointer {
+    if let form = interleaved[weight] { return UnsafeRawPointer(form) }
+    let type = graph.type(of: weight)
+    let (n, k) = (Int64(type.shape[0]), Int64(type.shape[1]))
+    let code = kernelDType(type.dtype)
+    let bytes = Int(lc_interleaved_bytes(code, n, k))
+    var memory: UnsafeMutableRawPointer?
+    guard posix_memalign(&memory, 64, max(bytes, 64)) == 0, let memory else {
+      throw RuntimeError(message: "out of memory interleaving a \(type) weight (\(bytes) bytes)")
+    }
+    owned.append(memory)
+    let start = DispatchTime.now().uptimeNanoseconds
+    defer { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+    lc_interleave(code, address(weight), n, k, memory)
+    // The stored form is read again only by products of more rows: a memory-mapped file's pages
+    // of it need not stay resident beside the packed copy.
+    lc_page_out(address(weight), Int64(type.byteCount))
+    interleaved[weight] = memory
+    return UnsafeRawPointer(memory)
+  }
+
+  /// Whether `value` is a constant of the graph (its bytes never change once bound).
+  func isConstant(_ value: Value) -> Bool { constantValues.contains(value) }
+
   private struct PackedKey: Hashable {
     var weight: Value
     var transposeB: Bool
@@ -444,12 +475,18 @@ public final class Executable {
   /// reading the weights, rather than compiling).
   public private(set) var packingSeconds = 0.0
 
-  /// Bytes of packed bf16 weights made so far (they live outside the arena, like constants).
+  /// Bytes of packed bf16 and interleaved q4_1/q8_0 weights made so far (they live outside the
+  /// arena, like constants).
   public var packedWeightBytes: Int {
-    packed.keys.reduce(0) { total, key in
+    let bf16 = packed.keys.reduce(0) { total, key in
       let shape = graph.type(of: key.weight).shape
       let (n, k) = key.transposeB ? (shape[0], shape[1]) : (shape[1], shape[0])
       return total + Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
+    }
+    return interleaved.keys.reduce(bf16) { total, weight in
+      let type = graph.type(of: weight)
+      let (n, k) = (Int64(type.shape[0]), Int64(type.shape[1]))
+      return total + Int(lc_interleaved_bytes(kernelDType(type.dtype), n, k))
     }
   }
 

@@ -53,6 +53,11 @@ public enum KernelBenchmarks {
         for dtype in [DType.q4_1, .q8_0] {
           results.append(try matvec(dtype, k: k, n: n, int8Activations: true, runs: runs))
         }
+        // Interleaved by 16 rows (what decoding with int8 activations multiplies by).
+        for dtype in [DType.q4_1, .q8_0] where lc_cpu_features() & 6 == 6 {
+          results.append(try matvec(dtype, k: k, n: n, interleaved: true, runs: runs))
+          results.append(try matvec(dtype, k: k, n: n, m: 4, interleaved: true, runs: runs))
+        }
         // Small M: 4 rows of activations sharing one pass over the weight blocks.
         for dtype in [DType.q4_1, .q8_0] {
           results.append(try matvec(dtype, k: k, n: n, m: 4, runs: runs))
@@ -170,9 +175,11 @@ public enum KernelBenchmarks {
   /// executable's own entry points: `lc_matmul_quantized` (its M = 1 path is
   /// `lc_matvec_quantized`), `lc_matmul_quantized_small` for M > 1, and `lc_matmul_f32` (its
   /// row kernel for M <= 8 rows). `int8Activations` rounds the activations to int8 for the run
-  /// (the VNNI path, as llama.cpp does).
+  /// (the VNNI path, as llama.cpp does); `interleaved` multiplies by q4_1/q8_0 weights packed by
+  /// `lc_interleave` (int8 activations too) and reads the packed bytes as the baseline.
   static func matvec(
-    _ dtype: DType, k: Int, n: Int, m: Int = 1, int8Activations: Bool = false, runs: Int
+    _ dtype: DType, k: Int, n: Int, m: Int = 1, int8Activations: Bool = false,
+    interleaved: Bool = false, runs: Int
   ) throws -> BenchmarkResult {
     let int8 = lc_int8_activations()
     lc_set_int8_activations(int8Activations ? 1 : 0)
@@ -203,15 +210,23 @@ public enum KernelBenchmarks {
         if dtype == .q4_1 { (raw[base + 2], raw[base + 3]) = (0x00, 0xA0) }
       }
     }
+    let code = Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
+    if interleaved {
+      // The packed form has the stored form's bytes when n is a multiple of 16 (SmolLM2's are).
+      let stored = [UInt8](UnsafeRawBufferPointer(start: buffer, count: bytes))
+      precondition(Int(lc_interleaved_bytes(code, Int64(n), Int64(k))) == bytes)
+      lc_interleave(code, stored, Int64(n), Int64(k), buffer)
+    }
     for copy in 1..<copies { (buffer + copy * bytes).copyMemory(from: buffer, byteCount: bytes) }
     let x = randomFloats(m * k, seed: 4)
     var y = [Float](repeating: 0, count: m * n)
-    let code = Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
     let offsets: [Int64] = [0]
     let lorac = median(runs: runs) {
       for copy in 0..<copies {
         let w = buffer + copy * bytes
-        if dtype == .f32 {
+        if interleaved {
+          lc_matmul_interleaved(code, &y, x, w, Int64(m), Int64(n), Int64(k))
+        } else if dtype == .f32 {
           lc_matmul_f32(
             &y, x, w.assumingMemoryBound(to: Float.self), 1, offsets, offsets, Int64(m),
             Int64(n), Int64(k), 0, 1)
@@ -228,9 +243,11 @@ public enum KernelBenchmarks {
     var sink: Float = 0
     let baseline = median(runs: runs) { sink += lc_memory_read(words, Int64(floats)) }
     withExtendedLifetime(sink) {}
-    let name = (m == 1 ? "matvec" : "matmul\(m)") + (int8Activations ? "_int8act" : "")
+    let name =
+      (m == 1 ? "matvec" : "matmul\(m)") + (int8Activations || interleaved ? "_int8act" : "")
     return BenchmarkResult(
-      name: "\(name)_\(dtype.rawValue)_\(n)x\(k)", threads: Threads.count,
+      name: "\(name)_\(dtype.rawValue)\(interleaved ? "x16" : "")_\(n)x\(k)",
+      threads: Threads.count,
       seconds: lorac / Double(copies), baselineSeconds: baseline / Double(copies),
       baseline: "memory read of the same bytes", work: Double(bytes), unit: "byte", runs: runs)
   }

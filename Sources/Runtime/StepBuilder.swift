@@ -475,6 +475,25 @@ struct StepBuilder {
           return nil
         }
       }
+      // A few rows against a q4_1 or q8_0 constant on the int8 (VNNI) path: its interleaved
+      // form, while that path stays chosen (with int8 activations turned off, the stored form).
+      let vnni = Int32(LC_QUANT_VNNI.rawValue)
+      if rhs.dtype == .q4_1 || rhs.dtype == .q8_0, rows <= 8, lc_quant_path(code) == vnni,
+        let weight = instruction.operands[1].value, executable.isConstant(weight)
+      {
+        let form = try executable.interleavedForm(weight)
+        return {
+          let (o, x) = (
+            out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self)
+          )
+          if lc_quant_path(code) == vnni {
+            lc_matmul_interleaved(code, o, x, form, rows, n, k)
+          } else {
+            lc_matmul_quantized(code, o, x, w, rows, n, k, scratch, chunk)
+          }
+          return nil
+        }
+      }
       return {
         lc_matmul_quantized(
           code, out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self), w,

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Runtime
 
 /// `lorac bench`: measures lorac against baselines run on the same machine in the same run.
@@ -54,4 +55,38 @@ struct Bench: ParsableCommand {
       print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
     }
   }
+}
+
+/// Prints the mean time of one step by kind of instruction (op, and the weight dtype of
+/// products), largest first, to stderr.
+///
+/// Each instruction is timed on its own over `runs` steps, so the sum is a little above an
+/// untimed step's.
+func printStepProfile(_ executable: Executable, runs: Int) throws {
+  var seconds: [Int: Double] = [:]
+  for _ in 0..<runs {
+    for (index, time) in try executable.executeTimed() { seconds[index, default: 0] += time }
+  }
+  var byKind: [String: (seconds: Double, count: Int)] = [:]
+  let graph = executable.graph
+  for (index, time) in seconds {
+    let instruction = graph.body[index]
+    var kind = instruction.op.mnemonic
+    switch instruction.op {
+    case .matmul, .loraLinear:
+      if let w = instruction.operands[1].value { kind += " \(graph.type(of: w).dtype)" }
+    default: break
+    }
+    byKind[kind, default: (0, 0)].seconds += time / Double(runs)
+    byKind[kind, default: (0, 0)].count += 1
+  }
+  let total = byKind.values.map(\.seconds).reduce(0, +)
+  var lines = [String(format: "profile of one step (mean of %d): %.2f ms", runs, total * 1e3)]
+  for (kind, entry) in byKind.sorted(by: { $0.value.seconds > $1.value.seconds }) {
+    lines.append(
+      String(
+        format: "%8.3f ms %5.1f%%  %4d x %@", entry.seconds * 1e3,
+        100 * entry.seconds / max(total, 1e-12), entry.count, kind))
+  }
+  FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
 }

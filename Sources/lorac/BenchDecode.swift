@@ -12,8 +12,9 @@ extension Bench {
       abstract: "Measure one-token decoding steps over the KV cache at several positions.",
       discussion: """
         Medians of --runs steps after a warm-up, at each of --positions. With --json, \
-        tokens_per_s is the rate of the median position and compile_s the step's compile time \
-        (trace, passes, plan).
+        tokens_per_s is the rate of the median position, compile_s the step's compile time \
+        (trace, passes, plan) and packing_s the time spent interleaving weights for \
+        --int8-activations (loading work, apart from compile_s).
         """)
 
     @Argument(help: "The GGUF model.")
@@ -34,6 +35,9 @@ extension Bench {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @Flag(help: "Also time --runs steps at the last position kernel by kernel (to stderr).")
+    var profile = false
+
     func validate() throws { try validateThreads(threads) }
 
     func run() throws {
@@ -52,7 +56,9 @@ extension Bench {
       } catch {
         fail("\(error)")
       }
-      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      // Interleaving q4_1/q8_0 weights for int8 activations is loading work, not compiling.
+      let packing = step.packingSeconds
+      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 - packing
       var results: [(Int, Double)] = []
       for slot in slots {
         var mask = [Int32](repeating: 0, count: context)
@@ -64,6 +70,7 @@ extension Bench {
           try step.set("key_mask", HostTensor(shape: [1, 1, context], ints: mask))
           let seconds = try KernelBenchmarks.median(runs: runs) { try step.execute() }
           results.append((slot, seconds))
+          if profile && slot == slots.last { try printStepProfile(step, runs: runs) }
         } catch {
           fail("\(error)")
         }
@@ -75,7 +82,7 @@ extension Bench {
         // The top-level rate is that of the median step over the positions.
         let middle = results.map(\.1).sorted()[results.count / 2]
         print(
-          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(DecodeKernels.int8Activations), \"runs\": \(runs), \"tokens_per_s\": \(1 / middle), \"compile_s\": \(compile), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
+          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(DecodeKernels.int8Activations), \"runs\": \(runs), \"tokens_per_s\": \(1 / middle), \"compile_s\": \(compile), \"packing_s\": \(packing), \"packed_bytes\": \(step.packedWeightBytes), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
         )
       } else {
         for (slot, seconds) in results {

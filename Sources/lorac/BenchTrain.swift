@@ -120,7 +120,7 @@ extension Bench {
       }
       let rate = Double(count) / seconds
       let rss = peakResidentBytes()
-      if profile { try printProfile(executable) }
+      if profile { try printStepProfile(executable, runs: 1) }
       if json {
         print(
           "{\"tokens_per_s\": \(rate), \"step_s\": \(seconds), \"runs\": \(runs), "
@@ -151,34 +151,6 @@ extension Bench {
               load * 1e3, packing * 1e3, executable.packedWeightBytes))
         }
       }
-    }
-
-    /// Prints the time of one step by kind of instruction (op, and the weight dtype of products),
-    /// largest first, to stderr.
-    private func printProfile(_ executable: Executable) throws {
-      let seconds = try executable.executeTimed()
-      var byKind: [String: (seconds: Double, count: Int)] = [:]
-      let graph = executable.graph
-      for (index, time) in seconds {
-        let instruction = graph.body[index]
-        var kind = instruction.op.mnemonic
-        switch instruction.op {
-        case .matmul, .loraLinear:
-          if let w = instruction.operands[1].value { kind += " \(graph.type(of: w).dtype)" }
-        default: break
-        }
-        byKind[kind, default: (0, 0)].seconds += time
-        byKind[kind, default: (0, 0)].count += 1
-      }
-      let total = seconds.values.reduce(0, +)
-      var lines = [String(format: "profile of one step: %.1f ms", total * 1e3)]
-      for (kind, entry) in byKind.sorted(by: { $0.value.seconds > $1.value.seconds }) {
-        lines.append(
-          String(
-            format: "%8.1f ms %5.1f%%  %4d x %@", entry.seconds * 1e3,
-            100 * entry.seconds / max(total, 1e-12), entry.count, kind))
-      }
-      FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }
   }
 }

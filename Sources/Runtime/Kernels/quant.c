@@ -326,6 +326,48 @@ LC_CLONES static void rows_portable(const lc_qjob *job, const float *prep, int64
   }
 }
 
+/// The interleaved layouts of q4_1 and q8_0 (see the VNNI section): bytes of one group of 16 rows
+/// by one block of 32 values, of a whole packed matrix, and the packer.
+static int64_t interleaved_block_bytes(int dtype) { return dtype == LC_Q4_1 ? 320 : 544; }
+
+int64_t lc_interleaved_bytes(int dtype, int64_t n, int64_t k) {
+  if (dtype != LC_Q4_1 && dtype != LC_Q8_0) return 0;
+  return (n + 15) / 16 * (k / 32) * interleaved_block_bytes(dtype);
+}
+
+int lc_interleave(int dtype, const void *w, int64_t n, int64_t k, void *packed) {
+  if (dtype != LC_Q4_1 && dtype != LC_Q8_0) return 0;
+  int64_t blocks = k / 32, groups = (n + 15) / 16, size = interleaved_block_bytes(dtype);
+  int64_t row_bytes = lc_row_bytes(dtype, k);
+#pragma omp parallel for schedule(static) if (n * k > LC_PARALLEL_MIN)
+  for (int64_t g = 0; g < groups; g++) {
+    for (int64_t b = 0; b < blocks; b++) {
+      uint8_t *out = (uint8_t *)packed + size * (g * blocks + b);
+      // Padding rows: zero scales and values (q8_0's bytes are stored flipped, w + 128).
+      int header = dtype == LC_Q4_1 ? 64 : 32;
+      memset(out, 0, header);
+      memset(out + header, dtype == LC_Q8_0 ? 0x80 : 0, size - header);
+      for (int j = 0; j < 16 && 16 * g + j < n; j++) {
+        const uint8_t *block = (const uint8_t *)w + (16 * g + j) * row_bytes + block_bytes(dtype) * b;
+        memcpy(out + 2 * j, block, 2);
+        if (dtype == LC_Q8_0) {
+          for (int v = 0; v < 32; v++) out[32 + 64 * (v / 4) + 4 * j + v % 4] = block[2 + v] ^ 0x80;
+          continue;
+        }
+        memcpy(out + 32 + 2 * j, block + 2, 2);
+        uint8_t v[32];
+        for (int i = 0; i < 16; i++) v[i] = block[4 + i] & 0xF, v[16 + i] = block[4 + i] >> 4;
+        for (int c = 0; c < 4; c++) {
+          for (int t = 0; t < 4; t++) {
+            out[64 + 64 * c + 4 * j + t] = (uint8_t)(v[8 * c + t] | v[8 * c + 4 + t] << 4);
+          }
+        }
+      }
+    }
+  }
+  return 1;
+}
+
 #if defined(__x86_64__)
 #define LC_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define LC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
@@ -727,7 +769,8 @@ LC_AVX512 INLINE void q6_k_row_avx512(const lc_qjob *job, const float *prep, int
 #define PREP_BIAS (PREP_BLOCKS * 16)
 #define LC_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
-/// Quantizes blocks [b0, b0 + blocks) of every activation row (`quads`: q4_1's order).
+/// Quantizes blocks [b0, b0 + blocks) of every activation row: `quads` 1 in q4_1's order, 0 in
+/// order with q8_0's starting sums, 2 in order alone (the interleaved q4_1 kernel's).
 LC_VNNI INLINE void int8_prepare(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks,
                                  int quads) {
   const __m512 sign = _mm512_set1_ps(-0.0f);
@@ -743,13 +786,13 @@ LC_VNNI INLINE void int8_prepare(const lc_qjob *job, float *prep, int64_t b0, in
       __m512 scale = _mm512_set1_ps(inverse);
       __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, scale));
       __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, scale));
-      int8_t *lo = quads ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
-      int8_t *hi = quads ? lo + 64 : lo + 16;
+      int8_t *lo = quads == 1 ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
+      int8_t *hi = quads == 1 ? lo + 64 : lo + 16;
       _mm_storeu_si128((__m128i *)lo, _mm512_cvtsepi32_epi8(q0));
       _mm_storeu_si128((__m128i *)hi, _mm512_cvtsepi32_epi8(q1));
       p[PREP_SCALES + b] = d;
       p[PREP_SUMS + b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
-      if (!quads) {
+      if (quads == 0) {
         int32_t *bias = (int32_t *)(p + PREP_BIAS) + 16 * (b / 2);
         if (b % 2 == 0) _mm512_storeu_si512(bias, _mm512_setzero_si512());
         bias[8 * (b % 2)] = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
@@ -766,6 +809,96 @@ LC_VNNI static void q4_1_int8_prepare(const lc_qjob *job, float *prep, int64_t b
 LC_VNNI static void q8_0_int8_prepare(const lc_qjob *job, float *prep, int64_t b0,
                                       int64_t blocks) {
   int8_prepare(job, prep, b0, blocks, 0);
+}
+
+// ---- q4_1 and q8_0 interleaved by 16 rows, x int8 activations ----
+//
+// The stored layouts spend most of the VNNI kernels' instructions gathering each block's bytes and
+// spreading one block's scale over the lanes that hold it, and end every row with a horizontal
+// sum. Packed once at load, a group of 16 rows puts row j in dword lane j instead, per block of
+// 32 values: q4_1 as 16 f16 d, 16 f16 m, then four 64-byte chunks, chunk c's byte 4j + t holding
+// row j's value 8c + t in its low nibble and 8c + 4 + t in its high one; q8_0 as 16 f16 d, then
+// eight 64-byte chunks, chunk c's byte 4j + t holding row j's value 4c + t flipped to w + 128.
+// A chunk is one vpdpbusd per nibble (the high ones masked in place, so 16 times their value)
+// against four activations broadcast, for 16 rows at once; a block's scales (and q4_1's
+// minimums) are one vector each, and the 16 results are stored as one. The int8 activations and
+// their per-block d_x, sum(x) and -128 sum(q_x) are those of the stored-layout paths; only the
+// order of the float sums differs.
+
+LC_VNNI static void int8_plain_prepare(const lc_qjob *job, float *prep, int64_t b0,
+                                       int64_t blocks) {
+  int8_prepare(job, prep, b0, blocks, 2);
+}
+
+/// One block of a group against one activation row: the integer dot of each of the 16 rows.
+LC_VNNI INLINE __m512i q4_1x_dot(const uint8_t *chunks, const int32_t *x) {
+  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0);
+  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
+  for (int c = 0; c < 4; c++) {
+    __m512i bytes = _mm512_loadu_si512(chunks + 64 * c);
+    lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(bytes, low), _mm512_set1_epi32(x[2 * c]));
+    hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(bytes, high), _mm512_set1_epi32(x[2 * c + 1]));
+  }
+  // hi is 16 times the high nibbles' dot (at most 4 * 4 * 240 * 128 in magnitude): exact.
+  return _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
+}
+
+/// One q8_0 block of a group from its starting sums -128 sum(q_x): two chains of four chunks.
+LC_VNNI INLINE __m512i q8_0x_dot(const uint8_t *chunks, const int32_t *x, int32_t bias) {
+  __m512i even = _mm512_set1_epi32(bias), odd = _mm512_setzero_si512();
+  for (int c = 0; c < 8; c += 2) {
+    even = _mm512_dpbusd_epi32(even, _mm512_loadu_si512(chunks + 64 * c), _mm512_set1_epi32(x[c]));
+    odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(chunks + 64 * c + 64),
+                              _mm512_set1_epi32(x[c + 1]));
+  }
+  return _mm512_add_epi32(even, odd);
+}
+
+/// Rows [r0, r1) (whole groups of 16 from r0; r1 may cut the last) of an interleaved weight,
+/// blocks [b0, b0 + blocks). Each activation row walks the group's blocks on its own: a group's
+/// span of blocks is read from DRAM by the first and from L1/L2 by the rest.
+LC_VNNI INLINE void rows_interleaved(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,
+                                     int64_t b0, int64_t blocks, int accumulate, int dtype) {
+  int64_t total = job->k / 32, size = dtype == LC_Q4_1 ? 320 : 544;
+  for (int64_t r = r0; r < r1; r += 16) {
+    const uint8_t *group = job->w + size * ((r / 16) * total + b0);
+    __mmask16 live = r1 - r >= 16 ? 0xFFFF : (__mmask16)((1u << (r1 - r)) - 1);
+    for (int i = 0; i < job->m; i++) {
+      const float *p = prep + i * PREP_ROW;
+      const int32_t *x = (const int32_t *)p, *bias = (const int32_t *)(p + PREP_BIAS);
+      // Two sets of accumulators (even and odd blocks) hide the FMA latency.
+      __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+      __m512 mins[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = group + size * b;
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
+        __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(p[PREP_SCALES + b]));
+        __m512i dot;
+        if (dtype == LC_Q4_1) {
+          __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
+          mins[b & 1] = _mm512_fmadd_ps(m, _mm512_set1_ps(p[PREP_SUMS + b]), mins[b & 1]);
+          dot = q4_1x_dot(block + 64, x + 8 * b);
+        } else {
+          dot = q8_0x_dot(block + 32, x + 8 * b, bias[16 * (b / 2) + 8 * (b % 2)]);
+        }
+        acc[b & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[b & 1]);
+      }
+      __m512 v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(mins[0], mins[1]));
+      float *o = job->out + i * job->n + r;
+      if (accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, o));
+      _mm512_mask_storeu_ps(o, live, v);
+    }
+  }
+}
+
+LC_VNNI static void rows_q4_1x_vnni(const lc_qjob *job, const float *prep, int64_t r0,
+                                    int64_t r1, int64_t b0, int64_t blocks, int accumulate) {
+  rows_interleaved(job, prep, r0, r1, b0, blocks, accumulate, LC_Q4_1);
+}
+
+LC_VNNI static void rows_q8_0x_vnni(const lc_qjob *job, const float *prep, int64_t r0,
+                                    int64_t r1, int64_t b0, int64_t blocks, int accumulate) {
+  rows_interleaved(job, prep, r0, r1, b0, blocks, accumulate, LC_Q8_0);
 }
 
 /// For block pair j of a group of 16: lanes 0-7 take scale 2j, lanes 8-15 scale 2j + 1.
@@ -1033,6 +1166,28 @@ int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, co
     run_job(&job, kernel, prepare);
   }
   return 1;
+}
+
+int lc_matmul_interleaved(int dtype, float *out, const float *a, const void *packed, int64_t m,
+                          int64_t n, int64_t k) {
+#if defined(__x86_64__)
+  if ((lc_cpu_features() & 6) != 6 || (dtype != LC_Q4_1 && dtype != LC_Q8_0)) return 0;
+  if (k == 0) {
+    for (int64_t i = 0; i < m * n; i++) out[i] = 0;
+    return 1;
+  }
+  lc_qrows_fn kernel = dtype == LC_Q4_1 ? rows_q4_1x_vnni : rows_q8_0x_vnni;
+  lc_qprep_fn prepare = dtype == LC_Q4_1 ? int8_plain_prepare : q8_0_int8_prepare;
+  for (int64_t i0 = 0; i0 < m; i0 += LC_SMALL_M) {
+    lc_qjob job = {dtype, m - i0 < LC_SMALL_M ? (int)(m - i0) : LC_SMALL_M, a + i0 * k,
+                   (const uint8_t *)packed, out + i0 * n, n, k, 0};
+    run_job(&job, kernel, prepare);
+  }
+  return 1;
+#else
+  (void)dtype, (void)out, (void)a, (void)packed, (void)m, (void)n, (void)k;
+  return 0;
+#endif
 }
 
 void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void *w, int64_t m,

@@ -81,3 +81,16 @@ void lc_trim_heap(void) {
   malloc_trim(0);
 #endif
 }
+
+#include <stdint.h>
+#include <sys/mman.h>
+
+void lc_page_out(const void *p, int64_t bytes) {
+#if defined(MADV_PAGEOUT)
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t start = ((uintptr_t)p + page - 1) / page * page, end = ((uintptr_t)p + bytes) / page * page;
+  if (end > start) madvise((void *)start, end - start, MADV_PAGEOUT);
+#else
+  (void)p, (void)bytes;
+#endif
+}

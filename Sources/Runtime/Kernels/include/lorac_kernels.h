@@ -30,6 +30,9 @@ int lc_core_count(void);
 int lc_cpu_features(void);
 /// Returns the heap's free memory to the system where the C library can (glibc's malloc_trim).
 void lc_trim_heap(void);
+/// Asks the kernel to reclaim the whole pages of [p, p + bytes) (Linux's MADV_PAGEOUT): a mapped
+/// file's clean pages leave memory and are read again if touched; nothing is lost either way.
+void lc_page_out(const void *p, int64_t bytes);
 
 // ---- elementwise ----------------------------------------------------------------------------
 enum lc_unary { LC_NEG, LC_ABS, LC_EXP, LC_LOG, LC_SQRT, LC_RSQRT, LC_RECIPROCAL, LC_TANH,
@@ -166,6 +169,16 @@ void lc_set_int8_activations(int on);
 /// when this CPU or build has no kernel of that path for dtype.
 int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
                              int64_t m, int64_t n, int64_t k);
+
+/// q4_1 or q8_0 weights [n, k] interleaved by groups of 16 rows for the int8-activation kernels
+/// (the last group padded with zero rows): the bytes of the packed form (0 for other dtypes),
+/// and the packer (returns 0 and writes nothing for other dtypes).
+int64_t lc_interleaved_bytes(int dtype, int64_t n, int64_t k);
+int lc_interleave(int dtype, const void *w, int64_t n, int64_t k, void *packed);
+/// out [m, n] = a [m, k] x w^T on the interleaved form of a q4_1 or q8_0 w, activations rounded
+/// to int8 per block of 32 as on the VNNI path; returns 0 and writes nothing without avx512_vnni.
+int lc_matmul_interleaved(int dtype, float *out, const float *a, const void *packed, int64_t m,
+                          int64_t n, int64_t k);
 
 /// Step kinds of an elementwise program (postfix; each step is a kind and an argument): push
 /// input `argument`, push literal `argument`, apply unary op `argument` to the top, apply binary

@@ -1,0 +1,200 @@
+import CKernels
+import Foundation
+import IR
+import Runtime
+import Testing
+
+extension RuntimeSuite {
+  /// The q4_1 and q8_0 products on weights interleaved by 16 rows (int8 activations,
+  /// avx512_vnni), against the oracles of `QuantizedMatvecTests`: an f64 sum over the activations
+  /// rounded to int8 the same way (within 1e-5 S, S = sum_j |x_j| magnitude_j, magnitude
+  /// |d q_j| + |m| for q4_1), the f64 sum over the f32 activations (within that plus the int8
+  /// rounding bound), and the stored-layout VNNI kernel.
+  struct InterleavedProductTests {
+    static var available: Bool { lc_cpu_features() & 6 == 6 }
+
+    /// The interleaved form of a q4_1 or q8_0 weight.
+    static func interleave(_ weight: HostTensor) -> [UInt8] {
+      let (n, k) = (Int64(weight.type.shape[0]), Int64(weight.type.shape[1]))
+      let code = QuantizedMatvecTests.code(weight.type.dtype)
+      var packed = [UInt8](repeating: 0xAA, count: Int(lc_interleaved_bytes(code, n, k)))
+      weight.data.withUnsafeBytes { w in _ = lc_interleave(code, w.baseAddress, n, k, &packed) }
+      return packed
+    }
+
+    static func run(_ dtype: DType, _ packed: [UInt8], _ a: [Float], m: Int, n: Int, k: Int)
+      -> [Float]?
+    {
+      var out = [Float](repeating: .nan, count: m * n)
+      let code = QuantizedMatvecTests.code(dtype)
+      let ran = lc_matmul_interleaved(code, &out, a, packed, Int64(m), Int64(n), Int64(k))
+      return ran != 0 ? out : nil
+    }
+
+    @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0])
+    func matchesTheInt8OracleOnAwkwardSizes(dtype: DType) throws {
+      let q = QuantizedMatvecTests.self
+      // n: one row, part of a group, a group and one, several with a tail; m: past 8 (two jobs).
+      for k in q.widths(dtype) {
+        for n in [1, 7, 16, 17, 33, 129] {
+          let weight = try q.weights(dtype, n: n, k: k, seed: UInt64(k * 1000 + n))
+          let packed = Self.interleave(weight)
+          let dequantized = weight.floats().map(Double.init)
+          let magnitudes = dtype == .q4_1 ? q.q4_1Magnitudes(weight) : dequantized.map(abs)
+          let minimums =
+            dtype == .q4_1 ? q.q4_1Minimums(weight) : [Double](repeating: 0, count: n * k)
+          for m in [1, 2, 5, 9] {
+            let a = q.activations(m * k, seed: UInt64(k * 1000 + n + m))
+            let rounded = q.int8Rounded(a)
+            let out = try #require(Self.run(dtype, packed, a, m: m, n: n, k: k))
+            let stored = try #require(
+              q.run(path: Int32(LC_QUANT_VNNI.rawValue), dtype, weight, a, m: m))
+            for i in 0..<m {
+              for r in 0..<n {
+                var (exact, same, scale, rounding) = (0.0, 0.0, 0.0, 0.0)
+                for j in 0..<k {
+                  let (x, w, low) = (
+                    Double(a[i * k + j]), dequantized[r * k + j], minimums[r * k + j]
+                  )
+                  exact += x * w
+                  same += rounded[i * k + j] * (w - low) + x * low
+                  scale += abs(x) * magnitudes[r * k + j]
+                }
+                for block in stride(from: 0, to: k, by: 32) {
+                  let values = a[(i * k + block)..<(i * k + block + 32)]
+                  let step = Double(values.reduce(Float(0)) { max($0, abs($1)) }) / 127
+                  var weights = 0.0
+                  for j in block..<block + 32 { weights += magnitudes[r * k + j] }
+                  rounding += step / 2 * weights * 1.001
+                }
+                let value = Double(out[i * n + r])
+                let context = "\(dtype) n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
+                #expect(abs(value - same) <= q.bound * scale, "\(context) vs int8 in f64")
+                #expect(abs(value - exact) <= q.bound * scale + rounding, "\(context) vs f64")
+                #expect(
+                  abs(value - Double(stored[i * n + r])) <= 2 * q.bound * scale,
+                  "\(context) vs the stored layout")
+              }
+            }
+          }
+        }
+      }
+    }
+
+    @Test(.enabled(if: available)) func q4_1PackedBytesAndPaddingRows() throws {
+      // 17 rows: two groups, the second with 15 zero rows; 2 blocks per row.
+      let weight = try QuantizedMatvecTests.weights(.q4_1, n: 17, k: 64, seed: 3)
+      let packed = Self.interleave(weight)
+      #expect(packed.count == 2 * 2 * 320)
+      let bytes = [UInt8](weight.data)
+      // Row 16 (group 1, lane 0), block 1: d, m, and value 8c + t / 8c + 4 + t in chunk c.
+      let block = Array(bytes[(16 * 40 + 20)..<(16 * 40 + 40)])
+      let base = 320 * 3
+      #expect(Array(packed[base..<base + 2]) == Array(block[0..<2]))
+      #expect(Array(packed[base + 32..<base + 34]) == Array(block[2..<4]))
+      let values: [UInt8] = (0..<32).map { (j: Int) -> UInt8 in
+        j < 16 ? block[4 + j] & 0xF : block[4 + j - 16] >> 4
+      }
+      for c in 0..<4 {
+        for t in 0..<4 {
+          let expected: UInt8 = values[8 * c + t] | values[8 * c + 4 + t] << 4
+          #expect(packed[base + 64 + 64 * c + t] == expected)
+        }
+      }
+      // Padding lanes are zero (no stale bytes), so they can never produce a NaN.
+      #expect(packed[base + 2..<base + 32].allSatisfy { $0 == 0 })
+      for c in 0..<4 {
+        let chunk = base + 64 + 64 * c
+        #expect(packed[chunk + 4..<chunk + 64].allSatisfy { $0 == 0 })
+      }
+    }
+
+    @Test(.enabled(if: available)) func q8_0PackedBytesAndPaddingRows() throws {
+      let weight = try QuantizedMatvecTests.weights(.q8_0, n: 17, k: 64, seed: 4)
+      let packed = Self.interleave(weight)
+      #expect(packed.count == 2 * 2 * 544)
+      let bytes = [UInt8](weight.data)
+      // Row 16 (group 1, lane 0), block 1: d, then value 4c + t flipped in chunk c.
+      let block = Array(bytes[(16 * 68 + 34)..<(16 * 68 + 68)])
+      let base = 544 * 3
+      #expect(Array(packed[base..<base + 2]) == Array(block[0..<2]))
+      #expect(packed[base + 2..<base + 32].allSatisfy { $0 == 0 })
+      for c in 0..<8 {
+        let chunk = base + 32 + 64 * c
+        for t in 0..<4 { #expect(packed[chunk + t] == block[2 + 4 * c + t] ^ 0x80) }
+        // Padding rows hold the flipped zero.
+        #expect(packed[chunk + 4..<chunk + 64].allSatisfy { $0 == 0x80 })
+      }
+    }
+
+    @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0])
+    func bitIdenticalAcrossThreadsAndRowCounts(dtype: DType) throws {
+      // k = 2,080: past the 64 blocks of activations prepared at a time.
+      let (n, k) = (1536, 2080)
+      let weight = try QuantizedMatvecTests.weights(dtype, n: n, k: k, seed: 77)
+      let packed = Self.interleave(weight)
+      let a = QuantizedMatvecTests.activations(3 * k, seed: 78)
+      Threads.set(1)
+      let one = try #require(Self.run(dtype, packed, a, m: 3, n: n, k: k))
+      Threads.set(2)
+      let two = try #require(Self.run(dtype, packed, a, m: 3, n: n, k: k))
+      Threads.set(nil)
+      #expect(one.map(\.bitPattern) == two.map(\.bitPattern))
+      for i in 0..<3 {
+        let row = Array(a[i * k..<(i + 1) * k])
+        let single = try #require(Self.run(dtype, packed, row, m: 1, n: n, k: k))
+        #expect(single.map(\.bitPattern) == Array(one[i * n..<(i + 1) * n]).map(\.bitPattern))
+      }
+    }
+
+    /// An executable's products of a few rows by q4_1 and q8_0 constants run on the interleaved
+    /// forms while int8 activations are on (made once per constant, counted in
+    /// `packedWeightBytes`), and on the stored forms' exact kernels once they are off.
+    @Test(.enabled(if: available)) func executablesUseTheFormWhileInt8IsOn() throws {
+      let saved = DecodeKernels.int8Activations
+      defer { DecodeKernels.int8Activations = saved }
+      let (k, q4, q8) = (576, 48, 33)
+      let b = GraphBuilder(name: "decode")
+      let x = try b.input(name: "x", shape: [3, k])
+      let w4 = try b.constant(name: "w4", shape: [q4, k], dtype: .q4_1)
+      let w8 = try b.constant(name: "w8", shape: [q8, k], dtype: .q8_0)
+      // w4 twice: one interleaved form serves both products.
+      let graph = try b.finish(outputs: [
+        try matmul(x, w4, transposeB: true), try matmul(x, w8, transposeB: true),
+        try matmul(x, w4, transposeB: true),
+      ])
+      let q = QuantizedMatvecTests.self
+      let weights = [
+        "w4": try q.weights(.q4_1, n: q4, k: k, seed: 11),
+        "w8": try q.weights(.q8_0, n: q8, k: k, seed: 12),
+      ]
+      let a = q.activations(3 * k, seed: 13)
+      let input = HostTensor(shape: [3, k], floats: a)
+      func oracle(_ path: lc_quant_path, _ name: String) throws -> [Float] {
+        let weight = try #require(weights[name])
+        return try #require(q.run(path: Int32(path.rawValue), weight.type.dtype, weight, a, m: 3))
+      }
+      DecodeKernels.int8Activations = true
+      let executable = try Executable(graph, constants: weights)
+      #expect(
+        executable.packedWeightBytes
+          == Int(lc_interleaved_bytes(q.code(.q4_1), Int64(q4), Int64(k)))
+          + Int(lc_interleaved_bytes(q.code(.q8_0), Int64(q8), Int64(k))))
+      let int8 = try executable.run(inputs: ["x": input]).map { $0.floats() }
+      for (output, name) in zip(int8, ["w4", "w8", "w4"]) {
+        let stored = try oracle(LC_QUANT_VNNI, name)
+        let scale = stored.map(abs).max() ?? 1
+        // Same int8 arithmetic as the stored-layout kernel; the float sums differ in order.
+        #expect(zip(output, stored).allSatisfy { abs($0 - $1) <= 1e-5 * scale }, "\(name)")
+        let exact = try oracle(LC_QUANT_AVX512, name)
+        #expect(output.map(\.bitPattern) != exact.map(\.bitPattern), "\(name) int8 differs")
+      }
+      DecodeKernels.int8Activations = false
+      let f32 = try executable.run(inputs: ["x": input]).map { $0.floats() }
+      for (output, name) in zip(f32, ["w4", "w8", "w4"]) {
+        let exact = try oracle(LC_QUANT_AVX512, name)
+        #expect(output.map(\.bitPattern) == exact.map(\.bitPattern), "\(name) exact")
+      }
+    }
+  }
+}
