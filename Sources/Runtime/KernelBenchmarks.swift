@@ -53,10 +53,16 @@ public enum KernelBenchmarks {
         for dtype in [DType.q4_1, .q8_0] {
           results.append(try matvec(dtype, k: k, n: n, int8Activations: true, runs: runs))
         }
-        // Interleaved by 16 rows (what decoding with int8 activations multiplies by).
+        // Interleaved by 16 rows (what decoding multiplies by with avx512_vnni): activations
+        // as three int8 digits (f32-accurate), then rounded to int8.
         for dtype in [DType.q4_1, .q8_0] where lc_cpu_features() & 6 == 6 {
-          results.append(try matvec(dtype, k: k, n: n, interleaved: true, runs: runs))
-          results.append(try matvec(dtype, k: k, n: n, m: 4, interleaved: true, runs: runs))
+          for int8 in [false, true] {
+            results.append(
+              try matvec(dtype, k: k, n: n, int8Activations: int8, interleaved: true, runs: runs))
+            results.append(
+              try matvec(
+                dtype, k: k, n: n, m: 4, int8Activations: int8, interleaved: true, runs: runs))
+          }
         }
         // Small M: 4 rows of activations sharing one pass over the weight blocks.
         for dtype in [DType.q4_1, .q8_0] {
@@ -176,7 +182,7 @@ public enum KernelBenchmarks {
   /// `lc_matvec_quantized`), `lc_matmul_quantized_small` for M > 1, and `lc_matmul_f32` (its
   /// row kernel for M <= 8 rows). `int8Activations` rounds the activations to int8 for the run
   /// (the VNNI path, as llama.cpp does); `interleaved` multiplies by q4_1/q8_0 weights packed by
-  /// `lc_interleave` (int8 activations too) and reads the packed bytes as the baseline.
+  /// `lc_interleave` (activations as three int8 digits, or one with `int8Activations`).
   static func matvec(
     _ dtype: DType, k: Int, n: Int, m: Int = 1, int8Activations: Bool = false,
     interleaved: Bool = false, runs: Int
@@ -225,7 +231,8 @@ public enum KernelBenchmarks {
       for copy in 0..<copies {
         let w = buffer + copy * bytes
         if interleaved {
-          lc_matmul_interleaved(code, &y, x, w, Int64(m), Int64(n), Int64(k))
+          lc_matmul_interleaved(
+            code, int8Activations ? 1 : 3, &y, x, w, Int64(m), Int64(n), Int64(k))
         } else if dtype == .f32 {
           lc_matmul_f32(
             &y, x, w.assumingMemoryBound(to: Float.self), 1, offsets, offsets, Int64(m),
@@ -244,7 +251,7 @@ public enum KernelBenchmarks {
     let baseline = median(runs: runs) { sink += lc_memory_read(words, Int64(floats)) }
     withExtendedLifetime(sink) {}
     let name =
-      (m == 1 ? "matvec" : "matmul\(m)") + (int8Activations || interleaved ? "_int8act" : "")
+      (m == 1 ? "matvec" : "matmul\(m)") + (int8Activations ? "_int8act" : "")
     return BenchmarkResult(
       name: "\(name)_\(dtype.rawValue)\(interleaved ? "x16" : "")_\(n)x\(k)",
       threads: Threads.count,

@@ -475,10 +475,10 @@ struct StepBuilder {
           return nil
         }
       }
-      // A few rows against a q4_1 or q8_0 constant on the int8 (VNNI) path: its interleaved
-      // form, while that path stays chosen (with int8 activations turned off, the stored form).
-      let vnni = Int32(LC_QUANT_VNNI.rawValue)
-      if rhs.dtype == .q4_1 || rhs.dtype == .q8_0, rows <= 8, lc_quant_path(code) == vnni,
+      // A few rows against a q4_1 or q8_0 constant on a CPU with avx512_vnni: its interleaved
+      // form, the activations as int8 digits (three, f32-accurate; one with int8 activations on)
+      // for as long as that path may run (LORAC_QUANT_PATH below vnni keeps the stored form).
+      if rhs.dtype == .q4_1 || rhs.dtype == .q8_0, rows <= 8, lc_interleaved_digits(code) != 0,
         let weight = instruction.operands[1].value, executable.isConstant(weight)
       {
         let form = try executable.interleavedForm(weight)
@@ -486,8 +486,9 @@ struct StepBuilder {
           let (o, x) = (
             out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self)
           )
-          if lc_quant_path(code) == vnni {
-            lc_matmul_interleaved(code, o, x, form, rows, n, k)
+          let digits = lc_interleaved_digits(code)
+          if digits != 0 {
+            lc_matmul_interleaved(code, digits, o, x, form, rows, n, k)
           } else {
             lc_matmul_quantized(code, o, x, w, rows, n, k, scratch, chunk)
           }

@@ -5,11 +5,17 @@ import Runtime
 import Testing
 
 extension RuntimeSuite {
-  /// The q4_1 and q8_0 products on weights interleaved by 16 rows (int8 activations,
-  /// avx512_vnni), against the oracles of `QuantizedMatvecTests`: an f64 sum over the activations
-  /// rounded to int8 the same way (within 1e-5 S, S = sum_j |x_j| magnitude_j, magnitude
-  /// |d q_j| + |m| for q4_1), the f64 sum over the f32 activations (within that plus the int8
-  /// rounding bound), and the stored-layout VNNI kernel.
+  /// The q4_1 and q8_0 products on weights interleaved by 16 rows (avx512_vnni).
+  ///
+  /// Against the oracles of `QuantizedMatvecTests`, with S = sum_j |x_j| magnitude_j (magnitude
+  /// |d q_j| + |m| for q4_1):
+  /// - activations as three int8 digits: the f64 sum over the f32 activations within 1e-5 S (the
+  ///   bound every f32 path meets) plus the digits' bound, sum_b (max|x_b| / 127) (1 / (2 * 254^2) + 2^-23)
+  ///   sum_{j in b} magnitude_j (per value, half a step of the third digit and the rounding of
+  ///   d_x and its inverse), and the stored-layout f32 kernel within 2e-5 S plus that bound;
+  /// - rounded to int8 (one digit): an f64 sum over the activations rounded the same way within
+  ///   1e-5 S, the f64 sum over the f32 activations within that plus the int8 rounding bound, and
+  ///   the stored-layout VNNI kernel.
   struct InterleavedProductTests {
     static var available: Bool { lc_cpu_features() & 6 == 6 }
 
@@ -22,17 +28,18 @@ extension RuntimeSuite {
       return packed
     }
 
-    static func run(_ dtype: DType, _ packed: [UInt8], _ a: [Float], m: Int, n: Int, k: Int)
-      -> [Float]?
-    {
+    static func run(
+      _ dtype: DType, digits: Int32, _ packed: [UInt8], _ a: [Float], m: Int, n: Int, k: Int
+    ) -> [Float]? {
       var out = [Float](repeating: .nan, count: m * n)
       let code = QuantizedMatvecTests.code(dtype)
-      let ran = lc_matmul_interleaved(code, &out, a, packed, Int64(m), Int64(n), Int64(k))
+      let ran = lc_matmul_interleaved(
+        code, digits, &out, a, packed, Int64(m), Int64(n), Int64(k))
       return ran != 0 ? out : nil
     }
 
-    @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0])
-    func matchesTheInt8OracleOnAwkwardSizes(dtype: DType) throws {
+    @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0], [Int32(3), 1])
+    func matchesTheOraclesOnAwkwardSizes(dtype: DType, digits: Int32) throws {
       let q = QuantizedMatvecTests.self
       // n: one row, part of a group, a group and one, several with a tail; m: past 8 (two jobs).
       for k in q.widths(dtype) {
@@ -46,9 +53,9 @@ extension RuntimeSuite {
           for m in [1, 2, 5, 9] {
             let a = q.activations(m * k, seed: UInt64(k * 1000 + n + m))
             let rounded = q.int8Rounded(a)
-            let out = try #require(Self.run(dtype, packed, a, m: m, n: n, k: k))
-            let stored = try #require(
-              q.run(path: Int32(LC_QUANT_VNNI.rawValue), dtype, weight, a, m: m))
+            let out = try #require(Self.run(dtype, digits: digits, packed, a, m: m, n: n, k: k))
+            let path = digits == 1 ? LC_QUANT_VNNI : LC_QUANT_AVX512
+            let stored = try #require(q.run(path: Int32(path.rawValue), dtype, weight, a, m: m))
             for i in 0..<m {
               for r in 0..<n {
                 var (exact, same, scale, rounding) = (0.0, 0.0, 0.0, 0.0)
@@ -65,14 +72,22 @@ extension RuntimeSuite {
                   let step = Double(values.reduce(Float(0)) { max($0, abs($1)) }) / 127
                   var weights = 0.0
                   for j in block..<block + 32 { weights += magnitudes[r * k + j] }
-                  rounding += step / 2 * weights * 1.001
+                  // Per value: half a step of the last digit (the step is 1/127 of the block's
+                  // largest |x|, over 254^2 for the third digit), and for three digits the
+                  // rounding of d_x and its inverse (2^-23).
+                  let error = digits == 1 ? 0.5 : 0.5 / (254.0 * 254.0) + 0x1p-23
+                  rounding += step * error * weights * 1.001
                 }
                 let value = Double(out[i * n + r])
-                let context = "\(dtype) n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
-                #expect(abs(value - same) <= q.bound * scale, "\(context) vs int8 in f64")
+                let context = "\(dtype) \(digits) digits n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
+                if digits == 1 {
+                  #expect(abs(value - same) <= q.bound * scale, "\(context) vs int8 in f64")
+                }
                 #expect(abs(value - exact) <= q.bound * scale + rounding, "\(context) vs f64")
+                // The stored layout's kernels round the same activations (int8) or none (f32).
+                let slack = digits == 1 ? 0 : rounding
                 #expect(
-                  abs(value - Double(stored[i * n + r])) <= 2 * q.bound * scale,
+                  abs(value - Double(stored[i * n + r])) <= 2 * q.bound * scale + slack,
                   "\(context) vs the stored layout")
               }
             }
@@ -127,30 +142,30 @@ extension RuntimeSuite {
       }
     }
 
-    @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0])
-    func bitIdenticalAcrossThreadsAndRowCounts(dtype: DType) throws {
+    @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0], [Int32(3), 1])
+    func bitIdenticalAcrossThreadsAndRowCounts(dtype: DType, digits: Int32) throws {
       // k = 2,080: past the 64 blocks of activations prepared at a time.
       let (n, k) = (1536, 2080)
       let weight = try QuantizedMatvecTests.weights(dtype, n: n, k: k, seed: 77)
       let packed = Self.interleave(weight)
       let a = QuantizedMatvecTests.activations(3 * k, seed: 78)
       Threads.set(1)
-      let one = try #require(Self.run(dtype, packed, a, m: 3, n: n, k: k))
+      let one = try #require(Self.run(dtype, digits: digits, packed, a, m: 3, n: n, k: k))
       Threads.set(2)
-      let two = try #require(Self.run(dtype, packed, a, m: 3, n: n, k: k))
+      let two = try #require(Self.run(dtype, digits: digits, packed, a, m: 3, n: n, k: k))
       Threads.set(nil)
       #expect(one.map(\.bitPattern) == two.map(\.bitPattern))
       for i in 0..<3 {
         let row = Array(a[i * k..<(i + 1) * k])
-        let single = try #require(Self.run(dtype, packed, row, m: 1, n: n, k: k))
+        let single = try #require(Self.run(dtype, digits: digits, packed, row, m: 1, n: n, k: k))
         #expect(single.map(\.bitPattern) == Array(one[i * n..<(i + 1) * n]).map(\.bitPattern))
       }
     }
 
-    /// An executable's products of a few rows by q4_1 and q8_0 constants run on the interleaved
-    /// forms while int8 activations are on (made once per constant, counted in
-    /// `packedWeightBytes`), and on the stored forms' exact kernels once they are off.
-    @Test(.enabled(if: available)) func executablesUseTheFormWhileInt8IsOn() throws {
+    /// An executable's products of a few rows by q4_1 and q8_0 constants run on their
+    /// interleaved forms (made once per constant, counted in `packedWeightBytes`): three digits,
+    /// or one while int8 activations are on, switched at run time.
+    @Test(.enabled(if: available)) func executablesRunTheInterleavedForms() throws {
       let saved = DecodeKernels.int8Activations
       defer { DecodeKernels.int8Activations = saved }
       let (k, q4, q8) = (576, 48, 33)
@@ -174,26 +189,28 @@ extension RuntimeSuite {
         let weight = try #require(weights[name])
         return try #require(q.run(path: Int32(path.rawValue), weight.type.dtype, weight, a, m: 3))
       }
-      DecodeKernels.int8Activations = true
+      DecodeKernels.int8Activations = false
       let executable = try Executable(graph, constants: weights)
       #expect(
         executable.packedWeightBytes
           == Int(lc_interleaved_bytes(q.code(.q4_1), Int64(q4), Int64(k)))
           + Int(lc_interleaved_bytes(q.code(.q8_0), Int64(q8), Int64(k))))
-      let int8 = try executable.run(inputs: ["x": input]).map { $0.floats() }
-      for (output, name) in zip(int8, ["w4", "w8", "w4"]) {
-        let stored = try oracle(LC_QUANT_VNNI, name)
-        let scale = stored.map(abs).max() ?? 1
-        // Same int8 arithmetic as the stored-layout kernel; the float sums differ in order.
-        #expect(zip(output, stored).allSatisfy { abs($0 - $1) <= 1e-5 * scale }, "\(name)")
-        let exact = try oracle(LC_QUANT_AVX512, name)
-        #expect(output.map(\.bitPattern) != exact.map(\.bitPattern), "\(name) int8 differs")
-      }
-      DecodeKernels.int8Activations = false
-      let f32 = try executable.run(inputs: ["x": input]).map { $0.floats() }
-      for (output, name) in zip(f32, ["w4", "w8", "w4"]) {
-        let exact = try oracle(LC_QUANT_AVX512, name)
-        #expect(output.map(\.bitPattern) == exact.map(\.bitPattern), "\(name) exact")
+      for int8 in [false, true, false] {
+        DecodeKernels.int8Activations = int8
+        let outputs = try executable.run(inputs: ["x": input]).map { $0.floats() }
+        for (output, name) in zip(outputs, ["w4", "w8", "w4"]) {
+          let weight = try #require(weights[name])
+          let form = Self.interleave(weight)
+          let direct = try #require(
+            Self.run(
+              weight.type.dtype, digits: int8 ? 1 : 3, form, a, m: 3, n: output.count / 3, k: k))
+          #expect(output.map(\.bitPattern) == direct.map(\.bitPattern), "\(name) int8 \(int8)")
+          // Against the stored-layout kernel of the same activations: the float sums differ in
+          // order (and the f32 kernel's activations are not digits).
+          let stored = try oracle(int8 ? LC_QUANT_VNNI : LC_QUANT_AVX512, name)
+          let scale = stored.map(abs).max() ?? 1
+          #expect(zip(output, stored).allSatisfy { abs($0 - $1) <= 1e-5 * scale }, "\(name)")
+        }
       }
     }
   }

@@ -830,58 +830,134 @@ LC_VNNI static void int8_plain_prepare(const lc_qjob *job, float *prep, int64_t 
   int8_prepare(job, prep, b0, blocks, 2);
 }
 
-/// One block of a group against one activation row: the integer dot of each of the 16 rows.
-LC_VNNI INLINE __m512i q4_1x_dot(const uint8_t *chunks, const int32_t *x) {
-  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0);
-  __m512i lo = _mm512_setzero_si512(), hi = _mm512_setzero_si512();
-  for (int c = 0; c < 4; c++) {
-    __m512i bytes = _mm512_loadu_si512(chunks + 64 * c);
-    lo = _mm512_dpbusd_epi32(lo, _mm512_and_si512(bytes, low), _mm512_set1_epi32(x[2 * c]));
-    hi = _mm512_dpbusd_epi32(hi, _mm512_and_si512(bytes, high), _mm512_set1_epi32(x[2 * c + 1]));
+// f32-accurate activations for the interleaved kernels: each value of a block of 32 as three int8
+// digits, x ~ d_x (q0 + q1 / 254 + q2 / 254^2) with d_x = max|x| / 127 (q0 as on the int8 path,
+// q1 and q2 the rounded remainders, each within [-127, 127]). Per value the error is at most
+// d_x / (2 * 254^2) ~ 2^-24 max|x| of its block (plus 2^-23 |x| from rounding d_x and its
+// inverse): block floating point with 24 bits against the block's largest value, so a value
+// 1000 times smaller than it keeps ~14 bits (f32 keeps 24 for every value). A block's dot moves
+// by at most ~2^-24 max|x_b| sum|w_b|, at three vpdpbusd per weight chunk instead of the float
+// conversions of the stored-layout kernels.
+// A prepared row holds, per block b of the chunk, digit j of value v at byte 96 b + 32 j + v,
+// d_x at float PREP_DIGIT_SCALES + b, (q8_0) -128 sum(q_j) at int32 PREP_DIGIT_BIAS + 3 b + j,
+// and sum(x) at float PREP_SUMS + b.
+#define PREP_DIGIT_SCALES (PREP_BLOCKS * 24)
+#define PREP_DIGIT_BIAS (PREP_BLOCKS * 25)
+#define DIGIT_BASE 254.0f
+
+LC_VNNI static void digits_prepare(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks) {
+  const __m512 sign = _mm512_set1_ps(-0.0f), base = _mm512_set1_ps(DIGIT_BASE);
+  for (int i = 0; i < job->m; i++) {
+    float *p = prep + i * PREP_ROW;
+    int32_t *bias = (int32_t *)(p + PREP_DIGIT_BIAS);
+    for (int64_t b = 0; b < blocks; b++) {
+      const float *x = job->a + i * job->k + 32 * (b0 + b);
+      __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+      __m512 magnitude = _mm512_max_ps(_mm512_andnot_ps(sign, x0), _mm512_andnot_ps(sign, x1));
+      float amax = _mm512_reduce_max_ps(magnitude);
+      float inverse = amax > 0 ? 127.0f / amax : 0.0f;
+      __m512 t0 = _mm512_mul_ps(x0, _mm512_set1_ps(inverse));
+      __m512 t1 = _mm512_mul_ps(x1, _mm512_set1_ps(inverse));
+      int8_t *q = (int8_t *)p + 96 * b;
+      for (int j = 0; j < 3; j++) {
+        // Rounded to nearest; the remainder t - q is exact and |t - q| <= 1/2.
+        __m512i q0 = _mm512_cvtps_epi32(t0), q1 = _mm512_cvtps_epi32(t1);
+        _mm_storeu_si128((__m128i *)(q + 32 * j), _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(q + 32 * j + 16), _mm512_cvtsepi32_epi8(q1));
+        bias[3 * b + j] = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+        t0 = _mm512_mul_ps(_mm512_sub_ps(t0, _mm512_cvtepi32_ps(q0)), base);
+        t1 = _mm512_mul_ps(_mm512_sub_ps(t1, _mm512_cvtepi32_ps(q1)), base);
+      }
+      p[PREP_DIGIT_SCALES + b] = amax / 127.0f;
+      p[PREP_SUMS + b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
+    }
   }
-  // hi is 16 times the high nibbles' dot (at most 4 * 4 * 240 * 128 in magnitude): exact.
-  return _mm512_add_epi32(lo, _mm512_srai_epi32(hi, 4));
 }
 
-/// One q8_0 block of a group from its starting sums -128 sum(q_x): two chains of four chunks.
-LC_VNNI INLINE __m512i q8_0x_dot(const uint8_t *chunks, const int32_t *x, int32_t bias) {
-  __m512i even = _mm512_set1_epi32(bias), odd = _mm512_setzero_si512();
-  for (int c = 0; c < 8; c += 2) {
-    even = _mm512_dpbusd_epi32(even, _mm512_loadu_si512(chunks + 64 * c), _mm512_set1_epi32(x[c]));
-    odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(chunks + 64 * c + 64),
-                              _mm512_set1_epi32(x[c + 1]));
+/// The digits' integer dots as one float per row: q0 + (q1 + q2 / 254) / 254.
+LC_VNNI INLINE __m512 combine_digits(const __m512i *dot, int digits) {
+  __m512 value = _mm512_cvtepi32_ps(dot[0]);
+  if (digits == 1) return value;
+  const __m512 step = _mm512_set1_ps(1.0f / DIGIT_BASE);
+  __m512 rest = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[2]), step, _mm512_cvtepi32_ps(dot[1]));
+  return _mm512_fmadd_ps(rest, step, value);
+}
+
+/// One q4_1 block of a group against one activation row's `digits` digit arrays (8 dwords
+/// apart): the dot of each of the 16 rows, before the block's scale.
+LC_VNNI INLINE __m512 q4_1x_block(const uint8_t *chunks, const int32_t *x, int digits) {
+  const __m512i low = _mm512_set1_epi8(0x0F), high = _mm512_set1_epi8((char)0xF0);
+  __m512i lo[3], hi[3];
+  for (int j = 0; j < digits; j++) lo[j] = hi[j] = _mm512_setzero_si512();
+  for (int c = 0; c < 4; c++) {
+    __m512i bytes = _mm512_loadu_si512(chunks + 64 * c);
+    __m512i l = _mm512_and_si512(bytes, low), h = _mm512_and_si512(bytes, high);
+    for (int j = 0; j < digits; j++) {
+      lo[j] = _mm512_dpbusd_epi32(lo[j], l, _mm512_set1_epi32(x[8 * j + 2 * c]));
+      hi[j] = _mm512_dpbusd_epi32(hi[j], h, _mm512_set1_epi32(x[8 * j + 2 * c + 1]));
+    }
   }
-  return _mm512_add_epi32(even, odd);
+  // hi is 16 times the high nibbles' dot (at most 4 * 4 * 240 * 128 in magnitude): exact.
+  for (int j = 0; j < digits; j++) lo[j] = _mm512_add_epi32(lo[j], _mm512_srai_epi32(hi[j], 4));
+  return combine_digits(lo, digits);
+}
+
+/// One q8_0 block of a group from its starting sums -128 sum(q_j) (`bias[j]`); one digit runs as
+/// two chains of four chunks, three as three of eight.
+LC_VNNI INLINE __m512 q8_0x_block(const uint8_t *chunks, const int32_t *x, const int32_t *bias,
+                                  int digits) {
+  __m512i dot[3];
+  if (digits == 1) {
+    __m512i even = _mm512_set1_epi32(bias[0]), odd = _mm512_setzero_si512();
+    for (int c = 0; c < 8; c += 2) {
+      even = _mm512_dpbusd_epi32(even, _mm512_loadu_si512(chunks + 64 * c), _mm512_set1_epi32(x[c]));
+      odd = _mm512_dpbusd_epi32(odd, _mm512_loadu_si512(chunks + 64 * c + 64),
+                                _mm512_set1_epi32(x[c + 1]));
+    }
+    dot[0] = _mm512_add_epi32(even, odd);
+    return combine_digits(dot, 1);
+  }
+  for (int j = 0; j < 3; j++) dot[j] = _mm512_set1_epi32(bias[j]);
+  for (int c = 0; c < 8; c++) {
+    __m512i w = _mm512_loadu_si512(chunks + 64 * c);
+    for (int j = 0; j < 3; j++) dot[j] = _mm512_dpbusd_epi32(dot[j], w, _mm512_set1_epi32(x[8 * j + c]));
+  }
+  return combine_digits(dot, 3);
 }
 
 /// Rows [r0, r1) (whole groups of 16 from r0; r1 may cut the last) of an interleaved weight,
-/// blocks [b0, b0 + blocks). Each activation row walks the group's blocks on its own: a group's
-/// span of blocks is read from DRAM by the first and from L1/L2 by the rest.
+/// blocks [b0, b0 + blocks), on activations prepared as `digits` int8 digits (1: the int8 path's
+/// layout; 3: digits_prepare's). Each activation row walks the group's blocks on its own: a
+/// group's span of blocks is read from DRAM by the first and from L1/L2 by the rest.
 LC_VNNI INLINE void rows_interleaved(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,
-                                     int64_t b0, int64_t blocks, int accumulate, int dtype) {
+                                     int64_t b0, int64_t blocks, int accumulate, int dtype,
+                                     int digits) {
   int64_t total = job->k / 32, size = dtype == LC_Q4_1 ? 320 : 544;
+  int scales = digits == 1 ? PREP_SCALES : PREP_DIGIT_SCALES;
   for (int64_t r = r0; r < r1; r += 16) {
     const uint8_t *group = job->w + size * ((r / 16) * total + b0);
     __mmask16 live = r1 - r >= 16 ? 0xFFFF : (__mmask16)((1u << (r1 - r)) - 1);
     for (int i = 0; i < job->m; i++) {
       const float *p = prep + i * PREP_ROW;
-      const int32_t *x = (const int32_t *)p, *bias = (const int32_t *)(p + PREP_BIAS);
+      const int32_t *x = (const int32_t *)p;
+      const int32_t *bias = (const int32_t *)(p + (digits == 1 ? PREP_BIAS : PREP_DIGIT_BIAS));
       // Two sets of accumulators (even and odd blocks) hide the FMA latency.
       __m512 acc[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
       __m512 mins[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *block = group + size * b;
         __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)block));
-        __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(p[PREP_SCALES + b]));
-        __m512i dot;
+        __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(p[scales + b]));
+        __m512 dot;
         if (dtype == LC_Q4_1) {
           __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(block + 32)));
           mins[b & 1] = _mm512_fmadd_ps(m, _mm512_set1_ps(p[PREP_SUMS + b]), mins[b & 1]);
-          dot = q4_1x_dot(block + 64, x + 8 * b);
+          dot = q4_1x_block(block + 64, x + 8 * digits * b, digits);
         } else {
-          dot = q8_0x_dot(block + 32, x + 8 * b, bias[16 * (b / 2) + 8 * (b % 2)]);
+          const int32_t *start = digits == 1 ? bias + 16 * (b / 2) + 8 * (b % 2) : bias + 3 * b;
+          dot = q8_0x_block(block + 32, x + 8 * digits * b, start, digits);
         }
-        acc[b & 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[b & 1]);
+        acc[b & 1] = _mm512_fmadd_ps(dot, scale, acc[b & 1]);
       }
       __m512 v = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(mins[0], mins[1]));
       float *o = job->out + i * job->n + r;
@@ -891,15 +967,16 @@ LC_VNNI INLINE void rows_interleaved(const lc_qjob *job, const float *prep, int6
   }
 }
 
-LC_VNNI static void rows_q4_1x_vnni(const lc_qjob *job, const float *prep, int64_t r0,
-                                    int64_t r1, int64_t b0, int64_t blocks, int accumulate) {
-  rows_interleaved(job, prep, r0, r1, b0, blocks, accumulate, LC_Q4_1);
-}
-
-LC_VNNI static void rows_q8_0x_vnni(const lc_qjob *job, const float *prep, int64_t r0,
-                                    int64_t r1, int64_t b0, int64_t blocks, int accumulate) {
-  rows_interleaved(job, prep, r0, r1, b0, blocks, accumulate, LC_Q8_0);
-}
+#define ROWS_INTERLEAVED(name, dtype, digits)                                                  \
+  LC_VNNI static void name(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,      \
+                           int64_t b0, int64_t blocks, int accumulate) {                       \
+    rows_interleaved(job, prep, r0, r1, b0, blocks, accumulate, dtype, digits);                \
+  }
+ROWS_INTERLEAVED(rows_q4_1x_int8, LC_Q4_1, 1)
+ROWS_INTERLEAVED(rows_q8_0x_int8, LC_Q8_0, 1)
+ROWS_INTERLEAVED(rows_q4_1x_digits, LC_Q4_1, 3)
+ROWS_INTERLEAVED(rows_q8_0x_digits, LC_Q8_0, 3)
+#undef ROWS_INTERLEAVED
 
 /// For block pair j of a group of 16: lanes 0-7 take scale 2j, lanes 8-15 scale 2j + 1.
 static const int32_t pair_lanes[8][16] = {
@@ -1099,8 +1176,9 @@ int lc_int8_activations(void) {
   return int8_activations;
 }
 
-int lc_quant_path(int dtype) {
-  // LORAC_QUANT_PATH=portable|avx2|avx512|vnni caps the choice (for measurements); read once.
+/// LORAC_QUANT_PATH=portable|avx2|avx512|vnni caps the choice of path (for measurements); read
+/// once.
+static int quant_cap(void) {
   static int cap = -1;
   if (cap < 0) {
     const char *env = getenv("LORAC_QUANT_PATH");
@@ -1110,6 +1188,11 @@ int lc_quant_path(int dtype) {
     if (env && strcmp(env, "avx512") == 0) value = LC_QUANT_AVX512;
     cap = value;
   }
+  return cap;
+}
+
+int lc_quant_path(int dtype) {
+  int cap = quant_cap();
   int top = cap == LC_QUANT_VNNI && !lc_int8_activations() ? LC_QUANT_AVX512 : cap;
   lc_qprep_fn prepare;
   for (int path = top; path > LC_QUANT_PORTABLE; path--) {
@@ -1168,16 +1251,26 @@ int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, co
   return 1;
 }
 
-int lc_matmul_interleaved(int dtype, float *out, const float *a, const void *packed, int64_t m,
-                          int64_t n, int64_t k) {
+int lc_interleaved_digits(int dtype) {
+  if ((dtype != LC_Q4_1 && dtype != LC_Q8_0) || (lc_cpu_features() & 6) != 6) return 0;
+  if (quant_cap() != LC_QUANT_VNNI) return 0;
+  return lc_int8_activations() ? 1 : 3;
+}
+
+int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,
+                          int64_t m, int64_t n, int64_t k) {
 #if defined(__x86_64__)
   if ((lc_cpu_features() & 6) != 6 || (dtype != LC_Q4_1 && dtype != LC_Q8_0)) return 0;
+  if (digits != 1 && digits != 3) return 0;
   if (k == 0) {
     for (int64_t i = 0; i < m * n; i++) out[i] = 0;
     return 1;
   }
-  lc_qrows_fn kernel = dtype == LC_Q4_1 ? rows_q4_1x_vnni : rows_q8_0x_vnni;
-  lc_qprep_fn prepare = dtype == LC_Q4_1 ? int8_plain_prepare : q8_0_int8_prepare;
+  lc_qrows_fn kernel = dtype == LC_Q4_1 ? (digits == 1 ? rows_q4_1x_int8 : rows_q4_1x_digits)
+                                        : (digits == 1 ? rows_q8_0x_int8 : rows_q8_0x_digits);
+  lc_qprep_fn prepare = digits == 3        ? digits_prepare
+                        : dtype == LC_Q4_1 ? int8_plain_prepare
+                                           : q8_0_int8_prepare;
   for (int64_t i0 = 0; i0 < m; i0 += LC_SMALL_M) {
     lc_qjob job = {dtype, m - i0 < LC_SMALL_M ? (int)(m - i0) : LC_SMALL_M, a + i0 * k,
                    (const uint8_t *)packed, out + i0 * n, n, k, 0};
@@ -1185,7 +1278,7 @@ int lc_matmul_interleaved(int dtype, float *out, const float *a, const void *pac
   }
   return 1;
 #else
-  (void)dtype, (void)out, (void)a, (void)packed, (void)m, (void)n, (void)k;
+  (void)dtype, (void)digits, (void)out, (void)a, (void)packed, (void)m, (void)n, (void)k;
   return 0;
 #endif
 }

@@ -175,10 +175,15 @@ int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, co
 /// and the packer (returns 0 and writes nothing for other dtypes).
 int64_t lc_interleaved_bytes(int dtype, int64_t n, int64_t k);
 int lc_interleave(int dtype, const void *w, int64_t n, int64_t k, void *packed);
-/// out [m, n] = a [m, k] x w^T on the interleaved form of a q4_1 or q8_0 w, activations rounded
-/// to int8 per block of 32 as on the VNNI path; returns 0 and writes nothing without avx512_vnni.
-int lc_matmul_interleaved(int dtype, float *out, const float *a, const void *packed, int64_t m,
-                          int64_t n, int64_t k);
+/// out [m, n] = a [m, k] x w^T on the interleaved form of a q4_1 or q8_0 w, each block of 32
+/// activations as `digits` int8 digits times d_x = max|x| / 127: 1 is the int8 path (llama.cpp's
+/// rounding), 3 is f32-accurate (per value error <= ~2^-24 max|x| of its block). Returns 0 and
+/// writes nothing without avx512_vnni or for other dtypes or digit counts.
+int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,
+                          int64_t m, int64_t n, int64_t k);
+/// The digits decoding products by an interleaved dtype take now: 1 with int8 activations on, 3
+/// otherwise; 0 when they cannot run (no avx512_vnni, another dtype, LORAC_QUANT_PATH below vnni).
+int lc_interleaved_digits(int dtype);
 
 /// Step kinds of an elementwise program (postfix; each step is a kind and an argument): push
 /// input `argument`, push literal `argument`, apply unary op `argument` to the top, apply binary
