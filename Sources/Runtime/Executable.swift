@@ -23,8 +23,10 @@ public final class Executable {
   private var steps: [Step] = []
   /// Packed bf16 weights by constant and orientation (in `owned`).
   private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
-  /// Interleaved q4_1 and q8_0 weights by constant (in `owned`).
+  /// Interleaved q4_1 and q8_0 weights by constant (in `owned`, or in `shared`).
   private var interleaved: [Value: UnsafeMutableRawPointer] = [:]
+  /// Packed forms shared with other executables (nil: each is made here).
+  private let shared: PackedForms?
   /// The graph's constants.
   private let constantValues: Set<Value>
   /// The products that run on packed bf16 weights, by instruction index (decided once, so the
@@ -61,8 +63,13 @@ public final class Executable {
   /// replaced with `set(_:_:)`.
   /// - Throws: `RuntimeError` for a missing or mismatched constant, or an op the kernels do not
   ///   implement for the given types.
-  public init(_ graph: Graph, constants: [String: HostTensor] = [:]) throws(RuntimeError) {
+  /// With `packedForms`, constants read in place are packed once for every executable made with
+  /// the same store (a model's decoding graphs of several lengths, say).
+  public init(
+    _ graph: Graph, constants: [String: HostTensor] = [:], packedForms: PackedForms? = nil
+  ) throws(RuntimeError) {
     self.graph = graph
+    shared = packedForms
     constantValues = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
     adapterFactor.initialize(to: 1)
     packedProducts = Executable.packedBF16Products(graph)
@@ -441,26 +448,24 @@ public final class Executable {
   }
 
   /// The interleaved form of a q4_1 or q8_0 constant (`lc_interleave`), for products of a few
-  /// rows with int8 activations; made on first use and shared like the packed bf16 forms.
+  /// rows; made on first use and shared like the packed bf16 forms, and with the executables made
+  /// with the same `PackedForms` when the constant is read in place.
   func interleavedForm(_ weight: Value) throws(RuntimeError) -> UnsafeRawPointer {
     if let form = interleaved[weight] { return UnsafeRawPointer(form) }
     let type = graph.type(of: weight)
-    let (n, k) = (Int64(type.shape[0]), Int64(type.shape[1]))
-    let code = kernelDType(type.dtype)
-    let bytes = Int(lc_interleaved_bytes(code, n, k))
-    var memory: UnsafeMutableRawPointer?
-    guard posix_memalign(&memory, 64, max(bytes, 64)) == 0, let memory else {
-      throw RuntimeError(message: "out of memory interleaving a \(type) weight (\(bytes) bytes)")
-    }
-    owned.append(memory)
+    let source = address(weight)
     let start = DispatchTime.now().uptimeNanoseconds
-    defer { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
-    lc_interleave(code, address(weight), n, k, memory)
-    // The stored form is read again only by products of more rows: a memory-mapped file's pages
-    // of it need not stay resident beside the packed copy.
-    lc_page_out(address(weight), Int64(type.byteCount))
-    interleaved[weight] = memory
-    return UnsafeRawPointer(memory)
+    let form: UnsafeMutableRawPointer
+    var made = true
+    if let shared, let tensor = retained[weight] {
+      (form, made) = try shared.interleaved(tensor, at: source, type: type)
+    } else {
+      form = try PackedForms.interleave(source, type: type)
+      owned.append(form)
+    }
+    if made { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+    interleaved[weight] = form
+    return UnsafeRawPointer(form)
   }
 
   /// Whether `value` is a constant of the graph (its bytes never change once bound).
@@ -484,9 +489,7 @@ public final class Executable {
       return total + Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
     }
     return interleaved.keys.reduce(bf16) { total, weight in
-      let type = graph.type(of: weight)
-      let (n, k) = (Int64(type.shape[0]), Int64(type.shape[1]))
-      return total + Int(lc_interleaved_bytes(kernelDType(type.dtype), n, k))
+      total + PackedForms.interleavedBytes(graph.type(of: weight))
     }
   }
 

@@ -44,6 +44,9 @@ extension Bench {
     @Flag(help: "Print one JSON object.")
     var json = false
 
+    @Flag(help: "Also time --runs prefills kernel by kernel (to stderr; the cached prefill only).")
+    var profile = false
+
     func validate() throws {
       if tokens < 1 { throw ValidationError("--tokens must be at least 1, got \(tokens)") }
       if runs < 1 { throw ValidationError("--runs must be at least 1, got \(runs)") }
@@ -117,6 +120,10 @@ extension Bench {
         // Every run starts from empty caches, as generation's prefill does; the inputs stay set.
         let median = try KernelBenchmarks.median(runs: runs, setUp: { prefill.resetState() }) {
           try prefill.execute()
+        }
+        if profile {
+          prefill.resetState()
+          try printStepProfile(prefill, runs: runs)
         }
         return Measured(ready: ready, seconds: median, executable: prefill, context: slots)
       } catch {

@@ -12,6 +12,8 @@ struct DecodeSession {
   let context: Int
   private let adapter: PEFTAdapter?
   private let compiled = CompiledGraphs()
+  /// The weights' packed forms, made once for every graph of the session.
+  private let forms = PackedForms()
 
   /// Compiled decoding graphs by batch, token count and head form, reused across generations.
   private final class CompiledGraphs {
@@ -46,7 +48,8 @@ struct DecodeSession {
   private func compileNew(tokens: Int, batch: Int, last: Bool) throws -> Executable {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
     try compileAdapted(
-      try model.trace(batch: batch, sequence: tokens), model: model, adapter: adapter
+      try model.trace(batch: batch, sequence: tokens), model: model, adapter: adapter,
+      packedForms: forms
     ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 

@@ -213,5 +213,31 @@ extension RuntimeSuite {
         }
       }
     }
+
+    /// Executables made with one `PackedForms` interleave a shared constant once, and their
+    /// products agree bit for bit with an executable's own form.
+    @Test(.enabled(if: available)) func storesShareFormsAcrossExecutables() throws {
+      let k = 576
+      func graph(rows: Int) throws -> Graph {
+        let b = GraphBuilder(name: "decode\(rows)")
+        let x = try b.input(name: "x", shape: [rows, k])
+        let w = try b.constant(name: "w", shape: [40, k], dtype: .q4_1)
+        return try b.finish(outputs: [try matmul(x, w, transposeB: true)])
+      }
+      // Large enough to be read in place (small constants are copied per executable).
+      let weights = ["w": try QuantizedMatvecTests.weights(.q4_1, n: 40, k: k, seed: 21)]
+      let store = PackedForms()
+      let one = try Executable(try graph(rows: 1), constants: weights, packedForms: store)
+      let three = try Executable(try graph(rows: 3), constants: weights, packedForms: store)
+      let alone = try Executable(try graph(rows: 3), constants: weights)
+      let form = Int(lc_interleaved_bytes(QuantizedMatvecTests.code(.q4_1), 40, Int64(k)))
+      #expect(store.bytes == form)
+      #expect(one.packedWeightBytes == form && three.packedWeightBytes == form)
+      #expect(three.packingSeconds == 0 && one.packingSeconds > 0)
+      let a = QuantizedMatvecTests.activations(3 * k, seed: 22)
+      let shared = try three.run(inputs: ["x": HostTensor(shape: [3, k], floats: a)])[0].floats()
+      let own = try alone.run(inputs: ["x": HostTensor(shape: [3, k], floats: a)])[0].floats()
+      #expect(shared.map(\.bitPattern) == own.map(\.bitPattern))
+    }
   }
 }
