@@ -377,3 +377,44 @@ func attentionAndGradient(
   let grads = try b.emit(.attentionGrad(scale: 0.3), operands + [.value(g.value)])
   return try b.finish(outputs: [out] + grads)
 }
+
+extension RuntimeSuite {
+  /// exp, sigmoid and silu (vectorised, `lc_exp`) at the ends of float's range, alone and inside
+  /// a fused chain: within 2 ulp of the f64 value where it is a normal float, inf past e^88.72,
+  /// 0 below e^-87.34, NaN for NaN; the chain computes in place in its block buffers.
+  @Test func exponentialsAtTheEndsOfTheRange() throws {
+    let values: [Float] = [
+      -.infinity, -200, -100, -88, -87.3, -20, -1, -0.5, 0, 1e-7, 0.5, 1, 20, 88, 88.7, 88.8, 100,
+      .infinity, .nan,
+    ]
+    let count = values.count
+    let oracles: [(String, (Tensor) throws -> Tensor, (Double) -> Double)] = [
+      ("exp", { try IR.exp($0) }, { Foundation.exp($0) }),
+      ("sigmoid", { try IR.sigmoid($0) }, { 1 / (1 + Foundation.exp(-$0)) }),
+      ("silu", { try IR.silu($0) }, { $0 / (1 + Foundation.exp(-$0)) }),
+      // A fused chain: the unary op reads and writes the same block buffer.
+      ("chain", { try IR.sigmoid($0 * 2.0) * $0 }, { 2 * $0 / 2 / (1 + Foundation.exp(-2 * $0)) }),
+    ]
+    for (name, op, oracle) in oracles {
+      let b = GraphBuilder(name: name)
+      let x = try b.input(name: "x", shape: [count])
+      var graph = try b.finish(outputs: [try op(x)])
+      if name == "chain" { graph = try Fuse().run(graph).compacted() }
+      let out = try Executable(graph).run(inputs: ["x": HostTensor(shape: [count], floats: values)])
+      for (value, got) in zip(values, out[0].floats()) {
+        let want = oracle(Double(value))
+        let context = "\(name)(\(value)) = \(got), want \(want)"
+        if want.isNaN {
+          #expect(got.isNaN, "\(context)")
+        } else if abs(want) < Double(Float.leastNormalMagnitude) {
+          // Below the normal range lc_exp flushes to zero, or (sigmoid's clamp) ~e^-88.
+          #expect(abs(Double(got)) < 1e-37, "\(context)")
+        } else if want.isInfinite || abs(want) > Double(Float.greatestFiniteMagnitude) {
+          #expect(got.isInfinite && (got > 0) == (want > 0), "\(context)")
+        } else {
+          #expect(abs(Double(got) - want) <= 2 * Double(Float(want).ulp), "\(context)")
+        }
+      }
+    }
+  }
+}
