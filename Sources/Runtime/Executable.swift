@@ -23,8 +23,8 @@ public final class Executable {
   private var steps: [Step] = []
   /// Packed bf16 weights by constant and orientation (in `owned`).
   private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
-  /// Interleaved q4_1 and q8_0 weights by constant (in `owned`, or in `shared`).
-  private var interleaved: [Value: UnsafeMutableRawPointer] = [:]
+  /// Interleaved and huge-page forms of constants (in `owned`, or in `shared`).
+  private var forms: [FormKey: UnsafeMutableRawPointer] = [:]
   /// Packed forms shared with other executables (nil: each is made here).
   private let shared: PackedForms?
   /// The graph's constants.
@@ -447,25 +447,33 @@ public final class Executable {
     return UnsafeRawPointer(memory)
   }
 
-  /// The interleaved form of a q4_1 or q8_0 constant (`lc_interleave`), for products of a few
-  /// rows; made on first use and shared like the packed bf16 forms, and with the executables made
-  /// with the same `PackedForms` when the constant is read in place.
-  func interleavedForm(_ weight: Value) throws(RuntimeError) -> UnsafeRawPointer {
-    if let form = interleaved[weight] { return UnsafeRawPointer(form) }
+  /// The `kind` form of a constant (q4_1/q8_0 interleaved, or a copy on huge pages) for products
+  /// of a few rows; made on first use and shared like the packed bf16 forms, and with the
+  /// executables made with the same `PackedForms` when the constant is read in place.
+  func packedForm(_ weight: Value, _ kind: PackedForms.Kind) throws(RuntimeError)
+    -> UnsafeRawPointer
+  {
+    let key = FormKey(weight: weight, kind: kind)
+    if let form = forms[key] { return UnsafeRawPointer(form) }
     let type = graph.type(of: weight)
     let source = address(weight)
     let start = DispatchTime.now().uptimeNanoseconds
     let form: UnsafeMutableRawPointer
     var made = true
     if let shared, let tensor = retained[weight] {
-      (form, made) = try shared.interleaved(tensor, at: source, type: type)
+      (form, made) = try shared.form(kind, of: tensor, at: source, type: type)
     } else {
-      form = try PackedForms.interleave(source, type: type)
+      form = try PackedForms.make(kind, from: source, type: type)
       owned.append(form)
     }
     if made { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
-    interleaved[weight] = form
+    forms[key] = form
     return UnsafeRawPointer(form)
+  }
+
+  private struct FormKey: Hashable {
+    var weight: Value
+    var kind: PackedForms.Kind
   }
 
   /// Whether `value` is a constant of the graph (its bytes never change once bound).
@@ -480,7 +488,7 @@ public final class Executable {
   /// reading the weights, rather than compiling).
   public private(set) var packingSeconds = 0.0
 
-  /// Bytes of packed bf16 and interleaved q4_1/q8_0 weights made so far (they live outside the
+  /// Bytes of packed bf16, interleaved q4_1/q8_0 and huge-page weights made so far (they live outside the
   /// arena, like constants).
   public var packedWeightBytes: Int {
     let bf16 = packed.keys.reduce(0) { total, key in
@@ -488,8 +496,8 @@ public final class Executable {
       let (n, k) = key.transposeB ? (shape[0], shape[1]) : (shape[1], shape[0])
       return total + Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
     }
-    return interleaved.keys.reduce(bf16) { total, weight in
-      total + PackedForms.interleavedBytes(graph.type(of: weight))
+    return forms.keys.reduce(bf16) { total, key in
+      total + PackedForms.bytes(graph.type(of: key.weight), key.kind)
     }
   }
 

@@ -481,7 +481,7 @@ struct StepBuilder {
       if rhs.dtype == .q4_1 || rhs.dtype == .q8_0, rows <= 8, lc_interleaved_digits(code) != 0,
         let weight = instruction.operands[1].value, executable.isConstant(weight)
       {
-        let form = try executable.interleavedForm(weight)
+        let form = try executable.packedForm(weight, .interleaved)
         return {
           let (o, x) = (
             out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self)
@@ -523,10 +523,19 @@ struct StepBuilder {
     }
     let batchCount = Int64(batches)
     let (ta, tb): (Int32, Int32) = (transposeA ? 1 : 0, transposeB ? 1 : 0)
+    // A large f32 constant multiplied by a few rows (decoding) streams from DRAM each call: read
+    // it from a copy on huge pages (one TLB entry per 2 MB instead of per 4 KB).
+    var weights = w
+    if batches == 1, m <= 8, rhs.byteCount >= 2 << 20, let weight = instruction.operands[1].value,
+      executable.isConstant(weight)
+    {
+      weights = UnsafeMutableRawPointer(mutating: try executable.packedForm(weight, .hugePages))
+    }
     return {
       lc_matmul_f32(
         out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self),
-        w.assumingMemoryBound(to: Float.self), batchCount, aOffsets, wOffsets, m, n, k, ta, tb)
+        weights.assumingMemoryBound(to: Float.self), batchCount, aOffsets, wOffsets, m, n, k, ta,
+        tb)
       return nil
     }
   }

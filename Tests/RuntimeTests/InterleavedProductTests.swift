@@ -239,5 +239,29 @@ extension RuntimeSuite {
       let own = try alone.run(inputs: ["x": HostTensor(shape: [3, k], floats: a)])[0].floats()
       #expect(shared.map(\.bitPattern) == own.map(\.bitPattern))
     }
+
+    /// A large f32 constant read by a few rows is read from its copy on huge pages (counted in
+    /// `packedWeightBytes`), with the same bits as the same product on the weight as an input.
+    @Test func largeF32ConstantsOfFewRowProductsMoveToHugePages() throws {
+      let (n, k) = (1024, 576)  // 2.25 MB
+      func graph(constant: Bool) throws -> Graph {
+        let b = GraphBuilder(name: "f32")
+        let x = try b.input(name: "x", shape: [2, k])
+        let w =
+          constant
+          ? try b.constant(name: "w", shape: [n, k]) : try b.input(name: "w", shape: [n, k])
+        return try b.finish(outputs: [try matmul(x, w, transposeB: true)])
+      }
+      let weight = HostTensor(
+        shape: [n, k], floats: QuantizedMatvecTests.activations(n * k, seed: 31))
+      let x = HostTensor(shape: [2, k], floats: QuantizedMatvecTests.activations(2 * k, seed: 32))
+      let constant = try Executable(try graph(constant: true), constants: ["w": weight])
+      #expect(constant.packedWeightBytes == n * k * 4)
+      let input = try Executable(try graph(constant: false))
+      #expect(input.packedWeightBytes == 0)
+      let a = try constant.run(inputs: ["x": x])[0].floats()
+      let b = try input.run(inputs: ["x": x, "w": weight])[0].floats()
+      #expect(a.map(\.bitPattern) == b.map(\.bitPattern))
+    }
   }
 }

@@ -83,7 +83,22 @@ void lc_trim_heap(void) {
 }
 
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/mman.h>
+
+void *lc_alloc_large(int64_t bytes) {
+  // 2 MB aligned, and asked for transparent huge pages where the kernel leaves them to madvise:
+  // a stream over 4 KB pages misses the TLB every 4 KB (from DRAM, ~20-24 GB/s of reading on one
+  // of this machine's cores against ~31 GB/s over 2 MB pages).
+  const int64_t huge = 2 << 20;
+  int64_t size = (bytes + huge - 1) / huge * huge;
+  void *p = 0;
+  if (posix_memalign(&p, (size_t)huge, (size_t)(size > 0 ? size : huge)) != 0) return 0;
+#if defined(MADV_HUGEPAGE)
+  madvise(p, (size_t)(size > 0 ? size : huge), MADV_HUGEPAGE);
+#endif
+  return p;
+}
 
 void lc_page_out(const void *p, int64_t bytes) {
 #if defined(MADV_PAGEOUT)

@@ -30,6 +30,9 @@ int lc_core_count(void);
 int lc_cpu_features(void);
 /// Returns the heap's free memory to the system where the C library can (glibc's malloc_trim).
 void lc_trim_heap(void);
+/// Memory for large read-mostly buffers (packed weights): 2 MB aligned and advised to use
+/// transparent huge pages; free it with free(). Null when out of memory.
+void *lc_alloc_large(int64_t bytes);
 /// Asks the kernel to reclaim the whole pages of [p, p + bytes) (Linux's MADV_PAGEOUT): a mapped
 /// file's clean pages leave memory and are read again if touched; nothing is lost either way.
 void lc_page_out(const void *p, int64_t bytes);
