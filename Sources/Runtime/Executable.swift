@@ -23,10 +23,12 @@ public final class Executable {
   private var steps: [Step] = []
   /// Packed bf16 weights by constant and orientation (in `owned`).
   private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
-  /// Interleaved and huge-page forms of constants (in `owned`, or in `shared`).
+  /// Interleaved and huge-page forms of constants (in `ownForms`, or in `shared`).
   private var forms: [FormKey: UnsafeMutableRawPointer] = [:]
   /// Packed forms shared with other executables (nil: each is made here).
   private let shared: PackedForms?
+  /// This executable's own packed forms (freed with it).
+  private lazy var ownForms = PackedForms()
   /// The graph's constants.
   private let constantValues: Set<Value>
   /// The products that run on packed bf16 weights, by instruction index (decided once, so the
@@ -458,14 +460,11 @@ public final class Executable {
     let type = graph.type(of: weight)
     let source = address(weight)
     let start = DispatchTime.now().uptimeNanoseconds
-    let form: UnsafeMutableRawPointer
-    var made = true
-    if let shared, let tensor = retained[weight] {
-      (form, made) = try shared.form(kind, of: tensor, at: source, type: type)
-    } else {
-      form = try PackedForms.make(kind, from: source, type: type)
-      owned.append(form)
-    }
+    // A shared store only takes sources read in place (their storage can be kept); the rest go
+    // to this executable's own store.
+    let tensor = retained[weight]
+    let store = shared.flatMap { tensor == nil ? nil : $0 } ?? ownForms
+    let (form, made) = try store.form(kind, of: tensor, at: source, type: type)
     if made { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
     forms[key] = form
     return UnsafeRawPointer(form)
@@ -475,6 +474,9 @@ public final class Executable {
     var weight: Value
     var kind: PackedForms.Kind
   }
+
+  /// Whether the executable was made with a `PackedForms` store shared with others.
+  var sharesForms: Bool { shared != nil }
 
   /// Whether `value` is a constant of the graph (its bytes never change once bound).
   func isConstant(_ value: Value) -> Bool { constantValues.contains(value) }

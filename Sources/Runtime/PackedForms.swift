@@ -26,26 +26,66 @@ public final class PackedForms {
 
   private var forms: [Key: UnsafeMutableRawPointer] = [:]
   private var sources: [Key: HostTensor] = [:]
+  /// Forms are cut from slabs on huge pages, packed one after the other: a huge page is faulted
+  /// in whole on first touch, so a 69 KB form alone in one would hold 2 MB.
+  private var slabs: [UnsafeMutableRawPointer] = []
+  private var next: UnsafeMutableRawPointer?
+  private var left = 0
+  static let slabBytes = 32 << 20
 
   public init() {}
 
-  deinit { for form in forms.values { free(form) } }
+  deinit { for slab in slabs { free(slab) } }
 
   /// Bytes of every form made so far.
   public var bytes: Int {
     forms.keys.reduce(0) { total, key in total + PackedForms.bytes(key.type, key.kind) }
   }
 
-  /// The `kind` form of `tensor` (whose bytes are at `address`), and whether this call made it.
+  /// The `kind` form of the matrix at `address`, and whether this call made it.
+  ///
+  /// `tensor`, the source's storage, is kept for as long as the store: a store shared by
+  /// executables needs it (else a freed source's address could come back with other bytes); one
+  /// executable's own store may do without, its sources outliving it.
   func form(
-    _ kind: Kind, of tensor: HostTensor, at address: UnsafeRawPointer, type: TensorType
+    _ kind: Kind, of tensor: HostTensor?, at address: UnsafeRawPointer, type: TensorType
   ) throws(RuntimeError) -> (UnsafeMutableRawPointer, made: Bool) {
     let key = Key(address: UInt(bitPattern: address), type: type, kind: kind)
     if let form = forms[key] { return (form, false) }
-    let form = try PackedForms.make(kind, from: address, type: type)
+    let bytes = PackedForms.bytes(type, kind)
+    let form = try allocate(bytes, for: type)
+    switch kind {
+    case .interleaved:
+      let code = kernelDType(type.dtype)
+      lc_interleave(code, address, Int64(type.shape[0]), Int64(type.shape[1]), form)
+    case .hugePages:
+      form.copyMemory(from: address, byteCount: bytes)
+    }
+    // Only products of more rows read the source again: a mapped file's pages can go.
+    lc_page_out(address, Int64(type.byteCount))
     forms[key] = form
     sources[key] = tensor
     return (form, true)
+  }
+
+  /// 64-byte aligned bytes from the current slab, or from a new one.
+  private func allocate(_ bytes: Int, for type: TensorType) throws(RuntimeError)
+    -> UnsafeMutableRawPointer
+  {
+    let size = (bytes + 63) / 64 * 64
+    if size > left {
+      let slab = max(PackedForms.slabBytes, size)
+      guard let memory = lc_alloc_large(Int64(slab)) else {
+        throw RuntimeError(message: "out of memory packing a \(type) weight (\(bytes) bytes)")
+      }
+      slabs.append(memory)
+      (next, left) = (memory, slab)
+    }
+    guard let start = next else {
+      throw RuntimeError(message: "no slab for a \(type) weight")
+    }
+    (next, left) = (start + size, left - size)
+    return start
   }
 
   static func bytes(_ type: TensorType, _ kind: Kind) -> Int {
@@ -55,25 +95,5 @@ public final class PackedForms {
         lc_interleaved_bytes(kernelDType(type.dtype), Int64(type.shape[0]), Int64(type.shape[1])))
     case .hugePages: type.byteCount
     }
-  }
-
-  /// A new `kind` copy of a matrix (the caller frees it); the source's pages are then paged out:
-  /// only products of more rows read them again.
-  static func make(_ kind: Kind, from source: UnsafeRawPointer, type: TensorType)
-    throws(RuntimeError) -> UnsafeMutableRawPointer
-  {
-    let bytes = PackedForms.bytes(type, kind)
-    guard let memory = lc_alloc_large(Int64(bytes)) else {
-      throw RuntimeError(message: "out of memory packing a \(type) weight (\(bytes) bytes)")
-    }
-    switch kind {
-    case .interleaved:
-      let code = kernelDType(type.dtype)
-      lc_interleave(code, source, Int64(type.shape[0]), Int64(type.shape[1]), memory)
-    case .hugePages:
-      memory.copyMemory(from: source, byteCount: bytes)
-    }
-    lc_page_out(source, Int64(type.byteCount))
-    return memory
   }
 }
