@@ -523,12 +523,13 @@ struct StepBuilder {
     }
     let batchCount = Int64(batches)
     let (ta, tb): (Int32, Int32) = (transposeA ? 1 : 0, transposeB ? 1 : 0)
-    // A large f32 constant multiplied by a few rows (decoding) streams from DRAM each call: read
-    // it from a copy on huge pages (one TLB entry per 2 MB instead of per 4 KB). With a shared
+    // An f32 constant (>= 256 KB) multiplied by a few rows (decoding) streams from DRAM each
+    // call: read it from a copy on huge pages (one TLB entry per 2 MB instead of per 4 KB; the
+    // copies share the store's slabs). With a shared
     // store (a decoding session) products of every size read the copy, so the file's pages,
     // paged out once copied, are not read back in by the prefill.
     var weights = w
-    if batches == 1, m <= 8 || executable.sharesForms, rhs.byteCount >= 2 << 20,
+    if batches == 1, m <= 8 || executable.sharesForms, rhs.byteCount >= 256 << 10,
       let weight = instruction.operands[1].value, executable.isConstant(weight)
     {
       weights = UnsafeMutableRawPointer(mutating: try executable.packedForm(weight, .hugePages))
