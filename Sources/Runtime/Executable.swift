@@ -490,8 +490,8 @@ public final class Executable {
   /// reading the weights, rather than compiling).
   public private(set) var packingSeconds = 0.0
 
-  /// Bytes of packed bf16, interleaved q4_1/q8_0 and huge-page weights made so far (they live outside the
-  /// arena, like constants).
+  /// Bytes of packed bf16, interleaved q4_1/q8_0 and huge-page weights made so far (they live
+  /// outside the arena, like constants).
   public var packedWeightBytes: Int {
     let bf16 = packed.keys.reduce(0) { total, key in
       let shape = graph.type(of: key.weight).shape

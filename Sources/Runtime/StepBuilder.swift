@@ -525,9 +525,9 @@ struct StepBuilder {
     let (ta, tb): (Int32, Int32) = (transposeA ? 1 : 0, transposeB ? 1 : 0)
     // An f32 constant (>= 256 KB) multiplied by a few rows (decoding) streams from DRAM each
     // call: read it from a copy on huge pages (one TLB entry per 2 MB instead of per 4 KB; the
-    // copies share the store's slabs). With a shared
-    // store (a decoding session) products of every size read the copy, so the file's pages,
-    // paged out once copied, are not read back in by the prefill.
+    // copies share the store's slabs). With a shared store (a decoding session) products of
+    // every size read the copy, so the file's pages, paged out once copied, are not read back in
+    // by the prefill.
     var weights = w
     if batches == 1, m <= 8 || executable.sharesForms, rhs.byteCount >= 256 << 10,
       let weight = instruction.operands[1].value, executable.isConstant(weight)
