@@ -21,9 +21,7 @@ public final class Executable {
   /// Input, parameter and state buffers by name.
   private var bindable: [String: (value: Value, address: UnsafeMutableRawPointer)] = [:]
   private var steps: [Step] = []
-  /// Packed bf16 weights by constant and orientation (in `owned`).
-  private var packed: [PackedKey: UnsafeMutableRawPointer] = [:]
-  /// Interleaved and huge-page forms of constants (in `ownForms`, or in `shared`).
+  /// Packed forms of constants by kind (in `ownForms`, or in `shared`).
   private var forms: [FormKey: UnsafeMutableRawPointer] = [:]
   /// Packed forms shared with other executables (nil: each is made here).
   private let shared: PackedForms?
@@ -99,7 +97,10 @@ public final class Executable {
   /// Lets go of bf16 constants that only packed products read (they read the packed forms), so
   /// their bytes are freed once the caller drops its copy of the weights too.
   private func releasePackedOnly() {
-    guard !packed.isEmpty else { return }
+    let packedWeights = forms.keys.compactMap { key -> Value? in
+      if case .bf16 = key.kind { key.weight } else { nil }
+    }
+    guard !packedWeights.isEmpty else { return }
     var read = Set(graph.outputs)
     for (index, instruction) in graph.body.enumerated() {
       let packedWeight = packedProducts[index]?.weight
@@ -108,7 +109,7 @@ public final class Executable {
         read.insert(value)
       }
     }
-    for key in packed.keys where !read.contains(key.weight) { retained[key.weight] = nil }
+    for weight in packedWeights where !read.contains(weight) { retained[weight] = nil }
   }
 
   /// Returns freed heap memory to the system (glibc keeps freed blocks of a few MB, such as the
@@ -232,18 +233,22 @@ public final class Executable {
   public func resetState() {
     for declaration in graph.declarations where declaration.kind == .state {
       guard let binding = bindable[declaration.name] else { continue }
-      let type = graph.type(of: declaration.value)
-      let initializer = declaration.initializer ?? .zeros
-      if case .zeros = initializer {
-        binding.address.initializeMemory(as: UInt8.self, repeating: 0, count: type.byteCount)
-        continue
-      }
-      initializer.values(for: type, seed: declaration.seed ?? 0).host.data.withUnsafeBytes {
-        bytes in
-        if let base = bytes.baseAddress {
-          binding.address.copyMemory(from: base, byteCount: type.byteCount)
-        }
-      }
+      initialize(declaration, at: binding.address)
+    }
+  }
+
+  /// Writes a parameter's or state's initial value (its initializer, zeros without one) to
+  /// `address`.
+  private func initialize(_ declaration: Declaration, at address: UnsafeMutableRawPointer) {
+    let type = graph.type(of: declaration.value)
+    let initializer = declaration.initializer ?? .zeros
+    if case .zeros = initializer {
+      address.initializeMemory(as: UInt8.self, repeating: 0, count: type.byteCount)
+      return
+    }
+    initializer.values(for: type, seed: declaration.seed ?? 0).host.data.withUnsafeBytes {
+      bytes in
+      if let base = bytes.baseAddress { address.copyMemory(from: base, byteCount: type.byteCount) }
     }
   }
 
@@ -318,14 +323,7 @@ public final class Executable {
         addresses[declaration.value.index] = constantAddress(tensor, declaration.value)
       case .parameter, .state:
         let buffer = ownedBuffer(type.byteCount)
-        let initial = (declaration.initializer ?? .zeros).values(
-          for: type, seed: declaration.seed ?? 0)
-        let host = initial.host
-        host.data.withUnsafeBytes { bytes in
-          if let base = bytes.baseAddress {
-            buffer.copyMemory(from: base, byteCount: type.byteCount)
-          }
-        }
+        initialize(declaration, at: buffer)
         addresses[declaration.value.index] = buffer
         bindable[declaration.name] = (declaration.value, buffer)
       }
@@ -427,31 +425,10 @@ public final class Executable {
     return result
   }
 
-  /// The packed form of a bf16 constant for products with or without transposing it, made on
-  /// first use (when steps are built) and shared by every instruction that needs that form.
-  func packedBF16(_ weight: Value, transposeB: Bool) throws(RuntimeError) -> UnsafeRawPointer {
-    let key = PackedKey(weight: weight, transposeB: transposeB)
-    if let packed = packed[key] { return UnsafeRawPointer(packed) }
-    let type = graph.type(of: weight)
-    let (n, k) = transposeB ? (type.shape[0], type.shape[1]) : (type.shape[1], type.shape[0])
-    let bytes = Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
-    var memory: UnsafeMutableRawPointer?
-    guard posix_memalign(&memory, 64, max(bytes, 64)) == 0, let memory else {
-      throw RuntimeError(message: "out of memory packing a \(type) weight (\(bytes) bytes)")
-    }
-    owned.append(memory)
-    let start = DispatchTime.now().uptimeNanoseconds
-    defer { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
-    lc_bf16_pack(
-      address(weight).assumingMemoryBound(to: UInt16.self), Int64(n), Int64(k), transposeB ? 1 : 0,
-      memory.assumingMemoryBound(to: UInt16.self))
-    packed[key] = memory
-    return UnsafeRawPointer(memory)
-  }
-
-  /// The `kind` form of a constant (q4_1/q8_0 interleaved, or a copy on huge pages) for products
-  /// of a few rows; made on first use and shared like the packed bf16 forms, and with the
-  /// executables made with the same `PackedForms` when the constant is read in place.
+  /// The `kind` form of a constant (bf16 packed for one orientation, q4_1/q8_0 interleaved, or a
+  /// copy on huge pages), made on first use (when steps are built) and shared by every
+  /// instruction that needs it, and with the executables made with the same `PackedForms` when
+  /// the constant is read in place.
   func packedForm(_ weight: Value, _ kind: PackedForms.Kind) throws(RuntimeError)
     -> UnsafeRawPointer
   {
@@ -460,11 +437,14 @@ public final class Executable {
     let type = graph.type(of: weight)
     let source = address(weight)
     let start = DispatchTime.now().uptimeNanoseconds
-    // A shared store only takes sources read in place (their storage can be kept); the rest go
-    // to this executable's own store.
-    let tensor = retained[weight]
-    let store = shared.flatMap { tensor == nil ? nil : $0 } ?? ownForms
-    let (form, made) = try store.form(kind, of: tensor, at: source, type: type)
+    // A shared store only takes sources read in place, and keeps their storage; the rest go to
+    // this executable's own store, which outlives none of its sources.
+    let (form, made) =
+      if let shared, let tensor = retained[weight] {
+        try shared.form(kind, of: tensor, at: source, type: type)
+      } else {
+        try ownForms.form(kind, of: nil, at: source, type: type)
+      }
     if made { packingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
     forms[key] = form
     return UnsafeRawPointer(form)
@@ -481,11 +461,6 @@ public final class Executable {
   /// Whether `value` is a constant of the graph (its bytes never change once bound).
   func isConstant(_ value: Value) -> Bool { constantValues.contains(value) }
 
-  private struct PackedKey: Hashable {
-    var weight: Value
-    var transposeB: Bool
-  }
-
   /// Seconds spent packing bf16 weights while the executable was made (loading work, like
   /// reading the weights, rather than compiling).
   public private(set) var packingSeconds = 0.0
@@ -493,12 +468,7 @@ public final class Executable {
   /// Bytes of packed bf16, interleaved q4_1/q8_0 and huge-page weights made so far (they live
   /// outside the arena, like constants).
   public var packedWeightBytes: Int {
-    let bf16 = packed.keys.reduce(0) { total, key in
-      let shape = graph.type(of: key.weight).shape
-      let (n, k) = key.transposeB ? (shape[0], shape[1]) : (shape[1], shape[0])
-      return total + Int(lc_bf16_packed_bytes(Int64(n), Int64(k)))
-    }
-    return forms.keys.reduce(bf16) { total, key in
+    forms.keys.reduce(0) { total, key in
       total + PackedForms.bytes(graph.type(of: key.weight), key.kind)
     }
   }

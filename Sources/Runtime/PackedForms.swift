@@ -1,5 +1,4 @@
 import CKernels
-import Dispatch
 import Foundation
 import IR
 
@@ -12,6 +11,8 @@ import IR
 public final class PackedForms {
   /// How a form is laid out.
   public enum Kind: Hashable, Sendable {
+    /// bf16 packed for the avx512_bf16 products (`lc_bf16_pack`), for `x W^T` or `x W`.
+    case bf16(transposeB: Bool)
     /// q4_1 or q8_0 interleaved by 16 rows (`lc_interleave`).
     case interleaved
     /// The bytes as they are, on transparent huge pages (f32/f16/bf16 rows read by decoding).
@@ -55,14 +56,20 @@ public final class PackedForms {
     let bytes = PackedForms.bytes(type, kind)
     let form = try allocate(bytes, for: type)
     switch kind {
+    case .bf16(let transposeB):
+      let (n, k) = PackedForms.bf16Shape(type, transposeB)
+      lc_bf16_pack(
+        address.assumingMemoryBound(to: UInt16.self), n, k, transposeB ? 1 : 0,
+        form.assumingMemoryBound(to: UInt16.self))
     case .interleaved:
       let code = kernelDType(type.dtype)
       lc_interleave(code, address, Int64(type.shape[0]), Int64(type.shape[1]), form)
     case .hugePages:
       form.copyMemory(from: address, byteCount: bytes)
     }
-    // Only products of more rows read the source again: a mapped file's pages can go.
-    lc_page_out(address, Int64(type.byteCount))
+    // The source is read again only by products of more rows: a mapped file's pages can go.
+    // (bf16 sources are heap copies rounded at load, which the executable releases instead.)
+    if case .bf16 = kind {} else { lc_page_out(address, Int64(type.byteCount)) }
     forms[key] = form
     sources[key] = tensor
     return (form, true)
@@ -90,10 +97,18 @@ public final class PackedForms {
 
   static func bytes(_ type: TensorType, _ kind: Kind) -> Int {
     switch kind {
+    case .bf16(let transposeB):
+      Int(lc_bf16_packed_bytes(bf16Shape(type, transposeB).n, bf16Shape(type, transposeB).k))
     case .interleaved:
       Int(
         lc_interleaved_bytes(kernelDType(type.dtype), Int64(type.shape[0]), Int64(type.shape[1])))
     case .hugePages: type.byteCount
     }
+  }
+
+  /// The product's n and k for a bf16 weight as stored ([n, k] when transposed, else [k, n]).
+  private static func bf16Shape(_ type: TensorType, _ transposeB: Bool) -> (n: Int64, k: Int64) {
+    let (rows, columns) = (Int64(type.shape[0]), Int64(type.shape[1]))
+    return transposeB ? (rows, columns) : (columns, rows)
   }
 }

@@ -442,7 +442,8 @@ struct StepBuilder {
     let n = Int64(resultType.shape[resultType.rank - 1])
     let k = Int64(transposeA ? lhs.shape[lhs.rank - 2] : lhs.shape[lhs.rank - 1])
     if let product = executable.packedProducts[index] {
-      let packed = try executable.packedBF16(product.weight, transposeB: product.transposeB)
+      let packed = try executable.packedForm(
+        product.weight, .bf16(transposeB: product.transposeB))
       guard let scratch = executable.scratchAddress(index) else {
         throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
       }
@@ -476,22 +477,17 @@ struct StepBuilder {
         }
       }
       // A few rows against a q4_1 or q8_0 constant on a CPU with avx512_vnni: its interleaved
-      // form, the activations as int8 digits (three, f32-accurate; one with int8 activations on)
-      // for as long as that path may run (LORAC_QUANT_PATH below vnni keeps the stored form).
-      if rhs.dtype == .q4_1 || rhs.dtype == .q8_0, rows <= 8, lc_interleaved_digits(code) != 0,
-        let weight = instruction.operands[1].value, executable.isConstant(weight)
+      // form, the activations as int8 digits (three, f32-accurate; one while int8 activations
+      // are on, which may change between runs). Whether the path runs at all is fixed for the
+      // process (CPU features, LORAC_QUANT_PATH), so it is decided here once.
+      if rows <= 8, lc_interleaved_digits(code) != 0, let weight = instruction.operands[1].value,
+        executable.isConstant(weight)
       {
         let form = try executable.packedForm(weight, .interleaved)
         return {
-          let (o, x) = (
-            out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self)
-          )
-          let digits = lc_interleaved_digits(code)
-          if digits != 0 {
-            lc_matmul_interleaved(code, digits, o, x, form, rows, n, k)
-          } else {
-            lc_matmul_quantized(code, o, x, w, rows, n, k, scratch, chunk)
-          }
+          lc_matmul_interleaved(
+            code, lc_interleaved_digits(code), out.assumingMemoryBound(to: Float.self),
+            a.assumingMemoryBound(to: Float.self), form, rows, n, k)
           return nil
         }
       }

@@ -61,13 +61,8 @@ extension Bench {
       let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 - packing
       var results: [(Int, Double)] = []
       for slot in slots {
-        var mask = [Int32](repeating: 0, count: context)
-        for s in 0...slot { mask[s] = 1 }
         do {
-          try step.set("tokens", HostTensor(shape: [1, 1], ints: [504]))
-          try step.set("positions", HostTensor(shape: [1, 1], ints: [Int32(slot)]))
-          try step.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
-          try step.set("key_mask", HostTensor(shape: [1, 1, context], ints: mask))
+          try session.setInputs(step, tokens: [504], slot: slot)
           let seconds = try KernelBenchmarks.median(runs: runs) { try step.execute() }
           results.append((slot, seconds))
           if profile && slot == slots.last { try printStepProfile(step, runs: runs) }

@@ -18,12 +18,6 @@
 
 extern int omp_get_thread_num(void);
 
-/// The mask value of query row s, key t for (b, h), from strides over [B, H, S, T].
-static inline int visible(const int32_t *mask, const int64_t *strides, int64_t b, int64_t h,
-                          int64_t s, int64_t t) {
-  return mask[b * strides[0] + h * strides[1] + s * strides[2] + t * strides[3]] != 0;
-}
-
 /// Turns the scores [rows, stride] of query rows s0.. (already scaled) into probabilities in place
 /// over keys 0..<live:
 /// masked keys get 0, rows with no visible key are all 0; keys live..<stride get 0 (the caller

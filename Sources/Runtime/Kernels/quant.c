@@ -769,8 +769,7 @@ LC_AVX512 INLINE void q6_k_row_avx512(const lc_qjob *job, const float *prep, int
 #define PREP_BIAS (PREP_BLOCKS * 16)
 #define LC_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
-/// Quantizes blocks [b0, b0 + blocks) of every activation row: `quads` 1 in q4_1's order, 0 in
-/// order with q8_0's starting sums, 2 in order alone (the interleaved q4_1 kernel's).
+/// Quantizes blocks [b0, b0 + blocks) of every activation row (`quads`: q4_1's order).
 LC_VNNI INLINE void int8_prepare(const lc_qjob *job, float *prep, int64_t b0, int64_t blocks,
                                  int quads) {
   const __m512 sign = _mm512_set1_ps(-0.0f);
@@ -786,13 +785,13 @@ LC_VNNI INLINE void int8_prepare(const lc_qjob *job, float *prep, int64_t b0, in
       __m512 scale = _mm512_set1_ps(inverse);
       __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(x0, scale));
       __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(x1, scale));
-      int8_t *lo = quads == 1 ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
-      int8_t *hi = quads == 1 ? lo + 64 : lo + 16;
+      int8_t *lo = quads ? q + 128 * (b / 4) + 16 * (b % 4) : q + 32 * b;
+      int8_t *hi = quads ? lo + 64 : lo + 16;
       _mm_storeu_si128((__m128i *)lo, _mm512_cvtsepi32_epi8(q0));
       _mm_storeu_si128((__m128i *)hi, _mm512_cvtsepi32_epi8(q1));
       p[PREP_SCALES + b] = d;
       p[PREP_SUMS + b] = _mm512_reduce_add_ps(_mm512_add_ps(x0, x1));
-      if (quads == 0) {
+      if (!quads) {
         int32_t *bias = (int32_t *)(p + PREP_BIAS) + 16 * (b / 2);
         if (b % 2 == 0) _mm512_storeu_si512(bias, _mm512_setzero_si512());
         bias[8 * (b % 2)] = -128 * _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
@@ -824,11 +823,6 @@ LC_VNNI static void q8_0_int8_prepare(const lc_qjob *job, float *prep, int64_t b
 // minimums) are one vector each, and the 16 results are stored as one. The int8 activations and
 // their per-block d_x, sum(x) and -128 sum(q_x) are those of the stored-layout paths; only the
 // order of the float sums differs.
-
-LC_VNNI static void int8_plain_prepare(const lc_qjob *job, float *prep, int64_t b0,
-                                       int64_t blocks) {
-  int8_prepare(job, prep, b0, blocks, 2);
-}
 
 // f32-accurate activations for the interleaved kernels: each value of a block of 32 as three int8
 // digits, x ~ d_x (q0 + q1 / 254 + q2 / 254^2) with d_x = max|x| / 127 (q0 as on the int8 path,
@@ -932,7 +926,7 @@ LC_VNNI INLINE __m512 q8_0x_block(const uint8_t *chunks, const int32_t *x, const
 LC_VNNI INLINE void rows_interleaved(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,
                                      int64_t b0, int64_t blocks, int accumulate, int dtype,
                                      int digits) {
-  int64_t total = job->k / 32, size = dtype == LC_Q4_1 ? 320 : 544;
+  int64_t total = job->k / 32, size = interleaved_block_bytes(dtype);
   int scales = digits == 1 ? PREP_SCALES : PREP_DIGIT_SCALES;
   for (int64_t r = r0; r < r1; r += 16) {
     const uint8_t *group = job->w + size * ((r / 16) * total + b0);
@@ -1233,21 +1227,28 @@ static void run_job(const lc_qjob *job, lc_qrows_fn kernel, lc_qprep_fn prepare)
   }
 }
 
-int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
-                             int64_t m, int64_t n, int64_t k) {
-  if (path == LC_QUANT_AUTO) path = lc_quant_path(dtype);
-  lc_qprep_fn prepare;
-  lc_qrows_fn kernel = path_kernel(path, dtype, &prepare);
-  if (!kernel) return 0;
+/// out [m, n] = a [m, k] x w^T by `kernel` on w (stored or interleaved), LC_SMALL_M activation
+/// rows per pass over w; zeros when k is 0.
+static void run_rows(int dtype, lc_qrows_fn kernel, lc_qprep_fn prepare, float *out,
+                     const float *a, const void *w, int64_t m, int64_t n, int64_t k) {
   if (k == 0) {
     for (int64_t i = 0; i < m * n; i++) out[i] = 0;
-    return 1;
+    return;
   }
   for (int64_t i0 = 0; i0 < m; i0 += LC_SMALL_M) {
     lc_qjob job = {dtype, m - i0 < LC_SMALL_M ? (int)(m - i0) : LC_SMALL_M, a + i0 * k,
                    (const uint8_t *)w, out + i0 * n, n, k, lc_row_bytes(dtype, k)};
     run_job(&job, kernel, prepare);
   }
+}
+
+int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
+                             int64_t m, int64_t n, int64_t k) {
+  if (path == LC_QUANT_AUTO) path = lc_quant_path(dtype);
+  lc_qprep_fn prepare;
+  lc_qrows_fn kernel = path_kernel(path, dtype, &prepare);
+  if (!kernel) return 0;
+  run_rows(dtype, kernel, prepare, out, a, w, m, n, k);
   return 1;
 }
 
@@ -1262,20 +1263,11 @@ int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, con
 #if defined(__x86_64__)
   if ((lc_cpu_features() & 6) != 6 || (dtype != LC_Q4_1 && dtype != LC_Q8_0)) return 0;
   if (digits != 1 && digits != 3) return 0;
-  if (k == 0) {
-    for (int64_t i = 0; i < m * n; i++) out[i] = 0;
-    return 1;
-  }
   lc_qrows_fn kernel = dtype == LC_Q4_1 ? (digits == 1 ? rows_q4_1x_int8 : rows_q4_1x_digits)
                                         : (digits == 1 ? rows_q8_0x_int8 : rows_q8_0x_digits);
-  lc_qprep_fn prepare = digits == 3        ? digits_prepare
-                        : dtype == LC_Q4_1 ? int8_plain_prepare
-                                           : q8_0_int8_prepare;
-  for (int64_t i0 = 0; i0 < m; i0 += LC_SMALL_M) {
-    lc_qjob job = {dtype, m - i0 < LC_SMALL_M ? (int)(m - i0) : LC_SMALL_M, a + i0 * k,
-                   (const uint8_t *)packed, out + i0 * n, n, k, 0};
-    run_job(&job, kernel, prepare);
-  }
+  // One digit: q8_0's int8 preparation serves both (q4_1 ignores its starting sums).
+  run_rows(dtype, kernel, digits == 3 ? digits_prepare : q8_0_int8_prepare, out, a, packed, m, n,
+           k);
   return 1;
 #else
   (void)dtype, (void)digits, (void)out, (void)a, (void)packed, (void)m, (void)n, (void)k;
