@@ -21,8 +21,8 @@ extension RuntimeSuite {
   /// The packed bf16 products (more than 8 rows) on bf16 activations agree with the interpreter
   /// to f32 summation order, on awkward sizes: row tiles of 12 with every tail, column panels of
   /// 32 with masked tails, odd K (a zero pad in the last pair) and K over several 256-pair blocks.
-  @Test func packedBF16ProductsMatchTheInterpreter() throws {
-    try #require(DecodeKernels.bf16DotProducts, "needs avx512_bf16")
+  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  func packedBF16ProductsMatchTheInterpreter() throws {
     for (rows, n, k) in [(9, 1, 3), (12, 33, 7), (13, 3, 33), (33, 129, 129), (129, 7, 1100)] {
       for transposeB in [true, false] {
         let (graph, weight) = try bf16Product(rows: rows, n: n, k: k, transposeB: transposeB)
@@ -37,8 +37,8 @@ extension RuntimeSuite {
   /// On f32 activations the only extra error is their rounding to bf16, at most 2^-9 |x| each:
   /// |out - reference| <= 2^-9 sum_k |x_k| |w_k| (plus f32 summation), checked per element
   /// against an f64 sum of the unrounded values.
-  @Test func packedBF16ProductsRoundActivationsOnly() throws {
-    try #require(DecodeKernels.bf16DotProducts, "needs avx512_bf16")
+  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  func packedBF16ProductsRoundActivationsOnly() throws {
     let (rows, n, k) = (21, 40, 600)
     let (graph, weight) = try bf16Product(rows: rows, n: n, k: k, transposeB: true)
     var generator = SplitMix64(seed: 3)
@@ -66,8 +66,8 @@ extension RuntimeSuite {
   }
 
   /// Each output is one thread's sum in a fixed order: 1 and 2 threads give the same bits.
-  @Test func packedBF16ProductsAreBitIdenticalAcrossThreadCounts() throws {
-    try #require(DecodeKernels.bf16DotProducts, "needs avx512_bf16")
+  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  func packedBF16ProductsAreBitIdenticalAcrossThreadCounts() throws {
     let (graph, weight) = try bf16Product(rows: 200, n: 300, k: 700, transposeB: false)
     var generator = SplitMix64(seed: 9)
     let x = HostTensor(
@@ -98,8 +98,8 @@ extension RuntimeSuite {
   }
 
   /// `lora_linear` on a bf16 base weight: the base product is packed, the branch stays f32.
-  @Test func loraLinearOnBF16WeightsMatchesTheInterpreter() throws {
-    try #require(DecodeKernels.bf16DotProducts, "needs avx512_bf16")
+  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  func loraLinearOnBF16WeightsMatchesTheInterpreter() throws {
     let k = 96
     for (m, n, r) in [(33, 129, 8), (130, 65, 4)] {
       for transposeW in [true, false] {
