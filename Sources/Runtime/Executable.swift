@@ -294,6 +294,27 @@ public final class Executable {
     return pointer
   }
 
+  /// One block on huge pages for every parameter and state (KV caches, adapters, optimizer
+  /// moments) when they add up to 2 MB or more, and each one's offset in it.
+  ///
+  /// A decoding step reads the whole KV cache once: the attention of a SmolLM2 step at position
+  /// 1024 (47 MB of cache) took 3.2-3.6 ms on one core over 4 KB pages, 2.8-3.3 ms over huge
+  /// pages.
+  private static func persistentSlab(_ graph: Graph) -> (
+    slab: UnsafeMutableRawPointer?, offsets: [Value: Int]
+  ) {
+    var offsets: [Value: Int] = [:]
+    var total = 0
+    for declaration in graph.declarations
+    where declaration.kind == .parameter || declaration.kind == .state {
+      offsets[declaration.value] = total
+      let bytes = graph.type(of: declaration.value).byteCount
+      total += (bytes + ArenaPlan.alignment - 1) / ArenaPlan.alignment * ArenaPlan.alignment
+    }
+    guard total >= 1 << 21, let slab = lc_alloc_large(Int64(total)) else { return (nil, [:]) }
+    return (slab, offsets)
+  }
+
   private func ownedBuffer(_ bytes: Int) -> UnsafeMutableRawPointer {
     let buffer = Executable.allocate(bytes)
     owned.append(buffer)
@@ -301,6 +322,8 @@ public final class Executable {
   }
 
   private func bindStorage(constants: [String: HostTensor]) throws(RuntimeError) {
+    let persistent = Executable.persistentSlab(graph)
+    if let slab = persistent.slab { owned.append(slab) }
     for input in graph.inputs {
       let buffer = ownedBuffer(graph.type(of: input.value).byteCount)
       addresses[input.value.index] = buffer
@@ -322,7 +345,12 @@ public final class Executable {
         }
         addresses[declaration.value.index] = constantAddress(tensor, declaration.value)
       case .parameter, .state:
-        let buffer = ownedBuffer(type.byteCount)
+        let buffer: UnsafeMutableRawPointer
+        if let slab = persistent.slab, let offset = persistent.offsets[declaration.value] {
+          buffer = slab + offset
+        } else {
+          buffer = ownedBuffer(type.byteCount)
+        }
         initialize(declaration, at: buffer)
         addresses[declaration.value.index] = buffer
         bindable[declaration.name] = (declaration.value, buffer)

@@ -13,8 +13,9 @@ extension Bench {
       discussion: """
         Medians of --runs steps after a warm-up, at each of --positions. With --json, \
         tokens_per_s is the rate of the median position, compile_s the step's compile time \
-        (trace, passes, plan) and packing_s the time spent interleaving weights for \
-        --int8-activations (loading work, apart from compile_s).
+        (trace, passes, plan) and packing_s the time spent packing weights once at load \
+        (q4_1/q8_0 interleaved by 16 rows, f32 copied to huge pages; loading work, apart from \
+        compile_s).
         """)
 
     @Argument(help: "The GGUF model.")

@@ -104,11 +104,12 @@ extension RuntimeSuite {
   }
 
   @Test func attentionAndItsGradientMatchInterpreter() throws {
-    // (batch, heads, groups, rows, keys, width): grouped and not, one row (decoding), a long
-    // cache, odd head widths; the mask is random, so some rows see no key at all.
+    // (batch, heads, groups, rows, keys, width): grouped and not, one row (decoding: by chunks of
+    // 128 keys, merged; 64-wide heads in groups of up to 4 on their own path), a long cache, odd
+    // head widths; the mask is random, so some rows (and some chunks) see no key at all.
     for (batch, heads, groups, rows, keys, width) in [
       (1, 1, 1, 1, 1, 1), (2, 4, 2, 3, 7, 5), (1, 9, 3, 33, 33, 64), (1, 3, 3, 3, 129, 64),
-      (3, 2, 1, 7, 3, 33),
+      (3, 2, 1, 7, 3, 33), (2, 9, 3, 1, 257, 64), (1, 10, 2, 1, 300, 64), (3, 4, 4, 1, 130, 16),
     ] {
       let graph = try attentionAndGradient(
         batch: batch, heads: heads, groups: groups, rows: rows, keys: keys, width: width,
@@ -146,6 +147,7 @@ extension RuntimeSuite {
     // interpreter skips every masked slot.
     for (heads, groups, rows, keys, width, filled) in [
       (9, 3, 1, 256, 64, [17]), (9, 3, 1, 64, 64, [1, 40, 64]), (4, 2, 5, 48, 33, [5, 30]),
+      (8, 2, 1, 300, 64, [129, 300, 1, 128]), (10, 2, 1, 200, 64, [150]), (4, 4, 1, 140, 16, [140]),
       (9, 3, 16, 300, 64, [16]), (2, 1, 3, 7, 5, [3, 7, 4]),
     ] {
       let batch = filled.count
