@@ -205,7 +205,8 @@ LC_AVX512F static int attend_group_chunk_64(int P, float *const *partials,
 /// is one chunk of one key/value head for every query head of its group, so the chunk's keys and
 /// values come from memory once and stay in L2 for the group's other heads, and a long cache
 /// splits across threads even when there are fewer key/value heads than threads; the chunks of a
-/// head are then merged in order (flash-decoding). Returns 0 when the partials do not fit.
+/// head are then merged in order (flash-decoding). Returns 0 when no memory for the partials
+/// can be had (the caller then runs the general path).
 ///
 /// Measured on a SmolLM2 step at position 1024 (1 thread): per-head cblas_sgemm pairs took 4.3-4.9
 /// ms of 8.5-9.2; this, with the cache on huge pages, ~2.8 ms of 6.7 (reading the f32 cache once
