@@ -271,6 +271,56 @@ private func decodingBindings(
   #expect(try Reassociate().run(lora) == lora)
 }
 
+@Test func decodeRunsTheLastLayerOnTheLastTokenOnly() throws {
+  // A prefill needs the keys and values of every new token, but only the last token's logits:
+  // the last layer's query, attention, output product and MLP run on one row, the same logits as
+  // the graph that computes every position (decode{last=false}), plain and with LoRA adapters.
+  let config = LlamaConfig(
+    vocabularySize: 11, embeddingLength: 8, layerCount: 2, headCount: 2, keyValueHeadCount: 1,
+    feedForwardLength: 12)
+  let forward = try Llama.trace(config, batch: 2, sequence: 3)
+  for adapters in ["", "lora{rank=2,alpha=4,targets=layers.*.{attn.q,attn.v,mlp.down},seed=5},"] {
+    let decoded = try Pipeline(parsing: adapters + "fuse,decode{context=5}").run(forward)
+    let everyRow = try Pipeline(parsing: adapters + "fuse,decode{context=5,last=false}").run(
+      forward)
+    try Verifier.verify(decoded)
+    func shapes(_ name: String) -> [[Int]] {
+      decoded.body.filter { $0.name == name }.map { decoded.type(of: $0.results[0]).shape }
+    }
+    for name in ["layers.0.attn.q", "layers.0.mlp.down", "layers.1.attn.k", "layers.1.attn.v"] {
+      #expect(shapes(name).map { $0[1] } == [3], "\(adapters) \(name)")
+    }
+    for name in ["layers.1.attn.q", "layers.1.attn.o", "layers.1.mlp.up", "layers.1.mlp.down"] {
+      #expect(shapes(name).map { $0[1] } == [1], "\(adapters) \(name)")
+    }
+    let attentions = decoded.body.filter { if case .attention = $0.op { true } else { false } }
+    #expect(
+      attentions.map { decoded.type(of: $0.results[0]).shape } == [[2, 2, 3, 4], [2, 2, 1, 4]])
+    var values = decodingBindings(decoded, tokens: 3, slot: 1, seed: 6) { row, query, slot in
+      slot >= 1 && slot <= 1 + query || (row == 0 && slot == 0)
+    }
+    var generator = SplitMix64(seed: 9)
+    for declaration in decoded.declarations where declaration.kind == .parameter {
+      let type = decoded.type(of: declaration.value)
+      values[declaration.name] = DenseTensor(
+        dtype: .f32, shape: type.shape,
+        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
+    }
+    let interpreter = Interpreter(precision: .f64)
+    let last = try interpreter.run(decoded, bindings: values)[0]
+    let all = try interpreter.run(everyRow, bindings: values)[0]
+    #expect(last.shape == [2, 11] && all.shape == [2, 3, 11])
+    var worst = 0.0
+    for row in 0..<2 {
+      for token in 0..<11 {
+        worst = max(
+          worst, abs(last.scalars[row * 11 + token] - all.scalars[(row * 3 + 2) * 11 + token]))
+      }
+    }
+    #expect(worst < 1e-12, "\(adapters)")
+  }
+}
+
 @Test func decodePassMatchesTheDecodingTracer() throws {
   // The forward graph, fused and turned into a decoding graph, computes what the hand-written
   // decoding tracer computes: same inputs, same cache names, same logits of the last new token.
