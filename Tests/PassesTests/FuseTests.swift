@@ -42,10 +42,12 @@ private func tinyLlama() throws -> Graph {
 }
 
 /// Binds the tiny model's weights to random values.
-private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
+private func weights(_ graph: Graph, seed: UInt64, kind: Declaration.Kind = .constant)
+  -> [String: DenseTensor]
+{
   var generator = SplitMix64(seed: seed)
   var result: [String: DenseTensor] = [:]
-  for declaration in graph.declarations where declaration.kind == .constant {
+  for declaration in graph.declarations where declaration.kind == kind {
     let type = graph.type(of: declaration.value)
     result[declaration.name] = DenseTensor(
       dtype: .f32, shape: type.shape,
@@ -78,14 +80,8 @@ private func weights(_ graph: Graph, seed: UInt64) -> [String: DenseTensor] {
   #expect(!folded.body.contains { folded.type(of: $0.results[0]).rank == 5 })
   #expect(plain.body.contains { plain.type(of: $0.results[0]).rank == 5 })
   // Same loss and gradients as the unfused graph, with B non-zero so every branch counts.
-  var values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
-  var generator = SplitMix64(seed: 8)
-  for declaration in plain.declarations where declaration.kind == .parameter {
-    let type = plain.type(of: declaration.value)
-    values[declaration.name] = DenseTensor(
-      dtype: .f32, shape: type.shape,
-      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
-  }
+  let values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
+    .merging(weights(plain, seed: 8, kind: .parameter)) { a, _ in a }
   let interpreter = Interpreter(precision: .f64)
   let expected = try interpreter.run(plain, bindings: values)
   let actual = try interpreter.run(fused, bindings: values)
@@ -296,16 +292,9 @@ private func decodingBindings(
     let attentions = decoded.body.filter { if case .attention = $0.op { true } else { false } }
     #expect(
       attentions.map { decoded.type(of: $0.results[0]).shape } == [[2, 2, 3, 4], [2, 2, 1, 4]])
-    var values = decodingBindings(decoded, tokens: 3, slot: 1, seed: 6) { row, query, slot in
+    let values = decodingBindings(decoded, tokens: 3, slot: 1, seed: 6) { row, query, slot in
       slot >= 1 && slot <= 1 + query || (row == 0 && slot == 0)
-    }
-    var generator = SplitMix64(seed: 9)
-    for declaration in decoded.declarations where declaration.kind == .parameter {
-      let type = decoded.type(of: declaration.value)
-      values[declaration.name] = DenseTensor(
-        dtype: .f32, shape: type.shape,
-        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
-    }
+    }.merging(weights(decoded, seed: 9, kind: .parameter)) { a, _ in a }
     let interpreter = Interpreter(precision: .f64)
     let last = try interpreter.run(decoded, bindings: values)[0]
     let all = try interpreter.run(everyRow, bindings: values)[0]
