@@ -489,8 +489,8 @@ public final class Executable {
   /// Whether `value` is a constant of the graph (its bytes never change once bound).
   func isConstant(_ value: Value) -> Bool { constantValues.contains(value) }
 
-  /// Seconds spent packing bf16 weights while the executable was made (loading work, like
-  /// reading the weights, rather than compiling).
+  /// Seconds spent packing weights (bf16 panels, interleaved q4_1/q8_0, huge-page copies) while
+  /// the executable was made (loading work, like reading the weights, rather than compiling).
   public private(set) var packingSeconds = 0.0
 
   /// Bytes of packed bf16, interleaved q4_1/q8_0 and huge-page weights made so far (they live
@@ -513,11 +513,13 @@ public final class Executable {
       switch instruction.op {
       case .matmul, .loraLinear: break
       case .attention, .attentionGrad:
-        // Two [S, T] blocks for each thread that may run.
+        // Two [S, T] blocks for each thread that may run (and a decoding step's chunk partials).
         let (q, k) = (instruction.operands[0].value, instruction.operands[1].value)
         if let q, let k {
-          let block = graph.type(of: q).shape[2] * graph.type(of: k).shape[2]
-          result[index] = attentionSlots * 2 * block * 4
+          let (qs, ks) = (graph.type(of: q).shape.map(Int64.init), graph.type(of: k).shape)
+          let floats = lc_attention_scratch_floats(
+            qs[0], qs[1], qs[2], Int64(ks[2]), qs[3], Int64(attentionSlots))
+          result[index] = Int(floats) * 4
         }
         continue
       default: continue

@@ -13,7 +13,6 @@
 // `attention_one_row`.
 #include <cblas.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -185,41 +184,53 @@ static inline __attribute__((always_inline)) LC_AVX512F void attend_chunk_64(
   }
 }
 
-/// One chunk of a group of 1-4 query heads on 64-wide heads, or 0 if not handled here.
-LC_AVX512F static int attend_group_chunk_64(int P, float *const *partials,
-                                            const float *const *queries,
-                                            const int32_t *const *seen, int64_t step,
-                                            const float *kg, const float *vg, int64_t t0,
-                                            int64_t t1, float scale) {
+/// One chunk of a group of 1-4 query heads on 64-wide heads.
+LC_AVX512F static void attend_group_chunk_64(int P, float *const *partials,
+                                             const float *const *queries,
+                                             const int32_t *const *seen, int64_t step,
+                                             const float *kg, const float *vg, int64_t t0,
+                                             int64_t t1, float scale) {
   switch (P) {
-    case 1: attend_chunk_64(1, partials, queries, seen, step, kg, vg, t0, t1, scale); return 1;
-    case 2: attend_chunk_64(2, partials, queries, seen, step, kg, vg, t0, t1, scale); return 1;
-    case 3: attend_chunk_64(3, partials, queries, seen, step, kg, vg, t0, t1, scale); return 1;
-    case 4: attend_chunk_64(4, partials, queries, seen, step, kg, vg, t0, t1, scale); return 1;
-    default: return 0;
+    case 1: attend_chunk_64(1, partials, queries, seen, step, kg, vg, t0, t1, scale); break;
+    case 2: attend_chunk_64(2, partials, queries, seen, step, kg, vg, t0, t1, scale); break;
+    case 3: attend_chunk_64(3, partials, queries, seen, step, kg, vg, t0, t1, scale); break;
+    default: attend_chunk_64(4, partials, queries, seen, step, kg, vg, t0, t1, scale); break;
   }
 }
 #endif
+
+/// The floats of a one-query-row attention's scratch after the `slots` per-thread score buffers
+/// (2 T each, the size every attention plans): each (batch, head)'s last visible key (as int64,
+/// two floats each), then a partial result (width + 2) per chunk of every (batch, head).
+static int64_t one_row_extra(int64_t batch, int64_t heads, int64_t keys, int64_t width) {
+  int64_t chunks = (keys + LC_DECODE_KEYS - 1) / LC_DECODE_KEYS;
+  return 2 * batch * heads + batch * heads * chunks * (width + 2);
+}
+
+int64_t lc_attention_scratch_floats(int64_t batch, int64_t heads, int64_t rows, int64_t keys,
+                                    int64_t width, int64_t slots) {
+  return slots * 2 * rows * keys + (rows == 1 ? one_row_extra(batch, heads, keys, width) : 0);
+}
 
 /// Attention of one query row per (batch, head) (a decoding step), by chunks of keys: each task
 /// is one chunk of one key/value head for every query head of its group, so the chunk's keys and
 /// values come from memory once and stay in L2 for the group's other heads, and a long cache
 /// splits across threads even when there are fewer key/value heads than threads; the chunks of a
-/// head are then merged in order (flash-decoding). Returns 0 when no memory for the partials
-/// can be had (the caller then runs the general path).
+/// head are then merged in order (flash-decoding). Its partials live in the planned scratch
+/// (`lc_attention_scratch_floats`).
 ///
 /// Measured on a SmolLM2 step at position 1024 (1 thread): per-head cblas_sgemm pairs took 4.3-4.9
 /// ms of 8.5-9.2; this, with the cache on huge pages, ~2.8 ms of 6.7 (reading the f32 cache once
 /// at 25 GB/s: ~1.9 ms).
-static int attention_one_row(float *out, const float *q, const float *k, const float *v,
-                             const int32_t *mask, const int64_t *strides, int64_t batch,
-                             int64_t heads, int64_t groups, int64_t keys, int64_t width,
-                             float scale, float *scratch, int threads) {
+static void attention_one_row(float *out, const float *q, const float *k, const float *v,
+                              const int32_t *mask, const int64_t *strides, int64_t batch,
+                              int64_t heads, int64_t groups, int64_t keys, int64_t width,
+                              float scale, float *scratch, int64_t slots, int threads) {
   int64_t per_group = heads / groups, stride = width + 2;
   // The keys each (batch, head) sees end at live[b * heads + h]; heads share a mask row when
   // its head stride is 0 (a decoding step's mask), scanned once per batch row then.
-  int64_t live_local[256], *live = live_local, most = 0;
-  if (batch * heads > 256 && !(live = malloc((size_t)(batch * heads) * sizeof(int64_t)))) return 0;
+  int64_t *live = (int64_t *)(scratch + slots * 2 * keys), most = 0;
+  float *partials = (float *)(live + batch * heads);
   for (int64_t b = 0; b < batch; b++) {
     for (int64_t h = 0; h < heads; h++) {
       int64_t *it = live + b * heads + h;
@@ -227,19 +238,18 @@ static int attention_one_row(float *out, const float *q, const float *k, const f
       most = *it > most ? *it : most;
     }
   }
+  if (most == 0) {
+    // No key visible to any head: every row is zeros, as in the general path.
+    memset(out, 0, (size_t)(batch * heads * width) * sizeof(float));
+    return;
+  }
   // Chunks up to the last key any head sees (not the cache's size): the work and the bits are
   // those of the keys in use.
-  int64_t chunks = most > 0 ? (most + LC_DECODE_KEYS - 1) / LC_DECODE_KEYS : 1;
-  int64_t tasks = batch * groups * chunks, need = batch * heads * chunks * stride;
+  int64_t chunks = (most + LC_DECODE_KEYS - 1) / LC_DECODE_KEYS;
+  int64_t tasks = batch * groups * chunks;
 #if defined(__x86_64__)
   int fast = width == 64 && per_group <= 4 && (lc_cpu_features() & 2);
 #endif
-  float local[4096], *partials = local;
-  if (need > (int64_t)(sizeof(local) / sizeof(float)) &&
-      !(partials = malloc((size_t)need * sizeof(float)))) {
-    if (live != live_local) free(live);
-    return 0;
-  }
 #pragma omp parallel num_threads(threads) if (tasks > 1)
   {
     float *p = scratch + (int64_t)omp_get_thread_num() * 2 * keys;
@@ -296,9 +306,6 @@ static int attention_one_row(float *out, const float *q, const float *k, const f
       for (int64_t j = 0; j < width; j++) o[j] *= inverse;
     }
   }
-  if (partials != local) free(partials);
-  if (live != live_local) free(live);
-  return 1;
 }
 
 /// Query rows per block: each block's products run over only the keys its rows see, so a causal
@@ -316,8 +323,9 @@ void lc_attention_f32(float *out, const float *q, const float *k, const float *v
                       float scale, float *scratch, int64_t slots) {
   int64_t per_group = heads / groups, tasks = batch * heads;
   int threads = slots_to_use(slots);
-  if (rows == 1 && attention_one_row(out, q, k, v, mask, mask_strides, batch, heads, groups, keys,
-                                     width, scale, scratch, threads)) {
+  if (rows == 1) {
+    attention_one_row(out, q, k, v, mask, mask_strides, batch, heads, groups, keys, width, scale,
+                      scratch, slots, threads);
     return;
   }
 #pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1)

@@ -218,9 +218,13 @@ void lc_cross_entropy_f32(float *loss, const float *logits, const int32_t *targe
 void lc_cross_entropy_grad_f32(float *grad, const float *logits, const int32_t *targets,
                                const float *g, int64_t rows, int64_t v);
 
+/// Floats of scratch lc_attention_f32 and lc_attention_grad_f32 need: 2 S T for each of `slots`
+/// threads, and for one query row (S = 1) the partial results of its chunks of keys.
+int64_t lc_attention_scratch_floats(int64_t batch, int64_t heads, int64_t rows, int64_t keys,
+                                    int64_t width, int64_t slots);
 /// out [B,H,S,D] = softmax(mask ? scale q k^T : -inf) v per (b, h) with k, v [B,G,T,D] (query
 /// head h reads key/value head h / (H / G)); mask strides index [B,H,S,T] (0 where it
-/// broadcasts). scratch holds 2 S T floats for each of `slots` threads.
+/// broadcasts). scratch holds lc_attention_scratch_floats.
 void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
                       const int32_t *mask, const int64_t *mask_strides, int64_t batch,
                       int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
