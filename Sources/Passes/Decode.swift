@@ -144,7 +144,7 @@ public struct Decode: Pass {
 /// The sliced ops are appended to `emitter`'s body (the graph's body before instruction
 /// `replacing`, which uses `root`); the full ones they replace have no other use left, and dead
 /// code elimination drops them. Operands needed whole elsewhere are sliced where they are.
-func sliceRows(
+private func sliceRows(
   _ emitter: inout Emitter, graph: Graph, of root: Value, axis: Int, from: Int,
   replacing user: Int
 ) throws(PassError) -> Value {
@@ -199,8 +199,7 @@ func sliceRows(
     plain[Pair(value: value, axis: axis)] = result
     return result
   }
-  for index in sliced.keys.sorted() {
-    guard let (axis, axes) = sliced[index] else { continue }
+  for (index, (axis, axes)) in sliced.sorted(by: { $0.key < $1.key }) {
     let instruction = graph.body[index]
     var operands: [Operand] = []
     for (operand, operandAxis) in zip(instruction.operands, axes) {
