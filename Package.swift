@@ -11,6 +11,7 @@ let package = Package(
     .library(name: "Passes", targets: ["Passes"]),
     .library(name: "Runtime", targets: ["Runtime"]),
     .library(name: "Models", targets: ["Models"]),
+    .library(name: "Sessions", targets: ["Sessions"]),
   ],
   dependencies: [
     .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
@@ -30,13 +31,19 @@ let package = Package(
       ]
     ),
     .target(name: "Models", dependencies: ["IR"]),
+    // The application layer: training, decoding, evaluation; typed throwing APIs, no printing.
+    .target(name: "Sessions", dependencies: ["IR", "Passes", "Runtime", "Models"]),
     .executableTarget(
       name: "lorac",
       dependencies: [
-        "IR", "Passes", "Runtime", "Models",
+        "Sessions", "IR", "Passes", "Runtime", "Models",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
+    // Small programs on the public library API only; the tests build and run them.
+    .executableTarget(name: "xor", dependencies: ["Sessions", "Models", "IR"], path: "Examples/xor"),
+    .executableTarget(
+      name: "finetune", dependencies: ["Sessions", "Models", "Runtime"], path: "Examples/finetune"),
     .executableTarget(
       name: "LoracBench",
       dependencies: ["IR", "Models", "Runtime"],

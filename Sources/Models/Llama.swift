@@ -330,7 +330,7 @@ public struct LlamaModel: Sendable {
   /// Traces the forward graph (or, with `loss`, the loss graph) with each weight in its stored
   /// dtype, or with `precision` `.bf16` every weight matrix declared `bf16` (vectors as stored).
   public func trace(
-    batch: Int, sequence: Int, loss: Bool = false, precision: WeightPrecision = .stored
+    batch: Int, sequence: Int, loss: Bool = false, precision: WeightPrecision = .f32
   ) throws(TraceError) -> Graph {
     try Llama.trace(config, batch: batch, sequence: sequence, loss: loss) { name in
       guard let info = file.info(name) else { return nil }
@@ -378,10 +378,17 @@ public struct LlamaModel: Sendable {
   }
 }
 
-/// The dtype a model's frozen weights are computed from.
-public enum WeightPrecision: String, CaseIterable, Sendable {
-  /// Each weight as the file stores it (quantized blocks are decoded exactly to f32).
-  case stored
-  /// Weight matrices rounded to bf16 at load, for avx512_bf16 dot products.
+/// What a model's frozen weights are computed in: the one precision enum of lorac (the training
+/// commands' `--precision`).
+public enum WeightPrecision: String, CaseIterable, Sendable, LosslessStringConvertible {
+  /// Each weight as the file stores it (quantized blocks are decoded exactly to f32); f32
+  /// products (OpenBLAS sgemm).
+  case f32
+  /// Weight matrices rounded to bf16 at load, activations rounded to bf16 for the base products
+  /// (avx512_bf16 dot products, f32 sums); adapters, gradients and AdamW stay f32.
   case bf16
+
+  public init?(_ description: String) { self.init(rawValue: description) }
+
+  public var description: String { rawValue }
 }

@@ -28,6 +28,19 @@ public struct PEFTAdapter: Sendable {
     ("mlp.down_proj", "mlp.down"),
   ]
 
+  /// An adapter from tensors in lorac orientation (`<target>.lora_a` `[in, r]`, `.lora_b`
+  /// `[r, out]`), as a training session holds them.
+  public init(
+    rank: Int, alpha: Double, useRSLoRA: Bool = false, targets: [String],
+    tensors: [String: HostTensor]
+  ) {
+    self.rank = rank
+    self.alpha = alpha
+    self.useRSLoRA = useRSLoRA
+    self.targets = targets
+    self.tensors = tensors
+  }
+
   /// Reads an adapter directory for a model with `config`.
   public init(directory: String, config: LlamaConfig) throws(FileError) {
     let folder = URL(fileURLWithPath: directory)

@@ -4,6 +4,7 @@ import Foundation
 import IR
 import Models
 import Runtime
+import Sessions
 
 extension Bench {
   /// `lorac bench decode`: one-token KV-cache steps at several cache positions.
@@ -49,7 +50,8 @@ extension Bench {
       }
       Threads.set(threads)
       let context = ((slots.max() ?? 0) + 16) / 16 * 16
-      let session = DecodeSession(modelPath: model, context: context, adapter: nil)
+      let session = DecodeSession(
+        model: try LlamaModel.open(model), context: context, adapter: nil)
       let step: Executable
       let start = DispatchTime.now().uptimeNanoseconds
       do {

@@ -4,6 +4,7 @@ import Foundation
 import IR
 import Models
 import Runtime
+import Sessions
 
 extension Bench {
   /// `lorac bench prefill`: time to a ready model, and prefill throughput.
@@ -112,8 +113,8 @@ extension Bench {
     /// The decoding prefill graph of `lorac generate`: KV caches and the last position's logits.
     private func cached(_ ids: [Int32], start: UInt64) -> Measured {
       let slots = context ?? tokens
-      let session = DecodeSession(modelPath: model, context: slots, adapter: nil)
       do {
+        let session = DecodeSession(model: try LlamaModel.open(model), context: slots, adapter: nil)
         let prefill = try session.compile(tokens: tokens)
         let ready = seconds(since: start)
         try session.setInputs(prefill, tokens: ids, slot: 0)
@@ -133,22 +134,15 @@ extension Bench {
 
     /// The forward graph of `lorac logits`: every position's logits.
     private func forward(_ ids: [Int32], start: UInt64) -> Measured {
-      let session = ForwardSession(modelPath: model, sequence: tokens, adapter: nil)
-      let ready = seconds(since: start)
-      let median = KernelBenchmarks.median(runs: runs) { _ = session.logits(ids) }
-      return Measured(ready: ready, seconds: median, executable: session.executable, context: nil)
+      do {
+        let session = try ForwardSession(
+          model: try LlamaModel.open(model), sequence: tokens, adapter: nil)
+        let ready = seconds(since: start)
+        let median = try KernelBenchmarks.median(runs: runs) { _ = try session.logits(ids) }
+        return Measured(ready: ready, seconds: median, executable: session.executable, context: nil)
+      } catch {
+        fail("\(error)")
+      }
     }
   }
-}
-
-/// The process's peak resident set size in bytes (VmHWM), or 0 when unknown.
-func peakResidentBytes() -> Int {
-  guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else {
-    return 0
-  }
-  for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-    let kilobytes = line.split(separator: " ").compactMap { Int($0) }.first ?? 0
-    return kilobytes * 1024
-  }
-  return 0
 }

@@ -5,6 +5,7 @@ import IR
 import Models
 import Passes
 import Runtime
+import Sessions
 
 extension Bench {
   /// `lorac bench train`: LoRA training steps (forward, backward, AdamW) on random tokens.
@@ -33,10 +34,10 @@ extension Bench {
     var targets = "layers.*.attn.{q,k,v,o}"
 
     @Option(help: "The passes between lora/freeze and the executable.")
-    var passes = "fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
+    var passes = Pipelines.trainingPasses
 
-    @Option(help: TrainPrecision.help(default: nil))
-    var precision: TrainPrecision = .f32
+    @Option(help: WeightPrecision.help(default: nil))
+    var precision: WeightPrecision = .f32
 
     @Option(parsing: .unconditional, help: "Steps measured after one warm-up step.")
     var runs = 5
@@ -62,13 +63,8 @@ extension Bench {
 
     func run() throws {
       Threads.set(threads)
-      if let note = precision.fallbackNote { FileHandle.standardError.write(Data(note.utf8)) }
-      let loaded: LlamaModel
-      do {
-        loaded = try LlamaModel(path: model)
-      } catch {
-        fail(error.message)
-      }
+      if let note = precisionNote(precision) { printError(note) }
+      let loaded = try LlamaModel.open(model)
       if seq > loaded.contextLength {
         fail("--seq \(seq) is more than the model's context of \(loaded.contextLength) tokens")
       }
@@ -78,9 +74,10 @@ extension Bench {
       let parameters: [String]
       do {
         let pipeline = try Pipeline(
-          parsing: "lora{rank=\(rank),alpha=\(2 * rank),targets=\(targets)},freeze," + passes)
+          parsing: Pipelines.training(
+            rank: rank, alpha: Double(2 * rank), targets: targets, passes: passes))
         let traced = try loaded.trace(
-          batch: batch, sequence: seq, loss: true, precision: precision.weights)
+          batch: batch, sequence: seq, loss: true, precision: precision)
         phases.append(DispatchTime.now().uptimeNanoseconds)
         let graph = try pipeline.run(traced)
         phases.append(DispatchTime.now().uptimeNanoseconds)

@@ -1,12 +1,21 @@
 import ArgumentParser
 import Foundation
+import Models
+import Runtime
+import Sessions
 
 /// Prints `error: message` to standard error and exits with status 1.
 ///
-/// Commands report every failure through this, so stdout carries only the requested output.
+/// Commands report every failure through this (or by throwing, which `Lorac.main` turns into the
+/// same line), so stdout carries only the requested output.
 func fail(_ message: String) -> Never {
   FileHandle.standardError.write(Data("error: \(message)\n".utf8))
   exit(1)
+}
+
+/// Writes one line to standard error.
+func printError(_ line: String) {
+  FileHandle.standardError.write(Data((line + "\n").utf8))
 }
 
 /// Reads a whole file as UTF-8 text, `-` meaning standard input.
@@ -34,5 +43,39 @@ func readText(_ path: String) -> String {
 func validateThreads(_ threads: Int?) throws {
   if let threads, threads < 1 {
     throw ValidationError("--threads must be at least 1, got \(threads)")
+  }
+}
+
+/// Parses `1,2,3` into token ids; the message names `option`.
+func parseIDs(_ text: String, option: String) throws(SessionError) -> [Int32] {
+  let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+  var ids: [Int32] = []
+  for part in parts {
+    guard let id = Int32(part.trimmingCharacters(in: .whitespaces)) else {
+      throw SessionError(
+        "\(option): '\(part)' is not a token id (expected comma-separated integers like 1,2,3)")
+    }
+    ids.append(id)
+  }
+  if ids.isEmpty { throw SessionError("\(option): no token ids") }
+  return ids
+}
+
+/// The PEFT adapter in the folder at `path` for `model`, when a folder is given.
+func loadAdapter(_ path: String?, for model: LlamaModel) throws(SessionError) -> PEFTAdapter? {
+  guard let path else { return nil }
+  return try PEFTAdapter.load(path, for: model)
+}
+
+extension WeightPrecision: ExpressibleByArgument {
+  /// The `--precision` help; `fallback` is the default it names, when the option's value is
+  /// optional.
+  static func help(default fallback: WeightPrecision?) -> ArgumentHelp {
+    ArgumentHelp(
+      stringLiteral:
+        "f32 or bf16: bf16 rounds the frozen weight matrices and the activations they multiply to "
+        + "bf16 (avx512_bf16 dot products with f32 sums; adapters, gradients and AdamW stay f32). "
+        + "On CPUs without avx512_bf16 the bf16 weights are decoded to f32 for the products."
+        + (fallback.map { " (default: \($0))" } ?? ""))
   }
 }

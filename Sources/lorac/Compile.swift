@@ -4,6 +4,7 @@ import IR
 import Models
 import Passes
 import Runtime
+import Sessions
 
 /// `lorac compile`: trace, rewrite and plan a graph once, and store it as a `.lorac` bundle.
 struct Compile: ParsableCommand {
@@ -65,7 +66,7 @@ struct Compile: ParsableCommand {
     do {
       graph = try loaded.trace(batch: batch, sequence: seq, loss: loss)
       if let adapter {
-        let peft = PEFTAdapter.load(adapter, for: loaded)
+        let peft = try PEFTAdapter.load(adapter, for: loaded)
         graph = try peft.loraPass().run(graph).compacted()
         parameters = peft.tensors
       }
@@ -164,7 +165,7 @@ struct Run: ParsableCommand {
     }
     let shape = graph.type(of: tokens.value).shape
     let (batch, seq) = (shape[0], shape[1])
-    let values = parseIDs(ids, option: "--ids")
+    let values = try parseIDs(ids, option: "--ids")
     let perRow = loaded.kind == .loss ? seq + 1 : seq
     guard values.count == batch * perRow else {
       fail(

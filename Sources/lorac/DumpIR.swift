@@ -3,6 +3,7 @@ import Foundation
 import IR
 import Models
 import Passes
+import Sessions
 
 /// `lorac dump-ir`: prints a model's IR text, optionally after a pass pipeline.
 struct DumpIR: ParsableCommand {
@@ -73,11 +74,11 @@ struct DumpIR: ParsableCommand {
       fail("\(error)")
     }
     if let pipeline {
+      let passes = try parsePipeline(pipeline)
+      let printAfter = try printSelection(after, option: "--after", pipeline: passes)
       do {
-        let passes = try Pipeline(parsing: pipeline)
-        let printAfter = checkedPrintAfter(after, option: "--after", pipeline: passes)
         graph = try passes.run(graph, printAfter: printAfter) { line in
-          if after != nil { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+          if after != nil { printError(line) }
         }
       } catch {
         fail(error.message)
@@ -85,42 +86,4 @@ struct DumpIR: ParsableCommand {
     }
     print(Printer().print(graph), terminator: "")
   }
-}
-
-/// The pass names of pipeline text, in order: `lora{rank=4},fuse` -> `[lora, fuse]`.
-func passNames(_ pipeline: String) -> [String] {
-  var names: [String] = []
-  var current = ""
-  var depth = 0
-  for character in pipeline + "," {
-    switch character {
-    case "{":
-      if depth == 0 { names.append(current) }
-      depth += 1
-    case "}": depth -= 1
-    case "," where depth == 0:
-      if !current.isEmpty && names.last != current { names.append(current) }
-      current = ""
-    default:
-      if depth == 0 { current.append(character) }
-    }
-  }
-  return names.map { $0.trimmingCharacters(in: .whitespaces) }
-}
-
-/// What `option` (comma-separated pass names, or all) asks `pipeline` to print; a name that is not
-/// a pass of the pipeline is an error (it would print nothing, silently).
-func checkedPrintAfter(_ value: String?, option: String, pipeline: Pipeline) -> Pipeline.PrintAfter
-{
-  guard let value else { return .none }
-  if value == "all" { return .all }
-  var names: [String] = []
-  for name in passNames(pipeline.description) where !names.contains(name) { names.append(name) }
-  let asked = value.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-  for name in asked where !names.contains(name) {
-    fail(
-      "\(option): '\(name)' is not a pass of the pipeline '\(pipeline)' (give one of "
-        + "\(names.joined(separator: ", ")), or all)")
-  }
-  return .passes(Set(asked))
 }

@@ -1,8 +1,8 @@
 import ArgumentParser
-import Dispatch
 import Foundation
 import Models
 import Runtime
+import Sessions
 
 /// `lorac eval`: mean token loss, perplexity and greedy exact-match accuracy of completions.
 struct Eval: ParsableCommand {
@@ -64,94 +64,23 @@ struct Eval: ParsableCommand {
 
   func run() throws {
     Threads.set(threads)
-    let loaded: LlamaModel
-    let tokenizer: Tokenizer
-    do {
-      loaded = try LlamaModel(path: model)
-      tokenizer = try Tokenizer(gguf: loaded.file)
-    } catch {
-      fail(error.message)
+    let loaded = try LlamaModel.open(model)
+    let tokenizer = try loaded.tokenizer()
+    let cases =
+      try data.map { path throws(SessionError) in try EvaluationCase.read(jsonl: path) }
+      ?? EvaluationCase.mysteryFunction(count: count, seed: seed)
+    let evaluator = Evaluator(
+      model: loaded, tokenizer: tokenizer, adapter: try loadAdapter(adapter, for: loaded))
+    let result = try evaluator.evaluate(cases, batch: batch)
+    if json {
+      let perplexity = result.perplexity.isFinite ? "\(result.perplexity)" : "null"
+      print(
+        "{\"count\": \(cases.count), \"examples\": \(cases.count), \"loss\": \(result.loss), \"perplexity\": \(perplexity), \"tokens\": \(result.tokens), \"exact_match\": \(result.exactMatch), \"correct\": \(result.correct), \"seconds\": \(result.seconds)}"
+      )
+      return
     }
-    var cases: [(prompt: String, answer: String)] = []
-    // Where each case comes from, for messages: `FILE:LINE` or the task.
-    var origins: [String] = []
-    if let data {
-      let lines: [(line: Int, object: JSONValue)]
-      do {
-        lines = try Dataset.jsonLines(path: data)
-      } catch {
-        fail(error.message)
-      }
-      for (line, object) in lines {
-        guard case .string(let prompt)? = object["prompt"],
-          case .string(let completion)? = object["completion"]
-        else {
-          let found = ["prompt", "completion"].map { key in
-            object[key].map { "\"\(key)\" is \($0.kindName)" } ?? "no \"\(key)\""
-          }
-          fail(
-            "\(data):\(line): expected string \"prompt\" and \"completion\" "
-              + "(\(found.joined(separator: ", ")))")
-        }
-        cases.append((prompt, completion))
-        origins.append("\(data):\(line)")
-      }
-    } else {
-      cases = Dataset.mysteryFunction(count: count, seed: seed)
-      origins = cases.indices.map { "--task example \($0 + 1)" }
-    }
-    let start = DispatchTime.now().uptimeNanoseconds
-    // Loss over the completion tokens, masked as in training.
-    let scored = cases.map {
-      Dataset.completion(prompt: $0.prompt, completion: $0.answer, tokenizer: tokenizer)
-    }
-    let limit = loaded.contextLength
-    if let index = scored.indices.first(where: { scored[$0].ids.count > limit }) {
-      fail(
-        "\(origins[index]): the prompt and completion have \(scored[index].ids.count) tokens "
-          + "(with end-of-sequence), more than the model's context of \(limit)")
-    }
-    let longestScored = scored.map { $0.ids.count - 1 }.max() ?? 1
-    let scorer = LossSession(
-      modelPath: model, adapter: adapter, batch: min(8, scored.count),
-      sequence: max(2, longestScored))
-    let (total, weighted) = scorer.score(scored)
-    let loss = total / max(weighted, 1)
-    let perplexity = exp(loss)
-    let prompts = cases.map { tokenizer.encode($0.prompt) }
-    let longest =
-      zip(prompts, cases).map { $0.count + tokenizer.encode($1.answer).count + 4 }.max() ?? 16
-    let session = DecodeSession(
-      modelPath: model, context: min(limit, (longest + 15) / 16 * 16), adapter: adapter)
-    let newline = tokenizer.encode("\n")
-    var correct = 0
     var samples: [String] = []
-    let limits = cases.map { tokenizer.encode($0.answer).count + 4 }
-    var outputs: [[Int32]] = []
-    for first in stride(from: 0, to: prompts.count, by: batch) {
-      let rows = first..<min(first + batch, prompts.count)
-      // Near the end of the context a continuation is cut where the cache ends.
-      let room = session.context - (rows.map { prompts[$0].count }.max() ?? 0)
-      do {
-        outputs += try session.greedyBatch(
-          prompts: Array(prompts[rows]), maxTokens: limits[rows].map { min($0, room) },
-          stop: { generated in
-            guard let last = generated.last else { return false }
-            return last == tokenizer.endOfSequence || last == 0 || newline.contains(last)
-          })
-      } catch {
-        fail("\(error)")
-      }
-    }
-    for (ids, item) in zip(outputs, cases) {
-      var output = ids
-      while let last = output.last,
-        last == tokenizer.endOfSequence || last == 0 || newline.contains(last)
-      {
-        output.removeLast()
-      }
-      let text = tokenizer.decode(output)
-      if text == item.answer { correct += 1 }
+    for (text, item) in zip(result.outputs, cases) {
       let line =
         "\(item.prompt.debugDescription) -> \(text.debugDescription) (expected \(item.answer))"
       if showFailures {
@@ -160,22 +89,14 @@ struct Eval: ParsableCommand {
         samples.append(line)
       }
     }
-    let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    let accuracy = Double(correct) / Double(cases.count)
-    if json {
-      print(
-        "{\"count\": \(cases.count), \"examples\": \(cases.count), \"loss\": \(loss), \"perplexity\": \(perplexity.isFinite ? "\(perplexity)" : "null"), \"tokens\": \(Int(weighted)), \"exact_match\": \(accuracy), \"correct\": \(correct), \"seconds\": \(seconds)}"
-      )
-    } else {
-      for sample in samples { print(sample) }
-      print(
-        String(
-          format: "loss %.4f  perplexity %.3f  (mean over %d completion tokens)", loss, perplexity,
-          Int(weighted)))
-      print(
-        String(
-          format: "exact match %d/%d = %.1f%% (%.1f s)", correct, cases.count, accuracy * 100,
-          seconds))
-    }
+    for sample in samples { print(sample) }
+    print(
+      String(
+        format: "loss %.4f  perplexity %.3f  (mean over %d completion tokens)", result.loss,
+        result.perplexity, result.tokens))
+    print(
+      String(
+        format: "exact match %d/%d = %.1f%% (%.1f s)", result.correct, cases.count,
+        result.exactMatch * 100, result.seconds))
   }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Models
 import Runtime
+import Sessions
 
 /// `lorac generate`: sample a continuation with KV-cache decoding, streaming tokens as they come.
 struct Generate: ParsableCommand {
@@ -89,99 +90,32 @@ struct Generate: ParsableCommand {
   func run() throws {
     Threads.set(threads)
     if int8Activations { DecodeKernels.int8Activations = true }
-    let loaded: LlamaModel
-    let tokenizer: Tokenizer
-    do {
-      loaded = try LlamaModel(path: model)
-      tokenizer = try Tokenizer(gguf: loaded.file)
-    } catch {
-      fail(error.message)
-    }
-    var ids: [Int32]
-    if let promptIDs {
-      ids = parseIDs(promptIDs, option: "--prompt-ids")
-    } else {
-      var text = prompt ?? ""
-      if chat {
-        guard let template = tokenizer.chatTemplate.flatMap(ChatTemplate.init(template:)) else {
-          fail("--chat: the model has no ChatML chat template")
-        }
-        text = template.render(
-          [ChatMessage(role: "user", content: text)], addGenerationPrompt: true)
-      }
-      ids = tokenizer.encode(text, parseSpecial: chat)
-      if tokenizer.addsBeginOfSequence, let bos = tokenizer.beginOfSequence {
-        ids.insert(bos, at: 0)
-      }
-    }
-    if ids.isEmpty { fail("the prompt has no tokens") }
-    let vocabulary = tokenizer.tokens.count
-    if let bad = ids.first(where: { $0 < 0 || Int($0) >= vocabulary }) {
-      fail("--prompt-ids: token \(bad) is out of range 0..<\(vocabulary)")
-    }
-    let endTokens: Set<Int32> =
-      ignoreEos ? [] : Set([tokenizer.endOfSequence, 0].compactMap { $0 })
-    let limit = loaded.contextLength
-    if ids.count >= limit {
-      fail(
-        "the prompt has \(ids.count) tokens; the model's context of \(limit) leaves no room to "
-          + "generate (at most \(limit - 1) prompt tokens)")
-    }
+    let loaded = try LlamaModel.open(model)
+    let tokenizer = try loaded.tokenizer()
+    let ids =
+      try promptIDs.map { text throws(SessionError) in try parseIDs(text, option: "--prompt-ids") }
+      ?? tokenizer.prompt(prompt ?? "", chat: chat)
+    try loaded.checkPrompt(ids, vocabulary: tokenizer.tokens.count, option: "--prompt-ids")
     // Generation stops at the end of the context.
-    let context = min(ids.count + maxTokens, limit)
+    let context = min(ids.count + maxTokens, loaded.contextLength)
     let session = DecodeSession(
-      modelPath: model, context: min(limit, (context + 15) / 16 * 16), adapter: adapter)
+      model: loaded, context: min(loaded.contextLength, (context + 15) / 16 * 16),
+      adapter: try loadAdapter(adapter, for: loaded))
+    let generator = TextGenerator(
+      session: session, tokenizer: tokenizer, stopStrings: stop, ignoreEndOfSequence: ignoreEos)
     let sampling = SamplingOptions(
       temperature: temperature, topK: topK, topP: topP, repetitionPenalty: repeatPenalty, seed: seed
     )
-    // Streaming: print what is certain so far: complete UTF-8 characters, minus an end that
-    // could still become a stop string.
-    let holdBack = max(0, (stop.map(\.count).max() ?? 0) - 1)
-    var streamed: [Int32] = []
-    var printed = 0
-    func flush(final: Bool) {
-      var text = tokenizer.decode(streamed.filter { !endTokens.contains($0) })
-      if let cut = stop.compactMap({ text.range(of: $0)?.lowerBound }).min() {
-        text = String(text[..<cut])
-      } else if !final {
-        if text.hasSuffix("\u{FFFD}") { text.removeLast() }
-        text = String(text.dropLast(holdBack))
-      }
-      guard text.count > printed else { return }
-      FileHandle.standardOutput.write(Data(String(text.dropFirst(printed)).utf8))
-      printed = text.count
-    }
-    let result: DecodeSession.Result
-    do {
-      result = try session.generate(
-        prompt: ids, maxTokens: maxTokens, sampling: sampling,
-        stop: { generated in
-          if let last = generated.last, endTokens.contains(last) { return true }
-          let text = tokenizer.decode(generated)
-          return stop.contains { text.contains($0) }
-        },
-        emit: { token in
-          guard !json else { return }
-          streamed.append(token)
-          flush(final: false)
-        })
-    } catch {
-      fail("\(error)")
-    }
-    var generated = result.ids
-    if let last = generated.last, endTokens.contains(last) { generated.removeLast() }
-    var text = tokenizer.decode(generated)
-    for marker in stop {
-      if let range = text.range(of: marker) { text = String(text[..<range.lowerBound]) }
-    }
+    let output = try generator.generate(
+      prompt: ids, maxTokens: maxTokens, sampling: sampling,
+      stream: json ? nil : { FileHandle.standardOutput.write(Data($0.utf8)) })
     if json {
       print(
-        "{\"prompt_ids\": \(ids.map(Int.init)), \"ids\": \(result.ids.map(Int.init)), \"text\": \(jsonString(text)), "
-          + "\"prefill_tokens_per_s\": \(Double(ids.count) / result.prefillSeconds), "
-          + "\"decode_tokens_per_s\": \(Double(result.ids.count) / max(result.decodeSeconds, 1e-9))}"
+        "{\"prompt_ids\": \(ids.map(Int.init)), \"ids\": \(output.ids.map(Int.init)), \"text\": \(jsonString(output.text)), "
+          + "\"prefill_tokens_per_s\": \(Double(ids.count) / output.prefillSeconds), "
+          + "\"decode_tokens_per_s\": \(Double(output.ids.count) / max(output.decodeSeconds, 1e-9))}"
       )
     } else {
-      flush(final: true)
       print()
     }
   }

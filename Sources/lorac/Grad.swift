@@ -1,9 +1,8 @@
 import ArgumentParser
 import Foundation
-import IR
 import Models
-import Passes
 import Runtime
+import Sessions
 
 /// `lorac grad`: the loss and the adapter gradients for one token sequence, as PEFT tensors.
 struct Grad: ParsableCommand {
@@ -36,18 +35,20 @@ struct Grad: ParsableCommand {
   func validate() throws { try validateThreads(threads) }
 
   func run() throws {
-    let tokens = parseIDs(ids, option: "--ids")
+    let tokens = try parseIDs(ids, option: "--ids")
     if tokens.count < 2 { fail("--ids: need at least 2 tokens for a next-token loss") }
-    checkTokens(tokens, option: "--ids", model: model)
+    let loaded = try LlamaModel.open(model)
+    try loaded.check(tokens, option: "--ids")
     Threads.set(threads)
-    let session = TrainingSession(
-      modelPath: model, adapter: adapter, batch: 1, sequence: tokens.count,
-      printIRAfter: printIRAfter)
-    let targets = Array(tokens.dropFirst()) + [0]
-    let weights = [Float](repeating: 1, count: tokens.count - 1) + [0]
-    let loss = session.run(tokens: tokens, targets: targets, weights: weights)
+    let session = try GradientSession(
+      model: loaded, adapter: try PEFTAdapter.load(adapter, for: loaded), batch: 1,
+      sequence: tokens.count, printAfter: printIRAfter, log: printError)
+    let loss = try session.run(
+      PackedBatch(
+        [TrainingExample(ids: tokens, weights: .init(repeating: 1, count: tokens.count - 1))],
+        sequence: tokens.count))
     do {
-      let gradients = try PEFTAdapter.peftTensors(session.gradients(), config: session.model.config)
+      let gradients = try PEFTAdapter.peftTensors(session.gradients(), config: loaded.config)
       try SafetensorsFile.write(
         gradients, metadata: ["format": "pt"], to: URL(fileURLWithPath: out))
     } catch {

@@ -1,8 +1,8 @@
 import ArgumentParser
 import Foundation
-import IR
 import Models
 import Runtime
+import Sessions
 
 /// `lorac logits`: the model's logits at every position of a token sequence, as `.npy`.
 struct Logits: ParsableCommand {
@@ -27,28 +27,16 @@ struct Logits: ParsableCommand {
   func validate() throws { try validateThreads(threads) }
 
   func run() throws {
-    let tokens = parseIDs(ids, option: "--ids")
-    checkTokens(tokens, option: "--ids", model: model)
+    let tokens = try parseIDs(ids, option: "--ids")
+    let loaded = try LlamaModel.open(model)
+    try loaded.check(tokens, option: "--ids")
     Threads.set(threads)
-    let session = ForwardSession(modelPath: model, sequence: tokens.count, adapter: adapter)
+    let session = try ForwardSession(
+      model: loaded, sequence: tokens.count, adapter: try loadAdapter(adapter, for: loaded))
     do {
-      try writeAtomically(NumPy.encode(session.logits(tokens)), to: URL(fileURLWithPath: out))
-    } catch {
+      try writeAtomically(NumPy.encode(try session.logits(tokens)), to: URL(fileURLWithPath: out))
+    } catch let error as FileError {
       fail(error.message)
     }
   }
-}
-
-/// Parses `1,2,3` into token ids, failing with a message naming the option.
-func parseIDs(_ text: String, option: String) -> [Int32] {
-  let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-  var ids: [Int32] = []
-  for part in parts {
-    guard let id = Int32(part.trimmingCharacters(in: .whitespaces)) else {
-      fail("\(option): '\(part)' is not a token id (expected comma-separated integers like 1,2,3)")
-    }
-    ids.append(id)
-  }
-  if ids.isEmpty { fail("\(option): no token ids") }
-  return ids
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Sessions
 
 /// The `lorac` command: compile, inspect, train and run LoRA adapters on CPUs.
 @main
@@ -36,6 +37,8 @@ struct Lorac: ParsableCommand {
       try command.run()
     } catch let code as ExitCode {
       exit(withError: code)
+    } catch let error as SessionError {
+      fail(error.message)
     } catch {
       if exitCode(for: error) == .success { exit(withError: error) }
       fail(message(for: error).split(separator: "\n").joined(separator: "; "))

@@ -1,10 +1,9 @@
 import ArgumentParser
 import Dispatch
 import Foundation
-import IR
 import Models
-import Passes
 import Runtime
+import Sessions
 
 /// `lorac train`: fine-tune a LoRA adapter on jsonl data or the tutorials' task.
 struct Train: ParsableCommand {
@@ -96,8 +95,8 @@ struct Train: ParsableCommand {
   @Flag(help: "Continue from the training state in --out (settings not given are taken from it).")
   var resume = false
 
-  @Option(help: TrainPrecision.help(default: .f32))
-  var precision: TrainPrecision?
+  @Option(help: WeightPrecision.help(default: .f32))
+  var precision: WeightPrecision?
 
   @Option(parsing: .unconditional, help: "Threads (default: all cores).")
   var threads: Int?
@@ -137,134 +136,32 @@ struct Train: ParsableCommand {
 
   func run() throws {
     Threads.set(threads)
-    let outFolder = URL(fileURLWithPath: out)
-    var isFolder: ObjCBool = false
-    if FileManager.default.fileExists(atPath: out, isDirectory: &isFolder), !isFolder.boolValue {
-      fail("\(out): is a file; --out names a folder (made if missing)")
-    }
-    var saved: TrainingState?
+    let request = TrainingRequest(
+      model: model, data: data.map { .jsonl($0) } ?? .mysteryFunction, out: out,
+      examples: examples, rank: rank, alpha: alpha, targets: targets, learningRate: lr,
+      warmup: warmup, steps: steps, batch: batch, accumulate: accumulate, sequence: seq,
+      weightDecay: weightDecay, maxGradientNorm: maxGradNorm, seed: seed, precision: precision,
+      saveEvery: saveEvery, stopAfter: stopAfter, resume: resume)
+    guard let job = try TrainingJob.prepare(request, note: printError) else { return }
+    var progress = TrainingProgress()
+    let cancellation = Interruption.install()
+    let outcome: TrainingOutcome
     do {
-      saved = try TrainingState.read(from: outFolder)
+      outcome = try job.run(cancellation: cancellation) { progress.report($0) }
     } catch {
-      fail(error.message)
+      progress.finishLine()
+      throw error
     }
-    if resume && saved == nil {
-      fail(
-        "\(out): no training state to resume (\(TrainingState.fileName) is missing); "
-          + "run without --resume to start")
+    progress.finishLine()
+    switch outcome {
+    case .finished: break
+    case .stopped(let step), .cancelled(let step):
+      let cancelled = outcome == .cancelled(step: step)
+      progress.message(
+        "\(cancelled ? "interrupted" : "stopped"): saved step \(step)/\(job.schedule.steps) in "
+          + "\(job.folder.path); resume with: \(Train.resumeCommand())")
+      if cancelled { throw ExitCode(130) }
     }
-    if !resume, let old = saved {
-      FileHandle.standardError.write(
-        Data(
-          "note: \(out) holds a training state at step \(old.step); starting over (--resume continues it)\n"
-            .utf8))
-      saved = nil
-    }
-    // Settings: given on the command line, else (resuming) the saved ones, else the defaults.
-    var settings = Settings(saved: saved?.settings ?? [:], folder: out)
-    let examples = settings.resolve("examples", examples, default: 4000)
-    let rank = settings.resolve("rank", rank, default: 8)
-    let alpha = settings.resolve("alpha", alpha, default: 16.0)
-    let targets = settings.resolve("targets", targets, default: "layers.*.attn.{q,k,v,o}")
-    let lr = settings.resolve("lr", lr, default: 2e-3)
-    let warmup = settings.resolve("warmup", warmup, default: 5)
-    let batch = settings.resolve("batch", batch, default: 16)
-    let accumulate = settings.resolve("accumulate", accumulate, default: 1)
-    let weightDecay = settings.resolve("weight-decay", weightDecay, default: 0.0)
-    let maxGradNorm = settings.resolve("max-grad-norm", maxGradNorm, default: 1.0)
-    let seed = settings.resolve("seed", seed, default: UInt64(0))
-    let precision = settings.resolve("precision", precision, default: .f32)
-    if let note = precision.fallbackNote { FileHandle.standardError.write(Data(note.utf8)) }
-    // The total may change on resume (the schedule then decays over the new total).
-    let steps = steps ?? saved.flatMap { $0.settings["steps"] }.flatMap { Int($0) } ?? 60
-    settings.values["steps"] = String(steps)
-    if let saved, steps < saved.step {
-      fail("\(out): the training state is at step \(saved.step), past --steps \(steps)")
-    }
-    if let stopAfter, stopAfter <= saved?.step ?? 0 {
-      fail("--stop-after \(stopAfter) is not past the training state's step \(saved?.step ?? 0)")
-    }
-
-    let loaded: LlamaModel
-    let tokenizer: Tokenizer
-    let modelFingerprint: String
-    do {
-      loaded = try LlamaModel(path: model)
-      tokenizer = try Tokenizer(gguf: loaded.file)
-    } catch {
-      fail(error.message)
-    }
-    do {
-      modelFingerprint = try Fingerprint.file(model)
-    } catch {
-      fail(error.message)
-    }
-    var set: [TrainingExample]
-    if let data {
-      do {
-        set = try Dataset.load(
-          path: data, tokenizer: tokenizer,
-          template: tokenizer.chatTemplate.flatMap(ChatTemplate.init(template:)))
-      } catch {
-        fail(error.message)
-      }
-    } else {
-      set = Dataset.mysteryFunction(count: examples, seed: seed &+ 1).map {
-        Dataset.completion(prompt: $0.prompt, completion: $0.answer, tokenizer: tokenizer)
-      }
-    }
-    let dataFingerprint = Fingerprint.examples(set)
-    let sequence = settings.resolve(
-      "seq", seq, default: min(512, loaded.contextLength, set.map { $0.ids.count }.max() ?? 2))
-    if sequence > loaded.contextLength {
-      fail("--seq \(sequence) is more than the model's context of \(loaded.contextLength) tokens")
-    }
-    if let saved {
-      if saved.modelFingerprint != modelFingerprint {
-        fail(
-          "\(out): the training state was made with another model (fingerprint "
-            + "\(saved.modelFingerprint), \(model) has \(modelFingerprint)); resume with the same model "
-            + "or train into a new --out")
-      }
-      if saved.dataFingerprint != dataFingerprint {
-        fail(
-          "\(out): the training state was made with other data (fingerprint "
-            + "\(saved.dataFingerprint), these examples have \(dataFingerprint)); resume with the same "
-            + "--data or --task or train into a new --out")
-      }
-      if saved.threads != Threads.count {
-        FileHandle.standardError.write(
-          Data(
-            ("note: the state was trained with \(saved.threads) threads, now \(Threads.count): "
-              + "the losses will not match an uninterrupted run bit for bit\n").utf8))
-      }
-      if saved.step == steps {
-        FileHandle.standardError.write(
-          Data(
-            "\(out): already trained \(steps) steps; nothing to do (raise --steps to continue)\n"
-              .utf8))
-        return
-      }
-    }
-    let trainer = Trainer(
-      model: loaded, sequence: sequence, batch: batch, rank: rank, alpha: alpha, targets: targets,
-      seed: seed, precision: precision.weights)
-    do {
-      try FileManager.default.createDirectory(at: outFolder, withIntermediateDirectories: true)
-    } catch {
-      fail("\(out): cannot create the folder: \(error.localizedDescription)")
-    }
-    trainer.train(
-      examples: set,
-      schedule: Schedule(
-        steps: steps, learningRate: lr, warmup: warmup, weightDecay: weightDecay,
-        maxGradientNorm: maxGradNorm, accumulate: accumulate, saveEvery: saveEvery,
-        stopAfter: stopAfter),
-      folder: outFolder, resume: saved,
-      record: CheckpointRecord(
-        seed: seed, rank: rank, alpha: alpha, settings: settings.values,
-        dataFingerprint: dataFingerprint, modelFingerprint: modelFingerprint,
-        resumeCommand: Train.resumeCommand()))
   }
 
   /// This command line with `--resume` (once) and without `--stop-after`, quoted for a POSIX
@@ -286,35 +183,5 @@ struct Train: ParsableCommand {
         ? argument : "'" + argument.replacingOccurrences(of: "'", with: "'\\''") + "'"
     }
     return (["lorac"] + quoted).joined(separator: " ")
-  }
-}
-
-/// The hyper-parameters of a run as text, checked against a saved run's when resuming.
-struct Settings {
-  let saved: [String: String]
-  let folder: String
-  var values: [String: String] = [:]
-
-  init(saved: [String: String], folder: String) {
-    self.saved = saved
-    self.folder = folder
-  }
-
-  /// The value given, else the saved one, else `fallback`; a given value that differs from the
-  /// saved one ends the command (a resumed run must train the same thing).
-  mutating func resolve<T: LosslessStringConvertible>(
-    _ name: String, _ given: T?, default fallback: T
-  )
-    -> T
-  {
-    let stored = saved[name].flatMap { T($0) }
-    if let given, let stored, given.description != stored.description {
-      fail(
-        "\(folder): the training state was made with --\(name) \(stored), not \(given); "
-          + "resume with the same value or train into a new --out")
-    }
-    let value = given ?? stored ?? fallback
-    values[name] = value.description
-    return value
   }
 }

@@ -1,5 +1,5 @@
 import Foundation
-import Synchronization
+import Sessions
 
 #if canImport(Glibc)
   import Glibc
@@ -11,20 +11,19 @@ struct TrainingProgress {
   let live = isatty(STDERR_FILENO) != 0
   private var lineOpen = false
 
-  /// Reports optimizer step `step` (from 1) of `total`.
-  mutating func report(
-    step: Int, total: Int, first: Bool, loss: Float, learningRate: Double, gradientNorm: Double,
-    tokensPerSecond: Double, remaining: Double
-  ) {
+  /// Reports an optimizer step.
+  mutating func report(_ report: StepReport) {
+    let (step, total) = (report.step, report.total)
     let text = String(
       format: "step %d/%d  loss %.4f  lr %.2e  grad-norm %.3f  %.0f tokens/s  eta %@", step, total,
-      loss, learningRate, gradientNorm, tokensPerSecond, TrainingProgress.duration(remaining))
+      report.loss, report.learningRate, report.gradientNorm, report.tokensPerSecond,
+      TrainingProgress.duration(report.remainingSeconds))
     if live {
       // Carriage return, then erase the old line's leftovers.
       write("\r\u{1B}[K" + text)
       lineOpen = true
       if step == total { finishLine() }
-    } else if first || step % 5 == 0 || step == total {
+    } else if report.isFirst || step % 5 == 0 || step == total {
       write(text + "\n")
     }
   }
@@ -53,26 +52,25 @@ struct TrainingProgress {
   }
 }
 
-/// SIGINT and SIGTERM during training: the first asks the loop to stop after the current step
-/// (and save a checkpoint); a second one ends the process at once with status 130.
+/// SIGINT and SIGTERM during training: the first asks the session to stop after the step under
+/// way (it saves a checkpoint); a second one ends the process at once with status 130.
 enum Interruption {
-  private static let count = Atomic<Int>(0)
+  private static let cancellation = Cancellation()
 
   /// Installs the handlers and unblocks the two signals (a launcher may have left them blocked:
-  /// Foundation's Process, for one, passes its thread's signal mask on to the child).
-  static func install() {
-    _ = requested  // initialise the counter outside the handler
+  /// Foundation's Process, for one, passes its thread's signal mask on to the child); returns the
+  /// cancellation the handlers request.
+  static func install() -> Cancellation {
+    let cancellation = Interruption.cancellation  // made here, outside the handler
     var unblock = sigset_t()
     sigemptyset(&unblock)
     for number in [SIGINT, SIGTERM] {
       sigaddset(&unblock, number)
       _ = signal(number) { _ in
-        if Interruption.count.add(1, ordering: .relaxed).newValue > 1 { _exit(130) }
+        if Interruption.cancellation.cancel() > 1 { _exit(130) }
       }
     }
     pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+    return cancellation
   }
-
-  /// Whether a signal arrived since `install()`.
-  static var requested: Bool { count.load(ordering: .relaxed) > 0 }
 }

@@ -8,33 +8,54 @@ import Models
 ///
 /// Stored as one safetensors file: the tensors `param.NAME`, `adam_m.NAME`, `adam_v.NAME` (F32,
 /// lorac's names and layouts) and `data_order` (I32), the scalars as string metadata.
-struct TrainingState {
-  static let fileName = "training_state.safetensors"
-  static let format = "lorac-training-state-1"
+public struct TrainingState: Sendable {
+  public static let fileName = "training_state.safetensors"
+  public static let format = "lorac-training-state-1"
 
   /// Optimizer steps completed.
-  var step: Int
+  public var step: Int
   /// AdamW's own step count (its bias corrections).
-  var optimizerStep: Int
+  public var optimizerStep: Int
   /// Seconds spent training before this checkpoint, over every run.
-  var elapsed: Double
+  public var elapsed: Double
   /// The data-order generator's state, the shuffled order of the examples and the next position.
-  var generator: UInt64
-  var order: [Int]
-  var cursor: Int
+  public var generator: UInt64
+  public var order: [Int]
+  public var cursor: Int
   /// The thread count the steps ran with (bit-identical continuation needs the same).
-  var threads: Int
+  public var threads: Int
   /// The hyper-parameters of the run by flag name (without dashes), as decimal text.
-  var settings: [String: String]
-  var dataFingerprint: String
-  var modelFingerprint: String
+  public var settings: [String: String]
+  public var dataFingerprint: String
+  public var modelFingerprint: String
   /// Adapter tensors and their AdamW moments by lorac's parameter names.
-  var parameters: [String: HostTensor]
-  var firstMoments: [String: [Float]]
-  var secondMoments: [String: [Float]]
+  public var parameters: [String: HostTensor]
+  public var firstMoments: [String: [Float]]
+  public var secondMoments: [String: [Float]]
+
+  public init(
+    step: Int, optimizerStep: Int, elapsed: Double, generator: UInt64, order: [Int], cursor: Int,
+    threads: Int, settings: [String: String], dataFingerprint: String, modelFingerprint: String,
+    parameters: [String: HostTensor], firstMoments: [String: [Float]],
+    secondMoments: [String: [Float]]
+  ) {
+    self.step = step
+    self.optimizerStep = optimizerStep
+    self.elapsed = elapsed
+    self.generator = generator
+    self.order = order
+    self.cursor = cursor
+    self.threads = threads
+    self.settings = settings
+    self.dataFingerprint = dataFingerprint
+    self.modelFingerprint = modelFingerprint
+    self.parameters = parameters
+    self.firstMoments = firstMoments
+    self.secondMoments = secondMoments
+  }
 
   /// Writes the state into `folder` crash-safely (temporary file, flush, rename).
-  func write(to folder: URL) throws(SafetensorsError) {
+  public func write(to folder: URL) throws(SafetensorsError) {
     var tensors: [(name: String, tensor: HostTensor)] = []
     for name in parameters.keys.sorted() {
       guard let tensor = parameters[name], let first = firstMoments[name],
@@ -57,7 +78,7 @@ struct TrainingState {
   }
 
   /// Reads the state in `folder`, or nil when there is none; a damaged file is an error.
-  static func read(from folder: URL) throws(SafetensorsError) -> TrainingState? {
+  public static func read(from folder: URL) throws(SafetensorsError) -> TrainingState? {
     let url = folder.appendingPathComponent(fileName)
     guard FileManager.default.fileExists(atPath: url.path) else { return nil }
     let file = try SafetensorsFile(path: url.path)
@@ -104,15 +125,17 @@ struct TrainingState {
 
 /// A 64-bit fingerprint of bytes and numbers (not cryptographic: it tells inputs apart, it does
 /// not resist forgery).
-struct Fingerprint {
+public struct Fingerprint: Sendable {
   private var state: UInt64 = 0xCBF2_9CE4_8422_2325
 
-  mutating func add(_ word: UInt64) {
+  public init() {}
+
+  public mutating func add(_ word: UInt64) {
     state = ((state ^ word) &* 0x0000_0100_0000_01B3)
     state = (state << 29) | (state >> 35)
   }
 
-  mutating func add(bytes: UnsafeRawBufferPointer) {
+  public mutating func add(bytes: UnsafeRawBufferPointer) {
     add(UInt64(bytes.count))
     let words = bytes.count / 8
     for index in 0..<words {
@@ -122,7 +145,7 @@ struct Fingerprint {
   }
 
   /// The fingerprint as 16 hexadecimal digits.
-  var hex: String {
+  public var hex: String {
     var value = state
     value = (value ^ (value >> 33)) &* 0xFF51_AFD7_ED55_8CCD
     value = (value ^ (value >> 33)) &* 0xC4CE_B9FE_1A85_EC53
@@ -132,7 +155,7 @@ struct Fingerprint {
   }
 
   /// The fingerprint of a file's bytes (memory-mapped).
-  static func file(_ path: String) throws(FileError) -> String {
+  public static func file(_ path: String) throws(FileError) -> String {
     let mapping = try FileMapping(path: path)
     var fingerprint = Fingerprint()
     fingerprint.add(bytes: mapping.bytes)
@@ -140,7 +163,7 @@ struct Fingerprint {
   }
 
   /// The fingerprint of tokenized training examples: their ids and loss weights.
-  static func examples(_ examples: [TrainingExample]) -> String {
+  public static func examples(_ examples: [TrainingExample]) -> String {
     var fingerprint = Fingerprint()
     fingerprint.add(UInt64(examples.count))
     for example in examples {

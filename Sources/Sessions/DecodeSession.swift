@@ -5,11 +5,11 @@ import Models
 import Passes
 import Runtime
 
-/// KV-cache decoding of one sequence: a prefill graph for the prompt and a one-token step graph
-/// that share the caches, compiled for a fixed context.
-struct DecodeSession {
-  let model: LlamaModel
-  let context: Int
+/// KV-cache decoding: a prefill graph for the prompt and a one-token step graph that share the
+/// caches, compiled for a fixed context (and once per shape, then reused across generations).
+public struct DecodeSession {
+  public let model: LlamaModel
+  public let context: Int
   private let adapter: PEFTAdapter?
   private let compiled = CompiledGraphs()
   /// The weights' packed forms, made once for every graph of the session.
@@ -20,24 +20,20 @@ struct DecodeSession {
     var byShape: [[Int]: Executable] = [:]
   }
 
-  /// Loads the model (and adapter) for prompts of up to `context` tokens in all.
-  init(modelPath: String, context: Int, adapter adapterPath: String?) {
-    let loaded: LlamaModel
-    do {
-      loaded = try LlamaModel(path: modelPath)
-    } catch {
-      fail(error.message)
-    }
-    model = loaded
+  /// Decodes `model` (through `adapter`'s LoRA branches) for up to `context` tokens in all.
+  public init(model: LlamaModel, context: Int, adapter: PEFTAdapter?) {
+    self.model = model
     self.context = context
-    adapter = adapterPath.map { PEFTAdapter.load($0, for: loaded) }
+    self.adapter = adapter
   }
 
   /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).
   ///
   /// With `last`, only the last new token's logits (`[batch, vocab]`); otherwise every new
   /// token's (`[batch, tokens, vocab]`).
-  func compile(tokens: Int, batch: Int = 1, last: Bool = true) throws -> Executable {
+  public func compile(tokens: Int, batch: Int = 1, last: Bool = true) throws(SessionError)
+    -> Executable
+  {
     let key = [batch, tokens, last ? 1 : 0]
     if let executable = compiled.byShape[key] { return executable }
     let executable = try compileNew(tokens: tokens, batch: batch, last: last)
@@ -45,17 +41,18 @@ struct DecodeSession {
     return executable
   }
 
-  private func compileNew(tokens: Int, batch: Int, last: Bool) throws -> Executable {
+  private func compileNew(tokens: Int, batch: Int, last: Bool) throws(SessionError) -> Executable {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
     try compileAdapted(
-      try model.trace(batch: batch, sequence: tokens), model: model, adapter: adapter,
+      try wrapping { try model.trace(batch: batch, sequence: tokens) }, model: model,
+      adapter: adapter,
       packedForms: forms
     ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 
   /// Sets a decoding graph's inputs for `tokens` new tokens of one sequence written at cache slots
   /// `slot...`: positions count from `slot`, and each token sees the slots up to its own.
-  func setInputs(_ executable: Executable, tokens: [Int32], slot: Int) throws {
+  public func setInputs(_ executable: Executable, tokens: [Int32], slot: Int) throws(RuntimeError) {
     let count = tokens.count
     var mask = [Int32](repeating: 0, count: count * context)
     for t in 0..<count {
@@ -69,27 +66,29 @@ struct DecodeSession {
   }
 
   /// What a generation produced, with its speeds.
-  struct Result {
-    var ids: [Int32]
-    var prefillSeconds: Double
-    var decodeSeconds: Double
+  public struct Result: Sendable {
+    public var ids: [Int32]
+    public var prefillSeconds: Double
+    public var decodeSeconds: Double
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `emit` with each new token; stops
   /// early when `stop` returns true for the tokens so far.
-  func generate(
+  public func generate(
     prompt: [Int32], maxTokens: Int, sampling: SamplingOptions,
     stop: ([Int32]) -> Bool, emit: (Int32) -> Void
-  ) throws -> Result {
+  ) throws(SessionError) -> Result {
     let vocabulary = model.config.vocabularySize
     var sampler = Sampler(sampling)
     let prefill = try compile(tokens: prompt.count)
     let step = try compile(tokens: 1)
-    func run(_ executable: Executable, tokens: [Int32], slot: Int) throws -> UnsafeBufferPointer<
-      Float
-    > {
-      try setInputs(executable, tokens: tokens, slot: slot)
-      try executable.execute()
+    func run(_ executable: Executable, tokens: [Int32], slot: Int) throws(SessionError)
+      -> UnsafeBufferPointer<Float>
+    {
+      try wrapping {
+        try setInputs(executable, tokens: tokens, slot: slot)
+        try executable.execute()
+      }
       return UnsafeBufferPointer(
         start: executable.outputAddress(0).assumingMemoryBound(to: Float.self), count: vocabulary)
     }
@@ -97,7 +96,7 @@ struct DecodeSession {
     var generated: [Int32] = []
     let start = DispatchTime.now().uptimeNanoseconds
     var logits = try run(prefill, tokens: prompt, slot: 0)
-    try step.copyState(from: prefill)
+    try wrapping { try step.copyState(from: prefill) }
     let prefillDone = DispatchTime.now().uptimeNanoseconds
     while generated.count < maxTokens {
       let next = sampler.next(logits, history: history)
@@ -119,16 +118,22 @@ struct DecodeSession {
   /// padded cache slots stay masked for good; every row then takes one token per step at its own
   /// positions. A row ends when `stop` holds for its tokens or at `maxTokens[row]`; the batch ends
   /// when every row has.
-  func greedyBatch(prompts: [[Int32]], maxTokens: [Int], stop: ([Int32]) -> Bool) throws
-    -> [[Int32]]
+  public func greedyBatch(prompts: [[Int32]], maxTokens: [Int], stop: ([Int32]) -> Bool)
+    throws(SessionError) -> [[Int32]]
+  {
+    try wrapping { try decodeGreedily(prompts: prompts, maxTokens: maxTokens, stop: stop) }
+  }
+
+  private func decodeGreedily(prompts: [[Int32]], maxTokens: [Int], stop: ([Int32]) -> Bool)
+    throws -> [[Int32]]
   {
     let batch = prompts.count
     let lengths = prompts.map(\.count)
     let longest = lengths.max() ?? 1
     let steps = maxTokens.max() ?? 0
     guard batch > 0, lengths.allSatisfy({ $0 > 0 }), longest + steps <= context else {
-      throw RuntimeError(
-        message: "prompts of up to \(longest) tokens and \(steps) new ones do not fit \(context)")
+      throw SessionError(
+        "prompts of up to \(longest) tokens and \(steps) new ones do not fit \(context)")
     }
     let vocabulary = model.config.vocabularySize
     let prefill = try compile(tokens: longest, batch: batch, last: false)
@@ -179,5 +184,115 @@ struct DecodeSession {
       next = (0..<batch).map { argmax(logits + $0 * vocabulary) }
     }
     return generated
+  }
+}
+
+/// Text generation on a decode session: a tokenized prompt in, text out, stopping at
+/// end-of-sequence tokens or stop strings, streamed as it becomes certain.
+public struct TextGenerator {
+  public let session: DecodeSession
+  public let tokenizer: Tokenizer
+  /// Strings that end the generation; the text stops before the first one.
+  public var stopStrings: [String]
+  /// Tokens that end the generation (end-of-sequence and padding, unless ignored).
+  public var endTokens: Set<Int32>
+
+  public init(
+    session: DecodeSession, tokenizer: Tokenizer, stopStrings: [String] = [],
+    ignoreEndOfSequence: Bool = false
+  ) {
+    self.session = session
+    self.tokenizer = tokenizer
+    self.stopStrings = stopStrings
+    endTokens = ignoreEndOfSequence ? [] : Set([tokenizer.endOfSequence, 0].compactMap { $0 })
+  }
+
+  /// What a generation produced: the new ids (the end token included when one ended it), the
+  /// text (without the end token, cut before a stop string) and the speeds.
+  public struct Output: Sendable {
+    public var ids: [Int32]
+    public var text: String
+    public var prefillSeconds: Double
+    public var decodeSeconds: Double
+  }
+
+  /// Generates up to `maxTokens` tokens after `prompt`, calling `stream` with each piece of text
+  /// once it is certain: whole UTF-8 characters that can no longer become part of a stop string.
+  public func generate(
+    prompt: [Int32], maxTokens: Int, sampling: SamplingOptions,
+    stream: ((String) -> Void)? = nil
+  ) throws(SessionError) -> Output {
+    let holdBack = max(0, (stopStrings.map(\.count).max() ?? 0) - 1)
+    var streamed: [Int32] = []
+    var printed = 0
+    func flush(final: Bool) {
+      guard let stream else { return }
+      var text = tokenizer.decode(streamed.filter { !endTokens.contains($0) })
+      if let cut = stopStrings.compactMap({ text.range(of: $0)?.lowerBound }).min() {
+        text = String(text[..<cut])
+      } else if !final {
+        if text.hasSuffix("\u{FFFD}") { text.removeLast() }
+        text = String(text.dropLast(holdBack))
+      }
+      guard text.count > printed else { return }
+      stream(String(text.dropFirst(printed)))
+      printed = text.count
+    }
+    let result = try session.generate(
+      prompt: prompt, maxTokens: maxTokens, sampling: sampling,
+      stop: { generated in
+        if let last = generated.last, endTokens.contains(last) { return true }
+        let text = tokenizer.decode(generated)
+        return stopStrings.contains { text.contains($0) }
+      },
+      emit: { token in
+        guard stream != nil else { return }
+        streamed.append(token)
+        flush(final: false)
+      })
+    flush(final: true)
+    var generated = result.ids
+    if let last = generated.last, endTokens.contains(last) { generated.removeLast() }
+    var text = tokenizer.decode(generated)
+    for marker in stopStrings {
+      if let range = text.range(of: marker) { text = String(text[..<range.lowerBound]) }
+    }
+    return Output(
+      ids: result.ids, text: text, prefillSeconds: result.prefillSeconds,
+      decodeSeconds: result.decodeSeconds)
+  }
+}
+
+extension Tokenizer {
+  /// The ids of a prompt: `text` as is, or with `chat` as a user message in the model's ChatML
+  /// template (control tokens parsed); BOS first when the tokenizer metadata asks for it.
+  public func prompt(_ text: String, chat: Bool) throws(SessionError) -> [Int32] {
+    var text = text
+    if chat {
+      guard let template = chatTemplate.flatMap(ChatTemplate.init(template:)) else {
+        throw SessionError("--chat: the model has no ChatML chat template")
+      }
+      text = template.render(
+        [ChatMessage(role: "user", content: text)], addGenerationPrompt: true)
+    }
+    var ids = encode(text, parseSpecial: chat)
+    if addsBeginOfSequence, let bos = beginOfSequence { ids.insert(bos, at: 0) }
+    return ids
+  }
+}
+
+extension LlamaModel {
+  /// Checks a prompt to generate after: at least one token, every id in the vocabulary (the
+  /// message names `option`), and room left in the context for one more token.
+  public func checkPrompt(_ ids: [Int32], vocabulary: Int, option: String) throws(SessionError) {
+    if ids.isEmpty { throw SessionError("the prompt has no tokens") }
+    if let bad = ids.first(where: { $0 < 0 || Int($0) >= vocabulary }) {
+      throw SessionError("\(option): token \(bad) is out of range 0..<\(vocabulary)")
+    }
+    if ids.count >= contextLength {
+      throw SessionError(
+        "the prompt has \(ids.count) tokens; the model's context of \(contextLength) leaves no "
+          + "room to generate (at most \(contextLength - 1) prompt tokens)")
+    }
   }
 }

@@ -1,0 +1,45 @@
+import IR
+import Models
+import Passes
+import Runtime
+
+/// The pipelines the sessions compile with, each written once.
+public enum Pipelines {
+  /// The passes of a train step after `lora` and `freeze`: fuse the forward, differentiate the
+  /// loss, fuse the elementwise chains of the backward, drop what is dead.
+  public static let trainingPasses = "fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
+
+  /// A train step's pipeline: `lora{...},freeze,` then `passes`.
+  ///
+  /// The `lora` options are written as given: `seed` and `rslora` only when they are set.
+  public static func training(
+    rank: Int, alpha: Double, targets: String, seed: UInt64? = nil, rsLoRA: Bool? = nil,
+    passes: String = trainingPasses
+  ) -> String {
+    var options = ["rank=\(rank)", "alpha=\(alpha)"]
+    if let rsLoRA { options.append("rslora=\(rsLoRA)") }
+    options.append("targets=\(targets)")
+    if let seed { options.append("seed=\(seed)") }
+    return "lora{" + options.joined(separator: ",") + "},freeze," + passes
+  }
+}
+
+/// Compiles a traced graph for inference with the adapter's branches, fused.
+///
+/// The adapter's `lora` pass (when there is one), `fuse`, then `finish` (for instance `decode`);
+/// binds the model's weights and the adapter's values. Executables made with one `packedForms`
+/// share the packed forms of the weights.
+func compileAdapted(
+  _ traced: Graph, model: LlamaModel, adapter: PEFTAdapter?, packedForms: PackedForms? = nil,
+  finish: (Graph) throws -> Graph = { $0 }
+) throws(SessionError) -> Executable {
+  try wrapping {
+    var graph = traced
+    if let adapter { graph = try adapter.loraPass().run(graph).compacted() }
+    graph = try finish(try Fuse().run(graph).compacted())
+    let executable = try Executable(
+      graph, constants: try model.weights(for: graph), packedForms: packedForms)
+    for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
+    return executable
+  }
+}

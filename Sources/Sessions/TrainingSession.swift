@@ -1,0 +1,381 @@
+import Dispatch
+import Foundation
+import IR
+import Models
+import Passes
+import Runtime
+
+/// What a LoRA train step is compiled for: the adapter's shape and the batch's.
+public struct TrainingConfiguration: Sendable, Hashable {
+  public var rank: Int
+  public var alpha: Double
+  /// Value names to adapt, a glob (`layers.*.attn.{q,k,v,o}`).
+  public var targets: String
+  /// Seed of the adapter's initial values.
+  public var seed: UInt64
+  public var precision: WeightPrecision
+  public var batch: Int
+  public var sequence: Int
+
+  public init(
+    rank: Int = 8, alpha: Double = 16, targets: String = "layers.*.attn.{q,k,v,o}",
+    seed: UInt64 = 0, precision: WeightPrecision = .f32, batch: Int, sequence: Int
+  ) {
+    self.rank = rank
+    self.alpha = alpha
+    self.targets = targets
+    self.seed = seed
+    self.precision = precision
+    self.batch = batch
+    self.sequence = sequence
+  }
+}
+
+/// The optimization schedule of a run.
+public struct Schedule: Sendable, Hashable {
+  public var steps: Int
+  public var learningRate: Double
+  /// Linear warm-up steps before cosine decay to 10% of the peak.
+  public var warmup: Int
+  public var weightDecay: Double
+  public var maxGradientNorm: Double
+  /// Micro-batches per optimizer step; their gradients are averaged.
+  public var accumulate: Int
+  /// A checkpoint every `saveEvery` steps (and at the end).
+  public var saveEvery: Int
+  /// A step to stop after with a checkpoint (the schedule still spans `steps`).
+  public var stopAfter: Int?
+
+  public init(
+    steps: Int, learningRate: Double, warmup: Int = 5, weightDecay: Double = 0,
+    maxGradientNorm: Double = 1, accumulate: Int = 1, saveEvery: Int = 50, stopAfter: Int? = nil
+  ) {
+    self.steps = steps
+    self.learningRate = learningRate
+    self.warmup = warmup
+    self.weightDecay = weightDecay
+    self.maxGradientNorm = maxGradientNorm
+    self.accumulate = accumulate
+    self.saveEvery = saveEvery
+    self.stopAfter = stopAfter
+  }
+
+  /// The learning rate of optimizer step `step` (from 0): linear warm-up, then cosine decay to
+  /// 10% of the peak.
+  public func learningRate(at step: Int) -> Double {
+    let progressed = Double(max(0, step - warmup)) / Double(max(1, steps - warmup))
+    let cosine = 0.1 + 0.9 * 0.5 * (1 + cos(Double.pi * progressed))
+    return learningRate * (step < warmup ? Double(step + 1) / Double(warmup) : cosine)
+  }
+}
+
+/// What a checkpoint records besides tensors: the settings and fingerprints a resume is checked
+/// against.
+public struct CheckpointRecord: Sendable, Hashable {
+  public var seed: UInt64
+  public var rank: Int
+  public var alpha: Double
+  /// The hyper-parameters of the run by flag name (without dashes), as decimal text.
+  public var settings: [String: String]
+  public var dataFingerprint: String
+  public var modelFingerprint: String
+
+  public init(
+    seed: UInt64, rank: Int, alpha: Double, settings: [String: String], dataFingerprint: String,
+    modelFingerprint: String
+  ) {
+    self.seed = seed
+    self.rank = rank
+    self.alpha = alpha
+    self.settings = settings
+    self.dataFingerprint = dataFingerprint
+    self.modelFingerprint = modelFingerprint
+  }
+}
+
+/// One optimizer step's figures, reported as training goes.
+public struct StepReport: Sendable, Hashable {
+  /// The step just taken (from 1) and the schedule's last.
+  public var step: Int
+  public var total: Int
+  /// Whether it is the first step of this run (a resumed run starts past 1).
+  public var isFirst: Bool
+  /// The mean of the micro-batch losses, the loss whose gradient the update follows.
+  public var loss: Float
+  public var learningRate: Double
+  public var gradientNorm: Double
+  public var tokensPerSecond: Double
+  /// Seconds the remaining steps should take at this run's pace.
+  public var remainingSeconds: Double
+}
+
+/// How a call to `train` ended; every ending but an error leaves a checkpoint of the last step.
+public enum TrainingOutcome: Sendable, Hashable {
+  /// The schedule's last step is done.
+  case finished
+  /// Stopped after `Schedule.stopAfter`.
+  case stopped(step: Int)
+  /// Stopped after the step under way when cancellation was requested.
+  case cancelled(step: Int)
+}
+
+/// A LoRA train step of a GGUF model compiled for one batch shape, with AdamW, and the loop that
+/// runs it: schedules, gradient accumulation, checkpoints, resume and cancellation.
+public final class TrainingSession {
+  public let model: LlamaModel
+  public let configuration: TrainingConfiguration
+  public let trainer: GraphTrainer
+  /// Trainable parameter names, in the order of their gradients among the outputs (from 1).
+  public var parameters: [String] { trainer.parameters }
+  public var executable: Executable { trainer.executable }
+
+  /// Traces the loss graph, inserts LoRA branches, differentiates and compiles.
+  public init(model: LlamaModel, configuration: TrainingConfiguration) throws(SessionError) {
+    self.model = model
+    self.configuration = configuration
+    let c = configuration
+    let pipeline = try parsePipeline(
+      Pipelines.training(rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed))
+    trainer = try wrapping {
+      let graph = try pipeline.run(
+        try model.trace(batch: c.batch, sequence: c.sequence, loss: true, precision: c.precision))
+      return try GraphTrainer(
+        graph, constants: try model.weights(for: graph),
+        optimizer: OptimizerSettings(learningRate: 0, maxGradientNorm: 1))
+    }
+    // bf16 weights: the rounded copies only the packed forms needed are gone by now.
+    if c.precision == .bf16 { Executable.trimHeap() }
+  }
+
+  /// Runs optimizer steps `resume.step + 1 ... schedule.steps` over `examples` (shuffled,
+  /// cycled), each on the mean gradient of `schedule.accumulate` micro-batches; appends one JSON
+  /// line per step to `folder/metrics.jsonl` and writes a checkpoint (adapter, training state,
+  /// metrics, loss curve) every `schedule.saveEvery` steps, at the end, after
+  /// `schedule.stopAfter`, and when `cancellation` is requested (after the step under way).
+  ///
+  /// `progress` is called after every step. A loss that is not finite ends the run with an error.
+  public func train(
+    examples: [TrainingExample], schedule: Schedule, folder: URL, resume: TrainingState?,
+    record: CheckpointRecord, cancellation: Cancellation? = nil,
+    progress: (StepReport) -> Void = { _ in }
+  ) throws(SessionError) -> TrainingOutcome {
+    let optimizer = trainer.optimizer
+    optimizer.weightDecay = schedule.weightDecay
+    optimizer.maxGradientNorm = schedule.maxGradientNorm
+    var generator = SplitMix64(seed: record.seed &+ 2)
+    var order = Array(examples.indices)
+    var cursor = order.count
+    var metrics = Metrics()
+    var firstStep = 0
+    var elapsedBefore = 0.0
+    if let state = resume {
+      for name in parameters {
+        guard let tensor = state.parameters[name], let first = state.firstMoments[name],
+          let second = state.secondMoments[name]
+        else { throw SessionError("\(folder.path): the training state has no tensor '\(name)'") }
+        do {
+          try executable.set(name, tensor)
+          try optimizer.setMoments(of: name, first: first, second: second)
+        } catch {
+          throw SessionError("\(folder.path)/\(TrainingState.fileName): \(error.message)")
+        }
+      }
+      guard state.order.count == examples.count else {
+        throw SessionError(
+          "\(folder.path): the training state orders \(state.order.count) examples, not \(examples.count)"
+        )
+      }
+      optimizer.step = state.optimizerStep
+      generator.state = state.generator
+      order = state.order
+      cursor = state.cursor
+      firstStep = state.step
+      elapsedBefore = state.elapsed
+      metrics = Metrics(reading: folder.appendingPathComponent("metrics.jsonl"), upTo: state.step)
+    }
+    let (batch, sequence) = (configuration.batch, configuration.sequence)
+    let start = DispatchTime.now().uptimeNanoseconds
+    var tokensSeen = 0
+    for step in firstStep..<schedule.steps {
+      optimizer.learningRate = schedule.learningRate(at: step)
+      var losses: [Float] = []
+      for _ in 0..<schedule.accumulate {
+        var rows: [TrainingExample] = []
+        for _ in 0..<batch {
+          if cursor == order.count {
+            order.shuffle(using: &generator)
+            cursor = 0
+          }
+          rows.append(examples[order[cursor]])
+          cursor += 1
+        }
+        losses.append(try trainer.run(PackedBatch(rows, sequence: sequence).inputs))
+        if schedule.accumulate > 1 { trainer.accumulate() }
+        tokensSeen += batch * sequence
+      }
+      let loss =
+        losses.count == 1
+        ? losses[0] : Float(losses.map(Double.init).reduce(0, +) / Double(losses.count))
+      let norm = trainer.update()
+      let session = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      let rate = Double(tokensSeen) / session
+      let remaining = session / Double(step + 1 - firstStep) * Double(schedule.steps - step - 1)
+      metrics.append(
+        step: step + 1, loss: loss,
+        line:
+          "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsedBefore + session), \"rss_bytes\": \(residentBytes()), \"peak_rss_bytes\": \(peakResidentBytes())}"
+      )
+      progress(
+        StepReport(
+          step: step + 1, total: schedule.steps, isFirst: step == firstStep, loss: loss,
+          learningRate: optimizer.learningRate, gradientNorm: norm, tokensPerSecond: rate,
+          remainingSeconds: remaining))
+      if !loss.isFinite {
+        throw SessionError("the loss is \(loss) at step \(step + 1); lower --lr")
+      }
+      let cancelled = cancellation?.isCancelled ?? false
+      let stopping = cancelled || step + 1 == schedule.stopAfter
+      if (step + 1) % schedule.saveEvery == 0 || step + 1 == schedule.steps || stopping {
+        var state = TrainingState(
+          step: step + 1, optimizerStep: optimizer.step, elapsed: elapsedBefore + session,
+          generator: generator.state, order: order, cursor: cursor, threads: Threads.count,
+          settings: record.settings, dataFingerprint: record.dataFingerprint,
+          modelFingerprint: record.modelFingerprint, parameters: [:], firstMoments: [:],
+          secondMoments: [:])
+        for name in parameters {
+          guard let moments = optimizer.moments(of: name) else { continue }
+          state.firstMoments[name] = moments.first
+          state.secondMoments[name] = moments.second
+        }
+        try checkpoint(folder: folder, state: state, metrics: metrics, record: record)
+      }
+      if stopping && step + 1 < schedule.steps {
+        return cancelled ? .cancelled(step: step + 1) : .stopped(step: step + 1)
+      }
+    }
+    return .finished
+  }
+
+  /// One optimizer step on one micro-batch of `rows` (cut or padded to the configured sequence;
+  /// as many rows as the configured batch) at `learningRate`; returns the loss before the update.
+  public func step(_ rows: [TrainingExample], learningRate: Double) throws(SessionError) -> Float {
+    guard rows.count == configuration.batch else {
+      throw SessionError(
+        "a train step takes \(configuration.batch) examples (the configured batch), got \(rows.count)"
+      )
+    }
+    trainer.optimizer.learningRate = learningRate
+    return try trainer.step(PackedBatch(rows, sequence: configuration.sequence).inputs)
+  }
+
+  /// The adapter as trained so far, for decoding or evaluation in the same process.
+  public func adapter() throws(SessionError) -> PEFTAdapter {
+    var tensors: [String: HostTensor] = [:]
+    for name in parameters { tensors[name] = try wrapping { try executable.value(named: name) } }
+    let targets = parameters.filter { $0.hasSuffix(".lora_a") }.map { String($0.dropLast(7)) }
+    return PEFTAdapter(
+      rank: configuration.rank, alpha: configuration.alpha, targets: targets, tensors: tensors)
+  }
+
+  /// The files a checkpoint writes, in order: the training state last.
+  public static let checkpointFiles = [
+    "metrics.jsonl", "loss.svg", "adapter_model.safetensors", "adapter_config.json",
+    TrainingState.fileName,
+  ]
+
+  /// Whether this session has cleared the folder's stale temporary files yet.
+  private var clearedStaleFiles = false
+
+  /// Writes metrics.jsonl, loss.svg, the PEFT adapter and, last, the training state, each
+  /// crash-safely: after a crash the state never claims steps the other files lack.
+  ///
+  /// The first checkpoint of a session also removes the temporary files (`.NAME.UUID.tmp`) that
+  /// an earlier, killed run left mid-write for these names.
+  public func checkpoint(
+    folder: URL, state: TrainingState, metrics: Metrics, record: CheckpointRecord
+  ) throws(SessionError) {
+    var state = state
+    if !clearedStaleFiles {
+      removeStaleTemporaryFiles(in: folder, for: TrainingSession.checkpointFiles)
+      clearedStaleFiles = true
+    }
+    try wrapping {
+      for name in parameters { state.parameters[name] = try executable.value(named: name) }
+      try writeAtomically(
+        Data(metrics.lines.map { $0 + "\n" }.joined().utf8),
+        to: folder.appendingPathComponent("metrics.jsonl"))
+      try writeAtomically(
+        Data(LossCurve.svg(metrics.losses).utf8), to: folder.appendingPathComponent("loss.svg"))
+    }
+    try saveAdapter(to: folder, alpha: record.alpha, rank: record.rank)
+    do {
+      try state.write(to: folder)
+    } catch {
+      throw SessionError(error.message)
+    }
+  }
+
+  /// Writes the adapter in PEFT's layout to `folder`.
+  public func saveAdapter(to folder: URL, alpha: Double, rank: Int) throws(SessionError) {
+    try wrapping {
+      var tensors: [String: HostTensor] = [:]
+      for name in parameters { tensors[name] = try executable.value(named: name) }
+      let peft = try PEFTAdapter.peftTensors(tensors, config: model.config)
+      let modules = Set(
+        peft.map { name -> String in
+          let parts = name.name.split(separator: ".")
+          return String(parts[parts.count - 3])
+        }
+      ).sorted()
+      let config = """
+        {
+          "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+          "bias": "none",
+          "fan_in_fan_out": false,
+          "inference_mode": true,
+          "init_lora_weights": true,
+          "lora_alpha": \(alpha),
+          "lora_dropout": 0.0,
+          "peft_type": "LORA",
+          "r": \(rank),
+          "rank_pattern": {},
+          "alpha_pattern": {},
+          "target_modules": [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))],
+          "task_type": "CAUSAL_LM",
+          "use_rslora": false
+        }
+
+        """
+      try SafetensorsFile.write(
+        peft, metadata: ["format": "pt"],
+        to: folder.appendingPathComponent("adapter_model.safetensors"))
+      try writeAtomically(
+        Data(config.utf8), to: folder.appendingPathComponent("adapter_config.json"))
+    }
+  }
+}
+
+/// The lines of metrics.jsonl and the losses they hold.
+public struct Metrics: Sendable {
+  public var lines: [String] = []
+  public var losses: [(step: Int, loss: Double)] = []
+
+  public init() {}
+
+  /// The lines of an earlier run's file up to step `last` (a crash may have left later ones).
+  public init(reading url: URL, upTo last: Int) {
+    guard let text = try? String(contentsOf: url, encoding: .utf8) else { return }
+    for line in text.split(separator: "\n") {
+      guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        let step = object["step"] as? Int, let loss = object["loss"] as? Double, step <= last
+      else { continue }
+      lines.append(String(line))
+      losses.append((step, loss))
+    }
+  }
+
+  public mutating func append(step: Int, loss: Float, line: String) {
+    lines.append(line)
+    losses.append((step, Double(loss)))
+  }
+}
