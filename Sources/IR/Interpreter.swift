@@ -1,7 +1,7 @@
 import Foundation
 
 /// How the interpreter rounds results.
-public enum Precision: Sendable {
+public enum InterpreterPrecision: Sendable {
   /// Every `f32` result element is rounded to `Float` (a Float value widened to Double).
   case f32
   /// Full `Double` precision throughout, for finite-difference gradient checks.
@@ -35,10 +35,10 @@ public enum InterpreterOperand: Sendable {
 /// - An `i32` scalar literal is truncated toward zero, then wrapped to the `Int32` range.
 /// - Out-of-range `gather`/`scatter_add` indices throw; nothing reads out of bounds.
 public struct Interpreter: Sendable {
-  public var precision: Precision
+  public var precision: InterpreterPrecision
 
   /// An interpreter that rounds as `precision` says.
-  public init(precision: Precision = .f32) { self.precision = precision }
+  public init(precision: InterpreterPrecision = .f32) { self.precision = precision }
 
   // MARK: - Whole graphs
 

@@ -46,65 +46,15 @@ public struct AttributeError: Error, Hashable, Sendable, CustomStringConvertible
 }
 
 extension Op {
-  /// Every mnemonic the text format accepts, for error messages.
-  public static let allMnemonics: [String] =
-    UnaryOp.allCases.map(\.rawValue) + BinaryOp.allCases.map(\.rawValue)
-    + Comparison.allCases.map(\.rawValue)
-    + ["select"] + ReduceOp.allCases.map { "reduce_" + $0.rawValue }
-    + [
-      "matmul", "reshape", "transpose", "broadcast", "slice", "concat", "gather", "scatter_add",
-      "cast", "iota", "fill", "softmax", "log_softmax", "rope", "dynamic_slice",
-      "dynamic_update_slice", "rms_norm", "rms_norm_grad", "swiglu", "swiglu_grad",
-      "cross_entropy", "cross_entropy_grad", "lora_linear", "attention", "attention_grad",
-      "elementwise",
-    ]
+  /// Every mnemonic the text format accepts, in the op table's order (for error messages and
+  /// coverage tests).
+  public static let allMnemonics: [String] = OpKind.allCases.flatMap(\.mnemonics)
 
-  /// The op's name in the text format.
-  public var mnemonic: String {
-    switch self {
-    case .unary(let function): function.rawValue
-    case .binary(let function): function.rawValue
-    case .compare(let comparison): comparison.rawValue
-    case .select: "select"
-    case .reduce(let function, _, _): "reduce_" + function.rawValue
-    case .matmul: "matmul"
-    case .reshape: "reshape"
-    case .transpose: "transpose"
-    case .broadcast: "broadcast"
-    case .slice: "slice"
-    case .concat: "concat"
-    case .gather: "gather"
-    case .scatterAdd: "scatter_add"
-    case .cast: "cast"
-    case .iota: "iota"
-    case .fill: "fill"
-    case .softmax: "softmax"
-    case .logSoftmax: "log_softmax"
-    case .rope: "rope"
-    case .dynamicSlice: "dynamic_slice"
-    case .dynamicUpdateSlice: "dynamic_update_slice"
-    case .rmsNorm: "rms_norm"
-    case .rmsNormGrad: "rms_norm_grad"
-    case .swiglu: "swiglu"
-    case .swigluGrad: "swiglu_grad"
-    case .crossEntropy: "cross_entropy"
-    case .crossEntropyGrad: "cross_entropy_grad"
-    case .loraLinear: "lora_linear"
-    case .attention: "attention"
-    case .attentionGrad: "attention_grad"
-    case .elementwise: "elementwise"
-    }
-  }
+  /// The op's name in the text format, from its row in the op table.
+  public var mnemonic: String { kind.facts.mnemonic + (member ?? "") }
 
   /// Whether the op is one of the fused ops the `fuse` pass makes.
-  public var isFused: Bool {
-    switch self {
-    case .rmsNorm, .rmsNormGrad, .swiglu, .swigluGrad, .crossEntropy, .crossEntropyGrad,
-      .loraLinear, .attention, .attentionGrad, .elementwise:
-      true
-    default: false
-    }
-  }
+  public var isFused: Bool { kind.facts.isFused }
 
   /// Whether the op is a fused `elementwise` chain.
   public var isElementwise: Bool {
@@ -154,66 +104,13 @@ extension Op {
     mnemonic: String, attributes: [(key: String, value: AttributeValue)],
     resultTypes: [TensorType]
   ) throws(AttributeError) -> Op {
-    var reader = AttributeReader(mnemonic: mnemonic, attributes: attributes)
-    let op: Op
-    if let function = UnaryOp(rawValue: mnemonic) {
-      op = .unary(function)
-    } else if let function = BinaryOp(rawValue: mnemonic) {
-      op = .binary(function)
-    } else if let comparison = Comparison(rawValue: mnemonic) {
-      op = .compare(comparison)
-    } else if mnemonic.hasPrefix("reduce_"),
-      let function = ReduceOp(rawValue: String(mnemonic.dropFirst(7)))
-    {
-      op = .reduce(
-        function, axes: try reader.integers("axes"), keepDims: try reader.flag("keep_dims"))
-    } else {
-      func single() throws(AttributeError) -> TensorType {
-        guard resultTypes.count == 1, let type = resultTypes.first else {
-          throw AttributeError(
-            message: "\(mnemonic): expected 1 result type, got \(resultTypes.count)")
-        }
-        return type
-      }
-      switch mnemonic {
-      case "select": op = .select
-      case "matmul":
-        op = .matmul(
-          transposeA: try reader.flag("transpose_a"), transposeB: try reader.flag("transpose_b"))
-      case "reshape": op = .reshape(to: try single().shape)
-      case "transpose": op = .transpose(permutation: try reader.integers("perm"))
-      case "broadcast": op = .broadcast(to: try single().shape)
-      case "slice":
-        op = .slice(start: try reader.integers("start"), end: try reader.integers("end"))
-      case "concat": op = .concat(axis: try reader.integer("axis"))
-      case "gather": op = .gather(axis: try reader.integer("axis"))
-      case "scatter_add": op = .scatterAdd(axis: try reader.integer("axis"))
-      case "cast": op = .cast(to: try single().dtype)
-      case "iota": op = .iota(axis: try reader.integer("axis"), type: try single())
-      case "fill": op = .fill(value: try reader.number("value"), type: try single())
-      case "softmax": op = .softmax(axis: try reader.integer("axis"))
-      case "log_softmax": op = .logSoftmax(axis: try reader.integer("axis"))
-      case "rope":
-        op = .rope(theta: try reader.number("theta"), interleaved: try reader.flag("interleaved"))
-      case "dynamic_slice": op = .dynamicSlice(sizes: try single().shape)
-      case "dynamic_update_slice": op = .dynamicUpdateSlice
-      case "rms_norm": op = .rmsNorm(epsilon: try reader.number("eps"))
-      case "rms_norm_grad": op = .rmsNormGrad(epsilon: try reader.number("eps"))
-      case "swiglu": op = .swiglu
-      case "swiglu_grad": op = .swigluGrad
-      case "cross_entropy": op = .crossEntropy
-      case "cross_entropy_grad": op = .crossEntropyGrad
-      case "attention": op = .attention(scale: try reader.number("scale"))
-      case "attention_grad": op = .attentionGrad(scale: try reader.number("scale"))
-      case "elementwise":
-        op = .elementwise(try ElementwiseExpression(parsing: try reader.text("expr")))
-      case "lora_linear":
-        op = .loraLinear(
-          scale: try reader.number("scale"), transposeW: try reader.flag("transpose_w"))
-      default:
-        throw AttributeError(message: "unknown op '\(mnemonic)'")
-      }
+    guard let (kind, member) = OpKind.byMnemonic[mnemonic] else {
+      throw AttributeError(message: "unknown op '\(mnemonic)'")
     }
+    var reader = AttributeReader(mnemonic: mnemonic, attributes: attributes)
+    let values = try reader.read(kind.facts.attributes)
+    let op = try make(
+      kind, member: member, mnemonic: mnemonic, attributes: values, resultTypes: resultTypes)
     try reader.finish()
     return op
   }
@@ -312,6 +209,23 @@ struct AttributeReader {
     case .integer(let value): return value
     default: throw wrong(key, "an integer")
     }
+  }
+
+  /// Reads the attributes a row of the op table declares, in its order: a flag is kept only when
+  /// present, a number given as an integer becomes a number.
+  mutating func read(_ specs: [AttributeSpec]) throws(AttributeError) -> OpAttributes {
+    var values = OpAttributes(mnemonic: mnemonic, values: [:])
+    for spec in specs {
+      let key = spec.name
+      switch spec.kind {
+      case .flag: if try flag(key) { values.values[key] = .flag }
+      case .integer: values.values[key] = .integer(try integer(key))
+      case .integers: values.values[key] = .integers(try integers(key))
+      case .number: values.values[key] = .number(try number(key))
+      case .text: values.values[key] = .text(try text(key))
+      }
+    }
+    return values
   }
 
   /// Fails when an attribute was not consumed, listing the ones the op accepts.

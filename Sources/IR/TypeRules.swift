@@ -43,22 +43,9 @@ public func broadcastShapes(_ shapes: [[Int]]) -> [Int]? {
 }
 
 extension Op {
-  /// How many operands the op takes: an exact count, or nil for "one or more" (`concat`).
-  public var arity: Int? {
-    switch self {
-    case .iota, .fill: 0
-    case .unary, .reduce, .reshape, .transpose, .broadcast, .slice, .cast, .softmax, .logSoftmax:
-      1
-    case .binary, .compare, .matmul, .gather, .rope, .dynamicSlice, .rmsNorm, .swiglu,
-      .crossEntropy:
-      2
-    case .select, .scatterAdd, .dynamicUpdateSlice, .rmsNormGrad, .swigluGrad, .crossEntropyGrad:
-      3
-    case .loraLinear, .attention: 4
-    case .attentionGrad: 5
-    case .concat, .elementwise: nil
-    }
-  }
+  /// How many operands the op takes: an exact count, or nil for "one or more" (`concat`), from
+  /// the op table.
+  public var arity: Int? { kind.facts.operands }
 
   /// The types of the op's results for operands of the given types: the only shape rule, used by
   /// the tracer, the parser and the verifier.

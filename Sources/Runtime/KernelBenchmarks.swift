@@ -216,7 +216,7 @@ public enum KernelBenchmarks {
         if dtype == .q4_1 { (raw[base + 2], raw[base + 3]) = (0x00, 0xA0) }
       }
     }
-    let code = Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
+    let code = dtype.kernelCode
     if interleaved {
       // The packed form has the stored form's bytes when n is a multiple of 16 (SmolLM2's are).
       let stored = [UInt8](UnsafeRawBufferPointer(start: buffer, count: bytes))

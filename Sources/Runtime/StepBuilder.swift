@@ -49,7 +49,7 @@ struct StepBuilder {
 
     case .unary(let function):
       let x = operand(0)
-      let code = Int32(UnaryOp.allCases.firstIndex(of: function) ?? 0)
+      let code = function.kernelCode
       if resultType.dtype == .i32 {
         return {
           lc_unary_i32(
@@ -70,7 +70,7 @@ struct StepBuilder {
       let (sa, sb) = (
         broadcastStrides(type(0), to: resultType), broadcastStrides(type(1), to: resultType)
       )
-      let code = Int32(BinaryOp.allCases.firstIndex(of: function) ?? 0)
+      let code = function.kernelCode
       if resultType.dtype == .i32 {
         if function == .pow { throw unsupported("pow on i32") }
         return {
@@ -92,7 +92,7 @@ struct StepBuilder {
       let (sa, sb) = (
         broadcastStrides(type(0), to: resultType), broadcastStrides(type(1), to: resultType)
       )
-      let code = Int32(Comparison.allCases.firstIndex(of: comparison) ?? 0)
+      let code = comparison.kernelCode
       if scalarDType == .i32 {
         return {
           lc_compare_i32(
@@ -126,7 +126,7 @@ struct StepBuilder {
       let input = type(0)
       let shape = input.shape.map(Int64.init)
       let reduced = (0..<input.rank).map { Int32(axes.contains($0) ? 1 : 0) }
-      let code = Int32(ReduceOp.allCases.firstIndex(of: function) ?? 0)
+      let code = function.kernelCode
       let inputRank = Int32(input.rank)
       if input.dtype == .i32 {
         return {
@@ -191,15 +191,11 @@ struct StepBuilder {
           literals.append(Float(value))
         case .unary(let function, let x):
           emit(x)
-          steps += [
-            Int32(LC_EW_UNARY.rawValue), Int32(UnaryOp.allCases.firstIndex(of: function) ?? 0),
-          ]
+          steps += [Int32(LC_EW_UNARY.rawValue), function.kernelCode]
         case .binary(let function, let x, let y):
           emit(x)
           emit(y)
-          steps += [
-            Int32(LC_EW_BINARY.rawValue), Int32(BinaryOp.allCases.firstIndex(of: function) ?? 0),
-          ]
+          steps += [Int32(LC_EW_BINARY.rawValue), function.kernelCode]
         }
       }
       emit(expression)
@@ -684,10 +680,8 @@ func batchStrides(_ type: TensorType, batchShape: [Int]) -> [Int64] {
   }
 }
 
-/// The kernels' code for a dtype (the order of `lc_dtype`).
-func kernelDType(_ dtype: DType) -> Int32 {
-  Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
-}
+/// The kernels' code for a dtype (its `lc_dtype` constant).
+func kernelDType(_ dtype: DType) -> Int32 { dtype.kernelCode }
 
 private func copyStrided(
   _ out: UnsafeMutableRawPointer, _ rank: Int32, _ shape: [Int64], _ x: UnsafeMutableRawPointer,

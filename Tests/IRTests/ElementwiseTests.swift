@@ -104,7 +104,7 @@ import Testing
     "x": DenseTensor(dtype: .f32, shape: [5], scalars: [0.1, -2, 3.5, 0, 7]),
     "y": DenseTensor(dtype: .f32, shape: [5], scalars: [1.3, 0.7, -0.2, 5, 1e-3]),
   ]
-  for precision in [Precision.f32, .f64] {
+  for precision in [InterpreterPrecision.f32, .f64] {
     let interpreter = Interpreter(precision: precision)
     #expect(
       try interpreter.run(fused, bindings: bindings)

@@ -36,3 +36,16 @@ func irFuzzInput(name: String) throws {
 }
 
 @Test func irFuzzInputsAreListed() { #expect(Set(irFuzzNames) == Set(irExpected.keys)) }
+
+/// The IR fuzz target's dictionary (`Fuzz/ir.dict`) holds every mnemonic and attribute name of
+/// the op table, so a new op is fuzzed with its spelling.
+@Test func irFuzzDictionaryHasEveryMnemonicAndAttribute() throws {
+  let dictionary = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz/ir.dict")
+  let text = try String(contentsOf: dictionary, encoding: .utf8)
+  let entries = Set(text.split(separator: "\n").map { $0.trimmingCharacters(in: ["\""]) })
+  let names = Op.allMnemonics + OpKind.allCases.flatMap { $0.facts.attributes.map(\.name) }
+  for name in names where !entries.contains(name) {
+    Issue.record("Fuzz/ir.dict lacks \"\(name)\"")
+  }
+}

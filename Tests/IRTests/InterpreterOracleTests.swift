@@ -13,7 +13,7 @@ private func ints(_ shape: [Int], _ values: [Double]) -> InterpreterOperand {
 }
 
 private func run(
-  _ op: Op, _ operands: InterpreterOperand..., precision: Precision = .f64
+  _ op: Op, _ operands: InterpreterOperand..., precision: InterpreterPrecision = .f64
 ) throws -> DenseTensor {
   try Interpreter(precision: precision).evaluate(op, operands)[0]
 }

@@ -17,7 +17,7 @@ private func i32(_ shape: [Int], _ values: [Double]) -> InterpreterOperand {
 
 /// The single result of `op` on `operands`.
 private func eval(
-  _ op: Op, _ operands: InterpreterOperand..., precision: Precision = .f32
+  _ op: Op, _ operands: InterpreterOperand..., precision: InterpreterPrecision = .f32
 ) throws -> DenseTensor {
   try Interpreter(precision: precision).evaluate(op, operands)[0]
 }
@@ -690,7 +690,7 @@ private let int32Max = 2_147_483_647.0
       try eval(.dynamicUpdateSlice, a23, update, i32([2], [-1, 0])).scalars == [-1, -2, 3, 4, 5, 6])
   }
 
-  // MARK: - Precision
+  // MARK: - InterpreterPrecision
 
   @Test func f32PrecisionRoundsResultsAndF64DoesNot() throws {
     let one = f32([1], [1])

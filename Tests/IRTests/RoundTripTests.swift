@@ -138,12 +138,57 @@ extension Tensor {
   try Verifier.verify(parsed)
 }
 
-@Test func everyMnemonicIsCovered() throws {
+/// The every-op graph uses every row of the op table and every family member, so a new op
+/// cannot skip the round-trip test.
+@Test func everyOpKindIsCovered() throws {
   let text = Printer().print(try everyOpGraph())
+  let parsed = try Parser.parse(text)
+  let kinds = Set(parsed.body.map(\.op.kind))
+  for kind in OpKind.allCases { #expect(kinds.contains(kind), "no round-trip example of \(kind)") }
+  let mnemonics = Set(parsed.body.map(\.op.mnemonic))
   for mnemonic in Op.allMnemonics {
+    #expect(mnemonics.contains(mnemonic), "no round-trip example of \(mnemonic)")
     #expect(text.contains(" = \(mnemonic) ") || text.contains(" = \(mnemonic)  "), "\(mnemonic)")
   }
   for dtype in DType.allCases { #expect(text.contains("\(dtype.rawValue)["), "\(dtype)") }
+}
+
+/// Every instruction of the every-op graph agrees with its op's row: operand and result counts,
+/// and printed attributes in the row's order with the row's kinds.
+@Test func everyInstructionMatchesItsOpTableRow() throws {
+  for instruction in try everyOpGraph().body {
+    let facts = instruction.op.kind.facts
+    let name = instruction.op.mnemonic
+    if let operands = facts.operands {
+      #expect(instruction.operands.count == operands, "\(name) operands")
+    } else {
+      #expect(!instruction.operands.isEmpty, "\(name) operands")
+    }
+    #expect(instruction.results.count == facts.results, "\(name) results")
+    let specs = facts.attributes.map(\.name)
+    let printed = instruction.op.attributes.map(\.key)
+    #expect(
+      printed == specs.filter(printed.contains), "\(name) prints \(printed), its row says \(specs)")
+    for (key, value) in instruction.op.attributes {
+      let kind = facts.attributes.first { $0.name == key }?.kind
+      switch value {
+      case .flag: #expect(kind == .flag, "\(name).\(key)")
+      case .integer: #expect(kind == .integer, "\(name).\(key)")
+      case .integers: #expect(kind == .integers, "\(name).\(key)")
+      case .number: #expect(kind == .number, "\(name).\(key)")
+      case .text: #expect(kind == .text, "\(name).\(key)")
+      case .word: Issue.record("\(name).\(key): ops take no word attributes")
+      }
+    }
+    for spec in facts.attributes where spec.kind != .flag {
+      #expect(printed.contains(spec.name), "\(name) must print \(spec.name)")
+    }
+  }
+}
+
+/// Each mnemonic names one op kind (no two rows spell the same name).
+@Test func mnemonicsAreUnique() {
+  #expect(Set(Op.allMnemonics).count == Op.allMnemonics.count)
 }
 
 /// The example of DESIGN.md section 4, character for character.

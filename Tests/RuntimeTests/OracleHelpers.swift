@@ -72,7 +72,7 @@ func matvec(_ dtype: DType, _ weight: HostTensor, _ x: [Float], reference: Bool)
   let n = weight.type.shape[0]
   let k = weight.type.shape[1]
   var y = [Float](repeating: 0, count: n)
-  let code = Int32(DType.allCases.firstIndex(of: dtype) ?? 0)
+  let code = dtype.kernelCode
   weight.data.withUnsafeBytes { w in
     x.withUnsafeBufferPointer { xs in
       y.withUnsafeMutableBufferPointer { ys in

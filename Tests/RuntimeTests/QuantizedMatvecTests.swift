@@ -28,7 +28,7 @@ extension RuntimeSuite {
       ("avx512", Int32(LC_QUANT_AVX512.rawValue)), ("vnni", Int32(LC_QUANT_VNNI.rawValue)),
     ]
 
-    static func code(_ dtype: DType) -> Int32 { Int32(DType.allCases.firstIndex(of: dtype) ?? 0) }
+    static func code(_ dtype: DType) -> Int32 { dtype.kernelCode }
 
     /// Widths K per dtype: block multiples that are not multiples of 2 blocks or of 16 blocks (the
     /// unrolls), SmolLM2's 576 (a group of 16 blocks of 32 and a 2-block tail, the next group's

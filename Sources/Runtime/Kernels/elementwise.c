@@ -21,6 +21,11 @@ static inline float exp_full(float x) {
   return x > 88.72284f ? INFINITY : x > 88.0f ? high : lc_exp(x);
 }
 
+// The switches below name every code of their enum; a new code must be added to them.
+_Static_assert(LC_UNARY_COUNT == 13, "unary_f32_range names every lc_unary code");
+_Static_assert(LC_BINARY_COUNT == 7, "binary_f32_row names every lc_binary code");
+_Static_assert(LC_COMPARE_COUNT == 6, "LC_COMPARE names every lc_compare code");
+
 LC_CLONES static void unary_f32_range(int op, const float *x, float *y, int64_t n) {
   switch (op) {
     case LC_NEG: LC_SIMD for (int64_t i = 0; i < n; i++) y[i] = -x[i]; break;

@@ -34,6 +34,8 @@ static inline float half_to_float(uint16_t h) {
 
 static inline uint16_t load16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 
+_Static_assert(LC_DTYPE_COUNT == 8, "block_size, block_bytes and lc_dequantize_row name every dtype");
+
 static int block_size(int dtype) {
   switch (dtype) {
     case LC_Q8_0: case LC_Q4_1: return 32;

@@ -58,6 +58,8 @@ static inline int64_t reduced_offset(const lc_reduction *r, int64_t i) {
   return offset;
 }
 
+_Static_assert(LC_REDUCE_COUNT == 3, "LC_REDUCE_BODY handles every lc_reduce code");
+
 // One body for f32 (accumulating in double) and i32 (in int64, wrapped to 32 bits at the end).
 #define LC_REDUCE_BODY(T, ACC, LOWEST)                                                         \
   lc_reduction r;                                                                              \

@@ -37,11 +37,44 @@ void *lc_alloc_large(int64_t bytes);
 /// file's clean pages leave memory and are read again if touched; nothing is lost either way.
 void lc_page_out(const void *p, int64_t bytes);
 
+// ---- codes shared with Swift -----------------------------------------------------------------
+// Every code Swift passes (op functions, dtypes, step kinds, kernel paths) is a named constant
+// with an explicit value; Swift maps each of its cases to the constant by name in an exhaustive
+// switch (Runtime's KernelCodes.swift) and checks its case count against the _COUNT constant.
+// Add a code before _COUNT with the next value, and update the switches the static assertions
+// in the .c files point at.
+
+/// Unary functions (IR's UnaryOp).
+enum lc_unary {
+  LC_NEG = 0, LC_ABS = 1, LC_EXP = 2, LC_LOG = 3, LC_SQRT = 4, LC_RSQRT = 5, LC_RECIPROCAL = 6,
+  LC_TANH = 7, LC_SIGMOID = 8, LC_RELU = 9, LC_SILU = 10, LC_SIN = 11, LC_COS = 12,
+  LC_UNARY_COUNT = 13
+};
+/// Binary functions (IR's BinaryOp).
+enum lc_binary {
+  LC_ADD = 0, LC_SUB = 1, LC_MUL = 2, LC_DIV = 3, LC_MAX = 4, LC_MIN = 5, LC_POW = 6,
+  LC_BINARY_COUNT = 7
+};
+/// Comparisons (IR's Comparison).
+enum lc_compare {
+  LC_EQ = 0, LC_NE = 1, LC_LT = 2, LC_LE = 3, LC_GT = 4, LC_GE = 5,
+  LC_COMPARE_COUNT = 6
+};
+/// Reductions (IR's ReduceOp).
+enum lc_reduce { LC_SUM = 0, LC_RMAX = 1, LC_MEAN = 2, LC_REDUCE_COUNT = 3 };
+/// Element types (IR's DType): compute types and the storage types kernels read directly.
+enum lc_dtype {
+  LC_F32 = 0, LC_I32 = 1, LC_F16 = 2, LC_BF16 = 3, LC_Q8_0 = 4, LC_Q4_1 = 5, LC_Q4_K = 6,
+  LC_Q6_K = 7,
+  LC_DTYPE_COUNT = 8
+};
+_Static_assert(LC_UNARY_COUNT == LC_COS + 1, "LC_UNARY_COUNT follows the last unary code");
+_Static_assert(LC_BINARY_COUNT == LC_POW + 1, "LC_BINARY_COUNT follows the last binary code");
+_Static_assert(LC_COMPARE_COUNT == LC_GE + 1, "LC_COMPARE_COUNT follows the last comparison");
+_Static_assert(LC_REDUCE_COUNT == LC_MEAN + 1, "LC_REDUCE_COUNT follows the last reduction");
+_Static_assert(LC_DTYPE_COUNT == LC_Q6_K + 1, "LC_DTYPE_COUNT follows the last dtype");
+
 // ---- elementwise ----------------------------------------------------------------------------
-enum lc_unary { LC_NEG, LC_ABS, LC_EXP, LC_LOG, LC_SQRT, LC_RSQRT, LC_RECIPROCAL, LC_TANH,
-                LC_SIGMOID, LC_RELU, LC_SILU, LC_SIN, LC_COS };
-enum lc_binary { LC_ADD, LC_SUB, LC_MUL, LC_DIV, LC_MAX, LC_MIN, LC_POW };
-enum lc_compare { LC_EQ, LC_NE, LC_LT, LC_LE, LC_GT, LC_GE };
 
 /// y[i] = f(x[i]), i < n.
 void lc_unary_f32(int op, const float *x, float *y, int64_t n);
@@ -84,8 +117,6 @@ int64_t lc_gather_rows_dequantize(int dtype, float *out, const void *table, int6
                                   int64_t width, const int32_t *indices, int64_t count);
 
 // ---- conversions and generators -------------------------------------------------------------
-/// Storage dtype codes shared with Swift's DType.
-enum lc_dtype { LC_F32, LC_I32, LC_F16, LC_BF16, LC_Q8_0, LC_Q4_1, LC_Q4_K, LC_Q6_K };
 /// Bytes of one row of `n` values (n a multiple of the block size).
 int64_t lc_row_bytes(int dtype, int64_t n);
 /// Decodes `n` values of `dtype` (n a multiple of the block size) into f32.
@@ -101,7 +132,6 @@ void lc_iota_i32(int32_t *out, int rank, const int64_t *shape, int axis);
 void lc_fill_32(uint32_t *out, uint32_t word, int64_t n);
 
 // ---- reductions and normalisations ---------------------------------------------------------
-enum lc_reduce { LC_SUM, LC_RMAX, LC_MEAN };
 /// Reduces the axes flagged in `reduced[rank]` of x (shape `shape`) into the dense out.
 void lc_reduce_f32(int op, float *out, const float *x, int rank, const int64_t *shape,
                    const int *reduced);
@@ -160,7 +190,9 @@ void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void
 /// Kernel paths of the storage-typed products: AUTO picks the widest this CPU runs for the dtype.
 /// VNNI (q8_0, q4_1) rounds the activations to int8 per block of 32, as llama.cpp does; the
 /// others keep them f32.
-enum lc_quant_path { LC_QUANT_AUTO, LC_QUANT_PORTABLE, LC_QUANT_AVX2, LC_QUANT_AVX512, LC_QUANT_VNNI };
+enum lc_quant_path {
+  LC_QUANT_AUTO = 0, LC_QUANT_PORTABLE = 1, LC_QUANT_AVX2 = 2, LC_QUANT_AVX512 = 3, LC_QUANT_VNNI = 4
+};
 /// The path AUTO takes for dtype (the environment variable LORAC_QUANT_PATH=portable|avx2|avx512
 /// caps it; int8 activations off caps it at AVX512).
 int lc_quant_path(int dtype);
@@ -191,7 +223,7 @@ int lc_interleaved_digits(int dtype);
 /// Step kinds of an elementwise program (postfix; each step is a kind and an argument): push
 /// input `argument`, push literal `argument`, apply unary op `argument` to the top, apply binary
 /// op `argument` to the top two (the deeper one is the left operand).
-enum lc_elementwise_step { LC_EW_INPUT, LC_EW_LITERAL, LC_EW_UNARY, LC_EW_BINARY };
+enum lc_elementwise_step { LC_EW_INPUT = 0, LC_EW_LITERAL = 1, LC_EW_UNARY = 2, LC_EW_BINARY = 3 };
 /// The deepest stack an elementwise program may use.
 #define LC_EW_MAX_DEPTH 8
 /// out[i] = program(inputs[0][i], inputs[1][i], ...) for i < n, one pass over blocks of 256
