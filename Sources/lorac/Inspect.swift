@@ -23,30 +23,36 @@ struct Inspect: ParsableCommand {
     } catch {
       fail(error.message)
     }
-    let architecture = file["general.architecture"]?.string ?? "?"
-    let name = file["general.name"]?.string ?? ""
-    let totalBytes = file.tensors.map(\.byteCount).reduce(0, +)
-    let parameters = file.tensors.map { $0.shape.reduce(1, *) }.reduce(0, +)
     if json {
-      let tensors = file.tensors.map { t in
-        "{\"name\": \(jsonString(t.name)), \"shape\": \(t.shape), \"dtype\": \"\(t.typeName)\", \"bytes\": \(t.byteCount)}"
-      }
-      print(
-        """
-        {"path": \(jsonString(model)), "version": \(file.version), "architecture": \(jsonString(architecture)), \
-        "name": \(jsonString(name)), "parameters": \(parameters), "tensor_bytes": \(totalBytes), \
-        "hyperparameters": {"vocab_size": \(config.vocabularySize), "embedding_length": \(config.embeddingLength), \
-        "block_count": \(config.layerCount), "head_count": \(config.headCount), \
-        "head_count_kv": \(config.keyValueHeadCount), "feed_forward_length": \(config.feedForwardLength), \
-        "rope_freq_base": \(config.ropeTheta), "rms_norm_eps": \(config.normEpsilon), \
-        "tied_embeddings": \(config.tiedEmbeddings)}, \
-        "tokenizer": {"model": "gpt2", "pre": \(jsonString(tokenizer.preTokenizer)), "tokens": \(tokenizer.tokens.count), \
-        "bos": \(tokenizer.beginOfSequence.map(String.init) ?? "null"), "eos": \(tokenizer.endOfSequence.map(String.init) ?? "null"), \
-        "add_bos": \(tokenizer.addsBeginOfSequence), "chat_template": \(tokenizer.chatTemplate == nil ? "null" : "\"chatml\"")}, \
-        "tensors": [\(tensors.joined(separator: ", "))]}
-        """)
-      return
+      printJSON(file, config, tokenizer)
+    } else {
+      printText(file, config, tokenizer)
     }
+  }
+
+  private func printJSON(_ file: GGUFFile, _ config: LlamaConfig, _ tokenizer: Tokenizer) {
+    let (architecture, name, totalBytes, parameters) = summary(file)
+    let tensors = file.tensors.map { t in
+      "{\"name\": \(jsonString(t.name)), \"shape\": \(t.shape), \"dtype\": \"\(t.typeName)\", \"bytes\": \(t.byteCount)}"
+    }
+    print(
+      """
+      {"path": \(jsonString(model)), "version": \(file.version), "architecture": \(jsonString(architecture)), \
+      "name": \(jsonString(name)), "parameters": \(parameters), "tensor_bytes": \(totalBytes), \
+      "hyperparameters": {"vocab_size": \(config.vocabularySize), "embedding_length": \(config.embeddingLength), \
+      "block_count": \(config.layerCount), "head_count": \(config.headCount), \
+      "head_count_kv": \(config.keyValueHeadCount), "feed_forward_length": \(config.feedForwardLength), \
+      "rope_freq_base": \(config.ropeTheta), "rms_norm_eps": \(config.normEpsilon), \
+      "tied_embeddings": \(config.tiedEmbeddings)}, \
+      "tokenizer": {"model": "gpt2", "pre": \(jsonString(tokenizer.preTokenizer)), "tokens": \(tokenizer.tokens.count), \
+      "bos": \(tokenizer.beginOfSequence.map(String.init) ?? "null"), "eos": \(tokenizer.endOfSequence.map(String.init) ?? "null"), \
+      "add_bos": \(tokenizer.addsBeginOfSequence), "chat_template": \(tokenizer.chatTemplate == nil ? "null" : "\"chatml\"")}, \
+      "tensors": [\(tensors.joined(separator: ", "))]}
+      """)
+  }
+
+  private func printText(_ file: GGUFFile, _ config: LlamaConfig, _ tokenizer: Tokenizer) {
+    let (architecture, name, totalBytes, parameters) = summary(file)
     print("\(model): GGUF v\(file.version), \(architecture) \"\(name)\"")
     print("  \(parameters) parameters in \(file.tensors.count) tensors, \(totalBytes) bytes")
     print(
@@ -68,5 +74,14 @@ struct Inspect: ParsableCommand {
         "    \(tensor.name.padding(toLength: 28, withPad: " ", startingAt: 0)) \(shape.padding(toLength: 14, withPad: " ", startingAt: 0)) \(tensor.typeName.padding(toLength: 5, withPad: " ", startingAt: 0)) \(tensor.byteCount)"
       )
     }
+  }
+
+  /// The architecture, the model's name, the tensors' bytes and their element count.
+  private func summary(_ file: GGUFFile) -> (String, String, Int, Int) {
+    (
+      file["general.architecture"]?.string ?? "?", file["general.name"]?.string ?? "",
+      file.tensors.map(\.byteCount).reduce(0, +),
+      file.tensors.map { $0.shape.reduce(1, *) }.reduce(0, +)
+    )
   }
 }
