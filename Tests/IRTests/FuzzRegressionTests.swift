@@ -1,21 +1,16 @@
 import Foundation
 import IR
+import TestSupport
 import Testing
 
 /// The IR texts the IR fuzz target (Fuzz/ir.swift) ever failed on, under
 /// `Tests/Fixtures/fuzz/ir/`, each with the error it must give now ("" when parsing is fine too).
 let irExpected: [String: String] = [:]
 
-let irFuzzFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz/ir")
-
-let irFuzzNames =
-  ((try? FileManager.default.contentsOfDirectory(atPath: irFuzzFolder.path)) ?? []).sorted()
-
-@Test(arguments: irFuzzNames)
+@Test(arguments: FuzzInputs.names("ir"))
 func irFuzzInput(name: String) throws {
   let expected = try #require(irExpected[name], "no expected outcome for \(name)")
-  let data = try Data(contentsOf: irFuzzFolder.appendingPathComponent(name))
+  let data = try FuzzInputs.data("ir", name)
   let text = String(decoding: data, as: UTF8.self)
   var errors: [String] = []
   do {
@@ -35,4 +30,4 @@ func irFuzzInput(name: String) throws {
   }
 }
 
-@Test func irFuzzInputsAreListed() { #expect(Set(irFuzzNames) == Set(irExpected.keys)) }
+@Test func irFuzzInputsAreListed() { expectEveryInputListed("ir", irExpected) }

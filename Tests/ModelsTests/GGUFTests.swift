@@ -1,6 +1,7 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
 
 /// Builds GGUF bytes for tests: metadata and tensors laid out as the format says.
@@ -54,7 +55,7 @@ struct GGUFWriter {
 }
 
 private func parse(_ bytes: [UInt8]) throws(GGUFError) -> GGUFFile {
-  let url = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).gguf")
+  let url = temporaryURL(".gguf")
   FileManager.default.createFile(atPath: url.path, contents: Data(bytes))
   defer { try? FileManager.default.removeItem(at: url) }
   return try GGUFFile(path: url.path)

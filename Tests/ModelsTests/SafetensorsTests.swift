@@ -1,11 +1,8 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
-
-private func temporaryURL(_ suffix: String = ".safetensors") -> URL {
-  FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())\(suffix)")
-}
 
 /// A file with the given JSON header (unpadded) followed by `data`.
 private func file(_ header: String, _ data: [UInt8] = []) -> Data {
@@ -26,7 +23,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func safetensorsWriteThenReadRoundTrips() throws {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: url) }
   let a = HostTensor(shape: [2, 3], floats: [1, 2, 3, 4, 5, 6])
   let b = try HostTensor(
@@ -104,8 +101,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func failedWritesLeaveNothingBehind() throws {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let tensor = HostTensor(shape: [1], floats: [1])
   // The target is a directory: the rename fails after the temporary file was written.
@@ -129,8 +125,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func staleTemporaryFilesOfTheGivenNamesAreRemovedAndNothingElse() throws {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let uuid = UUID().uuidString
   // What a writer killed mid-write leaves, next to files that only look alike.
@@ -151,7 +146,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func safetensorsCorruptionNeverCrashes() throws {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: url) }
   try SafetensorsFile.write([("a", HostTensor(shape: [2, 2], floats: [1, 2, 3, 4]))], to: url)
   let original = try Data(contentsOf: url)
@@ -169,7 +164,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func mappedSafetensorsShareTheFile() throws {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: url) }
   let weights = HostTensor(shape: [4, 8], floats: (0..<32).map(Float.init))
   let bias = HostTensor(shape: [3], floats: [1, 2, 3])
@@ -199,7 +194,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func theMetadataKeyCannotNameATensor() {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   #expect(
     throws: SafetensorsError(
       message: "\(url.path): '__metadata__' is reserved and cannot name a tensor")
