@@ -47,7 +47,8 @@ let package = Package(
     .testTarget(name: "IRTests", dependencies: ["IR", "TestSupport"], exclude: ["Invalid"]),
     .testTarget(
       name: "PassesTests",
-      dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels", "TestSupport"]),
+      dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels", "TestSupport"],
+      exclude: ["Golden"]),
     .testTarget(
       name: "RuntimeTests",
       dependencies: ["Runtime", "IR", "CKernels", "Models", "Passes", "TestSupport"]),

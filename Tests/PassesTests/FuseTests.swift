@@ -58,35 +58,6 @@ private func tinyLlama() throws -> Graph {
   #expect(difference(actual, expected) < 1e-12)
 }
 
-@Test func fuseOnTheDesignExampleMakesOneLoraLinear() throws {
-  let pipeline = try Pipeline(
-    parsing: "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},dce")
-  let text = Printer().print(try pipeline.run(try fcGraph()))
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        %4 = fill {value=1.0}                      : f32[]       "loss.grad"
-        %5 = reshape %4                            : f32[1,1]
-        %6 = broadcast %5                          : f32[4,32]
-        %7 = mul %6, %1                            : f32[4,32]
-        %8 = mul %6, %1                            : f32[4,32]
-        %9 = add %7, %8                            : f32[4,32]   "fc.grad"
-        %10 = mul %9, 2.0                          : f32[4,32]
-        %11 = matmul %0, %10 {transpose_a}         : f32[2,32]   "fc.lora_b.grad"
-        %12 = matmul %10, @fc.lora_b {transpose_b} : f32[4,2]
-        %13 = matmul %x, %12 {transpose_a}         : f32[16,2]   "fc.lora_a.grad"
-        return %3, %13, %11
-      }
-
-      """)
-}
-
 @Test func fuseLeavesPatternsWhoseInnerValuesAreUsedElsewhere() throws {
   // silu(g) is also returned, and rsqrt(...) feeds a second product: fusing would compute them
   // twice, so both stay primitive.
@@ -180,19 +151,7 @@ private func decodingBindings(
   let y = try matmul(x, matmul(a, bb)).named("y")
   let graph = try b.finish(outputs: [try (y * y).sum().named("loss")])
   let rewritten = try Pipeline(parsing: "reassociate,autodiff{loss=loss},dce").run(graph)
-  #expect(
-    Printer().print(try Pipeline(parsing: "reassociate").run(graph)) == """
-      func @chain(%x: f32[4,16]) -> (f32[]) {
-        param @a : f32[16,2] {init=constant, value=0.5}
-        param @b : f32[2,32] {init=constant, value=-0.25}
-        %0 = matmul %x, @a                         : f32[4,2]
-        %1 = matmul %0, @b                         : f32[4,32]   "y"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        return %3
-      }
-
-      """)
+  // The rewritten text is pinned by Golden/reassociate/adapter-product.ir.
   #expect(!rewritten.types.contains(TensorType(.f32, [16, 32])))
   // The same loss and gradients as the original order.
   let values = ["x": DenseTensor(shape: [4, 16], floats: (0..<64).map { Float($0 % 7) - 3 })]
@@ -319,31 +278,6 @@ private func decodingBindings(
       == "decode: 3 new tokens do not fit a context of 2")
 }
 
-@Test func foldRemovesTheSeedProductsOfAutodiff() throws {
-  let pipeline = try Pipeline(
-    parsing: "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},fold")
-  // broadcast(reshape(fill 1)) * fc is fc: the gradient of sum(fc * fc) is fc + fc.
-  let text = Printer().print(try pipeline.run(try fcGraph()))
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        %4 = add %1, %1                            : f32[4,32]   "fc.grad"
-        %5 = mul %4, 2.0                           : f32[4,32]
-        %6 = matmul %0, %5 {transpose_a}           : f32[2,32]   "fc.lora_b.grad"
-        %7 = matmul %5, @fc.lora_b {transpose_b}   : f32[4,2]
-        %8 = matmul %x, %7 {transpose_a}           : f32[16,2]   "fc.lora_a.grad"
-        return %3, %8, %6
-      }
-
-      """)
-}
-
 @Test func foldKeepsTheValuesOfTheLlamaTrainGraph() throws {
   let lora =
     "lora{rank=2,alpha=4,targets=layers.*.attn.{q,v},seed=1},freeze,fuse,autodiff{loss=loss}"
@@ -385,36 +319,6 @@ private func decodingBindings(
     try Merge().run(try Llama.trace(config, batch: 1, sequence: 3))
   }
   #expect(throws: PassError.self) { try Unmerge().run(adapted) }
-}
-
-@Test func fuseElementwiseAfterAutodiffOnTheDesignExample() throws {
-  let pipeline = try Pipeline(
-    parsing:
-      "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
-  )
-  let text = Printer().print(try pipeline.run(try fcGraph()))
-  // The gradient chain %7-%10 (two products, their sum, the LoRA scale) is one instruction; %1,
-  // read four times, and the broadcast stay leaves.
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        %4 = fill {value=1.0}                      : f32[]       "loss.grad"
-        %5 = reshape %4                            : f32[1,1]
-        %6 = broadcast %5                          : f32[4,32]
-        %7 = elementwise %6, %1 {expr="mul(add(mul($0, $1), mul($0, $1)), 2.0)"} : f32[4,32]
-        %8 = matmul %0, %7 {transpose_a}           : f32[2,32]   "fc.lora_b.grad"
-        %9 = matmul %7, @fc.lora_b {transpose_b}   : f32[4,2]
-        %10 = matmul %x, %9 {transpose_a}          : f32[16,2]   "fc.lora_a.grad"
-        return %3, %10, %8
-      }
-
-      """)
 }
 
 @Test func fuseElementwiseComputesTheSameValuesOnTheLlamaTrainGraph() throws {
