@@ -2,13 +2,6 @@ import Foundation
 import TestSupport
 import Testing
 
-/// GGUF row `row` of a q/k weight holds this Hugging Face row (formats.md §3f: within a head, GGUF
-/// row 2i + j is HF row j·hd/2 + i).
-private func huggingFaceRow(ofGGUFRow row: Int, headDimension: Int = 64) -> Int {
-  let (head, within) = row.quotientAndRemainder(dividingBy: headDimension)
-  return head * headDimension + (within % 2) * (headDimension / 2) + within / 2
-}
-
 /// A GGUF reader for these tests, written from the layout in formats.md §3d and independent of
 /// lorac's: scalar, string and array metadata, the tensor table, F32 data.
 private struct TestGGUF {
@@ -149,7 +142,7 @@ private struct TestGGUF {
       var expected = peftB
       if module.heads != nil {
         for o in 0..<module.outputs {
-          let source = huggingFaceRow(ofGGUFRow: o)
+          let source = huggingFaceRow(ofGGUFRow: o, headDimension: 64)
           for k in 0..<4 { expected[o * 4 + k] = peftB[source * 4 + k] }
         }
       }

@@ -6,13 +6,6 @@ import Testing
 
 private let fixture = smolLMFixtures.appendingPathComponent("peft_qv_r4")
 
-/// The Hugging Face row of GGUF row `row` of a q/k weight (written from formats.md §3f, not from
-/// lorac's loop): within head h, GGUF row 2i + j holds HF row j·hd/2 + i.
-private func huggingFaceRow(ofGGUFRow row: Int, headDimension: Int) -> Int {
-  let (head, within) = row.quotientAndRemainder(dividingBy: headDimension)
-  return head * headDimension + (within % 2) * (headDimension / 2) + within / 2
-}
-
 /// A PEFT tensor's values, row-major in its stored shape, read by the safetensors reader.
 private func peft(_ file: SafetensorsFile, layer: Int, module: String, _ half: String) throws
   -> (shape: [Int], values: [Float])
