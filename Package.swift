@@ -49,11 +49,20 @@ let package = Package(
       dependencies: ["IR", "Models", "Runtime"],
       path: "Benchmarks/LoracBench"
     ),
-    .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
-    .testTarget(name: "PassesTests", dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels"]),
-    .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models", "Passes"]),
+    // Helpers every test target shares (paths, the model, temporary files, .npy, running lorac).
+    .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
+    .testTarget(name: "IRTests", dependencies: ["IR", "TestSupport"], exclude: ["Invalid"]),
     .testTarget(
-      name: "ModelsTests", dependencies: ["Models", "IR", "Runtime", "CKernels"], exclude: ["Golden"]),
-    .testTarget(name: "LoracTests", dependencies: ["lorac", "IR", "Models", "Runtime"]),
+      name: "PassesTests",
+      dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels", "TestSupport"],
+      exclude: ["Golden"]),
+    .testTarget(
+      name: "RuntimeTests",
+      dependencies: ["Runtime", "IR", "CKernels", "Models", "Passes", "TestSupport"]),
+    .testTarget(
+      name: "ModelsTests", dependencies: ["Models", "IR", "Runtime", "CKernels", "TestSupport"],
+      exclude: ["Golden"]),
+    .testTarget(
+      name: "LoracTests", dependencies: ["lorac", "IR", "Models", "Runtime", "TestSupport"]),
   ]
 )

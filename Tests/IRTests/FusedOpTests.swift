@@ -1,15 +1,12 @@
 import Foundation
 import IR
+import TestSupport
 import Testing
 
 /// The interpreter's fused ops against hand computation and against the primitive sequences the
 /// `fuse` pass replaces with them.
 private func evaluate(_ op: Op, _ operands: [DenseTensor]) throws -> [DenseTensor] {
   try Interpreter(precision: .f64).evaluate(op, operands.map { .tensor($0) })
-}
-
-private func close(_ a: [Double], _ b: [Double], _ tolerance: Double = 1e-12) -> Bool {
-  a.count == b.count && zip(a, b).allSatisfy { abs($0 - $1) <= tolerance * (1 + abs($1)) }
 }
 
 @Test func rmsNormByHand() throws {

@@ -1,21 +1,16 @@
 import Foundation
 import IR
+import TestSupport
 import Testing
 
 /// The IR texts the IR fuzz target (Fuzz/ir.swift) ever failed on, under
 /// `Tests/Fixtures/fuzz/ir/`, each with the error it must give now ("" when parsing is fine too).
 let irExpected: [String: String] = [:]
 
-let irFuzzFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz/ir")
-
-let irFuzzNames =
-  ((try? FileManager.default.contentsOfDirectory(atPath: irFuzzFolder.path)) ?? []).sorted()
-
-@Test(arguments: irFuzzNames)
+@Test(arguments: FuzzInputs.names("ir"))
 func irFuzzInput(name: String) throws {
   let expected = try #require(irExpected[name], "no expected outcome for \(name)")
-  let data = try Data(contentsOf: irFuzzFolder.appendingPathComponent(name))
+  let data = try FuzzInputs.data("ir", name)
   let text = String(decoding: data, as: UTF8.self)
   var errors: [String] = []
   do {
@@ -35,13 +30,12 @@ func irFuzzInput(name: String) throws {
   }
 }
 
-@Test func irFuzzInputsAreListed() { #expect(Set(irFuzzNames) == Set(irExpected.keys)) }
+@Test func irFuzzInputsAreListed() { expectEveryInputListed("ir", irExpected) }
 
 /// The IR fuzz target's dictionary (`Fuzz/ir.dict`) holds every mnemonic and attribute name of
 /// the op table, so a new op is fuzzed with its spelling.
 @Test func irFuzzDictionaryHasEveryMnemonicAndAttribute() throws {
-  let dictionary = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fuzz/ir.dict")
+  let dictionary = testsFolder.deletingLastPathComponent().appendingPathComponent("Fuzz/ir.dict")
   let text = try String(contentsOf: dictionary, encoding: .utf8)
   let entries = Set(text.split(separator: "\n").map { $0.trimmingCharacters(in: ["\""]) })
   let names = Op.allMnemonics + OpKind.allCases.flatMap { $0.facts.attributes.map(\.name) }

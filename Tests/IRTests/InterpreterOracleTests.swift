@@ -1,16 +1,9 @@
 import Foundation
 import IR
+import TestSupport
 import Testing
 
 // Every op of the reference interpreter against values computed by hand (written out below).
-
-private func t(_ shape: [Int], _ values: [Double]) -> InterpreterOperand {
-  .tensor(DenseTensor(dtype: .f32, shape: shape, scalars: values))
-}
-
-private func ints(_ shape: [Int], _ values: [Double]) -> InterpreterOperand {
-  .tensor(DenseTensor(dtype: .i32, shape: shape, scalars: values))
-}
 
 private func run(
   _ op: Op, _ operands: InterpreterOperand..., precision: InterpreterPrecision = .f64
@@ -18,50 +11,46 @@ private func run(
   try Interpreter(precision: precision).evaluate(op, operands)[0]
 }
 
-private func close(_ a: [Double], _ b: [Double], _ tolerance: Double = 1e-12) -> Bool {
-  a.count == b.count && zip(a, b).allSatisfy { abs($0 - $1) <= tolerance * (1 + abs($1)) }
-}
-
 /// The matrix [[1, 2, 3], [4, 5, 6]].
-private let m23 = t([2, 3], [1, 2, 3, 4, 5, 6])
+private let m23 = f32([2, 3], [1, 2, 3, 4, 5, 6])
 
 @Test func unaryFunctionsByHand() throws {
-  let x = t([3], [-1, 0, 4])
+  let x = f32([3], [-1, 0, 4])
   #expect(try run(.unary(.neg), x).scalars == [1, 0, -4])
   #expect(try run(.unary(.abs), x).scalars == [1, 0, 4])
   #expect(try run(.unary(.relu), x).scalars == [0, 0, 4])
-  #expect(try run(.unary(.sqrt), t([2], [4, 9])).scalars == [2, 3])
-  #expect(try run(.unary(.rsqrt), t([2], [4, 16])).scalars == [0.5, 0.25])
-  #expect(try run(.unary(.reciprocal), t([2], [4, -0.5])).scalars == [0.25, -2])
-  #expect(close(try run(.unary(.exp), t([2], [0, 1])).scalars, [1, 2.718281828459045]))
-  #expect(close(try run(.unary(.log), t([2], [1, 2.718281828459045])).scalars, [0, 1]))
-  #expect(close(try run(.unary(.tanh), t([2], [0, 1])).scalars, [0, 0.7615941559557649]))
+  #expect(try run(.unary(.sqrt), f32([2], [4, 9])).scalars == [2, 3])
+  #expect(try run(.unary(.rsqrt), f32([2], [4, 16])).scalars == [0.5, 0.25])
+  #expect(try run(.unary(.reciprocal), f32([2], [4, -0.5])).scalars == [0.25, -2])
+  #expect(close(try run(.unary(.exp), f32([2], [0, 1])).scalars, [1, 2.718281828459045]))
+  #expect(close(try run(.unary(.log), f32([2], [1, 2.718281828459045])).scalars, [0, 1]))
+  #expect(close(try run(.unary(.tanh), f32([2], [0, 1])).scalars, [0, 0.7615941559557649]))
   // sigmoid(0) = 1/2, sigmoid(2) = 1 / (1 + e^-2) = 0.8807970779778823.
-  #expect(close(try run(.unary(.sigmoid), t([2], [0, 2])).scalars, [0.5, 0.8807970779778823]))
+  #expect(close(try run(.unary(.sigmoid), f32([2], [0, 2])).scalars, [0.5, 0.8807970779778823]))
   // silu(x) = x * sigmoid(x): silu(2) = 1.7615941559557646, silu(-1) = -0.2689414213699951.
   #expect(
     close(
-      try run(.unary(.silu), t([2], [2, -1])).scalars, [1.7615941559557646, -0.2689414213699951]))
-  #expect(close(try run(.unary(.sin), t([2], [0, Double.pi / 2])).scalars, [0, 1]))
-  #expect(close(try run(.unary(.cos), t([2], [0, Double.pi])).scalars, [1, -1]))
-  let integers = ints([3], [-3, 0, 5])
+      try run(.unary(.silu), f32([2], [2, -1])).scalars, [1.7615941559557646, -0.2689414213699951]))
+  #expect(close(try run(.unary(.sin), f32([2], [0, Double.pi / 2])).scalars, [0, 1]))
+  #expect(close(try run(.unary(.cos), f32([2], [0, Double.pi])).scalars, [1, -1]))
+  let integers = i32([3], [-3, 0, 5])
   #expect(try run(.unary(.neg), integers).scalars == [3, 0, -5])
   #expect(try run(.unary(.abs), integers).scalars == [3, 0, 5])
   #expect(try run(.unary(.relu), integers).scalars == [0, 0, 5])
-  #expect(try run(.unary(.neg), ints([1], [-2_147_483_648])).scalars == [-2_147_483_648])
+  #expect(try run(.unary(.neg), i32([1], [-2_147_483_648])).scalars == [-2_147_483_648])
 }
 
 @Test func binaryFunctionsBroadcastByHand() throws {
-  let row = t([3], [10, 20, 30])
+  let row = f32([3], [10, 20, 30])
   #expect(try run(.binary(.add), m23, row).scalars == [11, 22, 33, 14, 25, 36])
   #expect(try run(.binary(.sub), m23, row).scalars == [-9, -18, -27, -6, -15, -24])
   #expect(try run(.binary(.mul), m23, row).scalars == [10, 40, 90, 40, 100, 180])
-  #expect(try run(.binary(.div), row, t([1], [4])).scalars == [2.5, 5, 7.5])
-  #expect(try run(.binary(.max), m23, t([2, 1], [2, 5])).scalars == [2, 2, 3, 5, 5, 6])
-  #expect(try run(.binary(.min), m23, t([2, 1], [2, 5])).scalars == [1, 2, 2, 4, 5, 5])
-  #expect(try run(.binary(.pow), t([3], [2, 3, 4]), .scalar(2)).scalars == [4, 9, 16])
+  #expect(try run(.binary(.div), row, f32([1], [4])).scalars == [2.5, 5, 7.5])
+  #expect(try run(.binary(.max), m23, f32([2, 1], [2, 5])).scalars == [2, 2, 3, 5, 5, 6])
+  #expect(try run(.binary(.min), m23, f32([2, 1], [2, 5])).scalars == [1, 2, 2, 4, 5, 5])
+  #expect(try run(.binary(.pow), f32([3], [2, 3, 4]), .scalar(2)).scalars == [4, 9, 16])
   // [2,1] with [1,3] broadcasts to [2,3].
-  let outer = try run(.binary(.add), t([2, 1], [100, 200]), t([1, 3], [1, 2, 3]))
+  let outer = try run(.binary(.add), f32([2, 1], [100, 200]), f32([1, 3], [1, 2, 3]))
   #expect(outer.shape == [2, 3])
   #expect(outer.scalars == [101, 102, 103, 201, 202, 203])
   // Scalars on either side.
@@ -69,16 +58,16 @@ private let m23 = t([2, 3], [1, 2, 3, 4, 5, 6])
   #expect(try run(.binary(.div), row, .scalar(10)).scalars == [1, 2, 3])
   // i32: division truncates toward zero, x / 0 == 0, overflow wraps.
   #expect(
-    try run(.binary(.div), ints([4], [7, -7, 7, 5]), ints([4], [2, 2, -2, 0])).scalars == [
+    try run(.binary(.div), i32([4], [7, -7, 7, 5]), i32([4], [2, 2, -2, 0])).scalars == [
       3, -3, -3, 0,
     ])
   #expect(
-    try run(.binary(.add), ints([1], [2_147_483_647]), .scalar(1)).scalars == [-2_147_483_648])
+    try run(.binary(.add), i32([1], [2_147_483_647]), .scalar(1)).scalars == [-2_147_483_648])
 }
 
 @Test func comparisonsAndSelectByHand() throws {
-  let a = t([4], [1, 2, 3, .nan])
-  let b = t([1], [2])
+  let a = f32([4], [1, 2, 3, .nan])
+  let b = f32([1], [2])
   #expect(try run(.compare(.eq), a, b).scalars == [0, 1, 0, 0])
   #expect(try run(.compare(.ne), a, b).scalars == [1, 0, 1, 1])
   #expect(try run(.compare(.lt), a, b).scalars == [1, 0, 0, 0])
@@ -87,7 +76,7 @@ private let m23 = t([2, 3], [1, 2, 3, 4, 5, 6])
   #expect(try run(.compare(.ge), a, b).scalars == [0, 1, 1, 0])
   #expect(try run(.compare(.lt), a, b).dtype == .i32)
   // Condition [2,1] broadcast over [2,3]: row 0 takes a, row 1 takes the scalar.
-  let chosen = try run(.select, ints([2, 1], [1, 0]), m23, .scalar(-1))
+  let chosen = try run(.select, i32([2, 1], [1, 0]), m23, .scalar(-1))
   #expect(chosen.scalars == [1, 2, 3, -1, -1, -1])
 }
 
@@ -99,7 +88,7 @@ private let cube: InterpreterOperand = {
       for k in 0..<4 { values.append(Double(100 * i + 10 * j + k)) }
     }
   }
-  return t([2, 3, 4], values)
+  return f32([2, 3, 4], values)
 }()
 
 @Test func reductionsOverEachAxisByHand() throws {
@@ -133,17 +122,17 @@ private let cube: InterpreterOperand = {
     ])
   #expect(try run(.reduce(.mean, axes: [1, 2], keepDims: false), cube).scalars == [11.5, 111.5])
   #expect(
-    try run(.reduce(.sum, axes: [1], keepDims: false), ints([2, 2], [1, 2, 3, 4])).scalars == [
+    try run(.reduce(.sum, axes: [1], keepDims: false), i32([2, 2], [1, 2, 3, 4])).scalars == [
       3, 7,
     ])
 }
 
 @Test func matmulTransposesAndBatchesByHand() throws {
   // [[1,2,3],[4,5,6]] x [[1,0],[0,1],[1,1]] = [[4,5],[10,11]].
-  let w = t([3, 2], [1, 0, 0, 1, 1, 1])
+  let w = f32([3, 2], [1, 0, 0, 1, 1, 1])
   #expect(try run(.matmul(transposeA: false, transposeB: false), m23, w).scalars == [4, 5, 10, 11])
   // transpose_b: w stored [2,3] = [[1,0,1],[0,1,1]].
-  let wt = t([2, 3], [1, 0, 1, 0, 1, 1])
+  let wt = f32([2, 3], [1, 0, 1, 0, 1, 1])
   #expect(try run(.matmul(transposeA: false, transposeB: true), m23, wt).scalars == [4, 5, 10, 11])
   // transpose_a: A^T A for A = m23 is [[17,22,27],[22,29,36],[27,36,45]].
   #expect(
@@ -152,16 +141,16 @@ private let cube: InterpreterOperand = {
     ])
   // Both: (m23^T)(wt^T)... = [3,2] x [3,2]^T is [3,3]: rows of m23^T dotted with rows of wt^T.
   let both = try run(
-    .matmul(transposeA: true, transposeB: true), m23, t([3, 2], [1, 0, 0, 1, 1, 1]))
+    .matmul(transposeA: true, transposeB: true), m23, f32([3, 2], [1, 0, 0, 1, 1, 1]))
   #expect(both.scalars == [1, 4, 5, 2, 5, 7, 3, 6, 9])
   // Batched left with a shared right operand: [2,2,3] x [3,2].
-  let batch = t([2, 2, 3], [1, 2, 3, 4, 5, 6, 0, 0, 1, 1, 0, 0])
+  let batch = f32([2, 2, 3], [1, 2, 3, 4, 5, 6, 0, 0, 1, 1, 0, 0])
   #expect(
     try run(.matmul(transposeA: false, transposeB: false), batch, w).scalars == [
       4, 5, 10, 11, 1, 1, 1, 0,
     ])
   // Batched on both sides: [2,2,3] x [2,3,2], second right operand doubles the first.
-  let rights = t([2, 3, 2], [1, 0, 0, 1, 1, 1, 2, 0, 0, 2, 2, 2])
+  let rights = f32([2, 3, 2], [1, 0, 0, 1, 1, 1, 2, 0, 0, 2, 2, 2])
   #expect(
     try run(.matmul(transposeA: false, transposeB: false), batch, rights).scalars == [
       4, 5, 10, 11, 2, 2, 2, 0,
@@ -175,43 +164,46 @@ private let cube: InterpreterOperand = {
   let rotated = try run(.transpose(permutation: [2, 0, 1]), cube)
   #expect(rotated.shape == [4, 2, 3])
   #expect(Array(rotated.scalars.prefix(7)) == [0, 10, 20, 100, 110, 120, 1])
-  #expect(try run(.broadcast(to: [2, 3]), t([3], [1, 2, 3])).scalars == [1, 2, 3, 1, 2, 3])
-  #expect(try run(.broadcast(to: [2, 3]), t([2, 1], [7, 8])).scalars == [7, 7, 7, 8, 8, 8])
+  #expect(try run(.broadcast(to: [2, 3]), f32([3], [1, 2, 3])).scalars == [1, 2, 3, 1, 2, 3])
+  #expect(try run(.broadcast(to: [2, 3]), f32([2, 1], [7, 8])).scalars == [7, 7, 7, 8, 8, 8])
   #expect(try run(.slice(start: [0, 1], end: [2, 3]), m23).scalars == [2, 3, 5, 6])
   #expect(
-    try run(.concat(axis: 0), m23, t([1, 3], [7, 8, 9])).scalars == [1, 2, 3, 4, 5, 6, 7, 8, 9])
-  #expect(try run(.concat(axis: 1), m23, t([2, 1], [7, 8])).scalars == [1, 2, 3, 7, 4, 5, 6, 8])
+    try run(.concat(axis: 0), m23, f32([1, 3], [7, 8, 9])).scalars == [1, 2, 3, 4, 5, 6, 7, 8, 9])
+  #expect(
+    try run(.concat(axis: 1), m23, f32([2, 1], [7, 8])).scalars == [1, 2, 3, 7, 4, 5, 6, 8])
 }
 
 @Test func gatherAndScatterByHand() throws {
   // Axis 0: rows 2, 0, 2 of [[0,1],[10,11],[20,21]], shaped [3] -> [3,2].
-  let table = t([3, 2], [0, 1, 10, 11, 20, 21])
+  let table = f32([3, 2], [0, 1, 10, 11, 20, 21])
   #expect(
-    try run(.gather(axis: 0), table, ints([3], [2, 0, 2])).scalars == [20, 21, 0, 1, 20, 21])
+    try run(.gather(axis: 0), table, i32([3], [2, 0, 2])).scalars == [20, 21, 0, 1, 20, 21])
   // Axis 1 with [2,2] indices: result [3,2,2].
-  let columns = try run(.gather(axis: 1), table, ints([2, 2], [1, 0, 1, 1]))
+  let columns = try run(.gather(axis: 1), table, i32([2, 2], [1, 0, 1, 1]))
   #expect(columns.shape == [3, 2, 2])
   #expect(columns.scalars == [1, 0, 1, 1, 11, 10, 11, 11, 21, 20, 21, 21])
   // Repeated index 1 accumulates both updates.
   let added = try run(
-    .scatterAdd(axis: 0), t([3, 2], [0, 0, 0, 0, 0, 0]), ints([3], [1, 1, 2]),
-    t([3, 2], [1, 2, 10, 20, 5, 5]))
+    .scatterAdd(axis: 0), f32([3, 2], [0, 0, 0, 0, 0, 0]), i32([3], [1, 1, 2]),
+    f32([3, 2], [1, 2, 10, 20, 5, 5]))
   #expect(added.scalars == [0, 0, 11, 22, 5, 5])
   #expect(throws: InterpreterError(message: "gather: index 3 at position 1 is out of range 0..<3"))
   {
-    try run(.gather(axis: 0), table, ints([2], [0, 3]))
+    try run(.gather(axis: 0), table, i32([2], [0, 3]))
   }
   #expect(
     throws: InterpreterError(message: "scatter_add: index -1 at position 0 is out of range 0..<3")
   ) {
-    try run(.scatterAdd(axis: 0), table, ints([1], [-1]), t([1, 2], [1, 1]))
+    try run(.scatterAdd(axis: 0), table, i32([1], [-1]), f32([1, 2], [1, 1]))
   }
 }
 
 @Test func castsAndGeneratorsByHand() throws {
   #expect(
-    try run(.cast(to: .i32), t([4], [1.9, -1.9, .nan, 1e12])).scalars == [1, -1, 0, 2_147_483_647])
-  #expect(try run(.cast(to: .f32), ints([2], [-3, 7])).scalars == [-3, 7])
+    try run(.cast(to: .i32), f32([4], [1.9, -1.9, .nan, 1e12])).scalars == [
+      1, -1, 0, 2_147_483_647,
+    ])
+  #expect(try run(.cast(to: .f32), i32([2], [-3, 7])).scalars == [-3, 7])
   #expect(try run(.iota(axis: 1, type: TensorType(.i32, [2, 3]))).scalars == [0, 1, 2, 0, 1, 2])
   #expect(try run(.iota(axis: 0, type: TensorType(.f32, [2, 3]))).scalars == [0, 0, 0, 1, 1, 1])
   #expect(try run(.fill(value: -2.5, type: TensorType(.f32, [2]))).scalars == [-2.5, -2.5])
@@ -219,7 +211,7 @@ private let cube: InterpreterOperand = {
 
 @Test func softmaxOnEachAxisByHand() throws {
   // Rows [0, ln 2, ln 3... ]: softmax of [0, ln 2, ln 5] is [1, 2, 5] / 8.
-  let x = t([2, 3], [0, log(2), log(5), 1000, 1000, 1000])
+  let x = f32([2, 3], [0, log(2), log(5), 1000, 1000, 1000])
   #expect(
     close(try run(.softmax(axis: 1), x).scalars, [0.125, 0.25, 0.625, 1 / 3.0, 1 / 3.0, 1 / 3.0]))
   #expect(
@@ -227,12 +219,12 @@ private let cube: InterpreterOperand = {
       try run(.logSoftmax(axis: 1), x).scalars,
       [log(0.125), log(0.25), log(0.625), -log(3), -log(3), -log(3)]))
   // Axis 0 of [[0, 0, 0], [ln 3, 0, -1000]]: [1/4, 3/4], [1/2, 1/2], [1, 0].
-  let columns = t([2, 3], [0, 0, 0, log(3), 0, -1000])
+  let columns = f32([2, 3], [0, 0, 0, log(3), 0, -1000])
   #expect(close(try run(.softmax(axis: 0), columns).scalars, [0.25, 0.5, 1, 0.75, 0.5, 0]))
   // Large inputs stay finite: softmax([1000, 1001]) = [1, e] / (1 + e).
   #expect(
     close(
-      try run(.softmax(axis: 0), t([2], [1000, 1001])).scalars,
+      try run(.softmax(axis: 0), f32([2], [1000, 1001])).scalars,
       [0.2689414213699951, 0.7310585786300049]))
 }
 
@@ -240,30 +232,30 @@ private let cube: InterpreterOperand = {
   // x = [1, 2, 3, 4] (1 head of dimension 4) at position 1, theta 10000:
   // pair k rotates by 10000^(-2k/4): k = 0 by 1, k = 1 by 0.01.
   let (c1, s1, c2, s2) = (cos(1.0), sin(1.0), cos(0.01), sin(0.01))
-  let x = t([1, 1, 4], [1, 2, 3, 4])
+  let x = f32([1, 1, 4], [1, 2, 3, 4])
   // Rotate-half pairs (0, 2) and (1, 3).
-  let half = try run(.rope(theta: 10000, interleaved: false), x, ints([1], [1]))
+  let half = try run(.rope(theta: 10000, interleaved: false), x, i32([1], [1]))
   #expect(
     close(half.scalars, [1 * c1 - 3 * s1, 2 * c2 - 4 * s2, 1 * s1 + 3 * c1, 2 * s2 + 4 * c2]))
   // Interleaved pairs (0, 1) and (2, 3).
-  let adjacent = try run(.rope(theta: 10000, interleaved: true), x, ints([1], [1]))
+  let adjacent = try run(.rope(theta: 10000, interleaved: true), x, i32([1], [1]))
   #expect(
     close(adjacent.scalars, [1 * c1 - 2 * s1, 1 * s1 + 2 * c1, 3 * c2 - 4 * s2, 3 * s2 + 4 * c2]))
   // Position 0 is the identity.
   #expect(
-    try run(.rope(theta: 10000, interleaved: false), x, ints([1], [0])).scalars == [1, 2, 3, 4])
+    try run(.rope(theta: 10000, interleaved: false), x, i32([1], [0])).scalars == [1, 2, 3, 4])
 }
 
 @Test func dynamicSlicesClampByHand() throws {
   // Start [1, 2] of a [2,3] box of size [1, 2] clamps to [1, 1]: [5, 6].
-  #expect(try run(.dynamicSlice(sizes: [1, 2]), m23, ints([2], [1, 2])).scalars == [5, 6])
-  #expect(try run(.dynamicSlice(sizes: [2, 1]), m23, ints([2], [-4, 1])).scalars == [2, 5])
-  let updated = try run(.dynamicUpdateSlice, m23, t([1, 2], [0, 0]), ints([2], [5, 5]))
+  #expect(try run(.dynamicSlice(sizes: [1, 2]), m23, i32([2], [1, 2])).scalars == [5, 6])
+  #expect(try run(.dynamicSlice(sizes: [2, 1]), m23, i32([2], [-4, 1])).scalars == [2, 5])
+  let updated = try run(.dynamicUpdateSlice, m23, f32([1, 2], [0, 0]), i32([2], [5, 5]))
   #expect(updated.scalars == [1, 2, 3, 4, 0, 0])
 }
 
 @Test func f32PrecisionRoundsEveryResult() throws {
-  let x = t([1], [1])
+  let x = f32([1], [1])
   #expect(try run(.binary(.add), x, .scalar(1e-10), precision: .f32).scalars == [1])
   #expect(try run(.binary(.add), x, .scalar(1e-10), precision: .f64).scalars == [1 + 1e-10])
   #expect(try run(.unary(.exp), x, precision: .f32).scalars == [Double(Float(M_E))])

@@ -1,19 +1,10 @@
 import Foundation
 import IR
+import TestSupport
 import Testing
 
 // The reference interpreter against values computed by hand: every expected number below is
 // written out literally (or as obvious arithmetic on literals, explained in a comment).
-
-/// An `f32` operand.
-private func f32(_ shape: [Int], _ values: [Double]) -> InterpreterOperand {
-  .tensor(DenseTensor(dtype: .f32, shape: shape, scalars: values))
-}
-
-/// An `i32` operand.
-private func i32(_ shape: [Int], _ values: [Double]) -> InterpreterOperand {
-  .tensor(DenseTensor(dtype: .i32, shape: shape, scalars: values))
-}
 
 /// The single result of `op` on `operands`.
 private func eval(

@@ -1,8 +1,9 @@
 import Foundation
+import TestSupport
 import Testing
 
 @Test func benchPrefillMeasuresTheCacheAndLastLogitsUnlessAskedForAll() throws {
-  let path = try cachedModel()
+  let path = try modelPath()
   var figures: [String: [String: Any]] = [:]
   for (mode, flags) in [("last", [String]()), ("all", ["--all-logits"])] {
     let result = try lorac(
@@ -27,7 +28,7 @@ import Testing
 }
 
 @Test func benchPrefillRejectsBadFlags() throws {
-  let path = try cachedModel()
+  let path = try modelPath()
   let cases: [([String], String)] = [
     (["--tokens", "0"], "--tokens must be at least 1, got 0"),
     (["--context", "4"], "--context must be at least --tokens (8), got 4"),

@@ -1,10 +1,11 @@
 import Foundation
 import Runtime
+import TestSupport
 import Testing
 
 @Test func benchTrainReportsAJSONObjectWithItsFigures() throws {
   let result = try lorac([
-    "bench", "train", try cachedModel(), "--batch", "2", "--seq", "8", "--runs", "1", "--json",
+    "bench", "train", try modelPath(), "--batch", "2", "--seq", "8", "--runs", "1", "--json",
   ])
   #expect(result.status == 0, "\(result.stderr)")
   let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
@@ -17,7 +18,7 @@ import Testing
 }
 
 @Test func benchTrainRejectsBadFlags() throws {
-  let path = try cachedModel()
+  let path = try modelPath()
   let cases: [([String], String)] = [
     (["--batch", "0"], "--batch must be at least 1, got 0"),
     (["--threads", "0"], "--threads must be at least 1, got 0"),
@@ -33,7 +34,7 @@ import Testing
 
 @Test func benchTrainInBF16PacksTheBaseWeights() throws {
   let result = try lorac([
-    "bench", "train", try cachedModel(), "--batch", "2", "--seq", "8", "--runs", "1",
+    "bench", "train", try modelPath(), "--batch", "2", "--seq", "8", "--runs", "1",
     "--precision", "bf16", "--json",
   ])
   #expect(result.status == 0, "\(result.stderr)")

@@ -1,17 +1,13 @@
 import Foundation
+import TestSupport
 import Testing
 
-private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
-
-private func temporary(_ suffix: String) -> String {
-  FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())\(suffix)").path
-}
-
 @Test func aCompiledBundleRunsLikeTheTracedModel() throws {
-  let model = try cachedModel()
-  let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
-  let (bundle, ours, reference) = (temporary(".lorac"), temporary(".npy"), temporary(".npy"))
+  let model = try modelPath()
+  let adapter = smolLMFixtures.appendingPathComponent("peft_qv_r4").path
+  let (bundle, ours, reference) = (
+    temporaryURL(".lorac").path, temporaryURL(".npy").path, temporaryURL(".npy").path
+  )
   defer {
     for path in [bundle, ours, reference] { try? FileManager.default.removeItem(atPath: path) }
   }
@@ -39,10 +35,10 @@ private func temporary(_ suffix: String) -> String {
 }
 
 @Test func aCompiledTrainBundleGivesTheLossOfLoracGrad() throws {
-  let model = try cachedModel()
-  let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
-  let (bundle, gradients) = (temporary(".lorac"), temporary(".safetensors"))
-  let gradGradients = temporary(".safetensors")
+  let model = try modelPath()
+  let adapter = smolLMFixtures.appendingPathComponent("peft_qv_r4").path
+  let (bundle, gradients) = (temporaryURL(".lorac").path, temporaryURL(".safetensors").path)
+  let gradGradients = temporaryURL(".safetensors").path
   defer {
     for path in [bundle, gradients, gradGradients] {
       try? FileManager.default.removeItem(atPath: path)
@@ -69,9 +65,9 @@ private func temporary(_ suffix: String) -> String {
 }
 
 @Test func bundlesRefuseAnotherBaseModelAndBadInput() throws {
-  let model = try cachedModel()
-  let bundle = temporary(".lorac")
-  let copy = temporary(".gguf")
+  let model = try modelPath()
+  let bundle = temporaryURL(".lorac").path
+  let copy = temporaryURL(".gguf").path
   defer { for path in [bundle, copy] { try? FileManager.default.removeItem(atPath: path) } }
   #expect(try lorac(["compile", model, "--seq", "2", "-o", bundle]).status == 0)
   // The same size, one byte different.
@@ -80,11 +76,11 @@ private func temporary(_ suffix: String) -> String {
   try bytes.write(to: URL(fileURLWithPath: copy))
   bytes = Data()
   let moved = try lorac([
-    "run", bundle, "--ids", "1,2", "--out", temporary(".npy"), "--model", copy,
+    "run", bundle, "--ids", "1,2", "--out", temporaryURL(".npy").path, "--model", copy,
   ])
   #expect(moved.status == 1)
   #expect(moved.stderr.hasPrefix("error: \(copy) is not the model \(bundle) was compiled for"))
-  let truncated = temporary(".lorac")
+  let truncated = temporaryURL(".lorac").path
   defer { try? FileManager.default.removeItem(atPath: truncated) }
   try Data(try Data(contentsOf: URL(fileURLWithPath: bundle)).prefix(500)).write(
     to: URL(fileURLWithPath: truncated))
@@ -96,11 +92,11 @@ private func temporary(_ suffix: String) -> String {
     (["run", truncated, "--ids", "1"], "error: \(truncated): header length "),
     (["run", model, "--ids", "1"], "(expected a .lorac bundle from lorac compile)\n"),
     (
-      ["compile", model, "--pipeline", "fuse,fsue", "-o", temporary(".lorac")],
+      ["compile", model, "--pipeline", "fuse,fsue", "-o", temporaryURL(".lorac").path],
       "unknown pass 'fsue'"
     ),
     (
-      ["compile", model, "--loss", "-o", temporary(".lorac")],
+      ["compile", model, "--loss", "-o", temporaryURL(".lorac").path],
       "error: --pipeline 'fuse' does not differentiate the loss (add autodiff{loss=loss})\n"
     ),
   ]
@@ -115,8 +111,8 @@ private func temporary(_ suffix: String) -> String {
 
 @Test func aBundleOfAnotherGraphIsRefusedNotRun() throws {
   // A bundle whose graph is the tutorials' MLP: well formed, but nothing lorac run can feed.
-  let model = try cachedModel()
-  let (bundle, mlp) = (temporary(".lorac"), temporary(".ir"))
+  let model = try modelPath()
+  let (bundle, mlp) = (temporaryURL(".lorac").path, temporaryURL(".ir").path)
   defer { for path in [bundle, mlp] { try? FileManager.default.removeItem(atPath: path) } }
   #expect(try lorac(["compile", model, "--seq", "2", "-o", bundle]).status == 0)
   let ir = try lorac(["dump-ir", "--example", "mlp"]).stdout
@@ -134,7 +130,7 @@ private func temporary(_ suffix: String) -> String {
   withUnsafeBytes(of: UInt64(json.count).littleEndian) { data.append(contentsOf: $0) }
   data.append(json)
   try data.write(to: URL(fileURLWithPath: bundle))
-  let result = try lorac(["run", bundle, "--ids", "1,2", "--out", temporary(".npy")])
+  let result = try lorac(["run", bundle, "--ids", "1,2", "--out", temporaryURL(".npy").path])
   #expect(result.status == 1)
   // The reader checks the bundle's tensors against the graph it carries before anything runs.
   #expect(result.stderr == "error: \(bundle): no tensor for parameter @fc1.weight\n")

@@ -1,83 +1,6 @@
 import Foundation
+import TestSupport
 import Testing
-
-/// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure.
-func cachedModel() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
-
-/// The output of one run of the built `lorac` executable.
-struct RunResult {
-  var status: Int32
-  var stdout: String
-  var stderr: String
-}
-
-/// The folder holding the built products (`lorac` sits beside the test bundle).
-func productsFolder() -> URL {
-  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
-  if let first = CommandLine.arguments.first {
-    candidates.append(URL(fileURLWithPath: first).deletingLastPathComponent())
-  }
-  for folder in candidates
-  where FileManager.default.isExecutableFile(atPath: folder.appendingPathComponent("lorac").path) {
-    return folder
-  }
-  return Bundle.main.bundleURL
-}
-
-/// Runs `lorac` with arguments and optional standard input.
-func lorac(_ arguments: [String], stdin: String? = nil) throws -> RunResult {
-  let process = Process()
-  process.executableURL = productsFolder().appendingPathComponent("lorac")
-  process.arguments = arguments
-  let output = Pipe()
-  let errors = Pipe()
-  let input = Pipe()
-  process.standardOutput = output
-  process.standardError = errors
-  process.standardInput = input
-  try process.run()
-  // Drain stderr on another thread while stdout is read here: a child that fills one pipe while
-  // the other is being waited on would block forever.
-  let errorReader = ErrorReader(errors.fileHandleForReading)
-  let thread = Thread { errorReader.read() }
-  thread.start()
-  if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
-  try input.fileHandleForWriting.close()
-  let out = output.fileHandleForReading.readDataToEndOfFile()
-  let err = errorReader.wait()
-  process.waitUntilExit()
-  return RunResult(
-    status: process.terminationStatus, stdout: String(decoding: out, as: UTF8.self),
-    stderr: String(decoding: err, as: UTF8.self))
-}
-
-/// Reads a pipe to its end on another thread.
-final class ErrorReader: @unchecked Sendable {
-  private let handle: FileHandle
-  private var data = Data()
-  private let done = DispatchSemaphore(value: 0)
-
-  init(_ handle: FileHandle) { self.handle = handle }
-
-  func read() {
-    data = handle.readDataToEndOfFile()
-    done.signal()
-  }
-
-  func wait() -> Data {
-    done.wait()
-    return data
-  }
-}
 
 @Test func dumpIRPrintsTheMLPAndCheckIRRoundTripsIt() throws {
   let dump = try lorac(["dump-ir", "--example", "mlp"])
@@ -91,7 +14,7 @@ final class ErrorReader: @unchecked Sendable {
 }
 
 @Test func checkIRCanonicalisesAFile() throws {
-  let file = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).ir")
+  let file = temporaryURL(".ir")
   try "func @f(%x: f32[2]) -> (f32[2]) {\n%y = neg %x : f32[2]\nreturn %y\n}".write(
     to: file, atomically: true, encoding: .utf8)
   defer { try? FileManager.default.removeItem(at: file) }

@@ -1,19 +1,10 @@
 import Foundation
 import Models
+import TestSupport
 import Testing
 
 // The bad-input table of docs/errors.md: every class of error at the command line, each with its
 // exact message and exit status 1, and nothing on stdout.
-
-private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
-
-/// A fresh scratch folder.
-private func scratchFolder() throws -> URL {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-  return folder
-}
 
 /// Runs lorac and checks that it fails with exactly `message` on stderr and status 1.
 private func expectError(
@@ -61,8 +52,8 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 }
 
 @Test func missingAndUnreadableFilesAreNamed() throws {
-  let model = try cachedModel()
-  let folder = try scratchFolder()
+  let model = try modelPath()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let file = folder.appendingPathComponent("file.txt")
   try "hello\n".write(to: file, atomically: true, encoding: .utf8)
@@ -101,7 +92,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 }
 
 @Test func filesThatAreNotGGUFAreRefused() throws {
-  let folder = try scratchFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let text = folder.appendingPathComponent("model.gguf")
   try "hello\n".write(to: text, atomically: true, encoding: .utf8)
@@ -109,7 +100,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   FileManager.default.createFile(atPath: empty.path, contents: Data())
   // The first 5,000 bytes of the real model: a header whose tables run past the end.
   let truncated = folder.appendingPathComponent("truncated.gguf")
-  let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: try cachedModel()))
+  let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: try modelPath()))
   try handle.read(upToCount: 5000)?.write(to: truncated)
   try handle.close()
   try expectError(
@@ -124,7 +115,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 }
 
 @Test func unsupportedArchitecturesAndDtypesAreNamed() throws {
-  let folder = try scratchFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let gpt2 = folder.appendingPathComponent("gpt2.gguf")
   try writeTinyGGUF(gpt2, architecture: "gpt2")
@@ -154,7 +145,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
     ],
     "error: --ids: 65 tokens are more than the model's context of 64\n")
   // An adapter for another model: SmolLM2's q/v adapter (layers 0, 1, 29) on a one-layer model.
-  let adapter = fixtures.appendingPathComponent("peft_qv_r4").path
+  let adapter = smolLMFixtures.appendingPathComponent("peft_qv_r4").path
   try expectError(
     ["logits", tiny.path, "--ids", "1,2", "--out", out, "--adapter", adapter],
     "error: \(adapter): tensor 'base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight' "
@@ -162,12 +153,12 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 }
 
 @Test func anAdapterOfAnotherRankIsRefused() throws {
-  let model = try cachedModel()
-  let folder = try scratchFolder()
+  let model = try modelPath()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   for file in ["adapter_config.json", "adapter_model.safetensors"] {
     try FileManager.default.copyItem(
-      at: fixtures.appendingPathComponent("peft_qv_r4/\(file)"),
+      at: smolLMFixtures.appendingPathComponent("peft_qv_r4/\(file)"),
       to: folder.appendingPathComponent(file))
   }
   let config = folder.appendingPathComponent("adapter_config.json")
@@ -190,8 +181,8 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 }
 
 @Test func malformedJSONLinesAreReportedWithTheirLineNumber() throws {
-  let model = try cachedModel()
-  let folder = try scratchFolder()
+  let model = try modelPath()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let out = folder.appendingPathComponent("out").path
   let cases: [(String, String)] = [
@@ -261,19 +252,19 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
     ["dump-ir", "--example", "mlp", "--pipeline", "fuse", "--after", "lora"],
     "error: --after: 'lora' is not a pass of the pipeline 'fuse' (give one of fuse, or all)\n")
   let grad = try lorac([
-    "grad", try cachedModel(), "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path,
+    "grad", try modelPath(), "--adapter", smolLMFixtures.appendingPathComponent("peft_qv_r4").path,
     "--ids", "1,2,3", "--out", "/tmp/unused.safetensors", "--print-ir-after", "lora,fuze",
   ])
   #expect(grad.status == 1)
   #expect(grad.stderr.hasPrefix("error: --print-ir-after: 'fuze' is not a pass of the pipeline"))
   #expect(grad.stderr.hasSuffix("(give one of lora, freeze, fuse, autodiff, dce, or all)\n"))
   try expectError(
-    ["compile", try cachedModel(), "--pipeline", "lora{rank=0}", "-o", "/tmp/unused.lorac"],
+    ["compile", try modelPath(), "--pipeline", "lora{rank=0}", "-o", "/tmp/unused.lorac"],
     "error: lora: option 'rank' must be an integer in 1...65536, got '0'\n")
 }
 
 @Test func outOfRangeAndMalformedFlagsAreOneLineWithStatusOne() throws {
-  let model = try cachedModel()
+  let model = try modelPath()
   let train = ["train", model, "--task", "mystery_function", "--out", "/tmp/unused"]
   let generate = ["generate", model, "--prompt", "hi"]
   let help = { (command: String) in " (see 'lorac \(command) --help')\n" }
@@ -344,7 +335,8 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
     ),
     (
       [
-        "grad", model, "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path, "--ids",
+        "grad", model, "--adapter", smolLMFixtures.appendingPathComponent("peft_qv_r4").path,
+        "--ids",
         "1,49152", "--out", "/tmp/unused.safetensors",
       ],
       "error: --ids: token 49152 is out of range 0..<49152\n"
@@ -354,8 +346,8 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 }
 
 @Test func sequencesLongerThanTheContextAreRefusedBeforeCompiling() throws {
-  let model = try cachedModel()
-  let folder = try scratchFolder()
+  let model = try modelPath()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let ids = { (count: Int) in Array(repeating: "28", count: count).joined(separator: ",") }
   try expectError(
@@ -371,7 +363,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
     "error: --ids: 8193 tokens are more than the model's context of 8192\n")
   try expectError(
     [
-      "grad", model, "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path, "--ids",
+      "grad", model, "--adapter", smolLMFixtures.appendingPathComponent("peft_qv_r4").path, "--ids",
       ids(8193), "--out", folder.appendingPathComponent("g.safetensors").path,
     ],
     "error: --ids: 8193 tokens are more than the model's context of 8192\n")

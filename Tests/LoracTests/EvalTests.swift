@@ -1,12 +1,12 @@
 import Foundation
+import TestSupport
 import Testing
 
 @Test func evalReportsTheMaskedLossAndPerplexityOfTheCompletions() throws {
-  let folder = try trainingFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let model = try cachedModel()
-  let adapter = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm/peft_qv_r4").path
+  let model = try modelPath()
+  let adapter = smolLMFixtures.appendingPathComponent("peft_qv_r4").path
   let cases = [(">>> mystery_function(12, 30)\n", "42"), ("The capital of France is", " Paris")]
   let data = folder.appendingPathComponent("eval.jsonl")
   try cases.map { "{\"prompt\": \(jsonQuoted($0.0)), \"completion\": \(jsonQuoted($0.1))}" }
@@ -77,12 +77,11 @@ private func jsonQuoted(_ text: String) -> String {
 @Test func batchedGreedyDecodingGivesTheOneByOneContinuations() throws {
   // Sums of different digit counts make prompts of different lengths in one batch; each row's
   // greedy continuation (printed for the first three) and the score must not depend on batching.
-  let adapter = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm/peft_qv_r4").path
+  let adapter = smolLMFixtures.appendingPathComponent("peft_qv_r4").path
   var results: [String] = []
   for batch in ["1", "4"] {
     let result = try lorac([
-      "eval", try cachedModel(), "--adapter", adapter, "--task", "mystery_function", "--count",
+      "eval", try modelPath(), "--adapter", adapter, "--task", "mystery_function", "--count",
       "10", "--seed", "7", "--batch", batch,
     ])
     #expect(result.status == 0, "\(result.stderr)")
@@ -93,7 +92,7 @@ private func jsonQuoted(_ text: String) -> String {
   }
   #expect(results[0] == results[1])
   #expect(results[0].contains("exact match"))
-  let bad = try lorac(["eval", try cachedModel(), "--task", "mystery_function", "--batch", "0"])
+  let bad = try lorac(["eval", try modelPath(), "--task", "mystery_function", "--batch", "0"])
   #expect(bad.status == 1)
   #expect(bad.stderr == "error: --batch must be at least 1, got 0 (see 'lorac eval --help')\n")
 }
@@ -102,7 +101,7 @@ private func jsonQuoted(_ text: String) -> String {
   // The base model gets some of these sums wrong; each wrong one is a line, and the lines add up
   // with the score.
   let result = try lorac([
-    "eval", try cachedModel(), "--task", "mystery_function", "--count", "6", "--show-failures",
+    "eval", try modelPath(), "--task", "mystery_function", "--count", "6", "--show-failures",
   ])
   #expect(result.status == 0, "\(result.stderr)")
   let lines = result.stdout.split(separator: "\n").map(String.init)

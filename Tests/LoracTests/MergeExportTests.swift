@@ -1,28 +1,6 @@
 import Foundation
+import TestSupport
 import Testing
-
-private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
-
-private func temporaryFolder() throws -> URL {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-  return folder
-}
-
-/// A float32 C-order .npy file's values.
-private func readNumPy(_ url: URL) throws -> [Float] {
-  let data = try Data(contentsOf: url)
-  let headerLength = Int(data[8]) | Int(data[9]) << 8
-  return data[(10 + headerLength)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-}
-
-/// GGUF row `row` of a q/k weight holds this Hugging Face row (formats.md §3f: within a head, GGUF
-/// row 2i + j is HF row j·hd/2 + i).
-private func huggingFaceRow(ofGGUFRow row: Int, headDimension: Int = 64) -> Int {
-  let (head, within) = row.quotientAndRemainder(dividingBy: headDimension)
-  return head * headDimension + (within % 2) * (headDimension / 2) + within / 2
-}
 
 /// A GGUF reader for these tests, written from the layout in formats.md §3d and independent of
 /// lorac's: scalar, string and array metadata, the tensor table, F32 data.
@@ -96,7 +74,7 @@ private struct TestGGUF {
   defer { try? FileManager.default.removeItem(at: folder) }
   let adapter = folder.appendingPathComponent("adapter")
   let train = try lorac([
-    "train", try cachedModel(), "--task", "mystery_function", "--out", adapter.path, "--steps", "3",
+    "train", try modelPath(), "--task", "mystery_function", "--out", adapter.path, "--steps", "3",
     "--batch", "2", "--rank", "4", "--targets", "layers.{0,1}.{attn.{q,k,v,o},mlp.{gate,up,down}}",
   ])
   #expect(train.status == 0, "\(train.stderr)")
@@ -106,7 +84,7 @@ private struct TestGGUF {
   #expect(qB.contains { $0 != 0 }, "training left B at zero")
 
   let merged = folder.appendingPathComponent("merged.gguf")
-  let merge = try lorac(["merge", try cachedModel(), "--adapter", adapter.path, "-o", merged.path])
+  let merge = try lorac(["merge", try modelPath(), "--adapter", adapter.path, "-o", merged.path])
   #expect(merge.status == 0, "\(merge.stderr)")
   #expect(merge.stdout.isEmpty)
   #expect(
@@ -119,11 +97,11 @@ private struct TestGGUF {
     defer { try? FileManager.default.removeItem(at: out) }
     let result = try lorac(["logits"] + arguments + ["--ids", ids, "--out", out.path])
     #expect(result.status == 0, "\(result.stderr)")
-    return try readNumPy(out)
+    return try readNumPy(out).values
   }
   let fromMerge = try logits([merged.path])
-  let fromAdapter = try logits([try cachedModel(), "--adapter", adapter.path])
-  let base = try logits([try cachedModel()])
+  let fromAdapter = try logits([try modelPath(), "--adapter", adapter.path])
+  let base = try logits([try modelPath()])
   #expect(fromMerge.count == 12 * 49152 && fromAdapter.count == fromMerge.count)
   let difference = zip(fromMerge, fromAdapter).map { abs($0 - $1) }.max() ?? .infinity
   let effect = zip(base, fromAdapter).map { abs($0 - $1) }.max() ?? 0
@@ -133,7 +111,7 @@ private struct TestGGUF {
   // The llama.cpp adapter: metadata, names, shapes (ne) and q/k lora_b rows in GGUF order.
   let exported = folder.appendingPathComponent("adapter.gguf")
   let export = try lorac([
-    "export", adapter.path, "--gguf-adapter", exported.path, "--model", try cachedModel(),
+    "export", adapter.path, "--gguf-adapter", exported.path, "--model", try modelPath(),
   ])
   #expect(export.status == 0, "\(export.stderr)")
   let file = try TestGGUF(path: exported.path)
@@ -164,7 +142,7 @@ private struct TestGGUF {
       var expected = peftB
       if module.heads != nil {
         for o in 0..<module.outputs {
-          let source = huggingFaceRow(ofGGUFRow: o)
+          let source = huggingFaceRow(ofGGUFRow: o, headDimension: 64)
           for k in 0..<4 { expected[o * 4 + k] = peftB[source * 4 + k] }
         }
       }
@@ -209,10 +187,10 @@ private func writeAdapter(_ folder: URL, rank: Int, tensors: [(String, [Int])]) 
 }
 
 @Test func mergeAndExportRejectBadInputWithoutPartialFiles() throws {
-  let path = try cachedModel()
+  let path = try modelPath()
   let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let fixture = fixtures.appendingPathComponent("peft_qv_r4").path
+  let fixture = smolLMFixtures.appendingPathComponent("peft_qv_r4").path
   // A v_proj adapter for SmolLM2-360M (hidden 960, key/value width 320).
   let other = folder.appendingPathComponent("other")
   let prefix = "base_model.model.model.layers.0.self_attn.v_proj"

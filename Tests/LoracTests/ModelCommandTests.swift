@@ -1,55 +1,46 @@
 import Foundation
+import TestSupport
 import Testing
 
-private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
-
-/// A float32 C-order .npy file's values.
-private func readNumPy(_ url: URL) throws -> [Float] {
-  let data = try Data(contentsOf: url)
-  let headerLength = Int(data[8]) | Int(data[9]) << 8
-  return data[(10 + headerLength)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-}
-
 @Test func inspectPrintsHyperParametersAndTensors() throws {
-  let text = try lorac(["inspect", try cachedModel()])
+  let text = try lorac(["inspect", try modelPath()])
   #expect(text.status == 0)
   #expect(
     text.stdout.contains("vocab 49152, embedding 576, 30 layers, 9 heads (3 key/value), ffn 1536"))
   #expect(text.stdout.contains("blk.0.attn_q.weight"))
-  let json = try lorac(["inspect", try cachedModel(), "--json"])
+  let json = try lorac(["inspect", try modelPath(), "--json"])
   let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
   #expect((object?["tensors"] as? [Any])?.count == 272)
   #expect((object?["hyperparameters"] as? [String: Any])?["head_count_kv"] as? Int == 3)
 }
 
 @Test func tokenizePrintsIds() throws {
-  let plain = try lorac(["tokenize", try cachedModel(), "--text", "mystery_function(123, 456)\n"])
+  let plain = try lorac(["tokenize", try modelPath(), "--text", "mystery_function(123, 456)\n"])
   #expect(
     plain.stdout
       == "{\"ids\": [2334, 23780, 79, 6607, 24, 33, 34, 35, 28, 216, 36, 37, 38, 25, 198]}\n")
-  let special = try lorac(["tokenize", try cachedModel(), "--text", "<|im_end|>", "--add-special"])
+  let special = try lorac(["tokenize", try modelPath(), "--text", "<|im_end|>", "--add-special"])
   #expect(special.stdout == "{\"ids\": [2]}\n")
-  let literal = try lorac(["tokenize", try cachedModel(), "--text", "<|im_end|>"])
+  let literal = try lorac(["tokenize", try modelPath(), "--text", "<|im_end|>"])
   #expect(literal.stdout != "{\"ids\": [2]}\n")
 }
 
 @Test func logitsWithAPEFTAdapterMatchPEFT() throws {
   let fixture =
     try JSONSerialization.jsonObject(
-      with: Data(contentsOf: fixtures.appendingPathComponent("peft.json"))) as? [String: Any]
+      with: Data(contentsOf: smolLMFixtures.appendingPathComponent("peft.json"))) as? [String: Any]
   let ids = try #require(fixture?["ids"] as? [Int])
   let columns = try #require(fixture?["columns"] as? [Int])
-  let out = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).npy")
+  let out = temporaryURL(".npy")
   defer { try? FileManager.default.removeItem(at: out) }
   let result = try lorac([
-    "logits", try cachedModel(), "--ids", ids.map(String.init).joined(separator: ","), "--out",
+    "logits", try modelPath(), "--ids", ids.map(String.init).joined(separator: ","), "--out",
     out.path,
-    "--adapter", fixtures.appendingPathComponent("peft_qv_r4").path,
+    "--adapter", smolLMFixtures.appendingPathComponent("peft_qv_r4").path,
   ])
   #expect(result.status == 0, "\(result.stderr)")
-  let ours = try readNumPy(out)
-  let reference = try readNumPy(fixtures.appendingPathComponent("peft_logits.npy"))
+  let ours = try readNumPy(out).values
+  let reference = try readNumPy(smolLMFixtures.appendingPathComponent("peft_logits.npy")).values
   #expect(ours.count == ids.count * 49152)
   var worst: Float = 0
   for position in ids.indices {
@@ -62,8 +53,8 @@ private func readNumPy(_ url: URL) throws -> [Float] {
 }
 
 @Test func modelCommandsRejectBadInput() throws {
-  let path = try cachedModel()
-  let out = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).npy")
+  let path = try modelPath()
+  let out = temporaryURL(".npy")
     .path
   let cases: [([String], String)] = [
     (
@@ -98,17 +89,17 @@ private func readNumPy(_ url: URL) throws -> [Float] {
 
 @Test func gradMatchesPyTorchAndPEFT() throws {
   // PEFT adapter r=4, alpha=8 on q_proj and v_proj of every layer, set to fixed values; loss and
-  // gradients from PyTorch (Tests/Fixtures/make_gradient_fixtures.py).
+  // gradients from PyTorch (Tests/Fixtures/make_gradient_smolLMFixtures.py).
   let fixture =
     try JSONSerialization.jsonObject(
-      with: Data(contentsOf: fixtures.appendingPathComponent("grad_qv_r4.json"))) as? [String: Any]
+      with: Data(contentsOf: smolLMFixtures.appendingPathComponent("grad_qv_r4.json")))
+    as? [String: Any]
   let ids = try #require(fixture?["ids"] as? [Int])
   let referenceLoss = try #require(fixture?["loss"] as? Double)
-  let out = FileManager.default.temporaryDirectory.appendingPathComponent(
-    "lorac-\(UUID()).safetensors")
+  let out = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: out) }
   let result = try lorac([
-    "grad", try cachedModel(), "--adapter", fixtures.appendingPathComponent("grad_qv_r4").path,
+    "grad", try modelPath(), "--adapter", smolLMFixtures.appendingPathComponent("grad_qv_r4").path,
     "--ids", ids.map(String.init).joined(separator: ","), "--out", out.path,
   ])
   #expect(result.status == 0, "\(result.stderr)")
@@ -118,7 +109,7 @@ private func readNumPy(_ url: URL) throws -> [Float] {
   #expect(abs(loss - referenceLoss) <= 1e-4 * abs(referenceLoss))
   let ours = try SafetensorsReader(url: out)
   let reference = try SafetensorsReader(
-    url: fixtures.appendingPathComponent("grad_qv_r4.safetensors"))
+    url: smolLMFixtures.appendingPathComponent("grad_qv_r4.safetensors"))
   #expect(ours.names == reference.names)
   #expect(ours.names.count == 120)
   var worst = 0.0
@@ -161,13 +152,14 @@ struct SafetensorsReader {
   // steps over the KV cache.
   let fixture =
     try JSONSerialization.jsonObject(
-      with: Data(contentsOf: fixtures.appendingPathComponent("prompts.json"))) as? [String: Any]
+      with: Data(contentsOf: smolLMFixtures.appendingPathComponent("prompts.json")))
+    as? [String: Any]
   let prompts = try #require(fixture?["prompts"] as? [[String: Any]])
   for prompt in prompts {
     let ids = try #require(prompt["ids"] as? [Int])
     let greedy = try #require(prompt["greedy"] as? [Int])
     let result = try lorac([
-      "generate", try cachedModel(), "--prompt-ids", ids.map(String.init).joined(separator: ","),
+      "generate", try modelPath(), "--prompt-ids", ids.map(String.init).joined(separator: ","),
       "--max-tokens", String(greedy.count), "--json",
     ])
     #expect(result.status == 0, "\(result.stderr)")
@@ -179,12 +171,12 @@ struct SafetensorsReader {
 
 @Test func generateStreamsTextAndStopsAtStopStrings() throws {
   let plain = try lorac([
-    "generate", try cachedModel(), "--prompt", "The capital of France is", "--max-tokens", "32",
+    "generate", try modelPath(), "--prompt", "The capital of France is", "--max-tokens", "32",
   ])
   #expect(plain.status == 0)
   #expect(plain.stdout == " Paris.\n\nThe answer is: 2018-01-22 12:12:53.\n")
   let stopped = try lorac([
-    "generate", try cachedModel(), "--prompt", "The capital of France is", "--max-tokens", "32",
+    "generate", try modelPath(), "--prompt", "The capital of France is", "--max-tokens", "32",
     "--stop",
     "answer",
   ])
@@ -193,9 +185,9 @@ struct SafetensorsReader {
     "--temperature", "0.8", "--top-k", "40", "--top-p", "0.95", "--seed", "7", "--json",
   ]
   let first = try lorac(
-    ["generate", try cachedModel(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
+    ["generate", try modelPath(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
   let second = try lorac(
-    ["generate", try cachedModel(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
+    ["generate", try modelPath(), "--prompt", "Once upon a time", "--max-tokens", "16"] + sampled)
   let ids = { (run: RunResult) in
     (try? JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])?["ids"]
       as? [Int]
@@ -203,15 +195,15 @@ struct SafetensorsReader {
   #expect(first.status == 0 && ids(first) != nil && ids(first) == ids(second))
   let bad: [([String], String)] = [
     (
-      ["generate", try cachedModel()],
+      ["generate", try modelPath()],
       "error: give exactly one of --prompt and --prompt-ids (see 'lorac generate --help')\n"
     ),
     (
-      ["generate", try cachedModel(), "--prompt", "x", "--top-p", "1.5"],
+      ["generate", try modelPath(), "--prompt", "x", "--top-p", "1.5"],
       "error: --top-p must be in (0, 1], got 1.5 (see 'lorac generate --help')\n"
     ),
     (
-      ["generate", try cachedModel(), "--prompt-ids", "1,70000"],
+      ["generate", try modelPath(), "--prompt-ids", "1,70000"],
       "error: --prompt-ids: token 70000 is out of range 0..<49152\n"
     ),
   ]
@@ -223,8 +215,7 @@ struct SafetensorsReader {
 }
 
 @Test func trainWritesAPEFTAdapterThatEvalAndGenerateLoad() throws {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("data.jsonl")
   try """
@@ -234,7 +225,7 @@ struct SafetensorsReader {
   """.write(to: data, atomically: true, encoding: .utf8)
   let out = folder.appendingPathComponent("adapter")
   let train = try lorac([
-    "train", try cachedModel(), "--data", data.path, "--out", out.path, "--steps", "3", "--batch",
+    "train", try modelPath(), "--data", data.path, "--out", out.path, "--steps", "3", "--batch",
     "2",
     "--rank", "4", "--targets", "layers.{0,1}.attn.{q,v}",
   ])
@@ -255,20 +246,19 @@ struct SafetensorsReader {
   let b = try weights.floats("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
   #expect(b.contains { $0 != 0 })
   let eval = try lorac([
-    "eval", try cachedModel(), "--adapter", out.path, "--task", "mystery_function", "--count", "3",
+    "eval", try modelPath(), "--adapter", out.path, "--task", "mystery_function", "--count", "3",
     "--json",
   ])
   #expect(eval.status == 0, "\(eval.stderr)")
   #expect(eval.stdout.contains("\"examples\": 3"))
   let generate = try lorac([
-    "generate", try cachedModel(), "--adapter", out.path, "--prompt", "Hi", "--max-tokens", "3",
+    "generate", try modelPath(), "--adapter", out.path, "--prompt", "Hi", "--max-tokens", "3",
   ])
   #expect(generate.status == 0)
 }
 
 @Test func trainRejectsBadData() throws {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("bad.jsonl")
   try "{\"text\": \"fine\"}\n{\"text\": \"unterminated}\n".write(
@@ -276,30 +266,30 @@ struct SafetensorsReader {
   let out = folder.appendingPathComponent("out").path
   let cases: [([String], String)] = [
     (
-      ["train", try cachedModel(), "--data", data.path, "--out", out],
+      ["train", try modelPath(), "--data", data.path, "--out", out],
       "error: \(data.path):2: not valid JSON (offset 23: unterminated string)\n"
     ),
     (
-      ["train", try cachedModel(), "--task", "addition", "--out", out],
+      ["train", try modelPath(), "--task", "addition", "--out", out],
       "error: unknown --task 'addition' (known: mystery_function) (see 'lorac train --help')\n"
     ),
     (
-      ["train", try cachedModel(), "--out", out],
+      ["train", try modelPath(), "--out", out],
       "error: give exactly one of --data and --task (see 'lorac train --help')\n"
     ),
     (
-      ["train", try cachedModel(), "--task", "mystery_function", "--out", out, "--rank", "0"],
+      ["train", try modelPath(), "--task", "mystery_function", "--out", out, "--rank", "0"],
       "error: --rank must be at least 1, got 0 (see 'lorac train --help')\n"
     ),
     (
       [
-        "train", try cachedModel(), "--task", "mystery_function", "--out", out, "--targets",
+        "train", try modelPath(), "--task", "mystery_function", "--out", out, "--targets",
         "nothing.*",
       ],
       "error: lora: no matmul named like 'nothing.*'"
     ),
     (
-      ["eval", try cachedModel(), "--task", "mystery_function", "--adapter", "/nonexistent"],
+      ["eval", try modelPath(), "--task", "mystery_function", "--adapter", "/nonexistent"],
       "error: /nonexistent: no adapter_config.json (expected a PEFT adapter directory)\n"
     ),
   ]
@@ -313,7 +303,7 @@ struct SafetensorsReader {
 @Test func dumpIRRunsAPipelineOnTheModel() throws {
   let pipeline = "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o}},freeze,autodiff,dce"
   let result = try lorac([
-    "dump-ir", try cachedModel(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline,
+    "dump-ir", try modelPath(), "--batch", "1", "--seq", "4", "--loss", "--pipeline", pipeline,
     "--after", "lora",
   ])
   #expect(result.status == 0, "\(result.stderr)")
@@ -330,7 +320,7 @@ struct SafetensorsReader {
   let check = try lorac(["check-ir", "-"], stdin: result.stdout)
   #expect(check.status == 0)
   #expect(check.stdout == result.stdout)
-  let unknown = try lorac(["dump-ir", try cachedModel(), "--pipeline", "lora,fsue"])
+  let unknown = try lorac(["dump-ir", try modelPath(), "--pipeline", "lora,fsue"])
   #expect(unknown.status == 1)
   #expect(
     unknown.stderr

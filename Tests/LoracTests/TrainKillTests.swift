@@ -1,5 +1,6 @@
 import Foundation
 import IR
+import TestSupport
 import Testing
 
 /// A tiny `lorac train` run on the mystery_function task that checkpoints after every step, so
@@ -16,7 +17,7 @@ private func killableRun(_ model: String, out: URL) -> [String] {
 /// Starts `lorac` without waiting for it; its output is discarded.
 private func startLorac(_ arguments: [String]) throws -> Process {
   let process = Process()
-  process.executableURL = productsFolder().appendingPathComponent("lorac")
+  process.executableURL = loracExecutable()
   process.arguments = arguments
   process.standardInput = FileHandle.nullDevice
   process.standardOutput = FileHandle.nullDevice
@@ -130,8 +131,8 @@ private func killProcess(_ process: Process, at moment: KillMoment, folder: URL)
 /// SIGKILL at ten seeded moments of a run, then `--resume`: every time the checkpoint on disk is
 /// whole, and the resumed run repeats the uninterrupted run's losses and adapter bit for bit.
 @Test func killedTrainingResumesToTheUninterruptedLossesBitForBit() throws {
-  let model = try cachedModel()
-  let folder = try trainingFolder()
+  let model = try modelPath()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let straight = folder.appendingPathComponent("straight")
   let started = Date()

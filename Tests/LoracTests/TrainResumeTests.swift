@@ -1,12 +1,6 @@
 import Foundation
+import TestSupport
 import Testing
-
-/// A fresh temporary folder.
-func trainingFolder() throws -> URL {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-  return folder
-}
 
 /// Short text examples (loss on every token), so that a train step on the real model takes a
 /// fraction of a second.
@@ -38,11 +32,11 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
 }
 
 @Test func resumedTrainingRepeatsTheUninterruptedLossesBitForBit() throws {
-  let folder = try trainingFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("data.jsonl")
   try writeTrainingData(data)
-  let common = ["train", try cachedModel(), "--data", data.path, "--steps", "6"] + tinyTraining
+  let common = ["train", try modelPath(), "--data", data.path, "--steps", "6"] + tinyTraining
   let straight = folder.appendingPathComponent("straight")
   let whole = try lorac(common + ["--out", straight.path, "--save-every", "2"])
   #expect(whole.status == 0, "\(whole.stderr)")
@@ -58,7 +52,7 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
   #expect(try trainingMetricFields(split).count == 3)
   // Only the model, data and folder are repeated: the settings come from the state.
   let second = try lorac([
-    "train", try cachedModel(), "--data", data.path, "--out", split.path, "--resume",
+    "train", try modelPath(), "--data", data.path, "--out", split.path, "--resume",
     "--threads", "2",
   ])
   #expect(second.status == 0, "\(second.stderr)")
@@ -95,12 +89,12 @@ func trainingMetricFields(_ folder: URL) throws -> [String] {
 }
 
 @Test func resumeRefusesAnotherModelOtherDataOrOtherSettings() throws {
-  let folder = try trainingFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("data.jsonl")
   try writeTrainingData(data)
   let out = folder.appendingPathComponent("out")
-  let model = try cachedModel()
+  let model = try modelPath()
   let start = try lorac(
     ["train", model, "--data", data.path, "--out", out.path, "--steps", "2"] + tinyTraining)
   #expect(start.status == 0, "\(start.stderr)")

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 #if canImport(FoundationXML)
@@ -24,19 +25,6 @@ private func openPseudoTerminal() throws -> (master: Int32, path: String) {
   #expect(try symbol("unlockpt", as: Grant.self)(master) == 0)
   let name = try #require(try symbol("ptsname", as: Name.self)(master))
   return (master, String(cString: name))
-}
-
-/// The built `lorac` executable (beside the test bundle).
-private func loracExecutable() -> URL {
-  var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
-  if let first = CommandLine.arguments.first {
-    candidates.append(URL(fileURLWithPath: first).deletingLastPathComponent())
-  }
-  for folder in candidates
-  where FileManager.default.isExecutableFile(atPath: folder.appendingPathComponent("lorac").path) {
-    return folder.appendingPathComponent("lorac")
-  }
-  return Bundle.main.bundleURL.appendingPathComponent("lorac")
 }
 
 /// The metrics.jsonl lines as objects.
@@ -115,13 +103,13 @@ private func checkLossCurve(_ folder: URL) throws {
 }
 
 @Test func interruptWritesACheckpointThatResumesBitForBit() throws {
-  let folder = try trainingFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("data.jsonl")
   try writeTrainingData(data)
   let out = folder.appendingPathComponent("out")
   let common = [
-    "train", try cachedModel(), "--data", data.path, "--steps", "12", "--batch", "1", "--seq",
+    "train", try modelPath(), "--data", data.path, "--steps", "12", "--batch", "1", "--seq",
     "10", "--rank", "2", "--targets", "layers.{0,1}.attn.{q,v}", "--lr", "0.01", "--threads", "1",
   ]
   let process = Process()
@@ -177,9 +165,9 @@ private func checkLossCurve(_ folder: URL) throws {
 }
 
 @Test func accumulatedMicroBatchesMatchOneBatchOfTheirUnion() throws {
-  let folder = try trainingFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let model = try cachedModel()
+  let model = try modelPath()
   // Two examples with the same number of weighted (completion) tokens: the mean loss of a batch
   // of both equals the mean of their two losses, so the gradients agree too.
   let pair = folder.appendingPathComponent("pair.jsonl")
@@ -223,7 +211,7 @@ private func checkLossCurve(_ folder: URL) throws {
 }
 
 @Test func progressOnATerminalIsOneLiveLine() throws {
-  let folder = try trainingFolder()
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let data = folder.appendingPathComponent("data.jsonl")
   try writeTrainingData(data)
@@ -236,7 +224,7 @@ private func checkLossCurve(_ folder: URL) throws {
   process.executableURL = loracExecutable()
   process.arguments =
     [
-      "train", try cachedModel(), "--data", data.path, "--out",
+      "train", try modelPath(), "--data", data.path, "--out",
       folder.appendingPathComponent("out").path, "--steps", "3",
     ] + tinyTraining
   process.standardError = FileHandle(fileDescriptor: terminal, closeOnDealloc: false)

@@ -1,9 +1,10 @@
 import Foundation
 import Models
+import TestSupport
 import Testing
 
 private func write(_ text: String) throws -> String {
-  let url = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).jsonl")
+  let url = temporaryURL(".jsonl")
   try text.write(to: url, atomically: true, encoding: .utf8)
   return url.path
 }

@@ -2,13 +2,11 @@ import Foundation
 import IR
 import Models
 import Runtime
+import TestSupport
 import Testing
 
 // SmolLM2 against Hugging Face transformers loading the same GGUF (dequantised to float32), from
 // the fixtures Tests/Fixtures/make_smollm_fixtures.py wrote.
-
-private let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm")
 
 private struct TokenizerFixture: Decodable {
   struct Case: Decodable {
@@ -29,21 +27,8 @@ private struct PromptFixture: Decodable {
 }
 
 private func load<T: Decodable>(_ name: String, as type: T.Type) throws -> T {
-  try JSONDecoder().decode(type, from: Data(contentsOf: fixtures.appendingPathComponent(name)))
-}
-
-/// Reads a float32 C-order .npy file written by numpy.
-private func loadNumPy(_ name: String) throws -> (shape: [Int], values: [Float]) {
-  let data = try Data(contentsOf: fixtures.appendingPathComponent(name))
-  let headerLength = Int(data[8]) | Int(data[9]) << 8
-  let header = String(decoding: data[10..<(10 + headerLength)], as: UTF8.self)
-  #expect(header.contains("'descr': '<f4'"))
-  let shapeText = header.split(separator: "(")[1].split(separator: ")")[0]
-  let shape = shapeText.split(separator: ",").compactMap {
-    Int($0.trimmingCharacters(in: .whitespaces))
-  }
-  let values = data[(10 + headerLength)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
-  return (shape, values)
+  try JSONDecoder().decode(
+    type, from: Data(contentsOf: smolLMFixtures.appendingPathComponent(name)))
 }
 
 /// The model's logits [n, vocab] for `ids` through the compiled runtime.
@@ -90,7 +75,7 @@ func runLogits(_ model: LlamaModel, _ ids: [Int32]) throws -> [Float] {
   #expect(fixture.prompts.count >= 5)
   let vocabulary = model.config.vocabularySize
   for (k, prompt) in fixture.prompts.enumerated() {
-    let reference = try loadNumPy("logits_\(k).npy")
+    let reference = try readNumPy(smolLMFixtures.appendingPathComponent("logits_\(k).npy"))
     #expect(reference.shape == [prompt.ids.count, prompt.columns.count])
     let logits = try runLogits(model, prompt.ids)
     var worst: Float = 0

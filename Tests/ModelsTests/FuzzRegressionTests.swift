@@ -1,32 +1,8 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
-
-/// The inputs the fuzz targets (Fuzz/, scripts/fuzz) ever failed on, under
-/// `Tests/Fixtures/fuzz/<target>/`, each with the error it must give now.
-enum FuzzInputs {
-  static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz")
-
-  /// The committed input names of a target, sorted.
-  static func names(_ target: String) -> [String] {
-    let path = folder.appendingPathComponent(target).path
-    return ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
-  }
-
-  /// The bytes of one input.
-  static func data(_ target: String, _ name: String) throws -> Data {
-    try Data(contentsOf: folder.appendingPathComponent(target).appendingPathComponent(name))
-  }
-}
-
-/// Every committed input of `target` has an entry in `expected` and every entry an input, so a
-/// new regression input cannot be committed without saying what it must do.
-func expectEveryInputListed(_ target: String, _ expected: [String: String]) {
-  let names = FuzzInputs.names(target)
-  #expect(Set(names) == Set(expected.keys), "Tests/Fixtures/fuzz/\(target) vs the expected table")
-}
 
 /// An input with an expected message must give it at some stage; "" means any outcome is fine
 /// (the input once crashed or hung, and must now only finish).

@@ -1,6 +1,7 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
 
 /// Builds GGUF bytes for tests: metadata and tensors laid out as the format says.
@@ -54,7 +55,7 @@ struct GGUFWriter {
 }
 
 private func parse(_ bytes: [UInt8]) throws(GGUFError) -> GGUFFile {
-  let url = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID()).gguf")
+  let url = temporaryURL(".gguf")
   FileManager.default.createFile(atPath: url.path, contents: Data(bytes))
   defer { try? FileManager.default.removeItem(at: url) }
   return try GGUFFile(path: url.path)
@@ -275,17 +276,80 @@ func sampleFile() -> [UInt8] {
   }
 }
 
-@Test func randomCorruptionNeverCrashes() {
-  var generator = SplitMix64(seed: 3)
+@Test func randomCorruptionNeverCrashes() throws {
+  // The sample's layout, from how it is written (not from lorac's reader): two F32 tensors, w (24
+  // bytes) at data offset 0 and b (12 bytes) at 32, each padded to 32, in the last 64 bytes.
   let original = sampleFile()
+  let dataStart = original.count - 64
+  let tensors: [(name: String, offset: Int, count: Int)] = [("w", 0, 24), ("b", 32, 12)]
+  let reference = try parse(original)
+  try #require(reference.dataOffset == dataStart)
+  var generator = SplitMix64(seed: 3)
+  var seen = (data: 0, magic: 0, version: 0, header: 0)
   for _ in 0..<2000 {
     var bytes = original
     for _ in 0..<Int(generator.next() % 4 + 1) {
       bytes[Int(generator.next() % UInt64(bytes.count))] = UInt8(
         truncatingIfNeeded: generator.next())
     }
-    _ = try? parse(bytes)
+    let changed = bytes.indices.filter { bytes[$0] != original[$0] }
+    let magic = String(decoding: bytes[0..<4], as: UTF8.self)
+    let version = bytes[4..<8].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+    var file: GGUFFile?
+    var message = "no error"
+    do {
+      file = try parse(bytes)
+    } catch {
+      message = String(error.message.drop { $0 != ":" }.dropFirst(2))
+    }
+    if changed.allSatisfy({ $0 >= dataStart }) {
+      // Only tensor data (or padding) changed: the same file, reading the changed bytes.
+      seen.data += 1
+      let file = try #require(file, "data bytes \(changed) changed: \(message)")
+      #expect(file.version == 3 && file.metadata.count == reference.metadata.count)
+      #expect(file.tensors == reference.tensors)
+      for tensor in tensors {
+        let start = dataStart + tensor.offset
+        #expect(
+          try [UInt8](file.tensor(named: tensor.name).data)
+            == Array(bytes[start..<(start + tensor.count)]),
+          "\(tensor.name) after changes at \(changed)")
+      }
+    } else if magic != "GGUF" {
+      seen.magic += 1
+      let expected =
+        magic == "FUGG"
+        ? "offset 0: big-endian GGUF files are not supported"
+        : "offset 0: not a GGUF file (the magic number is not 'GGUF')"
+      #expect(message == expected, "\(changed)")
+    } else if version != 3 && changed.allSatisfy({ $0 < 8 || $0 >= dataStart }) {
+      // Only the version (and data) changed: 2 reads the same (v2 and v3 share the layout), any
+      // other is refused.
+      seen.version += 1
+      if version == 2 {
+        #expect(try #require(file).tensors == reference.tensors)
+      } else {
+        #expect(
+          message == "offset 4: GGUF version \(version) is not supported (expected 2 or 3)")
+      }
+    } else if let file {
+      // The header changed and still parses: whatever it now says lies inside the file, aligned,
+      // and reads the bytes it points at.
+      seen.header += 1
+      #expect(file.dataOffset % file.alignment == 0)
+      for info in file.tensors {
+        #expect(file.dataOffset + info.offset + info.byteCount <= bytes.count, "\(info.name)")
+        guard let tensor = try? file.tensor(named: info.name) else { continue }
+        let start = file.dataOffset + info.offset
+        #expect([UInt8](tensor.data) == Array(bytes[start..<(start + info.byteCount)]))
+      }
+    } else {
+      seen.header += 1
+      #expect(!message.isEmpty)
+    }
   }
+  // Every kind of change happened often enough for the checks above to mean something.
+  #expect(seen.data > 50 && seen.magic > 20 && seen.version > 0 && seen.header > 1000, "\(seen)")
 }
 
 @Test func version2FilesRead() throws {

@@ -1,13 +1,8 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
-
-private func temporaryFolder() throws -> URL {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-  return folder
-}
 
 private func littleEndianFloats(_ values: [Float]) -> [UInt8] {
   values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian) { Array($0) } }

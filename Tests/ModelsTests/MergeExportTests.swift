@@ -1,23 +1,10 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
 
-private let fixture = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/smollm/peft_qv_r4")
-
-private func temporaryFolder() throws -> URL {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-  return folder
-}
-
-/// The Hugging Face row of GGUF row `row` of a q/k weight (written from formats.md §3f, not from
-/// lorac's loop): within head h, GGUF row 2i + j holds HF row j·hd/2 + i.
-private func huggingFaceRow(ofGGUFRow row: Int, headDimension: Int) -> Int {
-  let (head, within) = row.quotientAndRemainder(dividingBy: headDimension)
-  return head * headDimension + (within % 2) * (headDimension / 2) + within / 2
-}
+private let fixture = smolLMFixtures.appendingPathComponent("peft_qv_r4")
 
 /// A PEFT tensor's values, row-major in its stored shape, read by the safetensors reader.
 private func peft(_ file: SafetensorsFile, layer: Int, module: String, _ half: String) throws

@@ -1,11 +1,8 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
-
-private func temporaryURL(_ suffix: String = ".safetensors") -> URL {
-  FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())\(suffix)")
-}
 
 /// A file with the given JSON header (unpadded) followed by `data`.
 private func file(_ header: String, _ data: [UInt8] = []) -> Data {
@@ -26,7 +23,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func safetensorsWriteThenReadRoundTrips() throws {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: url) }
   let a = HostTensor(shape: [2, 3], floats: [1, 2, 3, 4, 5, 6])
   let b = try HostTensor(
@@ -104,8 +101,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func failedWritesLeaveNothingBehind() throws {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let tensor = HostTensor(shape: [1], floats: [1])
   // The target is a directory: the rename fails after the temporary file was written.
@@ -129,8 +125,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func staleTemporaryFilesOfTheGivenNamesAreRemovedAndNothingElse() throws {
-  let folder = FileManager.default.temporaryDirectory.appendingPathComponent("lorac-\(UUID())")
-  try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+  let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
   let uuid = UUID().uuidString
   // What a writer killed mid-write leaves, next to files that only look alike.
@@ -151,25 +146,71 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func safetensorsCorruptionNeverCrashes() throws {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: url) }
   try SafetensorsFile.write([("a", HostTensor(shape: [2, 2], floats: [1, 2, 3, 4]))], to: url)
   let original = try Data(contentsOf: url)
+  // The layout by the format, read here by hand: u64 header length, the header, then the one
+  // tensor's 16 bytes (1, 2, 3, 4 as little-endian f32) at the end of the file.
+  let dataStart = original.count - 16
+  let headerLength = original.prefix(8).reversed().reduce(0) { $0 << 8 | Int($1) }
+  try #require(8 + headerLength == dataStart)
+  let four: [Float] = [1, 2, 3, 4]
+  try #require(
+    original[dataStart...].elementsEqual(
+      four.flatMap { value in
+        withUnsafeBytes(of: value.bitPattern.littleEndian) { Array($0) }
+      }))
+  /// The file's tensors' bytes as it reads them, or its error.
+  func read(_ bytes: Data) -> (entries: [SafetensorsFile.Entry], data: [String: Data?])? {
+    guard let file = try? SafetensorsFile(data: bytes, path: "x") else { return nil }
+    var data: [String: Data?] = [:]
+    for entry in file.entries { data[entry.name] = try? file.tensor(named: entry.name).data }
+    return (file.entries, data)
+  }
+  let reference = try #require(read(original))
   var generator = SplitMix64(seed: 9)
+  var seen = (data: 0, length: 0, header: 0, headerParsed: 0)
   for _ in 0..<2000 {
     var bytes = original
     let index = Int(generator.next() % UInt64(bytes.count))
     bytes[index] = UInt8(truncatingIfNeeded: generator.next())
-    if let file = try? SafetensorsFile(data: bytes, path: "x") {
-      for entry in file.entries { _ = try? file.tensor(named: entry.name) }
+    let result = read(bytes)
+    if index >= dataStart || bytes == original {
+      // Tensor bytes (or nothing) changed: the same entries, reading the new bytes.
+      seen.data += 1
+      let (entries, data) = try #require(result, "byte \(index) changed")
+      #expect(entries == reference.entries)
+      #expect(data["a"] == bytes[dataStart...], "byte \(index) changed")
+    } else if index < 8 {
+      // A different header length never lands on another valid header here.
+      seen.length += 1
+      #expect(result == nil, "header length byte \(index) changed")
+    } else if let (entries, data) = result {
+      // The JSON changed and still parses: every entry lies inside the file and reads its bytes.
+      seen.headerParsed += 1
+      let start = 8 + bytes.prefix(8).reversed().reduce(0) { $0 << 8 | Int($1) }
+      for entry in entries {
+        #expect(start + entry.end <= bytes.count && entry.begin <= entry.end, "\(entry.name)")
+        if case .some(.some(let tensor)) = data[entry.name] {
+          #expect(tensor == bytes[(start + entry.begin)..<(start + entry.end)])
+        }
+      }
+    } else {
+      seen.header += 1
     }
-    _ = try? SafetensorsFile(
-      data: bytes.prefix(Int(generator.next() % UInt64(bytes.count))), path: "x")
+    // A file cut short of its tensor data is an error (unless the header now claims less data).
+    let cut = Int(generator.next() % UInt64(bytes.count))
+    let prefix = read(bytes.prefix(cut))
+    if index >= dataStart || bytes == original {
+      #expect(prefix == nil, "a prefix of \(cut) bytes")
+    }
   }
+  #expect(seen.data > 20 && seen.length > 5 && seen.header > 100, "\(seen)")
 }
 
 @Test func mappedSafetensorsShareTheFile() throws {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   defer { try? FileManager.default.removeItem(at: url) }
   let weights = HostTensor(shape: [4, 8], floats: (0..<32).map(Float.init))
   let bias = HostTensor(shape: [3], floats: [1, 2, 3])
@@ -199,7 +240,7 @@ private func error(_ data: Data) -> String {
 }
 
 @Test func theMetadataKeyCannotNameATensor() {
-  let url = temporaryURL()
+  let url = temporaryURL(".safetensors")
   #expect(
     throws: SafetensorsError(
       message: "\(url.path): '__metadata__' is reserved and cannot name a tensor")

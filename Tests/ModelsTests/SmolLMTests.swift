@@ -1,20 +1,8 @@
 import Foundation
 import IR
 import Models
+import TestSupport
 import Testing
-
-/// The cached SmolLM2 GGUF (scripts/fetch-model), or a failure telling how to get it.
-func modelPath() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? (ProcessInfo.processInfo.environment["LORAC_CACHE"].map { $0 + "/models" }
-      ?? NSHomeDirectory() + "/.cache/lorac/models") + "/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
 
 @Test func smolLMFileFacts() throws {
   let file = try GGUFFile(path: try modelPath())

@@ -2,26 +2,8 @@ import Foundation
 import IR
 import Models
 import Passes
+import TestSupport
 import Testing
-
-/// Random f64 bindings for every input of `graph` (targets in 0..<limit, one of them ignored).
-private func bindings(_ graph: Graph, seed: UInt64, limit: Int) -> [String: DenseTensor] {
-  var generator = SplitMix64(seed: seed)
-  var result: [String: DenseTensor] = [:]
-  for input in graph.inputs {
-    let type = graph.type(of: input.value)
-    if type.dtype == .i32 {
-      var values = (0..<type.elementCount).map { _ in Double(generator.next() % UInt64(limit)) }
-      if input.name == "targets" { values[0] = -100 }
-      result[input.name] = DenseTensor(dtype: .i32, shape: type.shape, scalars: values)
-    } else {
-      result[input.name] = DenseTensor(
-        dtype: .f32, shape: type.shape,
-        scalars: (0..<type.elementCount).map { _ in generator.nextUnit() * 2 - 1 })
-    }
-  }
-  return result
-}
 
 /// The largest difference between two lists of outputs, relative to `1 + |reference|`.
 private func difference(_ a: [DenseTensor], _ b: [DenseTensor]) -> Double {
@@ -39,21 +21,6 @@ private func tinyLlama() throws -> Graph {
     vocabularySize: 11, embeddingLength: 8, layerCount: 2, headCount: 2, keyValueHeadCount: 1,
     feedForwardLength: 12)
   return try Llama.trace(config, batch: 2, sequence: 3, loss: true)
-}
-
-/// Binds the tiny model's weights to random values.
-private func weights(_ graph: Graph, seed: UInt64, kind: Declaration.Kind = .constant)
-  -> [String: DenseTensor]
-{
-  var generator = SplitMix64(seed: seed)
-  var result: [String: DenseTensor] = [:]
-  for declaration in graph.declarations where declaration.kind == kind {
-    let type = graph.type(of: declaration.value)
-    result[declaration.name] = DenseTensor(
-      dtype: .f32, shape: type.shape,
-      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
-  }
-  return result
 }
 
 @Test func fuseFindsEveryPatternOfTheLlamaTrainGraph() throws {
@@ -80,42 +47,15 @@ private func weights(_ graph: Graph, seed: UInt64, kind: Declaration.Kind = .con
   #expect(!folded.body.contains { folded.type(of: $0.results[0]).rank == 5 })
   #expect(plain.body.contains { plain.type(of: $0.results[0]).rank == 5 })
   // Same loss and gradients as the unfused graph, with B non-zero so every branch counts.
-  let values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
-    .merging(weights(plain, seed: 8, kind: .parameter)) { a, _ in a }
+  let values = randomInputs(plain, seed: 5, limit: 11).merging(randomDeclarations(plain, seed: 6)) {
+    a, _ in a
+  }
+  .merging(randomDeclarations(plain, seed: 8, kind: .parameter)) { a, _ in a }
   let interpreter = Interpreter(precision: .f64)
   let expected = try interpreter.run(plain, bindings: values)
   let actual = try interpreter.run(fused, bindings: values)
   #expect(expected.count == 1 + 16)
   #expect(difference(actual, expected) < 1e-12)
-}
-
-@Test func fuseOnTheDesignExampleMakesOneLoraLinear() throws {
-  let pipeline = try Pipeline(
-    parsing: "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},dce")
-  let text = Printer().print(try pipeline.run(try fcGraph()))
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        %4 = fill {value=1.0}                      : f32[]       "loss.grad"
-        %5 = reshape %4                            : f32[1,1]
-        %6 = broadcast %5                          : f32[4,32]
-        %7 = mul %6, %1                            : f32[4,32]
-        %8 = mul %6, %1                            : f32[4,32]
-        %9 = add %7, %8                            : f32[4,32]   "fc.grad"
-        %10 = mul %9, 2.0                          : f32[4,32]
-        %11 = matmul %0, %10 {transpose_a}         : f32[2,32]   "fc.lora_b.grad"
-        %12 = matmul %10, @fc.lora_b {transpose_b} : f32[4,2]
-        %13 = matmul %x, %12 {transpose_a}         : f32[16,2]   "fc.lora_a.grad"
-        return %3, %13, %11
-      }
-
-      """)
 }
 
 @Test func fuseLeavesPatternsWhoseInnerValuesAreUsedElsewhere() throws {
@@ -144,7 +84,9 @@ private func weights(_ graph: Graph, seed: UInt64, kind: Declaration.Kind = .con
   let late = try Pipeline(parsing: lora + ",fuse,dce").run(tinyLlama())
   #expect(Fuse.census(late)["rms_norm"] == 1)
   #expect(Fuse.census(late)["lora_linear"] == 4)
-  let values = bindings(plain, seed: 2, limit: 11).merging(weights(plain, seed: 4)) { a, _ in a }
+  let values = randomInputs(plain, seed: 2, limit: 11).merging(randomDeclarations(plain, seed: 4)) {
+    a, _ in a
+  }
   let interpreter = Interpreter(precision: .f64)
   #expect(
     difference(
@@ -163,7 +105,7 @@ private func weights(_ graph: Graph, seed: UInt64, kind: Declaration.Kind = .con
 private func decodingBindings(
   _ graph: Graph, tokens: Int, slot: Int, seed: UInt64, visible: (Int, Int, Int) -> Bool
 ) -> [String: DenseTensor] {
-  var values = weights(graph, seed: seed)
+  var values = randomDeclarations(graph, seed: seed)
   var generator = SplitMix64(seed: seed &+ 1)
   values["tokens"] = DenseTensor(
     shape: [2, tokens], ints: (0..<(2 * tokens)).map { _ in Int32(generator.next() % 11) })
@@ -175,12 +117,7 @@ private func decodingBindings(
     ints: (0..<(2 * tokens * 5)).map { index in
       visible(index / (tokens * 5), index / 5 % tokens, index % 5) ? 1 : 0
     })
-  for declaration in graph.declarations where declaration.kind == .state {
-    let type = graph.type(of: declaration.value)
-    values[declaration.name] = DenseTensor(
-      dtype: .f32, shape: type.shape,
-      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
-  }
+  values.merge(randomDeclarations(graph, generator: &generator, kind: .state)) { a, _ in a }
   return values
 }
 
@@ -214,19 +151,7 @@ private func decodingBindings(
   let y = try matmul(x, matmul(a, bb)).named("y")
   let graph = try b.finish(outputs: [try (y * y).sum().named("loss")])
   let rewritten = try Pipeline(parsing: "reassociate,autodiff{loss=loss},dce").run(graph)
-  #expect(
-    Printer().print(try Pipeline(parsing: "reassociate").run(graph)) == """
-      func @chain(%x: f32[4,16]) -> (f32[]) {
-        param @a : f32[16,2] {init=constant, value=0.5}
-        param @b : f32[2,32] {init=constant, value=-0.25}
-        %0 = matmul %x, @a                         : f32[4,2]
-        %1 = matmul %0, @b                         : f32[4,32]   "y"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        return %3
-      }
-
-      """)
+  // The rewritten text is pinned by Golden/reassociate/adapter-product.ir.
   #expect(!rewritten.types.contains(TensorType(.f32, [16, 32])))
   // The same loss and gradients as the original order.
   let values = ["x": DenseTensor(shape: [4, 16], floats: (0..<64).map { Float($0 % 7) - 3 })]
@@ -254,7 +179,7 @@ private func decodingBindings(
   for (name, shape) in [("a", [2, 100]), ("b", [100, 100]), ("c", [100, 1])] {
     values[name] = DenseTensor(
       dtype: .f32, shape: shape,
-      scalars: (0..<shape.reduce(1, *)).map { _ in generator.nextUnit() - 0.5 })
+      scalars: (0..<shape.reduce(1, *)).map { _ in generator.uniform(-0.5, 0.5) })
   }
   let interpreter = Interpreter(precision: .f64)
   #expect(
@@ -294,7 +219,7 @@ private func decodingBindings(
       attentions.map { decoded.type(of: $0.results[0]).shape } == [[2, 2, 3, 4], [2, 2, 1, 4]])
     let values = decodingBindings(decoded, tokens: 3, slot: 1, seed: 6) { row, query, slot in
       slot >= 1 && slot <= 1 + query || (row == 0 && slot == 0)
-    }.merging(weights(decoded, seed: 9, kind: .parameter)) { a, _ in a }
+    }.merging(randomDeclarations(decoded, seed: 9, kind: .parameter)) { a, _ in a }
     let interpreter = Interpreter(precision: .f64)
     let last = try interpreter.run(decoded, bindings: values)[0]
     let all = try interpreter.run(everyRow, bindings: values)[0]
@@ -353,38 +278,15 @@ private func decodingBindings(
       == "decode: 3 new tokens do not fit a context of 2")
 }
 
-@Test func foldRemovesTheSeedProductsOfAutodiff() throws {
-  let pipeline = try Pipeline(
-    parsing: "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},fold")
-  // broadcast(reshape(fill 1)) * fc is fc: the gradient of sum(fc * fc) is fc + fc.
-  let text = Printer().print(try pipeline.run(try fcGraph()))
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        %4 = add %1, %1                            : f32[4,32]   "fc.grad"
-        %5 = mul %4, 2.0                           : f32[4,32]
-        %6 = matmul %0, %5 {transpose_a}           : f32[2,32]   "fc.lora_b.grad"
-        %7 = matmul %5, @fc.lora_b {transpose_b}   : f32[4,2]
-        %8 = matmul %x, %7 {transpose_a}           : f32[16,2]   "fc.lora_a.grad"
-        return %3, %8, %6
-      }
-
-      """)
-}
-
 @Test func foldKeepsTheValuesOfTheLlamaTrainGraph() throws {
   let lora =
     "lora{rank=2,alpha=4,targets=layers.*.attn.{q,v},seed=1},freeze,fuse,autodiff{loss=loss}"
   let plain = try Pipeline(parsing: lora + ",dce").run(tinyLlama())
   let folded = try Pipeline(parsing: lora + ",fold").run(tinyLlama())
   #expect(folded.body.count < plain.body.count)
-  let values = bindings(plain, seed: 2, limit: 11).merging(weights(plain, seed: 4)) { a, _ in a }
+  let values = randomInputs(plain, seed: 2, limit: 11).merging(randomDeclarations(plain, seed: 4)) {
+    a, _ in a
+  }
   let interpreter = Interpreter(precision: .f64)
   #expect(
     difference(
@@ -403,16 +305,11 @@ private func decodingBindings(
   #expect(merged.body.filter { $0.name?.hasSuffix(".merged_weight") == true }.count == 4)
   // A . B is formed here, once per target: [8, 2] x [2, 8].
   #expect(merged.types.contains(TensorType(.f32, [8, 8])))
-  var values = weights(adapted, seed: 5)
-  var generator = SplitMix64(seed: 6)
+  // The adapters (the only parameters) non-zero, so that merging changes the weights.
+  var values = randomDeclarations(adapted, seed: 5)
+    .merging(randomDeclarations(adapted, seed: 6, kind: .parameter)) { a, _ in a }
   values["tokens"] = DenseTensor(shape: [1, 3], ints: [3, 7, 1])
   values["positions"] = DenseTensor(shape: [1, 3], ints: [0, 1, 2])
-  for declaration in adapted.declarations where declaration.name.contains("lora_") {
-    let type = adapted.type(of: declaration.value)
-    values[declaration.name] = DenseTensor(
-      dtype: .f32, shape: type.shape,
-      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
-  }
   let interpreter = Interpreter(precision: .f64)
   let reference = try interpreter.run(adapted, bindings: values)
   #expect(difference(try interpreter.run(merged, bindings: values), reference) < 1e-12)
@@ -422,36 +319,6 @@ private func decodingBindings(
     try Merge().run(try Llama.trace(config, batch: 1, sequence: 3))
   }
   #expect(throws: PassError.self) { try Unmerge().run(adapted) }
-}
-
-@Test func fuseElementwiseAfterAutodiffOnTheDesignExample() throws {
-  let pipeline = try Pipeline(
-    parsing:
-      "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,fuse,autodiff{loss=loss},fuse{elementwise=true},dce"
-  )
-  let text = Printer().print(try pipeline.run(try fcGraph()))
-  // The gradient chain %7-%10 (two products, their sum, the LoRA scale) is one instruction; %1,
-  // read four times, and the broadcast stay leaves.
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0, %1 = lora_linear %x, @fc.weight, @fc.lora_a, @fc.lora_b {scale=2.0, transpose_w} : f32[4,2], f32[4,32] "fc"
-        %2 = mul %1, %1                            : f32[4,32]
-        %3 = reduce_sum %2 {axes=[0,1]}            : f32[]       "loss"
-        %4 = fill {value=1.0}                      : f32[]       "loss.grad"
-        %5 = reshape %4                            : f32[1,1]
-        %6 = broadcast %5                          : f32[4,32]
-        %7 = elementwise %6, %1 {expr="mul(add(mul($0, $1), mul($0, $1)), 2.0)"} : f32[4,32]
-        %8 = matmul %0, %7 {transpose_a}           : f32[2,32]   "fc.lora_b.grad"
-        %9 = matmul %7, @fc.lora_b {transpose_b}   : f32[4,2]
-        %10 = matmul %x, %9 {transpose_a}          : f32[16,2]   "fc.lora_a.grad"
-        return %3, %10, %8
-      }
-
-      """)
 }
 
 @Test func fuseElementwiseComputesTheSameValuesOnTheLlamaTrainGraph() throws {
@@ -481,14 +348,9 @@ private func decodingBindings(
       }
     }
   }
-  var values = bindings(plain, seed: 5, limit: 11).merging(weights(plain, seed: 6)) { a, _ in a }
-  var generator = SplitMix64(seed: 9)
-  for declaration in plain.declarations where declaration.kind == .parameter {
-    let type = plain.type(of: declaration.value)
-    values[declaration.name] = DenseTensor(
-      dtype: .f32, shape: type.shape,
-      scalars: (0..<type.elementCount).map { _ in generator.nextUnit() - 0.5 })
-  }
+  let values = randomInputs(plain, seed: 5, limit: 11)
+    .merging(randomDeclarations(plain, seed: 6)) { a, _ in a }
+    .merging(randomDeclarations(plain, seed: 9, kind: .parameter)) { a, _ in a }
   // Node-by-node rounding: the same values to the bit in f32 precision.
   let interpreter = Interpreter(precision: .f32)
   #expect(

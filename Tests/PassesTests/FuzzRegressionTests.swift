@@ -1,5 +1,6 @@
 import Foundation
 import Passes
+import TestSupport
 import Testing
 
 /// The pipeline texts the pipeline fuzz target (Fuzz/pipeline.swift) ever failed on, under
@@ -10,16 +11,10 @@ let pipelineExpected: [String: String] = [
   "brace-expansion-bomb": "expands to more than 1000 alternatives"
 ]
 
-let pipelineFuzzFolder = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-  .deletingLastPathComponent().appendingPathComponent("Fixtures/fuzz/pipeline")
-
-let pipelineFuzzNames =
-  ((try? FileManager.default.contentsOfDirectory(atPath: pipelineFuzzFolder.path)) ?? []).sorted()
-
-@Test(arguments: pipelineFuzzNames)
+@Test(arguments: FuzzInputs.names("pipeline"))
 func pipelineFuzzInput(name: String) throws {
   let expected = try #require(pipelineExpected[name], "no expected outcome for \(name)")
-  let data = try Data(contentsOf: pipelineFuzzFolder.appendingPathComponent(name))
+  let data = try FuzzInputs.data("pipeline", name)
   let text = String(decoding: data, as: UTF8.self)
   do {
     let pipeline = try Pipeline(parsing: text)
@@ -32,7 +27,7 @@ func pipelineFuzzInput(name: String) throws {
 }
 
 @Test func pipelineFuzzInputsAreListed() {
-  #expect(Set(pipelineFuzzNames) == Set(pipelineExpected.keys))
+  expectEveryInputListed("pipeline", pipelineExpected)
 }
 
 @Test func selectorsExpandUpToTheLimit() throws {

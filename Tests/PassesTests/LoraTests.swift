@@ -14,40 +14,6 @@ func fcGraph() throws -> Graph {
   return try b.finish(outputs: [try (fc * fc).sum().named("loss")])
 }
 
-@Test func loraFreezeAutodiffOnTheDesignExample() throws {
-  let pipeline = try Pipeline(
-    parsing: "lora{rank=2,alpha=4,targets=fc,seed=7},freeze,autodiff{loss=loss},dce")
-  let train = try pipeline.run(try fcGraph())
-  let text = Printer().print(train)
-  #expect(
-    text == """
-      func @train(%x: f32[4,16]) -> (f32[], f32[16,2], f32[2,32]) {
-        const @fc.weight : f32[32,16]
-        param @fc.lora_a : f32[16,2] {init=kaiming_uniform, seed=7}
-        param @fc.lora_b : f32[2,32] {init=zeros}
-        %0 = matmul %x, @fc.weight {transpose_b}   : f32[4,32]   "fc.base"
-        %1 = matmul %x, @fc.lora_a                 : f32[4,2]
-        %2 = matmul %1, @fc.lora_b                 : f32[4,32]
-        %3 = mul %2, 2.0                           : f32[4,32]
-        %4 = add %0, %3                            : f32[4,32]   "fc"
-        %5 = mul %4, %4                            : f32[4,32]
-        %6 = reduce_sum %5 {axes=[0,1]}            : f32[]       "loss"
-        %7 = fill {value=1.0}                      : f32[]       "loss.grad"
-        %8 = reshape %7                            : f32[1,1]
-        %9 = broadcast %8                          : f32[4,32]
-        %10 = mul %9, %4                           : f32[4,32]
-        %11 = mul %9, %4                           : f32[4,32]
-        %12 = add %10, %11                         : f32[4,32]   "fc.grad"
-        %13 = mul %12, 2.0                         : f32[4,32]
-        %14 = matmul %13, @fc.lora_b {transpose_b} : f32[4,2]
-        %15 = matmul %1, %13 {transpose_a}         : f32[2,32]   "fc.lora_b.grad"
-        %16 = matmul %x, %14 {transpose_a}         : f32[16,2]   "fc.lora_a.grad"
-        return %6, %16, %15
-      }
-
-      """)
-}
-
 /// Every value computed from both A and B, following data flow forward from each.
 func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
   var fromA: Set<Value> = [a]

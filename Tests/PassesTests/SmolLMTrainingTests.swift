@@ -3,19 +3,8 @@ import IR
 import Models
 import Passes
 import Runtime
+import TestSupport
 import Testing
-
-/// The cached SmolLM2 GGUF, or a recorded failure telling how to get it.
-private func modelPath() throws -> String {
-  let path =
-    ProcessInfo.processInfo.environment["LORAC_MODEL"]
-    ?? NSHomeDirectory() + "/.cache/lorac/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-  guard FileManager.default.fileExists(atPath: path) else {
-    Issue.record("model not found at \(path): run scripts/fetch-model (scripts/test does)")
-    throw CancellationError()
-  }
-  return path
-}
 
 private let attentionPipeline =
   "lora{rank=8,alpha=16,targets=layers.*.attn.{q,k,v,o},seed=1},freeze,autodiff{loss=loss},dce"

@@ -2,6 +2,7 @@ import CKernels
 import Foundation
 import IR
 import Runtime
+import TestSupport
 import Testing
 
 /// A graph `out = x op(w)` with `w` a bf16 constant of `rows` x `k` rows of x.

@@ -4,6 +4,7 @@ import IR
 import Models
 import Passes
 import Runtime
+import TestSupport
 import Testing
 
 // Error bounds for the fused kernels, relative to 1 + |reference| (per element, or to the

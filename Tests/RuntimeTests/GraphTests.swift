@@ -2,59 +2,13 @@ import Foundation
 import IR
 import Models
 import Runtime
+import TestSupport
 import Testing
-
-/// Random bytes for a storage-typed tensor with sane block scales (so no value is inf or NaN).
-func randomStorage(_ type: TensorType, seed: UInt64) throws -> HostTensor {
-  var generator = SplitMix64(seed: seed)
-  var bytes = (0..<type.byteCount).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
-  func setHalf(_ offset: Int, _ value: Float) {
-    let bits = halfFromFloat(value)
-    bytes[offset] = UInt8(bits & 0xFF)
-    bytes[offset + 1] = UInt8(bits >> 8)
-  }
-  let blocks = type.byteCount / type.dtype.blockBytes
-  for block in 0..<blocks {
-    let base = block * type.dtype.blockBytes
-    let scale = Float(generator.nextUnit() * 0.05 + 0.001)
-    switch type.dtype {
-    case .f16: setHalf(base, Float(generator.nextUnit() * 2 - 1))
-    case .bf16:
-      let bits = bfloat16FromFloat(Float(generator.nextUnit() * 2 - 1))
-      bytes[base] = UInt8(bits & 0xFF)
-      bytes[base + 1] = UInt8(bits >> 8)
-    case .q8_0: setHalf(base, scale)
-    case .q4_1:
-      setHalf(base, scale)
-      setHalf(base + 2, -8 * scale)
-    case .q4_k:
-      setHalf(base, scale)
-      setHalf(base + 2, scale)
-    case .q6_k: setHalf(base + 208, scale)
-    case .f32, .i32: break
-    }
-  }
-  if type.dtype == .f32 {
-    return HostTensor(
-      shape: type.shape,
-      floats: (0..<type.elementCount).map { _ in Float(generator.nextUnit() - 0.5) })
-  }
-  return try HostTensor(type: type, data: Data(bytes))
-}
 
 /// A randomly initialised 2-layer Llama-shaped decoder with grouped-query attention.
 let tinyLlama = LlamaConfig(
   vocabularySize: 67, embeddingLength: 64, layerCount: 2, headCount: 4, keyValueHeadCount: 2,
   feedForwardLength: 96, ropeTheta: 10_000, normEpsilon: 1e-5)
-
-func randomWeights(_ graph: Graph, seed: UInt64) throws -> [String: HostTensor] {
-  var weights: [String: HostTensor] = [:]
-  for (offset, declaration) in graph.declarations.enumerated() where declaration.kind == .constant {
-    let type = graph.type(of: declaration.value)
-    weights[declaration.name] = try randomStorage(type, seed: seed &+ UInt64(offset))
-  }
-  return weights
-}
 
 extension RuntimeSuite {
   @Test(arguments: [DType.f16, .bf16, .q8_0, .q4_1, .q4_k, .q6_k])

@@ -2,21 +2,8 @@ import CKernels
 import Foundation
 import IR
 import Runtime
+import TestSupport
 import Testing
-
-/// Random dense values for a type: floats in [-2, 2), ints in [0, limit).
-func randomTensor(_ type: TensorType, seed: UInt64, intLimit: Int = 4) -> DenseTensor {
-  var generator = SplitMix64(seed: seed)
-  let count = type.elementCount
-  if type.dtype == .i32 {
-    return DenseTensor(
-      dtype: .i32, shape: type.shape,
-      scalars: (0..<count).map { _ in Double(Int(generator.next() % UInt64(intLimit))) })
-  }
-  return DenseTensor(
-    dtype: .f32, shape: type.shape,
-    scalars: (0..<count).map { _ in Double(Float(generator.nextUnit() * 4 - 2)) })
-}
 
 /// How a difference is scaled: by each element's magnitude, or by the tensor's largest one (for
 /// sums and products, whose rounding error grows with the terms, not with the result).
