@@ -64,5 +64,9 @@ let package = Package(
       exclude: ["Golden"]),
     .testTarget(
       name: "LoracTests", dependencies: ["lorac", "IR", "Models", "Runtime", "TestSupport"]),
+    // The examples are dependencies so that the tests that run them find them built.
+    .testTarget(
+      name: "SessionsTests",
+      dependencies: ["Sessions", "Models", "Runtime", "IR", "TestSupport", "xor", "finetune"]),
   ]
 )

@@ -8,22 +8,32 @@ public struct RunResult: Sendable {
 }
 
 /// The built `lorac` executable, which SwiftPM puts beside the test bundle.
-public func loracExecutable() -> URL {
+public func loracExecutable() -> URL { productExecutable("lorac") }
+
+/// A built executable product of the package (`lorac`, the examples), which SwiftPM puts beside
+/// the test bundle.
+public func productExecutable(_ name: String) -> URL {
   var candidates = [Bundle.main.bundleURL, Bundle.main.bundleURL.deletingLastPathComponent()]
   if let first = CommandLine.arguments.first {
     candidates.append(URL(fileURLWithPath: first).deletingLastPathComponent())
   }
   for folder in candidates
-  where FileManager.default.isExecutableFile(atPath: folder.appendingPathComponent("lorac").path) {
-    return folder.appendingPathComponent("lorac")
+  where FileManager.default.isExecutableFile(atPath: folder.appendingPathComponent(name).path) {
+    return folder.appendingPathComponent(name)
   }
-  return Bundle.main.bundleURL.appendingPathComponent("lorac")
+  return Bundle.main.bundleURL.appendingPathComponent(name)
 }
 
 /// Runs `lorac` with arguments and optional standard input, and waits for it.
 public func lorac(_ arguments: [String], stdin: String? = nil) throws -> RunResult {
+  try run(loracExecutable(), arguments, stdin: stdin)
+}
+
+/// Runs an executable with arguments and optional standard input, and waits for it.
+public func run(_ executable: URL, _ arguments: [String], stdin: String? = nil) throws -> RunResult
+{
   let process = Process()
-  process.executableURL = loracExecutable()
+  process.executableURL = executable
   process.arguments = arguments
   let output = Pipe()
   let errors = Pipe()

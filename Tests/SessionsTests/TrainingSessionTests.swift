@@ -1,0 +1,121 @@
+import Foundation
+import Models
+import Sessions
+import TestSupport
+import Testing
+
+/// A small run: rank 2 on two projections of two layers, 16 generated examples, 6 steps.
+private func request(out: URL, steps: Int = 6, resume: Bool = false) throws -> TrainingRequest {
+  TrainingRequest(
+    model: try modelPath(), data: .mysteryFunction, out: out.path, examples: 16, rank: 2,
+    targets: "layers.{0,1}.attn.{q,v}", learningRate: 0.01, warmup: 2, steps: steps, batch: 2,
+    sequence: 12, resume: resume)
+}
+
+/// The `step`, `loss`, `lr` and `grad_norm` fields of each metrics.jsonl line as text (equality is
+/// bit for bit); times and memory differ between runs.
+private func metricFields(_ folder: URL) throws -> [String] {
+  let text = try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+  return text.split(separator: "\n").map { line in
+    line.split(separator: ",").filter {
+      !$0.contains("tokens_per_s") && !$0.contains("elapsed_s") && !$0.contains("rss_bytes")
+    }.joined(separator: ",")
+  }
+}
+
+@Test func aCancelledRunSavesItsStepAndResumesToTheUninterruptedRunBitForBit() throws {
+  let whole = try temporaryFolder()
+  let job = try #require(try TrainingJob.prepare(try request(out: whole)) { _ in })
+  var reports: [StepReport] = []
+  #expect(try job.run { reports.append($0) } == .finished)
+  #expect(reports.map(\.step) == Array(1...6))
+  #expect(reports.first?.isFirst == true && reports.dropFirst().allSatisfy { !$0.isFirst })
+
+  // Cancellation asked for during step 3 stops after it, with a checkpoint, as Ctrl-C does.
+  let parts = try temporaryFolder()
+  let cancellation = Cancellation()
+  let first = try #require(try TrainingJob.prepare(try request(out: parts)) { _ in })
+  let outcome = try first.run(cancellation: cancellation) { report in
+    if report.step == 3 { cancellation.cancel() }
+  }
+  #expect(outcome == .cancelled(step: 3))
+  let saved = try #require(try TrainingState.read(from: parts))
+  #expect(saved.step == 3)
+  #expect(try metricFields(parts) == Array(try metricFields(whole).prefix(3)))
+
+  var notes: [String] = []
+  let rest = try #require(
+    try TrainingJob.prepare(try request(out: parts, resume: true)) { notes.append($0) })
+  #expect(try rest.run() == .finished)
+  #expect(notes.isEmpty, "\(notes)")
+  #expect(try metricFields(parts) == metricFields(whole))
+  let adapter = "adapter_model.safetensors"
+  #expect(
+    try Data(contentsOf: parts.appendingPathComponent(adapter))
+      == Data(contentsOf: whole.appendingPathComponent(adapter)))
+  // Asking again for the same steps has nothing to do, and says so.
+  notes = []
+  #expect(
+    try TrainingJob.prepare(try request(out: parts, resume: true)) { notes.append($0) } == nil)
+  #expect(
+    notes == ["\(parts.path): already trained 6 steps; nothing to do (raise --steps to continue)"])
+}
+
+@Test func stopAfterEndsTheRunWithACheckpointAndTheScheduleIntact() throws {
+  let folder = try temporaryFolder()
+  var stopping = try request(out: folder)
+  stopping.stopAfter = 2
+  let job = try #require(try TrainingJob.prepare(stopping) { _ in })
+  #expect(try job.run() == .stopped(step: 2))
+  let state = try #require(try TrainingState.read(from: folder))
+  #expect(state.step == 2 && state.settings["steps"] == "6")
+}
+
+@Test func sessionErrorsCarryTheCommandLineMessages() throws {
+  let folder = try temporaryFolder()
+  let file = folder.appendingPathComponent("file.txt")
+  try Data("x".utf8).write(to: file)
+  func message(_ body: () throws -> Void) -> String? {
+    do {
+      try body()
+      return nil
+    } catch let error as SessionError {
+      return error.message
+    } catch {
+      return "not a SessionError: \(error)"
+    }
+  }
+  #expect(
+    message { _ = try TrainingJob.prepare(try request(out: file)) { _ in } }
+      == "\(file.path): is a file; --out names a folder (made if missing)")
+  let empty = folder.appendingPathComponent("empty")
+  #expect(
+    message { _ = try TrainingJob.prepare(try request(out: empty, resume: true)) { _ in } }
+      == "\(empty.path): no training state to resume (training_state.safetensors is missing); "
+      + "run without --resume to start")
+  let missing = folder.appendingPathComponent("missing.gguf").path
+  #expect(
+    message { _ = try LlamaModel.open(missing) }
+      == "\(missing): cannot open: No such file or directory")
+  var badData = try request(out: folder.appendingPathComponent("run"))
+  badData.data = .jsonl(file.path)
+  #expect(
+    message { _ = try TrainingJob.prepare(badData) { _ in } }
+      == "\(file.path):1: not valid JSON (offset 0: invalid value)")
+  let model = try LlamaModel.open(try modelPath())
+  #expect(
+    message { try model.check([1, 49_152], option: "--ids") }
+      == "--ids: token 49152 is out of range 0..<49152")
+}
+
+@Test func theTrainingPipelineIsWrittenOnce() {
+  // The text lorac train, lorac grad and lorac bench train compiled before it was shared.
+  #expect(
+    Pipelines.training(rank: 8, alpha: 16, targets: "layers.*.attn.{q,k,v,o}", seed: 0)
+      == "lora{rank=8,alpha=16.0,targets=layers.*.attn.{q,k,v,o},seed=0},freeze,fuse,"
+      + "autodiff{loss=loss},fuse{elementwise=true},dce")
+  #expect(
+    Pipelines.training(rank: 4, alpha: 8, targets: "{layers.0.attn.q}", rsLoRA: false)
+      == "lora{rank=4,alpha=8.0,rslora=false,targets={layers.0.attn.q}},freeze,fuse,"
+      + "autodiff{loss=loss},fuse{elementwise=true},dce")
+}
