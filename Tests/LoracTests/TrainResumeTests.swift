@@ -20,17 +20,6 @@ let tinyTraining = [
   "--warmup", "2", "--lr", "0.01", "--threads", "2",
 ]
 
-/// The `step`, `loss`, `lr` and `grad_norm` fields of each metrics.jsonl line, as their text (so
-/// that equality is bit-for-bit); times and memory differ between runs and are left out.
-func trainingMetricFields(_ folder: URL) throws -> [String] {
-  let text = try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
-  return text.split(separator: "\n").map { line in
-    line.split(separator: ",").filter {
-      !$0.contains("tokens_per_s") && !$0.contains("elapsed_s") && !$0.contains("rss_bytes")
-    }.joined(separator: ",")
-  }
-}
-
 @Test func resumedTrainingRepeatsTheUninterruptedLossesBitForBit() throws {
   let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }

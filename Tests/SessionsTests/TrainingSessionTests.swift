@@ -12,17 +12,6 @@ private func request(out: URL, steps: Int = 6, resume: Bool = false) throws -> T
     sequence: 12, resume: resume)
 }
 
-/// The `step`, `loss`, `lr` and `grad_norm` fields of each metrics.jsonl line as text (equality is
-/// bit for bit); times and memory differ between runs.
-private func metricFields(_ folder: URL) throws -> [String] {
-  let text = try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
-  return text.split(separator: "\n").map { line in
-    line.split(separator: ",").filter {
-      !$0.contains("tokens_per_s") && !$0.contains("elapsed_s") && !$0.contains("rss_bytes")
-    }.joined(separator: ",")
-  }
-}
-
 @Test func aCancelledRunSavesItsStepAndResumesToTheUninterruptedRunBitForBit() throws {
   let whole = try temporaryFolder()
   let job = try #require(try TrainingJob.prepare(try request(out: whole)) { _ in })
@@ -41,14 +30,14 @@ private func metricFields(_ folder: URL) throws -> [String] {
   #expect(outcome == .cancelled(step: 3))
   let saved = try #require(try TrainingState.read(from: parts))
   #expect(saved.step == 3)
-  #expect(try metricFields(parts) == Array(try metricFields(whole).prefix(3)))
+  #expect(try trainingMetricFields(parts) == Array(try trainingMetricFields(whole).prefix(3)))
 
   var notes: [String] = []
   let rest = try #require(
     try TrainingJob.prepare(try request(out: parts, resume: true)) { notes.append($0) })
   #expect(try rest.run() == .finished)
   #expect(notes.isEmpty, "\(notes)")
-  #expect(try metricFields(parts) == metricFields(whole))
+  #expect(try trainingMetricFields(parts) == trainingMetricFields(whole))
   let adapter = "adapter_model.safetensors"
   #expect(
     try Data(contentsOf: parts.appendingPathComponent(adapter))

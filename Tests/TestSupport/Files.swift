@@ -38,3 +38,14 @@ public func readNumPy(_ url: URL) throws -> (shape: [Int], values: [Float]) {
   let values = data[(10 + headerLength)...].withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
   return (shape, values)
 }
+
+/// The `step`, `loss`, `lr` and `grad_norm` fields of each metrics.jsonl line, as their text (so
+/// that equality is bit-for-bit); times and memory differ between runs and are left out.
+public func trainingMetricFields(_ folder: URL) throws -> [String] {
+  let text = try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+  return text.split(separator: "\n").map { line in
+    line.split(separator: ",").filter {
+      !$0.contains("tokens_per_s") && !$0.contains("elapsed_s") && !$0.contains("rss_bytes")
+    }.joined(separator: ",")
+  }
+}
