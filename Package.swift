@@ -33,15 +33,18 @@ let package = Package(
     .executableTarget(
       name: "lorac",
       dependencies: [
-        "IR", "Passes", "Runtime", "Models",
+        "IR", "Passes", "Runtime", "Models", "KernelBench",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
     .executableTarget(
       name: "LoracBench",
-      dependencies: ["IR", "Models", "Runtime"],
+      dependencies: ["IR", "Models", "Runtime", "KernelBench"],
       path: "Benchmarks/LoracBench"
     ),
+    // Kernel and fused-op benchmarks (they build IR, which the runtime never does).
+    .target(
+      name: "KernelBench", dependencies: ["IR", "Runtime", "CKernels"], path: "Benchmarks/KernelBench"),
     .testTarget(name: "IRTests", dependencies: ["IR"], exclude: ["Invalid"]),
     .testTarget(name: "PassesTests", dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels"]),
     .testTarget(name: "RuntimeTests", dependencies: ["Runtime", "IR", "CKernels", "Models", "Passes"]),

@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import IR
+import KernelBench
 import Runtime
 
 // lorac's benchmark harness. Each benchmark prints medians of several runs after a warm-up, and a
@@ -13,12 +14,6 @@ func time(_ body: () throws -> Void) rethrows -> Double {
   let start = DispatchTime.now().uptimeNanoseconds
   try body()
   return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-}
-
-func median(_ values: [Double]) -> Double {
-  let sorted = values.sorted()
-  return sorted.count % 2 == 1
-    ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
 /// A transformer-like chain of about `count` instructions with names, attributes and parameters.

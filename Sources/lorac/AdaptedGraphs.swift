@@ -27,13 +27,13 @@ extension PEFTAdapter {
 /// share the packed forms of the weights.
 func compileAdapted(
   _ traced: Graph, model: LlamaModel, adapter: PEFTAdapter?, packedForms: PackedForms? = nil,
-  finish: (Graph) throws -> Graph = { $0 }
+  target: Target = .host, finish: (Graph) throws -> Graph = { $0 }
 ) throws -> Executable {
   var graph = traced
   if let adapter { graph = try adapter.loraPass().run(graph).compacted() }
   graph = try finish(try Fuse().run(graph).compacted())
   let executable = try Executable(
-    graph, constants: try model.weights(for: graph), packedForms: packedForms)
+    graph, constants: try model.weights(for: graph), packedForms: packedForms, target: target)
   for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
   return executable
 }

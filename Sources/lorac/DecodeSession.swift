@@ -14,6 +14,8 @@ struct DecodeSession {
   private let compiled = CompiledGraphs()
   /// The weights' packed forms, made once for every graph of the session.
   private let forms = PackedForms()
+  /// The CPU the graphs are planned for (int8 activations, ISA tier).
+  let target: Target
 
   /// Compiled decoding graphs by batch, token count and head form, reused across generations.
   private final class CompiledGraphs {
@@ -21,7 +23,7 @@ struct DecodeSession {
   }
 
   /// Loads the model (and adapter) for prompts of up to `context` tokens in all.
-  init(modelPath: String, context: Int, adapter adapterPath: String?) {
+  init(modelPath: String, context: Int, adapter adapterPath: String?, target: Target = .host) {
     let loaded: LlamaModel
     do {
       loaded = try LlamaModel(path: modelPath)
@@ -30,6 +32,7 @@ struct DecodeSession {
     }
     model = loaded
     self.context = context
+    self.target = target
     adapter = adapterPath.map { PEFTAdapter.load($0, for: loaded) }
   }
 
@@ -49,7 +52,7 @@ struct DecodeSession {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
     try compileAdapted(
       try model.trace(batch: batch, sequence: tokens), model: model, adapter: adapter,
-      packedForms: forms
+      packedForms: forms, target: target
     ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 

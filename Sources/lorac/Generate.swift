@@ -88,7 +88,6 @@ struct Generate: ParsableCommand {
 
   func run() throws {
     Threads.set(threads)
-    if int8Activations { DecodeKernels.int8Activations = true }
     let loaded: LlamaModel
     let tokenizer: Tokenizer
     do {
@@ -130,7 +129,8 @@ struct Generate: ParsableCommand {
     // Generation stops at the end of the context.
     let context = min(ids.count + maxTokens, limit)
     let session = DecodeSession(
-      modelPath: model, context: min(limit, (context + 15) / 16 * 16), adapter: adapter)
+      modelPath: model, context: min(limit, (context + 15) / 16 * 16), adapter: adapter,
+      target: Target(int8Activations: int8Activations))
     let sampling = SamplingOptions(
       temperature: temperature, topK: topK, topP: topP, repetitionPenalty: repeatPenalty, seed: seed
     )

@@ -29,7 +29,7 @@ enum TrainPrecision: String, ExpressibleByArgument, CaseIterable, LosslessString
 
   /// A note for stderr when bf16 was asked for and the CPU has no bf16 dot products.
   var fallbackNote: String? {
-    self == .bf16 && !DecodeKernels.bf16DotProducts
+    self == .bf16 && !Target.host.packsBF16Weights
       ? "note: this CPU has no avx512_bf16; bf16 weights are decoded to f32 for each product\n"
       : nil
   }
