@@ -93,7 +93,8 @@ struct Compile: ParsableCommand {
       modelPath: URL(fileURLWithPath: model).standardizedFileURL.path, modelBytes: modelBytes,
       modelFingerprint: fingerprint, arenaBytes: executable.plan.arenaBytes,
       naiveBytes: executable.plan.naiveBytes,
-      parameters: parameters.filter { name, _ in graph.declaration(named: name) != nil })
+      parameters: parameters.filter { name, _ in graph.declaration(named: name) != nil },
+      plan: executable.kernelPlan.text(for: graph))
     do {
       try bundle.write(to: output)
     } catch {
