@@ -174,8 +174,8 @@ public enum KernelBenchmarks {
     runs: Int
   ) throws -> BenchmarkResult {
     let int8Activations = target.roundsActivationsToInt8
-    // The path the plan of `x W^T` on this weight (a computed operand: read as stored) runs.
-    let path = KernelBenchmarks.plannedPath(dtype, m: m, k: k, n: n, target: target)
+    // The path a kernel plan gives a few rows by this weight read as stored.
+    let path = KernelPlan.quantizedPath(dtype, target).quantPathCode
     let type = TensorType(dtype, [n, k])
     let bytes = type.byteCount
     let copies = max(1, (256 << 20) / bytes + 1)
@@ -241,18 +241,5 @@ public enum KernelBenchmarks {
       threads: Threads.count,
       seconds: lorac / Double(copies), baselineSeconds: baseline / Double(copies),
       baseline: "memory read of the same bytes", work: Double(bytes), unit: "byte", runs: runs)
-  }
-
-  /// The `lc_quant_path` code the kernel plan of `x [m, k] W^T`, W a computed `dtype` [n, k],
-  /// runs on `target` (portable for kernels without an ISA path).
-  static func plannedPath(_ dtype: DType, m: Int, k: Int, n: Int, target: Target) -> Int32 {
-    let b = GraphBuilder(name: "product")
-    guard let x = try? b.input(name: "x", shape: [m, k]),
-      let w = try? b.input(name: "w", shape: [n, k], dtype: dtype),
-      let product = try? matmul(x, w, transposeB: true),
-      let graph = try? b.finish(outputs: [product])
-    else { return Int32(LC_QUANT_PORTABLE.rawValue) }
-    let entry = KernelPlan(graph, target: target).entries[0]
-    return entry.isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue)
   }
 }

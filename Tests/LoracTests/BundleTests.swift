@@ -36,6 +36,11 @@ private func temporary(_ suffix: String) -> String {
   #expect(dumped.stdout.contains("lora_linear"))
   let checked = try lorac(["check-ir", "-"], stdin: dumped.stdout)
   #expect(checked.stdout == dumped.stdout)
+  // The bundle holds the plan it was compiled with; printed beside the IR, which still parses.
+  let planned = try lorac(["dump-ir", bundle, "--plan"])
+  #expect(planned.status == 0, "\(planned.stderr)")
+  #expect(planned.stdout.hasPrefix("# target isa="))
+  #expect(try lorac(["check-ir", "-"], stdin: planned.stdout).stdout == dumped.stdout)
 }
 
 @Test func aCompiledTrainBundleGivesTheLossOfLoracGrad() throws {

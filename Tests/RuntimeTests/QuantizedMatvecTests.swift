@@ -258,6 +258,12 @@ extension RuntimeSuite {
       #expect(lc_quant_best_path(Self.code(.q6_k)) == wide)
       #expect(lc_quant_best_path(Self.code(.q4_k)) == wide)
       #expect(lc_quant_best_path(Self.code(.f16)) == wide)
+      // The host's plan (f32 activations) takes the same path for every dtype.
+      for dtype in DType.allCases where dtype != .i32 {
+        #expect(
+          KernelPlan.quantizedPath(dtype, .host).quantPathCode
+            == lc_quant_best_path(Self.code(dtype)), "\(dtype)")
+      }
     }
 
     /// The path a kernel plan gives a few rows by a stored-layout weight: the widest with a kernel
