@@ -168,6 +168,13 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
       var entry = Entry(kernel: .op)
       if let q = instruction.operands[0].value, let k = instruction.operands[1].value {
         let (qs, ks) = (graph.type(of: q).shape.map(Int64.init), graph.type(of: k).shape)
+        // One query row (a decoding step) of width 64, at most 4 query heads per key/value
+        // head: an AVX-512 loop over each chunk of keys.
+        if case .attention = instruction.op, target.isa >= .avx512, qs[2] == 1, qs[3] == 64,
+          ks[1] > 0, qs[1] / Int64(ks[1]) <= 4
+        {
+          entry.isa = .avx512
+        }
         let slots = attentionSlots(target)
         let floats = lc_attention_scratch_floats(
           qs[0], qs[1], qs[2], Int64(ks[2]), qs[3], Int64(slots))

@@ -604,10 +604,13 @@ struct StepBuilder {
     )
     let maskPointer = mask.assumingMemoryBound(to: Int32.self)
     let out = executable.resultAddress(instruction).assumingMemoryBound(to: Float.self)
+    // The plan's ISA path (avx512: the one-row loop for width 64; none: the portable loops).
+    let path =
+      executable.kernelPlan.entries[index].isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue)
     if case .attention = op {
       return {
         lc_attention_f32(
-          out, qf, kf, vf, maskPointer, strides, b, h, g, s, t, d, scale, scratch, slots)
+          out, qf, kf, vf, maskPointer, strides, b, h, g, s, t, d, scale, scratch, slots, path)
         return nil
       }
     }

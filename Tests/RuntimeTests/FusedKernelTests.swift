@@ -167,9 +167,15 @@ extension RuntimeSuite {
         }
       }
       let constants = ["mask": HostTensor(shape: [batch, 1, rows, keys], ints: seen)]
-      #expect(
-        try compareWithInterpreter(graph, constants: constants, scale: .tensor)
-          <= accumulationBound, "\(heads)/\(groups) x \(rows) x \(keys) filled \(filled)")
+      // The host's path (AVX-512 for one row of width 64) and the portable loops.
+      for target in [Target.host, Target(isa: .portable)] {
+        let oneRow = rows == 1 && width == 64 && heads / groups <= 4 && target.isa >= .avx512
+        #expect(KernelPlan(graph, target: target).entries[0].isa == (oneRow ? .avx512 : nil))
+        #expect(
+          try compareWithInterpreter(graph, constants: constants, scale: .tensor, target: target)
+            <= accumulationBound,
+          "\(heads)/\(groups) x \(rows) x \(keys) filled \(filled) \(target.isa)")
+      }
     }
   }
 

@@ -217,11 +217,13 @@ int64_t lc_attention_scratch_floats(int64_t batch, int64_t heads, int64_t rows, 
                                     int64_t width, int64_t slots);
 /// out [B,H,S,D] = softmax(mask ? scale q k^T : -inf) v per (b, h) with k, v [B,G,T,D] (query
 /// head h reads key/value head h / (H / G)); mask strides index [B,H,S,T] (0 where it
-/// broadcasts). scratch holds lc_attention_scratch_floats.
+/// broadcasts). scratch holds lc_attention_scratch_floats. One query row (S = 1) with D = 64 and at
+/// most 4 query heads per key/value head runs an AVX-512 loop when `path` (an lc_quant_path) is
+/// LC_QUANT_AVX512 or above.
 void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
                       const int32_t *mask, const int64_t *mask_strides, int64_t batch,
                       int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
-                      float scale, float *scratch, int64_t slots);
+                      float scale, float *scratch, int64_t slots, int path);
 /// The gradients (dq, dk, dv) of lc_attention_f32 for the result gradient g.
 void lc_attention_grad_f32(float *dq, float *dk, float *dv, const float *q, const float *k,
                            const float *v, const int32_t *mask, const int64_t *mask_strides,
