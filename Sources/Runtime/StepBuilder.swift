@@ -595,9 +595,14 @@ struct StepBuilder {
     guard let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self) else {
       throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
     }
-    let slots = Int64(KernelPlan.attentionSlots(executable.kernelPlan.target))
     let (b, h, s, d) = (qShape[0], qShape[1], qShape[2], qShape[3])
     let (g, t) = (kShape[1], kShape[2])
+    // The threads the plan's scratch holds blocks for (a plan read back from a bundle made on a
+    // machine with fewer cores holds fewer), at most those this target runs.
+    let fixed = lc_attention_scratch_floats(b, h, s, t, d, 0)
+    let perSlot = max(lc_attention_scratch_floats(b, h, s, t, d, 1) - fixed, 1)
+    let planned = (Int64(executable.kernelPlan.entries[index].scratchBytes / 4) - fixed) / perSlot
+    let slots = max(1, min(Int64(KernelPlan.attentionSlots(executable.kernelPlan.target)), planned))
     let (qf, kf, vf) = (
       q.assumingMemoryBound(to: Float.self), k.assumingMemoryBound(to: Float.self),
       v.assumingMemoryBound(to: Float.self)
