@@ -36,7 +36,7 @@ let package = Package(
     .executableTarget(
       name: "lorac",
       dependencies: [
-        "Sessions", "IR", "Passes", "Runtime", "Models",
+        "Sessions", "IR", "Passes", "Runtime", "Models", "KernelBench",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -46,12 +46,15 @@ let package = Package(
       name: "finetune", dependencies: ["Sessions", "Models", "Runtime"], path: "Examples/finetune"),
     .executableTarget(
       name: "LoracBench",
-      dependencies: ["IR", "Models", "Runtime"],
+      dependencies: ["IR", "Models", "Runtime", "KernelBench"],
       path: "Benchmarks/LoracBench"
     ),
     // Helpers every test target shares (paths, the model, temporary files, .npy, running lorac).
     .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
     .testTarget(name: "IRTests", dependencies: ["IR", "TestSupport"], exclude: ["Invalid"]),
+    // Kernel and fused-op benchmarks (they build IR, which the runtime never does).
+    .target(
+      name: "KernelBench", dependencies: ["IR", "Runtime", "CKernels"], path: "Benchmarks/KernelBench"),
     .testTarget(
       name: "PassesTests",
       dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels", "TestSupport"],

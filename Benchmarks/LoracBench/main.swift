@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import IR
+import KernelBench
 import Runtime
 
 // lorac's benchmark harness. Each benchmark prints medians of several runs after a warm-up, and a
@@ -13,12 +14,6 @@ func time(_ body: () throws -> Void) rethrows -> Double {
   let start = DispatchTime.now().uptimeNanoseconds
   try body()
   return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-}
-
-func median(_ values: [Double]) -> Double {
-  let sorted = values.sorted()
-  return sorted.count % 2 == 1
-    ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
 /// A transformer-like chain of about `count` instructions with names, attributes and parameters.
@@ -103,12 +98,20 @@ case "ir":
     json: json)
 case "kernels":
   let runs = option("--runs", default: 5, in: arguments)
+  var target = Target.host
+  if let index = arguments.firstIndex(of: "--isa"), index + 1 < arguments.count {
+    guard let isa = Target.ISA(rawValue: arguments[index + 1]) else {
+      FileHandle.standardError.write(Data("unknown --isa '\(arguments[index + 1])'\n".utf8))
+      exit(2)
+    }
+    target.isa = isa
+  }
   let results =
-    try KernelBenchmarks.run(threads: [1, 2], runs: runs)
+    try KernelBenchmarks.run(threads: [1, 2], runs: runs, target: target)
     + KernelBenchmarks.fused(threads: [1, 2], runs: runs)
   print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
 default:
   FileHandle.standardError.write(
-    Data("usage: LoracBench ir|kernels [--instructions N] [--runs N] [--json]\n".utf8))
+    Data("usage: LoracBench ir|kernels [--instructions N] [--runs N] [--isa TIER] [--json]\n".utf8))
   exit(2)
 }

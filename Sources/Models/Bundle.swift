@@ -4,7 +4,8 @@ import IR
 /// A `.lorac` bundle: a graph compiled ahead of time, stored as one safetensors file.
 ///
 /// The header's metadata holds the canonical IR text, the pipeline that made it, what the graph
-/// computes, its memory plan and the base model by path, size and fingerprint; the tensors are the
+/// computes, its memory plan, its kernel plan as text (`lorac.plan`, written by the command line;
+/// bundles from before it have none) and the base model by path, size and fingerprint; the tensors are the
 /// values of the graph's parameters (a trained or imported adapter). Base weights are not copied:
 /// `lorac run` binds them by name from the model file after checking it is the same file.
 public struct CompiledBundle: Sendable {
@@ -26,10 +27,14 @@ public struct CompiledBundle: Sendable {
   public var naiveBytes: Int
   /// Parameter values by declaration name.
   public var parameters: [String: HostTensor]
+  /// The kernel plan the bundle was compiled with, as text (nil in bundles written before plans
+  /// were stored: a reader plans again).
+  public var plan: String?
 
   public init(
     graph: Graph, pipeline: String, kind: Kind, modelPath: String, modelBytes: Int,
-    modelFingerprint: String, arenaBytes: Int, naiveBytes: Int, parameters: [String: HostTensor]
+    modelFingerprint: String, arenaBytes: Int, naiveBytes: Int, parameters: [String: HostTensor],
+    plan: String? = nil
   ) {
     self.graph = graph
     self.pipeline = pipeline
@@ -40,16 +45,18 @@ public struct CompiledBundle: Sendable {
     self.arenaBytes = arenaBytes
     self.naiveBytes = naiveBytes
     self.parameters = parameters
+    self.plan = plan
   }
 
   /// Writes the bundle crash-safely (temporary file, flush, rename).
   public func write(to path: String) throws(FileError) {
-    let metadata = [
+    var metadata = [
       "lorac.format": CompiledBundle.format, "lorac.ir": Printer().print(graph),
       "lorac.pipeline": pipeline, "lorac.kind": kind.rawValue, "lorac.model_path": modelPath,
       "lorac.model_bytes": String(modelBytes), "lorac.model_fingerprint": modelFingerprint,
       "lorac.arena_bytes": String(arenaBytes), "lorac.naive_bytes": String(naiveBytes),
     ]
+    if let plan { metadata["lorac.plan"] = plan }
     do {
       try SafetensorsFile.write(
         parameters.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }, metadata: metadata,
@@ -103,6 +110,7 @@ public struct CompiledBundle: Sendable {
     modelFingerprint = try field("model_fingerprint")
     arenaBytes = try number("arena_bytes")
     naiveBytes = try number("naive_bytes")
+    plan = metadata["lorac.plan"]
     var parameters: [String: HostTensor] = [:]
     let declared = graph.declarations.filter { $0.kind == .parameter }
     for declaration in declared {

@@ -25,8 +25,9 @@ public struct ArenaPlan: Sendable {
 
   /// Plans `graph`; `scratchBytes(i)` is the temporary space instruction `i` needs.
   ///
-  /// `pinned` values (computed once, before any run) get ranges of their own for the whole program.
-  init(_ graph: Graph, scratchBytes: (Int) -> Int, pinned: Set<Value> = []) {
+  /// `runsOnce` values (results of instructions that run once, at load) get ranges of their own
+  /// for the whole program.
+  init(_ graph: Graph, scratchBytes: (Int) -> Int, runsOnce: Set<Value> = []) {
     let count = graph.types.count
     var definedBy = [Int?](repeating: nil, count: count)
     for (index, instruction) in graph.body.enumerated() {
@@ -112,13 +113,13 @@ public struct ArenaPlan: Sendable {
       free = merged
     }
 
-    for value in pinned.sorted(by: { $0.index < $1.index }) where aliases[value] == nil {
+    for value in runsOnce.sorted(by: { $0.index < $1.index }) where aliases[value] == nil {
       let bytes = graph.type(of: value).byteCount
       naive += bytes
       offsets[value.index] = allocate(bytes)
     }
     for (index, instruction) in graph.body.enumerated() {
-      for result in instruction.results where aliases[result] == nil && !pinned.contains(result) {
+      for result in instruction.results where aliases[result] == nil && !runsOnce.contains(result) {
         let bytes = graph.type(of: result).byteCount
         naive += bytes
         offsets[result.index] = allocate(bytes)

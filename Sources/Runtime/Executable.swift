@@ -10,6 +10,9 @@ import IR
 public final class Executable {
   public let graph: Graph
   public let plan: ArenaPlan
+  /// The kernel of every instruction, its weight form, ISA path, scratch and whether it runs
+  /// once: the steps and the arena are made from it, nothing decides again.
+  public let kernelPlan: KernelPlan
 
   private let arena: UnsafeMutableRawPointer
   /// Storage of inputs, parameters, state, literals and unaligned constants, freed on deinit.
@@ -29,9 +32,6 @@ public final class Executable {
   private lazy var ownForms = PackedForms()
   /// The graph's constants.
   private let constantValues: Set<Value>
-  /// The products that run on packed bf16 weights, by instruction index (decided once, so the
-  /// scratch plan, the steps and the release of unpacked copies agree).
-  let packedProducts: [Int: PackedBF16Product]
   /// The factor every `lora_linear` branch is scaled by at run time (see `adapterScale`).
   let adapterFactor = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
@@ -57,29 +57,50 @@ public final class Executable {
     var run: () -> String?
   }
 
-  /// Compiles `graph`, binding its constants by name.
+  /// Compiles `graph` for `target`, binding its constants by name.
   ///
   /// Parameters and state start from their initializer (zeros when they have none) and can be
   /// replaced with `set(_:_:)`.
-  /// - Throws: `RuntimeError` for a missing or mismatched constant, or an op the kernels do not
-  ///   implement for the given types.
+  /// - Throws: `RuntimeError` when this CPU cannot run the target's ISA tier, for a missing or
+  ///   mismatched constant, or an op the kernels do not implement for the given types.
   /// With `packedForms`, constants read in place are packed once for every executable made with
   /// the same store (a model's decoding graphs of several lengths, say).
-  public init(
-    _ graph: Graph, constants: [String: HostTensor] = [:], packedForms: PackedForms? = nil
+  public convenience init(
+    _ graph: Graph, constants: [String: HostTensor] = [:], packedForms: PackedForms? = nil,
+    target: Target = .host
   ) throws(RuntimeError) {
+    try self.init(
+      graph, plan: KernelPlan(graph, target: target, sharedForms: packedForms != nil),
+      constants: constants, packedForms: packedForms)
+  }
+
+  /// Binds `graph` to a kernel plan made for it (`KernelPlan(graph, target:)`, or one read back
+  /// from a bundle), binding its constants by name.
+  /// - Throws: `RuntimeError` when the plan does not have one entry per instruction or this CPU
+  ///   cannot run its target, and as `init(_:constants:packedForms:target:)`.
+  public init(
+    _ graph: Graph, plan kernelPlan: KernelPlan, constants: [String: HostTensor] = [:],
+    packedForms: PackedForms? = nil
+  ) throws(RuntimeError) {
+    try kernelPlan.target.checkHost()
+    guard kernelPlan.entries.count == graph.body.count else {
+      throw RuntimeError(
+        message:
+          "a kernel plan of \(kernelPlan.entries.count) entries for a graph of \(graph.body.count) instructions"
+      )
+    }
     self.graph = graph
+    self.kernelPlan = kernelPlan
     shared = packedForms
     constantValues = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
     adapterFactor.initialize(to: 1)
-    packedProducts = Executable.packedBF16Products(graph)
-    let scratch = Executable.scratchBytes(graph, packedProducts)
-    let once = Executable.constantInstructions(graph)
-    hoisted = once
+    let once = kernelPlan.runsOnce
+    runsOnce = once
     // What runs once and is read by later runs keeps its own range for the whole program.
-    var pinned = Set<Value>()
-    for index in once { pinned.formUnion(graph.body[index].results) }
-    plan = ArenaPlan(graph, scratchBytes: { scratch[$0] ?? 0 }, pinned: pinned)
+    var onceResults = Set<Value>()
+    for index in once { onceResults.formUnion(graph.body[index].results) }
+    plan = ArenaPlan(
+      graph, scratchBytes: { kernelPlan.entries[$0].scratchBytes }, runsOnce: onceResults)
     arena = Executable.mapArena(max(plan.arenaBytes, 64))
     addresses = [UnsafeMutableRawPointer?](repeating: nil, count: graph.types.count)
     // Every stored property is set, so a throw from here on runs deinit, which frees the arena
@@ -90,6 +111,7 @@ public final class Executable {
       guard let step = try makeStep(index, instruction) else { continue }
       if once.contains(index) { initial.append(step) } else { steps.append(step) }
     }
+    applyThreads()
     try run(initial)
     releasePackedOnly()
   }
@@ -103,7 +125,8 @@ public final class Executable {
     guard !packedWeights.isEmpty else { return }
     var read = Set(graph.outputs)
     for (index, instruction) in graph.body.enumerated() {
-      let packedWeight = packedProducts[index]?.weight
+      let packedWeight =
+        kernelPlan.entries[index].kernel == .bf16Packed ? instruction.operands[1].value : nil
       for (position, operand) in instruction.operands.enumerated() {
         guard let value = operand.value, !(position == 1 && value == packedWeight) else { continue }
         read.insert(value)
@@ -118,21 +141,10 @@ public final class Executable {
     lc_trim_heap()
   }
 
-  /// Instructions whose operands depend only on constants and literals (`iota`, `fill`, the
-  /// causal mask, a merged weight `W + s A B` of frozen factors): computed once, when the
-  /// executable is made, and not again by `execute()`.
-  public let hoisted: Set<Int>
-
-  static func constantInstructions(_ graph: Graph) -> Set<Int> {
-    var known = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
-    var result = Set<Int>()
-    for (index, instruction) in graph.body.enumerated()
-    where instruction.operands.allSatisfy({ $0.value.map(known.contains) ?? true }) {
-      result.insert(index)
-      known.formUnion(instruction.results)
-    }
-    return result
-  }
+  /// Instructions that run once, at load: their operands depend only on constants and literals
+  /// (`iota`, `fill`, the causal mask, a merged weight `W + s A B` of frozen factors); computed
+  /// when the executable is made, and not again by `execute()` (`KernelPlan.Entry.runsOnce`).
+  public let runsOnce: Set<Int>
 
   deinit {
     adapterFactor.deallocate()
@@ -143,10 +155,20 @@ public final class Executable {
   // MARK: - Running
 
   /// Runs every kernel once over the current inputs, parameters and state.
-  public func execute() throws(RuntimeError) { try run(steps) }
+  public func execute() throws(RuntimeError) {
+    applyThreads()
+    try run(steps)
+  }
+
+  /// Sets the target's thread count when it has one and another is in force (OpenMP's count is
+  /// process-wide).
+  private func applyThreads() {
+    if let threads = kernelPlan.target.threads, Threads.count != threads { Threads.set(threads) }
+  }
 
   /// Runs every kernel once, like `execute()`, timing each: seconds by instruction index.
   public func executeTimed() throws(RuntimeError) -> [Int: Double] {
+    applyThreads()
     var seconds: [Int: Double] = [:]
     for step in steps {
       let start = DispatchTime.now().uptimeNanoseconds
@@ -407,51 +429,8 @@ public final class Executable {
 
   // MARK: - Scratch
 
-  /// Threads that attention scratch is planned for: every core, or more when asked for more.
-  static var attentionSlots: Int { max(Int(lc_core_count()), Int(lc_get_threads())) }
-
   /// Rows of a quantized weight decoded at a time before a GEMM.
-  static let dequantizeChunk = 2048
-
-  /// A product of rows of `x` by a constant bf16 weight matrix that runs on the packed weight and
-  /// avx512_bf16 dot products: `out [rows, n] = x [rows, k] op(w)`.
-  public struct PackedBF16Product: Hashable, Sendable {
-    public var rows: Int
-    public var n: Int
-    public var k: Int
-    public var transposeB: Bool
-    public var weight: Value
-  }
-
-  /// The products of `graph` that run on packed bf16 weights, by instruction index: `matmul` and
-  /// `lora_linear` whose weight is a bf16 constant, with more than 8 rows (fewer read the weight
-  /// once with the decoding kernels), when the CPU has avx512_bf16.
-  public static func packedBF16Products(_ graph: Graph) -> [Int: PackedBF16Product] {
-    guard lc_bf16_dot_available() != 0 else { return [:] }
-    let constants = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
-    var result: [Int: PackedBF16Product] = [:]
-    for (index, instruction) in graph.body.enumerated() {
-      let transposeB: Bool
-      switch instruction.op {
-      case .matmul(let transposeA, let transpose) where !transposeA: transposeB = transpose
-      case .loraLinear(_, let transpose): transposeB = transpose
-      default: continue
-      }
-      guard let x = instruction.operands[0].value, let w = instruction.operands[1].value,
-        constants.contains(w)
-      else { continue }
-      let weight = graph.type(of: w)
-      guard weight.dtype == .bf16, weight.rank == 2 else { continue }
-      let (n, k) =
-        transposeB ? (weight.shape[0], weight.shape[1]) : (weight.shape[1], weight.shape[0])
-      let rows = k > 0 ? graph.type(of: x).elementCount / k : 0
-      if rows > 8 {
-        result[index] = PackedBF16Product(
-          rows: rows, n: n, k: k, transposeB: transposeB, weight: w)
-      }
-    }
-    return result
-  }
+  static var dequantizeChunk: Int { KernelPlan.dequantizeChunk }
 
   /// The `kind` form of a constant (bf16 packed for one orientation, q4_1/q8_0 interleaved, or a
   /// copy on huge pages), made on first use (when steps are built) and shared by every
@@ -499,39 +478,6 @@ public final class Executable {
     forms.keys.reduce(0) { total, key in
       total + PackedForms.bytes(graph.type(of: key.weight), key.kind)
     }
-  }
-
-  private static func scratchBytes(_ graph: Graph, _ packedProducts: [Int: PackedBF16Product])
-    -> [Int: Int]
-  {
-    var result: [Int: Int] = [:]
-    for (index, instruction) in graph.body.enumerated() {
-      if let product = packedProducts[index] {
-        result[index] = Int(lc_bf16_scratch_bytes(Int64(product.rows), Int64(product.k)))
-        continue
-      }
-      switch instruction.op {
-      case .matmul, .loraLinear: break
-      case .attention, .attentionGrad:
-        // Two [S, T] blocks for each thread that may run (and a decoding step's chunk partials).
-        let (q, k) = (instruction.operands[0].value, instruction.operands[1].value)
-        if let q, let k {
-          let (qs, ks) = (graph.type(of: q).shape.map(Int64.init), graph.type(of: k).shape)
-          let floats = lc_attention_scratch_floats(
-            qs[0], qs[1], qs[2], Int64(ks[2]), qs[3], Int64(attentionSlots))
-          result[index] = Int(floats) * 4
-        }
-        continue
-      default: continue
-      }
-      guard let weight = instruction.operands[1].value else { continue }
-      let type = graph.type(of: weight)
-      if !type.dtype.isCompute, let k = type.shape.last {
-        let rows = min(dequantizeChunk, type.shape[type.rank - 2])
-        result[index] = rows * k * 4
-      }
-    }
-    return result
   }
 
   // MARK: - Steps

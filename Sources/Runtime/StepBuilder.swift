@@ -437,13 +437,16 @@ struct StepBuilder {
     let m = Int64(resultType.shape[resultType.rank - 2])
     let n = Int64(resultType.shape[resultType.rank - 1])
     let k = Int64(transposeA ? lhs.shape[lhs.rank - 2] : lhs.shape[lhs.rank - 1])
-    if let product = executable.packedProducts[index] {
-      let packed = try executable.packedForm(
-        product.weight, .bf16(transposeB: product.transposeB))
+    let entry = executable.kernelPlan.entries[index]
+    if entry.kernel == .bf16Packed {
+      guard let weight = instruction.operands[1].value, let kind = entry.weight.packedKind else {
+        throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no packed weight")
+      }
+      let packed = try executable.packedForm(weight, kind)
       guard let scratch = executable.scratchAddress(index) else {
         throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
       }
-      let (rows, n, k) = (Int64(product.rows), Int64(product.n), Int64(product.k))
+      let rows = Int64(lhs.elementCount) / max(k, 1)
       return {
         lc_matmul_bf16_packed(
           out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self), rows, n,
@@ -451,6 +454,8 @@ struct StepBuilder {
         return nil
       }
     }
+    // The plan's ISA path for the row kernels (portable: none).
+    let path = entry.isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue)
     if !rhs.dtype.isCompute {
       guard rhs.rank == 2, !transposeA else {
         throw unsupported(
@@ -462,7 +467,8 @@ struct StepBuilder {
       let code = kernelDType(rhs.dtype)
       let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self)
       let chunk = Int64(Executable.dequantizeChunk)
-      if !transposeB {
+      switch entry.kernel {
+      case .dequantizeSgemmNT:
         // out [M, K'] = a [M, N'] x W [N', K'] as stored.
         let (weightRows, weightColumns) = (Int64(rhs.shape[0]), Int64(rhs.shape[1]))
         return {
@@ -471,27 +477,28 @@ struct StepBuilder {
             rows, weightRows, weightColumns, scratch, chunk)
           return nil
         }
-      }
-      // A few rows against a q4_1 or q8_0 constant on a CPU with avx512_vnni: its interleaved
-      // form, the activations as int8 digits (three, f32-accurate; one while int8 activations
-      // are on, which may change between runs). Whether the path runs at all is fixed for the
-      // process (CPU features, LORAC_QUANT_PATH), so it is decided here once.
-      if rows <= 8, lc_interleaved_digits(code) != 0, let weight = instruction.operands[1].value,
-        executable.isConstant(weight)
-      {
+      case .interleaved1, .interleaved3:
+        // A few rows against the interleaved form of a q4_1 or q8_0 constant, the activations as
+        // int8 digits (three, f32-accurate; one with int8 activations).
+        guard let weight = instruction.operands[1].value else {
+          throw unsupported("a literal weight")
+        }
         let form = try executable.packedForm(weight, .interleaved)
+        let digits: Int32 = entry.kernel == .interleaved1 ? 1 : 3
         return {
           lc_matmul_interleaved(
-            code, lc_interleaved_digits(code), out.assumingMemoryBound(to: Float.self),
+            code, digits, out.assumingMemoryBound(to: Float.self),
             a.assumingMemoryBound(to: Float.self), form, rows, n, k)
           return nil
         }
-      }
-      return {
-        lc_matmul_quantized(
-          code, out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self), w,
-          rows, n, k, scratch, chunk)
-        return nil
+      default:
+        // quant_rows (M <= 8, on the plan's path) or dequant_sgemm.
+        return {
+          lc_matmul_quantized(
+            path, code, out.assumingMemoryBound(to: Float.self),
+            a.assumingMemoryBound(to: Float.self), w, rows, n, k, scratch, chunk)
+          return nil
+        }
       }
     }
     // Batch offsets of each operand, with broadcasting of the batch dimensions.
@@ -521,16 +528,15 @@ struct StepBuilder {
     // every size read the copy, so the file's pages, paged out once copied, are not read back in
     // by the prefill.
     var weights = w
-    if batches == 1, m <= 8 || executable.sharesForms, rhs.byteCount >= 256 << 10,
-      let weight = instruction.operands[1].value, executable.isConstant(weight)
-    {
+    if entry.weight == .hugePages, let weight = instruction.operands[1].value {
       weights = UnsafeMutableRawPointer(mutating: try executable.packedForm(weight, .hugePages))
     }
+    let rowPath = entry.kernel == .f32Rows ? path : Int32(LC_QUANT_PORTABLE.rawValue)
     return {
       lc_matmul_f32(
         out.assumingMemoryBound(to: Float.self), a.assumingMemoryBound(to: Float.self),
         weights.assumingMemoryBound(to: Float.self), batchCount, aOffsets, wOffsets, m, n, k, ta,
-        tb)
+        tb, rowPath)
       return nil
     }
   }
@@ -585,19 +591,27 @@ struct StepBuilder {
     guard let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self) else {
       throw RuntimeError(message: "instruction \(index) (\(op.mnemonic)): no scratch planned")
     }
-    let slots = Int64(Executable.attentionSlots)
     let (b, h, s, d) = (qShape[0], qShape[1], qShape[2], qShape[3])
     let (g, t) = (kShape[1], kShape[2])
+    // The threads the plan's scratch holds blocks for (a plan read back from a bundle made on a
+    // machine with fewer cores holds fewer), at most those this target runs.
+    let fixed = lc_attention_scratch_floats(b, h, s, t, d, 0)
+    let perSlot = max(lc_attention_scratch_floats(b, h, s, t, d, 1) - fixed, 1)
+    let planned = (Int64(executable.kernelPlan.entries[index].scratchBytes / 4) - fixed) / perSlot
+    let slots = max(1, min(Int64(KernelPlan.attentionSlots(executable.kernelPlan.target)), planned))
     let (qf, kf, vf) = (
       q.assumingMemoryBound(to: Float.self), k.assumingMemoryBound(to: Float.self),
       v.assumingMemoryBound(to: Float.self)
     )
     let maskPointer = mask.assumingMemoryBound(to: Int32.self)
     let out = executable.resultAddress(instruction).assumingMemoryBound(to: Float.self)
+    // The plan's ISA path (avx512: the one-row loop for width 64; none: the portable loops).
+    let path =
+      executable.kernelPlan.entries[index].isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue)
     if case .attention = op {
       return {
         lc_attention_f32(
-          out, qf, kf, vf, maskPointer, strides, b, h, g, s, t, d, scale, scratch, slots)
+          out, qf, kf, vf, maskPointer, strides, b, h, g, s, t, d, scale, scratch, slots, path)
         return nil
       }
     }

@@ -21,28 +21,3 @@ public enum Threads {
     }
   }
 }
-
-/// Settings of the decoding products (weights read as stored, a few activation rows).
-public enum DecodeKernels {
-  /// Whether activations are rounded to int8 per block of 32 against q8_0 and q4_1 weights.
-  ///
-  /// The AVX-512 VNNI path, as llama.cpp does: about 1.5-2x faster products, but SmolLM2's
-  /// activation outliers flatten their blocks' other values and move logits by up to ~2. Off by
-  /// default (or with `LORAC_ACTIVATIONS=int8` in the environment); a CPU without VNNI ignores it.
-  public static var int8Activations: Bool {
-    get { lc_int8_activations() != 0 }
-    set { lc_set_int8_activations(newValue ? 1 : 0) }
-  }
-}
-
-extension DecodeKernels {
-  /// Whether products with more than 8 rows on bf16 weight constants use avx512_bf16 dot
-  /// products on packed weights (else the weights are decoded to f32 for sgemm).
-  ///
-  /// Setting it false (tests of the fallback) affects executables made afterwards; setting it
-  /// true on a CPU without avx512_bf16 has no effect.
-  public static var bf16DotProducts: Bool {
-    get { lc_bf16_dot_available() != 0 }
-    set { lc_set_bf16_dot(newValue ? 1 : 0) }
-  }
-}

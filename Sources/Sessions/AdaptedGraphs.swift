@@ -27,18 +27,18 @@ public enum Pipelines {
 /// Compiles a traced graph for inference with the adapter's branches, fused.
 ///
 /// The adapter's `lora` pass (when there is one), `fuse`, then `finish` (for instance `decode`);
-/// binds the model's weights and the adapter's values. Executables made with one `packedForms`
+/// plans the kernels for `target` and binds the model's weights and the adapter's values. Executables made with one `packedForms`
 /// share the packed forms of the weights.
 func compileAdapted(
   _ traced: Graph, model: LlamaModel, adapter: PEFTAdapter?, packedForms: PackedForms? = nil,
-  finish: (Graph) throws -> Graph = { $0 }
+  target: Target, finish: (Graph) throws -> Graph = { $0 }
 ) throws(SessionError) -> Executable {
   try wrapping {
     var graph = traced
     if let adapter { graph = try adapter.loraPass().run(graph).compacted() }
     graph = try finish(try Fuse().run(graph).compacted())
     let executable = try Executable(
-      graph, constants: try model.weights(for: graph), packedForms: packedForms)
+      graph, constants: try model.weights(for: graph), packedForms: packedForms, target: target)
     for (name, tensor) in adapter?.tensors ?? [:] { try executable.set(name, tensor) }
     return executable
   }

@@ -14,17 +14,22 @@ public struct DecodeSession {
   private let compiled = CompiledGraphs()
   /// The weights' packed forms, made once for every graph of the session.
   private let forms = PackedForms()
+  /// The CPU the graphs are planned for (int8 activations, ISA tier).
+  /// The kernels' target: ISA tier, int8 activations, bf16 products.
+  public let target: Target
 
   /// Compiled decoding graphs by batch, token count and head form, reused across generations.
   private final class CompiledGraphs {
     var byShape: [[Int]: Executable] = [:]
   }
 
-  /// Decodes `model` (through `adapter`'s LoRA branches) for up to `context` tokens in all.
-  public init(model: LlamaModel, context: Int, adapter: PEFTAdapter?) {
+  /// Decodes `model` (through `adapter`'s LoRA branches) for up to `context` tokens in all, with
+  /// kernels planned for `target`.
+  public init(model: LlamaModel, context: Int, adapter: PEFTAdapter?, target: Target = .host) {
     self.model = model
     self.context = context
     self.adapter = adapter
+    self.target = target
   }
 
   /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).
@@ -45,8 +50,7 @@ public struct DecodeSession {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
     try compileAdapted(
       try wrapping { try model.trace(batch: batch, sequence: tokens) }, model: model,
-      adapter: adapter,
-      packedForms: forms
+      adapter: adapter, packedForms: forms, target: target
     ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 

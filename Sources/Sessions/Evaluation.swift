@@ -72,11 +72,15 @@ public struct Evaluator {
   public let model: LlamaModel
   public let tokenizer: Tokenizer
   public let adapter: PEFTAdapter?
+  public let target: Target
 
-  public init(model: LlamaModel, tokenizer: Tokenizer, adapter: PEFTAdapter?) {
+  public init(
+    model: LlamaModel, tokenizer: Tokenizer, adapter: PEFTAdapter?, target: Target = .host
+  ) {
     self.model = model
     self.tokenizer = tokenizer
     self.adapter = adapter
+    self.target = target
   }
 
   /// Scores `cases` (masked as in training) and decodes each prompt greedily, `batch` prompts at
@@ -97,14 +101,15 @@ public struct Evaluator {
     let longestScored = scored.map { $0.ids.count - 1 }.max() ?? 1
     let scorer = try LossSession(
       model: model, adapter: adapter, batch: min(8, scored.count),
-      sequence: max(2, longestScored))
+      sequence: max(2, longestScored), target: target)
     let (total, weighted) = try scorer.score(scored)
     let loss = total / max(weighted, 1)
     let prompts = cases.map { tokenizer.encode($0.prompt) }
     let limits = cases.map { tokenizer.encode($0.answer).count + 4 }
     let longest = zip(prompts, limits).map { $0.count + $1 }.max() ?? 16
     let session = DecodeSession(
-      model: model, context: min(limit, (longest + 15) / 16 * 16), adapter: adapter)
+      model: model, context: min(limit, (longest + 15) / 16 * 16), adapter: adapter,
+      target: target)
     let newline = tokenizer.encode("\n")
     func ends(_ token: Int32) -> Bool {
       token == tokenizer.endOfSequence || token == 0 || newline.contains(token)

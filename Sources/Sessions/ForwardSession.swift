@@ -12,13 +12,15 @@ public struct ForwardSession {
   public let sequence: Int
 
   /// Traces a `[1, sequence]` forward graph of `model`, inserts the adapter's LoRA branches (bound
-  /// to its weights) and compiles.
-  public init(model: LlamaModel, sequence: Int, adapter: PEFTAdapter?) throws(SessionError) {
+  /// to its weights) and compiles for `target`.
+  public init(model: LlamaModel, sequence: Int, adapter: PEFTAdapter?, target: Target = .host)
+    throws(SessionError)
+  {
     self.model = model
     self.sequence = sequence
     executable = try compileAdapted(
       try wrapping { try model.trace(batch: 1, sequence: sequence) }, model: model,
-      adapter: adapter)
+      adapter: adapter, target: target)
   }
 
   /// Logits [sequence, vocab] for `tokens` at positions 0, 1, ...

@@ -22,7 +22,7 @@ public struct GradientSession {
   public init(
     model: LlamaModel, adapter: PEFTAdapter, batch: Int, sequence: Int,
     printAfter: String? = nil, printOption: String = "--print-ir-after",
-    log: (String) -> Void = { _ in }
+    log: (String) -> Void = { _ in }, target: Target = .host
   ) throws(SessionError) {
     self.model = model
     self.batch = batch
@@ -38,7 +38,8 @@ public struct GradientSession {
       let graph = try pipeline.run(forward, printAfter: selected) { line in
         if printAfter != nil { log(line) }
       }
-      let executable = try Executable(graph, constants: try model.weights(for: graph))
+      let executable = try Executable(
+        graph, constants: try model.weights(for: graph), target: target)
       for (name, tensor) in adapter.tensors { try executable.set(name, tensor) }
       return (executable, graph.declarations.filter { $0.kind == .parameter }.map(\.name))
     }

@@ -26,12 +26,11 @@ public final class GraphTrainer {
   public let parameters: [String]
   public let optimizer: AdamW
 
-  /// Compiles a differentiated `graph` with `constants` bound by name.
+  /// Compiles a differentiated `graph` for `target` with `constants` bound by name.
   public init(
-    _ graph: Graph, constants: [String: HostTensor] = [:], optimizer settings: OptimizerSettings
-  )
-    throws(SessionError)
-  {
+    _ graph: Graph, constants: [String: HostTensor] = [:], optimizer settings: OptimizerSettings,
+    target: Target = .host
+  ) throws(SessionError) {
     let parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
     let first = graph.outputs.count - parameters.count
     guard !parameters.isEmpty, first >= 1 else {
@@ -39,7 +38,9 @@ public final class GraphTrainer {
         "the graph has \(parameters.count) parameters and \(graph.outputs.count) outputs; "
           + "a train step returns its loss, then one gradient per parameter (run autodiff)")
     }
-    let executable = try wrapping { try Executable(graph, constants: constants) }
+    let executable = try wrapping {
+      try Executable(graph, constants: constants, target: target)
+    }
     self.executable = executable
     self.parameters = parameters
     optimizer = try wrapping {
@@ -54,7 +55,7 @@ public final class GraphTrainer {
   /// does not give take the values of the forward graph's initializers (a frozen random MLP, say).
   public convenience init(
     forward: Graph, pipeline: String, constants: [String: HostTensor] = [:],
-    optimizer settings: OptimizerSettings
+    optimizer settings: OptimizerSettings, target: Target = .host
   ) throws(SessionError) {
     let graph = try wrapping { try parsePipeline(pipeline).run(forward) }
     var bound = constants
@@ -67,7 +68,7 @@ public final class GraphTrainer {
           for: forward.type(of: declaration.value), seed: declaration.seed ?? 0
         ).host
     }
-    try self.init(graph, constants: bound, optimizer: settings)
+    try self.init(graph, constants: bound, optimizer: settings, target: target)
   }
 
   /// Runs forward and backward on `inputs` and returns the loss; the gradients wait for

@@ -11,14 +11,14 @@ public struct LossSession {
   public let batch: Int
   public let sequence: Int
 
-  public init(model: LlamaModel, adapter: PEFTAdapter?, batch: Int, sequence: Int)
-    throws(SessionError)
-  {
+  public init(
+    model: LlamaModel, adapter: PEFTAdapter?, batch: Int, sequence: Int, target: Target = .host
+  ) throws(SessionError) {
     self.batch = batch
     self.sequence = sequence
     executable = try compileAdapted(
       try wrapping { try model.trace(batch: batch, sequence: sequence, loss: true) }, model: model,
-      adapter: adapter)
+      adapter: adapter, target: target)
   }
 
   /// The summed negative log-likelihood of the weighted next tokens of `examples` and the sum of

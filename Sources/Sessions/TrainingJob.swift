@@ -39,6 +39,8 @@ public struct TrainingRequest: Sendable {
   public var stopAfter: Int?
   /// Continue from the training state in `out`.
   public var resume: Bool
+  /// What the kernels are planned for.
+  public var target: Target
 
   public init(
     model: String, data: Data, out: String, examples: Int? = nil, rank: Int? = nil,
@@ -46,7 +48,7 @@ public struct TrainingRequest: Sendable {
     steps: Int? = nil, batch: Int? = nil, accumulate: Int? = nil, sequence: Int? = nil,
     weightDecay: Double? = nil, maxGradientNorm: Double? = nil, seed: UInt64? = nil,
     precision: WeightPrecision? = nil, saveEvery: Int = 50, stopAfter: Int? = nil,
-    resume: Bool = false
+    resume: Bool = false, target: Target = .host
   ) {
     self.model = model
     self.data = data
@@ -68,6 +70,7 @@ public struct TrainingRequest: Sendable {
     self.saveEvery = saveEvery
     self.stopAfter = stopAfter
     self.resume = resume
+    self.target = target
   }
 }
 
@@ -201,7 +204,7 @@ public final class TrainingJob {
       model: model,
       configuration: TrainingConfiguration(
         rank: rank, alpha: alpha, targets: targets, seed: seed, precision: precision, batch: batch,
-        sequence: sequence))
+        sequence: sequence, target: request.target))
     do {
       try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     } catch {
@@ -251,7 +254,7 @@ public final class TrainingJob {
 
 /// A note for the person when bf16 was asked for and the CPU has no bf16 dot products.
 public func precisionNote(_ precision: WeightPrecision) -> String? {
-  precision == .bf16 && !DecodeKernels.bf16DotProducts
+  precision == .bf16 && !Target.host.packsBF16Weights
     ? "note: this CPU has no avx512_bf16; bf16 weights are decoded to f32 for each product"
     : nil
 }

@@ -16,10 +16,13 @@ public struct TrainingConfiguration: Sendable, Hashable {
   public var precision: WeightPrecision
   public var batch: Int
   public var sequence: Int
+  /// What the kernels are planned for (ISA tier, bf16 products).
+  public var target: Target
 
   public init(
     rank: Int = 8, alpha: Double = 16, targets: String = "layers.*.attn.{q,k,v,o}",
-    seed: UInt64 = 0, precision: WeightPrecision = .f32, batch: Int, sequence: Int
+    seed: UInt64 = 0, precision: WeightPrecision = .f32, batch: Int, sequence: Int,
+    target: Target = .host
   ) {
     self.rank = rank
     self.alpha = alpha
@@ -28,6 +31,7 @@ public struct TrainingConfiguration: Sendable, Hashable {
     self.precision = precision
     self.batch = batch
     self.sequence = sequence
+    self.target = target
   }
 }
 
@@ -141,7 +145,7 @@ public final class TrainingSession {
         try model.trace(batch: c.batch, sequence: c.sequence, loss: true, precision: c.precision))
       return try GraphTrainer(
         graph, constants: try model.weights(for: graph),
-        optimizer: OptimizerSettings(learningRate: 0, maxGradientNorm: 1))
+        optimizer: OptimizerSettings(learningRate: 0, maxGradientNorm: 1), target: c.target)
     }
     // bf16 weights: the rounded copies only the packed forms needed are gone by now.
     if c.precision == .bf16 { Executable.trimHeap() }

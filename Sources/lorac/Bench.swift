@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KernelBench
 import Runtime
 
 /// `lorac bench`: measures lorac against baselines run on the same machine in the same run.
@@ -27,6 +28,13 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object keyed by benchmark and thread count.")
     var json = false
 
+    @Option(
+      help: """
+        The ISA tier whose kernels gemm and matvec measure: \(Target.ISA.allCases.map(\.rawValue).joined(separator: ", ")) \
+        (default: the widest this CPU runs).
+        """)
+    var isa: Target.ISA?
+
     private var groups: Set<String> { Set(only.split(separator: ",").map(String.init)) }
 
     func validate() throws {
@@ -49,8 +57,10 @@ struct Bench: ParsableCommand {
 
     func run() throws {
       let counts = parsedThreads ?? [1]
+      let target = Target(isa: isa ?? .host)
+      do { try target.checkHost() } catch { fail(error.message) }
       let results =
-        try KernelBenchmarks.run(threads: counts, runs: runs, groups: groups)
+        try KernelBenchmarks.run(threads: counts, runs: runs, groups: groups, target: target)
         + (groups.contains("fused") ? KernelBenchmarks.fused(threads: counts, runs: runs) : [])
       print(json ? KernelBenchmarks.json(results) : KernelBenchmarks.table(results))
     }
@@ -90,3 +100,5 @@ func printStepProfile(_ executable: Executable, runs: Int) throws {
   }
   FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
 }
+
+extension Target.ISA: ExpressibleByArgument {}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import IR
+import KernelBench
 import Models
 import Runtime
 import Sessions
@@ -43,7 +44,6 @@ extension Bench {
     func validate() throws { try validateThreads(threads) }
 
     func run() throws {
-      if int8Activations { DecodeKernels.int8Activations = true }
       let slots = positions.split(separator: ",").compactMap { Int($0) }
       guard !slots.isEmpty, slots.allSatisfy({ $0 >= 0 }) else {
         fail("--positions must be non-negative integers like 16,256,1024")
@@ -51,7 +51,8 @@ extension Bench {
       Threads.set(threads)
       let context = ((slots.max() ?? 0) + 16) / 16 * 16
       let session = DecodeSession(
-        model: try LlamaModel.open(model), context: context, adapter: nil)
+        model: try LlamaModel.open(model), context: context, adapter: nil,
+        target: Target(int8Activations: int8Activations))
       let step: Executable
       let start = DispatchTime.now().uptimeNanoseconds
       do {
@@ -80,7 +81,7 @@ extension Bench {
         // The top-level rate is that of the median step over the positions.
         let middle = results.map(\.1).sorted()[results.count / 2]
         print(
-          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(DecodeKernels.int8Activations), \"runs\": \(runs), \"tokens_per_s\": \(1 / middle), \"compile_s\": \(compile), \"packing_s\": \(packing), \"packed_bytes\": \(step.packedWeightBytes), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
+          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(int8Activations), \"runs\": \(runs), \"tokens_per_s\": \(1 / middle), \"compile_s\": \(compile), \"packing_s\": \(packing), \"packed_bytes\": \(step.packedWeightBytes), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
         )
       } else {
         for (slot, seconds) in results {
@@ -90,7 +91,7 @@ extension Bench {
               1 / seconds))
         }
         print(
-          "(context \(context), \(Threads.count) threads, \(DecodeKernels.int8Activations ? "int8" : "f32") activations, median of \(runs); attention spans the slots up to the position, the cache is \(context) slots)"
+          "(context \(context), \(Threads.count) threads, \(int8Activations ? "int8" : "f32") activations, median of \(runs); attention spans the slots up to the position, the cache is \(context) slots)"
         )
       }
     }

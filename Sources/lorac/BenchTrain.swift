@@ -2,6 +2,7 @@ import ArgumentParser
 import Dispatch
 import Foundation
 import IR
+import KernelBench
 import Models
 import Passes
 import Runtime

@@ -94,7 +94,8 @@ struct Compile: ParsableCommand {
       modelPath: URL(fileURLWithPath: model).standardizedFileURL.path, modelBytes: modelBytes,
       modelFingerprint: fingerprint, arenaBytes: executable.plan.arenaBytes,
       naiveBytes: executable.plan.naiveBytes,
-      parameters: parameters.filter { name, _ in graph.declaration(named: name) != nil })
+      parameters: parameters.filter { name, _ in graph.declaration(named: name) != nil },
+      plan: executable.kernelPlan.text(for: graph))
     do {
       try bundle.write(to: output)
     } catch {
@@ -176,7 +177,9 @@ struct Run: ParsableCommand {
       if let bad = values.first(where: { $0 < 0 || Int($0) >= model.config.vocabularySize }) {
         fail("--ids: token \(bad) is out of range 0..<\(model.config.vocabularySize)")
       }
-      let executable = try Executable(graph, constants: try model.weights(for: graph))
+      let executable = try Executable(
+        graph, plan: storedPlan(loaded) ?? KernelPlan(graph, target: .host),
+        constants: try model.weights(for: graph))
       for (name, tensor) in loaded.parameters { try executable.set(name, tensor) }
       var inputs: [String: HostTensor] = [
         "positions": HostTensor(
@@ -216,4 +219,13 @@ struct Run: ParsableCommand {
       fail("\(error)")
     }
   }
+}
+
+/// The kernel plan a bundle was compiled with, when it reads back for its graph and this CPU runs
+/// its tier (nil for bundles written before plans were stored: the caller plans again).
+private func storedPlan(_ bundle: CompiledBundle) -> KernelPlan? {
+  guard let text = bundle.plan, let plan = try? KernelPlan(parsing: text),
+    plan.entries.count == bundle.graph.body.count, (try? plan.target.checkHost()) != nil
+  else { return nil }
+  return plan
 }

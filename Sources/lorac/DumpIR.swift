@@ -4,6 +4,7 @@ import IR
 import Models
 import Passes
 import Sessions
+import Runtime
 
 /// `lorac dump-ir`: prints a model's IR text, optionally after a pass pipeline.
 struct DumpIR: ParsableCommand {
@@ -44,6 +45,20 @@ struct DumpIR: ParsableCommand {
   @Option(help: "Also print the IR after these passes (comma-separated, or all).")
   var after: String?
 
+  @Flag(
+    help: """
+      Print the kernel plan beside each instruction of the final IR (kernel, weight form, ISA \
+      path, scratch bytes, once for what runs at load); a bundle's stored plan unless --isa is given.
+      """)
+  var plan = false
+
+  @Option(
+    help: """
+      The ISA tier to plan for with --plan: \(Target.ISA.allCases.map(\.rawValue).joined(separator: ", ")) \
+      (default: the widest this CPU runs; any tier can be printed on any host).
+      """)
+  var isa: Target.ISA?
+
   func validate() throws {
     if model == nil && example == nil {
       throw ValidationError("give a model file or --example")
@@ -54,13 +69,17 @@ struct DumpIR: ParsableCommand {
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
     if seq < 1 { throw ValidationError("--seq must be at least 1, got \(seq)") }
     if after != nil && pipeline == nil { throw ValidationError("--after needs --pipeline") }
+    if isa != nil && !plan { throw ValidationError("--isa needs --plan") }
   }
 
   func run() throws {
     var graph: Graph
+    var storedPlan: String?
     do {
       if let model, model.hasSuffix(".lorac") {
-        graph = try CompiledBundle(path: model).graph
+        let bundle = try CompiledBundle(path: model)
+        graph = bundle.graph
+        storedPlan = bundle.plan
       } else if let model {
         graph = try LlamaModel(path: model).trace(batch: batch, sequence: seq, loss: loss)
       } else {
@@ -84,6 +103,22 @@ struct DumpIR: ParsableCommand {
         fail(error.message)
       }
     }
-    print(Printer().print(graph), terminator: "")
+    guard plan else {
+      print(Printer().print(graph), terminator: "")
+      return
+    }
+    print(
+      kernelPlan(for: graph, stored: isa == nil ? storedPlan : nil).annotatedText(for: graph),
+      terminator: "")
+  }
+
+  /// The stored plan of a bundle when it reads back for this graph, else a new one for --isa.
+  private func kernelPlan(for graph: Graph, stored: String?) -> KernelPlan {
+    if let stored, let parsed = try? KernelPlan(parsing: stored),
+      parsed.entries.count == graph.body.count
+    {
+      return parsed
+    }
+    return KernelPlan(graph, target: Target(isa: isa ?? .host))
   }
 }

@@ -89,7 +89,6 @@ struct Generate: ParsableCommand {
 
   func run() throws {
     Threads.set(threads)
-    if int8Activations { DecodeKernels.int8Activations = true }
     let loaded = try LlamaModel.open(model)
     let tokenizer = try loaded.tokenizer()
     let ids =
@@ -100,7 +99,7 @@ struct Generate: ParsableCommand {
     let context = min(ids.count + maxTokens, loaded.contextLength)
     let session = DecodeSession(
       model: loaded, context: min(loaded.contextLength, (context + 15) / 16 * 16),
-      adapter: try loadAdapter(adapter, for: loaded))
+      adapter: try loadAdapter(adapter, for: loaded), target: Target(int8Activations: int8Activations))
     let generator = TextGenerator(
       session: session, tokenizer: tokenizer, stopStrings: stop, ignoreEndOfSequence: ignoreEos)
     let sampling = SamplingOptions(

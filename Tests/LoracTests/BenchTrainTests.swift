@@ -47,6 +47,6 @@ import Testing
   // are multiples of 32): 537,919,488 bytes, less the input gradients of layer 0's q, k and v
   // (576 x 576 + 2 x 192 x 576 values), which nothing trained needs.
   // Without avx512_bf16 the bf16 weights go through the decode + sgemm path: nothing packed.
-  let packed = DecodeKernels.bf16DotProducts ? 537_919_488 - 2 * (576 * 576 + 2 * 192 * 576) : 0
+  let packed = Target.host.packsBF16Weights ? 537_919_488 - 2 * (576 * 576 + 2 * 192 * 576) : 0
   #expect(figures["packed_bytes"] as? Int == packed)
 }

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import TestSupport
 import Testing
 
@@ -32,6 +33,26 @@ import Testing
   #expect(dumped.stdout.contains("lora_linear"))
   let checked = try lorac(["check-ir", "-"], stdin: dumped.stdout)
   #expect(checked.stdout == dumped.stdout)
+  // The bundle holds the plan it was compiled with; printed beside the IR, which still parses.
+  let planned = try lorac(["dump-ir", bundle, "--plan"])
+  #expect(planned.status == 0, "\(planned.stderr)")
+  #expect(planned.stdout.hasPrefix("# target isa="))
+  #expect(try lorac(["check-ir", "-"], stdin: planned.stdout).stdout == dumped.stdout)
+  // A bundle from before plans were stored still runs (planned again), with the same logits.
+  var old = try CompiledBundle(path: bundle)
+  #expect(old.plan != nil)
+  old.plan = nil
+  let (oldBundle, oldLogits) = (temporaryURL(".lorac").path, temporaryURL(".npy").path)
+  defer {
+    for path in [oldBundle, oldLogits] { try? FileManager.default.removeItem(atPath: path) }
+  }
+  try old.write(to: oldBundle)
+  let oldRan = try lorac(["run", oldBundle, "--ids", "1,17,300,42,9", "--out", oldLogits])
+  #expect(oldRan.status == 0, "\(oldRan.stderr)")
+  #expect(
+    try Data(contentsOf: URL(fileURLWithPath: oldLogits))
+      == Data(contentsOf: URL(fileURLWithPath: ours)))
+  #expect(try lorac(["dump-ir", oldBundle, "--plan"]).stdout == planned.stdout)
 }
 
 @Test func aCompiledTrainBundleGivesTheLossOfLoracGrad() throws {

@@ -13,6 +13,23 @@ import Testing
   #expect(check.stdout == dump.stdout)
 }
 
+@Test func dumpIRPrintsTheKernelPlanOfAnyTier() throws {
+  let plain = try lorac(["dump-ir", "--example", "mlp"]).stdout
+  for isa in ["portable", "avx2", "avx512", "avx512-vnni", "avx512-bf16"] {
+    let dump = try lorac(["dump-ir", "--example", "mlp", "--plan", "--isa", isa])
+    #expect(dump.status == 0, "\(dump.stderr)")
+    #expect(dump.stdout.hasPrefix("# target isa=\(isa) threads=in-force"))
+    // Every instruction has its entry beside it, and the text still parses to the same IR.
+    let instructions = dump.stdout.split(separator: "\n").filter { $0.hasPrefix("  %") }
+    #expect(instructions.count == 13 && instructions.allSatisfy { $0.contains("# ") })
+    #expect(try lorac(["check-ir", "-"], stdin: dump.stdout).stdout == plain)
+  }
+  let products = try lorac(["dump-ir", "--example", "mlp", "--plan", "--isa", "avx2"]).stdout
+  #expect(products.contains("# sgemm ") && !products.contains("f32_rows"))
+  let bad = try lorac(["dump-ir", "--example", "mlp", "--isa", "avx2"])
+  #expect(bad.status != 0 && bad.stderr.contains("--isa needs --plan"))
+}
+
 @Test func checkIRCanonicalisesAFile() throws {
   let file = temporaryURL(".ir")
   try "func @f(%x: f32[2]) -> (f32[2]) {\n%y = neg %x : f32[2]\nreturn %y\n}".write(

@@ -22,12 +22,12 @@ extension RuntimeSuite {
   /// The packed bf16 products (more than 8 rows) on bf16 activations agree with the interpreter
   /// to f32 summation order, on awkward sizes: row tiles of 12 with every tail, column panels of
   /// 32 with masked tails, odd K (a zero pad in the last pair) and K over several 256-pair blocks.
-  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  @Test(.enabled(if: Target.host.packsBF16Weights, "needs avx512_bf16"))
   func packedBF16ProductsMatchTheInterpreter() throws {
     for (rows, n, k) in [(9, 1, 3), (12, 33, 7), (13, 3, 33), (33, 129, 129), (129, 7, 1100)] {
       for transposeB in [true, false] {
         let (graph, weight) = try bf16Product(rows: rows, n: n, k: k, transposeB: transposeB)
-        #expect(Executable.packedBF16Products(graph)[0] != nil)
+        #expect(KernelPlan(graph, target: .host).entries[0].kernel == .bf16Packed)
         let difference = try compareWithInterpreter(
           graph, constants: ["w": weight], scale: .tensor, bf16Inputs: true)
         #expect(difference <= accumulationBound, "\(rows)x\(n)x\(k) transpose_b \(transposeB)")
@@ -38,7 +38,7 @@ extension RuntimeSuite {
   /// On f32 activations the only extra error is their rounding to bf16, at most 2^-9 |x| each:
   /// |out - reference| <= 2^-9 sum_k |x_k| |w_k| (plus f32 summation), checked per element
   /// against an f64 sum of the unrounded values.
-  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  @Test(.enabled(if: Target.host.packsBF16Weights, "needs avx512_bf16"))
   func packedBF16ProductsRoundActivationsOnly() throws {
     let (rows, n, k) = (21, 40, 600)
     let (graph, weight) = try bf16Product(rows: rows, n: n, k: k, transposeB: true)
@@ -67,7 +67,7 @@ extension RuntimeSuite {
   }
 
   /// Each output is one thread's sum in a fixed order: 1 and 2 threads give the same bits.
-  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  @Test(.enabled(if: Target.host.packsBF16Weights, "needs avx512_bf16"))
   func packedBF16ProductsAreBitIdenticalAcrossThreadCounts() throws {
     let (graph, weight) = try bf16Product(rows: 200, n: 300, k: 700, transposeB: false)
     var generator = SplitMix64(seed: 9)
@@ -83,23 +83,29 @@ extension RuntimeSuite {
     #expect(results[0] == results[1])
   }
 
-  /// Without avx512_bf16 dot products (switched off here) bf16 weights are decoded to f32 for
-  /// sgemm: exact f32 products of the unrounded activations.
+  /// Without bf16 products (a target with them off, or a tier below avx512-bf16) bf16 weights
+  /// are decoded to f32 for sgemm: exact f32 products of the unrounded activations.
   @Test func bf16ProductsFallBackToF32() throws {
-    let saved = DecodeKernels.bf16DotProducts
-    DecodeKernels.bf16DotProducts = false
-    defer { DecodeKernels.bf16DotProducts = saved }
-    for transposeB in [true, false] {
-      let (graph, weight) = try bf16Product(rows: 33, n: 65, k: 96, transposeB: transposeB)
-      #expect(Executable.packedBF16Products(graph)[0] == nil)
-      #expect(
-        try compareWithInterpreter(graph, constants: ["w": weight], scale: .tensor)
-          <= accumulationBound)
+    var targets = [Target(bf16Products: false)]
+    targets += Target.ISA.allCases.filter { $0 < .avx512BF16 && $0 <= .host }.map {
+      Target(isa: $0)
+    }
+    for target in targets {
+      for transposeB in [true, false] {
+        let (graph, weight) = try bf16Product(rows: 33, n: 65, k: 96, transposeB: transposeB)
+        #expect(
+          KernelPlan(graph, target: target).entries[0].kernel
+            == (transposeB ? .dequantizeSgemm : .dequantizeSgemmNT))
+        #expect(
+          try compareWithInterpreter(
+            graph, constants: ["w": weight], scale: .tensor, target: target)
+            <= accumulationBound, "\(target)")
+      }
     }
   }
 
   /// `lora_linear` on a bf16 base weight: the base product is packed, the branch stays f32.
-  @Test(.enabled(if: DecodeKernels.bf16DotProducts, "needs avx512_bf16"))
+  @Test(.enabled(if: Target.host.packsBF16Weights, "needs avx512_bf16"))
   func loraLinearOnBF16WeightsMatchesTheInterpreter() throws {
     let k = 96
     for (m, n, r) in [(33, 129, 8), (130, 65, 4)] {
@@ -107,7 +113,7 @@ extension RuntimeSuite {
         let shape = transposeW ? [n, k] : [k, n]
         let graph = try loraLinearGraph(
           m: m, n: n, k: k, r: r, dtype: .bf16, transposeW: transposeW)
-        #expect(Executable.packedBF16Products(graph)[0] != nil)
+        #expect(KernelPlan(graph, target: .host).entries[0].kernel == .bf16Packed)
         let weight = try randomStorage(TensorType(.bf16, shape), seed: UInt64(m * 31 + n))
         #expect(
           try compareWithInterpreter(

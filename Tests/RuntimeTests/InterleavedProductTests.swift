@@ -164,10 +164,8 @@ extension RuntimeSuite {
 
     /// An executable's products of a few rows by q4_1 and q8_0 constants run on their
     /// interleaved forms (made once per constant, counted in `packedWeightBytes`): three digits,
-    /// or one while int8 activations are on, switched at run time.
+    /// or one for a target with int8 activations; executables of both targets live side by side.
     @Test(.enabled(if: available)) func executablesRunTheInterleavedForms() throws {
-      let saved = DecodeKernels.int8Activations
-      defer { DecodeKernels.int8Activations = saved }
       let (k, q4, q8) = (576, 48, 33)
       let b = GraphBuilder(name: "decode")
       let x = try b.input(name: "x", shape: [3, k])
@@ -189,14 +187,17 @@ extension RuntimeSuite {
         let weight = try #require(weights[name])
         return try #require(q.run(path: Int32(path.rawValue), weight.type.dtype, weight, a, m: 3))
       }
-      DecodeKernels.int8Activations = false
-      let executable = try Executable(graph, constants: weights)
-      #expect(
-        executable.packedWeightBytes
-          == Int(lc_interleaved_bytes(q.code(.q4_1), Int64(q4), Int64(k)))
-          + Int(lc_interleaved_bytes(q.code(.q8_0), Int64(q8), Int64(k))))
+      let executables = try [false, true].map { int8 in
+        try Executable(graph, constants: weights, target: Target(int8Activations: int8))
+      }
+      for executable in executables {
+        #expect(
+          executable.packedWeightBytes
+            == Int(lc_interleaved_bytes(q.code(.q4_1), Int64(q4), Int64(k)))
+            + Int(lc_interleaved_bytes(q.code(.q8_0), Int64(q8), Int64(k))))
+      }
       for int8 in [false, true, false] {
-        DecodeKernels.int8Activations = int8
+        let executable = executables[int8 ? 1 : 0]
         let outputs = try executable.run(inputs: ["x": input]).map { $0.floats() }
         for (output, name) in zip(outputs, ["w4", "w8", "w4"]) {
           let weight = try #require(weights[name])

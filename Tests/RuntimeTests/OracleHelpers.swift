@@ -21,7 +21,7 @@ enum Scale { case element, tensor }
 /// to themselves: their results then differ from the interpreter's by f32 summation order only.
 func compareWithInterpreter(
   _ graph: Graph, seed: UInt64 = 1, intLimit: Int = 4, constants: [String: HostTensor] = [:],
-  scale: Scale = .element, bf16Inputs: Bool = false
+  scale: Scale = .element, bf16Inputs: Bool = false, target: Target = .host
 ) throws -> Double {
   var bindings: [String: DenseTensor] = [:]
   var hostInputs: [String: HostTensor] = [:]
@@ -38,7 +38,7 @@ func compareWithInterpreter(
   }
   for (name, tensor) in constants { bindings[name] = DenseTensor(tensor) }
   let expected = try Interpreter(precision: .f32).run(graph, bindings: bindings)
-  let executable = try Executable(graph, constants: constants)
+  let executable = try Executable(graph, constants: constants, target: target)
   let actual = try executable.run(inputs: hostInputs)
   var worst = 0.0
   for (reference, result) in zip(expected, actual) {

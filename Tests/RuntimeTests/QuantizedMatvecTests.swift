@@ -247,19 +247,41 @@ extension RuntimeSuite {
       }
     }
 
-    @Test func autoPathIsTheWidestThisCPURuns() {
-      guard ProcessInfo.processInfo.environment["LORAC_QUANT_PATH"] == nil else { return }
+    @Test func bestPathIsTheWidestThisCPURuns() {
       let features = lc_cpu_features()
       let exact =
         features & 2 != 0 ? LC_QUANT_AVX512 : features & 1 != 0 ? LC_QUANT_AVX2 : LC_QUANT_PORTABLE
-      let expected = features & 6 == 6 && lc_int8_activations() != 0 ? LC_QUANT_VNNI : exact
-      #expect(lc_quant_path(Self.code(.q4_1)) == Int32(expected.rawValue))
-      #expect(lc_quant_path(Self.code(.q8_0)) == Int32(expected.rawValue))
+      #expect(lc_quant_best_path(Self.code(.q4_1)) == Int32(exact.rawValue))
+      #expect(lc_quant_best_path(Self.code(.q8_0)) == Int32(exact.rawValue))
       // k-quants and f16 have AVX-512 kernels only: without AVX-512 the portable loop serves them.
       let wide = Int32((features & 2 != 0 ? LC_QUANT_AVX512 : LC_QUANT_PORTABLE).rawValue)
-      #expect(lc_quant_path(Self.code(.q6_k)) == wide)
-      #expect(lc_quant_path(Self.code(.q4_k)) == wide)
-      #expect(lc_quant_path(Self.code(.f16)) == wide)
+      #expect(lc_quant_best_path(Self.code(.q6_k)) == wide)
+      #expect(lc_quant_best_path(Self.code(.q4_k)) == wide)
+      #expect(lc_quant_best_path(Self.code(.f16)) == wide)
+      // The host's plan (f32 activations) takes the same path for every dtype.
+      for dtype in DType.allCases where dtype != .i32 {
+        #expect(
+          KernelPlan.quantizedPath(dtype, .host).quantPathCode
+            == lc_quant_best_path(Self.code(dtype)), "\(dtype)")
+      }
+    }
+
+    /// The path a kernel plan gives a few rows by a stored-layout weight: the widest with a kernel
+    /// for the dtype within the target's tier, VNNI only with int8 activations.
+    @Test func plannedPathsFollowTheTargetsTier() {
+      let expected: [(Target, DType, Target.ISA)] = [
+        (Target(isa: .portable), .q4_1, .portable), (Target(isa: .avx2), .q4_1, .avx2),
+        (Target(isa: .avx2), .q4_k, .portable), (Target(isa: .avx2), .f32, .portable),
+        (Target(isa: .avx512), .q4_k, .avx512), (Target(isa: .avx512), .f32, .avx512),
+        (Target(isa: .avx512VNNI), .q4_1, .avx512),
+        (Target(isa: .avx512VNNI, int8Activations: true), .q4_1, .avx512VNNI),
+        (Target(isa: .avx512BF16, int8Activations: true), .q8_0, .avx512VNNI),
+        (Target(isa: .avx512BF16, int8Activations: true), .f16, .avx512),
+        (Target(isa: .avx2, int8Activations: true), .q8_0, .avx2),
+      ]
+      for (target, dtype, isa) in expected {
+        #expect(KernelPlan.quantizedPath(dtype, target) == isa, "\(target) \(dtype)")
+      }
     }
 
     @Test func resultsAreBitIdenticalAcrossThreadsRepeatsAndRowCounts() throws {
@@ -302,7 +324,8 @@ extension RuntimeSuite {
         Self.run(path: Int32(LC_QUANT_AUTO.rawValue), .q4_1, weight, Array(a[(8 * 96)...]), m: 3))
       #expect(whole.map(\.bitPattern) == (first + rest).map(\.bitPattern))
       var out = [Float](repeating: .nan, count: 6)
-      lc_matmul_quantized_small(Self.code(.q8_0), &out, [], [], 2, 3, 0)
+      lc_matmul_quantized(
+        Int32(LC_QUANT_PORTABLE.rawValue), Self.code(.q8_0), &out, [], [], 2, 3, 0, nil, 0)
       #expect(out == [0, 0, 0, 0, 0, 0])
     }
   }

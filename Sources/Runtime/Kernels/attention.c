@@ -225,7 +225,8 @@ int64_t lc_attention_scratch_floats(int64_t batch, int64_t heads, int64_t rows, 
 static void attention_one_row(float *out, const float *q, const float *k, const float *v,
                               const int32_t *mask, const int64_t *strides, int64_t batch,
                               int64_t heads, int64_t groups, int64_t keys, int64_t width,
-                              float scale, float *scratch, int64_t slots, int threads) {
+                              float scale, float *scratch, int64_t slots, int threads,
+                              int path) {
   int64_t per_group = heads / groups, stride = width + 2;
   // The keys each (batch, head) sees end at live[b * heads + h]; heads share a mask row when
   // its head stride is 0 (a decoding step's mask), scanned once per batch row then.
@@ -248,7 +249,9 @@ static void attention_one_row(float *out, const float *q, const float *k, const 
   int64_t chunks = (most + LC_DECODE_KEYS - 1) / LC_DECODE_KEYS;
   int64_t tasks = batch * groups * chunks;
 #if defined(__x86_64__)
-  int fast = width == 64 && per_group <= 4 && (lc_cpu_features() & 2);
+  int fast = width == 64 && per_group <= 4 && path >= LC_QUANT_AVX512 && (lc_cpu_features() & 2);
+#else
+  (void)path;
 #endif
 #pragma omp parallel num_threads(threads) if (tasks > 1)
   {
@@ -320,12 +323,12 @@ static int slots_to_use(int64_t slots) {
 void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
                       const int32_t *mask, const int64_t *mask_strides, int64_t batch,
                       int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
-                      float scale, float *scratch, int64_t slots) {
+                      float scale, float *scratch, int64_t slots, int path) {
   int64_t per_group = heads / groups, tasks = batch * heads;
   int threads = slots_to_use(slots);
   if (rows == 1) {
     attention_one_row(out, q, k, v, mask, mask_strides, batch, heads, groups, keys, width, scale,
-                      scratch, slots, threads);
+                      scratch, slots, threads, path);
     return;
   }
 #pragma omp parallel for schedule(static) num_threads(threads) if (tasks > 1)

@@ -21,26 +21,6 @@ extern int omp_get_num_threads(void);
 
 #define LC_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 
-static int bf16_enabled = 1;
-
-void lc_set_bf16_dot(int enabled) { bf16_enabled = enabled != 0; }
-
-int lc_bf16_dot_available(void) {
-  static int available = -1;
-  if (available < 0) {
-    // LORAC_QUANT_PATH=portable|avx2 also turns these kernels off (the f32 fallback is tested so).
-    const char *env = getenv("LORAC_QUANT_PATH");
-    int capped = env && (strcmp(env, "portable") == 0 || strcmp(env, "avx2") == 0);
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    available = !capped && __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512bw");
-#else
-    available = 0;
-#endif
-  }
-  return available && bf16_enabled;
-}
-
 static int64_t pairs_of(int64_t k) { return (k + 1) / 2; }
 
 /// Row stride of the rounded activations in 4-byte pairs: 64-byte aligned and 64 bytes more, so

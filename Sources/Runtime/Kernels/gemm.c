@@ -45,16 +45,16 @@ void lc_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float a
 
 void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
                    const int64_t *a_offsets, const int64_t *w_offsets, int64_t m, int64_t n,
-                   int64_t k, int trans_a, int trans_b) {
+                   int64_t k, int trans_a, int trans_b, int path) {
   int64_t lda = trans_a ? m : k, ldw = trans_b ? k : n;
   enum CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   enum CBLAS_TRANSPOSE tw = trans_b ? CblasTrans : CblasNoTrans;
-  if (m <= 8 && !trans_a && trans_b && lc_quant_path(LC_F32) != LC_QUANT_PORTABLE) {
+  if (m <= 8 && !trans_a && trans_b && path > LC_QUANT_PORTABLE) {
     // Few rows against w [N, K] (decoding on f32 weights): the hand-written row kernel reads w
     // once for all rows at close to memory bandwidth, where sgemv reaches about half of it.
     for (int64_t b = 0; b < batches; b++) {
-      lc_matmul_quantized_small(LC_F32, out + b * m * n, a + a_offsets[b], w + w_offsets[b], m,
-                                n, k);
+      lc_matmul_quantized_path(path, LC_F32, out + b * m * n, a + a_offsets[b], w + w_offsets[b],
+                               m, n, k);
     }
     return;
   }
@@ -99,11 +99,11 @@ void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
   }
 }
 
-void lc_matmul_quantized(int dtype, float *out, const float *a, const void *w, int64_t m,
-                         int64_t n, int64_t k, float *scratch, int64_t chunk) {
+void lc_matmul_quantized(int path, int dtype, float *out, const float *a, const void *w,
+                         int64_t m, int64_t n, int64_t k, float *scratch, int64_t chunk) {
   if (m <= 8 || chunk <= 0) {
-    // Few rows (decoding): one pass over the blocks serves every row.
-    lc_matmul_quantized_small(dtype, out, a, w, m, n, k);
+    // Few rows (decoding): one pass over the blocks serves every row, on `path`.
+    lc_matmul_quantized_path(path, dtype, out, a, w, m, n, k);
     return;
   }
   int64_t row_bytes = lc_row_bytes(dtype, k);

@@ -1128,12 +1128,12 @@ ROWS_FN_Q4_1(rows_q4_1_vnni, q4_1_row_vnni, LC_VNNI)
 ROWS_FN(rows_q8_0_vnni, q8_0_row_vnni, LC_VNNI)
 #endif
 
-/// The kernel of `path` for dtype (0 when that path has none), and its activation preparation.
-static lc_qrows_fn path_kernel(int path, int dtype, lc_qprep_fn *prepare) {
+/// The kernel of `path` for dtype on a CPU with `features` (lc_cpu_features bits; 0 when that
+/// path has none), and its activation preparation.
+static lc_qrows_fn path_kernel_on(int features, int path, int dtype, lc_qprep_fn *prepare) {
   *prepare = plain_prepare;
   if (path == LC_QUANT_PORTABLE) return rows_portable;
 #if defined(__x86_64__)
-  int features = lc_cpu_features();
   if (path == LC_QUANT_VNNI && (features & 6) == 6) {
     if (dtype == LC_Q4_1) *prepare = q4_1_int8_prepare;
     if (dtype == LC_Q4_1) return rows_q4_1_vnni;
@@ -1154,44 +1154,25 @@ static lc_qrows_fn path_kernel(int path, int dtype, lc_qprep_fn *prepare) {
     if (dtype == LC_Q8_0) return rows_q8_0_avx2;
     if (dtype == LC_Q4_1) return rows_q4_1_avx2;
   }
+#else
+  (void)features, (void)dtype;
 #endif
   return 0;
 }
 
-static int int8_activations = -1;
-
-void lc_set_int8_activations(int on) { int8_activations = on ? 1 : 0; }
-
-int lc_int8_activations(void) {
-  // Off unless LORAC_ACTIVATIONS=int8; lc_set_int8_activations overrides both. (SmolLM2's
-  // activation outliers flatten their blocks' other values: logits move by up to ~2.)
-  if (int8_activations < 0) {
-    const char *env = getenv("LORAC_ACTIVATIONS");
-    int8_activations = env && strcmp(env, "int8") == 0;
-  }
-  return int8_activations;
+/// The kernel of `path` for dtype on this CPU.
+static lc_qrows_fn path_kernel(int path, int dtype, lc_qprep_fn *prepare) {
+  return path_kernel_on(lc_cpu_features(), path, dtype, prepare);
 }
 
-/// LORAC_QUANT_PATH=portable|avx2|avx512|vnni caps the choice of path (for measurements); read
-/// once.
-static int quant_cap(void) {
-  static int cap = -1;
-  if (cap < 0) {
-    const char *env = getenv("LORAC_QUANT_PATH");
-    int value = LC_QUANT_VNNI;
-    if (env && strcmp(env, "portable") == 0) value = LC_QUANT_PORTABLE;
-    if (env && strcmp(env, "avx2") == 0) value = LC_QUANT_AVX2;
-    if (env && strcmp(env, "avx512") == 0) value = LC_QUANT_AVX512;
-    cap = value;
-  }
-  return cap;
-}
-
-int lc_quant_path(int dtype) {
-  int cap = quant_cap();
-  int top = cap == LC_QUANT_VNNI && !lc_int8_activations() ? LC_QUANT_AVX512 : cap;
+int lc_quant_has_kernel(int path, int dtype) {
   lc_qprep_fn prepare;
-  for (int path = top; path > LC_QUANT_PORTABLE; path--) {
+  return path_kernel_on(1 | 2 | 4, path, dtype, &prepare) != 0;
+}
+
+int lc_quant_best_path(int dtype) {
+  lc_qprep_fn prepare;
+  for (int path = LC_QUANT_AVX512; path > LC_QUANT_PORTABLE; path--) {
     if (path_kernel(path, dtype, &prepare)) return path;
   }
   return LC_QUANT_PORTABLE;
@@ -1246,18 +1227,12 @@ static void run_rows(int dtype, lc_qrows_fn kernel, lc_qprep_fn prepare, float *
 
 int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
                              int64_t m, int64_t n, int64_t k) {
-  if (path == LC_QUANT_AUTO) path = lc_quant_path(dtype);
+  if (path == LC_QUANT_AUTO) path = lc_quant_best_path(dtype);
   lc_qprep_fn prepare;
   lc_qrows_fn kernel = path_kernel(path, dtype, &prepare);
   if (!kernel) return 0;
   run_rows(dtype, kernel, prepare, out, a, w, m, n, k);
   return 1;
-}
-
-int lc_interleaved_digits(int dtype) {
-  if ((dtype != LC_Q4_1 && dtype != LC_Q8_0) || (lc_cpu_features() & 6) != 6) return 0;
-  if (quant_cap() != LC_QUANT_VNNI) return 0;
-  return lc_int8_activations() ? 1 : 3;
 }
 
 int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,

@@ -41,6 +41,7 @@ int lc_cpu_features(void) {
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) features |= 1;
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) features |= 2;
   if (__builtin_cpu_supports("avx512vnni")) features |= 4;
+  if (__builtin_cpu_supports("avx512bf16")) features |= 8;
   cached = features;
   return features;
 }

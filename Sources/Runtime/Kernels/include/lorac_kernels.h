@@ -26,7 +26,8 @@ void lc_set_threads(int n);
 int lc_get_threads(void);
 /// The number of cores the machine reports.
 int lc_core_count(void);
-/// A bit set of the vector extensions found at run time: 1 AVX2+FMA, 2 AVX-512F/BW, 4 AVX-512 VNNI.
+/// A bit set of the vector extensions found at run time: 1 AVX2+FMA, 2 AVX-512F/BW, 4 AVX-512 VNNI,
+/// 8 AVX-512 BF16. (What the CPU can run; which path runs is the caller's choice, passed per call.)
 int lc_cpu_features(void);
 /// Returns the heap's free memory to the system where the C library can (glibc's malloc_trim).
 void lc_trim_heap(void);
@@ -148,21 +149,18 @@ void lc_sgemm(int trans_a, int trans_b, int64_t m, int64_t n, int64_t k, float a
               const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
               int64_t ldc);
 /// out[b] = op(a[b]) x op(w[b]) for each batch b: a [M,K] (or [K,M] with trans_a), w [K,N] (or
-/// [N,K] with trans_b); a_batch_stride / w_batch_stride 0 broadcasts. Through cblas_sgemm.
+/// [N,K] with trans_b); a_batch_stride / w_batch_stride 0 broadcasts. Through cblas_sgemm, except
+/// M <= 8 rows against w [N, K] when `path` (an lc_quant_path with an f32 row kernel, see
+/// lc_quant_has_kernel) is above LC_QUANT_PORTABLE: then that path's row kernel.
 void lc_matmul_f32(float *out, const float *a, const float *w, int64_t batches,
                    const int64_t *a_offsets, const int64_t *w_offsets, int64_t m, int64_t n,
-                   int64_t k, int trans_a, int trans_b);
+                   int64_t k, int trans_a, int trans_b, int path);
 /// out [M,N] = a [M,K] x w^T with w a storage-typed [N,K] matrix (rows of K values).
-/// Small M uses hand-written dot products over the blocks; larger M dequantizes `chunk` rows of w
-/// at a time into `scratch` (chunk * K floats) and calls sgemm.
-void lc_matmul_quantized(int dtype, float *out, const float *a, const void *w, int64_t m,
-                         int64_t n, int64_t k, float *scratch, int64_t chunk);
-/// Whether this CPU has avx512_bf16 dot products for the packed bf16 products (and
-/// LORAC_QUANT_PATH does not cap the kernels below AVX-512).
-int lc_bf16_dot_available(void);
-/// Turns the packed bf16 products off (0) or back on for executables made afterwards (tests of
-/// the f32 fallback).
-void lc_set_bf16_dot(int enabled);
+/// M <= 8 uses the hand-written dot products of `path` (lc_matmul_quantized_path) over the
+/// blocks; larger M dequantizes `chunk` rows of w at a time into `scratch` (chunk * K floats) and
+/// calls sgemm.
+void lc_matmul_quantized(int path, int dtype, float *out, const float *a, const void *w,
+                         int64_t m, int64_t n, int64_t k, float *scratch, int64_t chunk);
 /// Bytes of the packed form of a bf16 weight for a product with N output columns over K.
 int64_t lc_bf16_packed_bytes(int64_t n, int64_t k);
 /// Bytes of scratch `lc_matmul_bf16_packed` needs for M rows over K (the rounded activations).
@@ -171,7 +169,7 @@ int64_t lc_bf16_scratch_bytes(int64_t m, int64_t k);
 /// without, w is [K, N] (the product is a w).
 void lc_bf16_pack(const uint16_t *w, int64_t n, int64_t k, int trans_b, uint16_t *packed);
 /// out [M, N] = bf16(a) [M, K] x the packed weight, f32 sums of exact bf16 products; needs
-/// `lc_bf16_dot_available()`. Bit-identical across thread counts.
+/// avx512_bf16 (lc_cpu_features() & 8). Bit-identical across thread counts.
 void lc_matmul_bf16_packed(float *out, const float *a, int64_t m, int64_t n, int64_t k,
                            const uint16_t *packed, void *scratch);
 /// out [M,K] = a [M,N] x w with w a storage-typed [N,K] matrix used as stored (no transpose):
@@ -184,22 +182,20 @@ void lc_matvec_quantized(int dtype, float *y, const float *x, const void *w, int
 void lc_matvec_quantized_reference(int dtype, float *y, const float *x, const void *w, int64_t n,
                                    int64_t k);
 /// out [M,N] = a [M,K] x w^T for a storage-typed w [N,K] (any dtype) read once per 8 rows of a:
-/// the decoding product for small M (a few sequences or draft tokens). Activations stay f32.
+/// the decoding product for small M (a few sequences or draft tokens), on lc_quant_best_path.
+/// Activations stay f32.
 void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void *w, int64_t m,
                                int64_t n, int64_t k);
-/// Kernel paths of the storage-typed products: AUTO picks the widest this CPU runs for the dtype.
-/// VNNI (q8_0, q4_1) rounds the activations to int8 per block of 32, as llama.cpp does; the
-/// others keep them f32.
+/// Kernel paths of the storage-typed products. Executables pass the path their kernel plan chose
+/// (Swift's `KernelPlan`); AUTO is lc_quant_best_path. VNNI (q8_0, q4_1) rounds the activations
+/// to int8 per block of 32, as llama.cpp does; the others keep them f32.
 enum lc_quant_path {
   LC_QUANT_AUTO = 0, LC_QUANT_PORTABLE = 1, LC_QUANT_AVX2 = 2, LC_QUANT_AVX512 = 3, LC_QUANT_VNNI = 4
 };
-/// The path AUTO takes for dtype (the environment variable LORAC_QUANT_PATH=portable|avx2|avx512
-/// caps it; int8 activations off caps it at AVX512).
-int lc_quant_path(int dtype);
-/// Whether AUTO may round activations to int8 (the VNNI path): off unless LORAC_ACTIVATIONS=int8
-/// or lc_set_int8_activations(1).
-int lc_int8_activations(void);
-void lc_set_int8_activations(int on);
+/// Whether lorac has a kernel of `path` for dtype (on a CPU that runs the path): a fixed table.
+int lc_quant_has_kernel(int path, int dtype);
+/// The widest path with f32 activations (never VNNI) this CPU runs for dtype.
+int lc_quant_best_path(int dtype);
 /// lc_matmul_quantized_small on one path (for tests and measurements); returns 0 and writes nothing
 /// when this CPU or build has no kernel of that path for dtype.
 int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, const void *w,
@@ -216,9 +212,6 @@ int lc_interleave(int dtype, const void *w, int64_t n, int64_t k, void *packed);
 /// writes nothing without avx512_vnni or for other dtypes or digit counts.
 int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,
                           int64_t m, int64_t n, int64_t k);
-/// The digits decoding products by an interleaved dtype take now: 1 with int8 activations on, 3
-/// otherwise; 0 when they cannot run (no avx512_vnni, another dtype, LORAC_QUANT_PATH below vnni).
-int lc_interleaved_digits(int dtype);
 
 /// Step kinds of an elementwise program (postfix; each step is a kind and an argument): push
 /// input `argument`, push literal `argument`, apply unary op `argument` to the top, apply binary
@@ -256,11 +249,13 @@ int64_t lc_attention_scratch_floats(int64_t batch, int64_t heads, int64_t rows, 
                                     int64_t width, int64_t slots);
 /// out [B,H,S,D] = softmax(mask ? scale q k^T : -inf) v per (b, h) with k, v [B,G,T,D] (query
 /// head h reads key/value head h / (H / G)); mask strides index [B,H,S,T] (0 where it
-/// broadcasts). scratch holds lc_attention_scratch_floats.
+/// broadcasts). scratch holds lc_attention_scratch_floats. One query row (S = 1) with D = 64 and at
+/// most 4 query heads per key/value head runs an AVX-512 loop when `path` (an lc_quant_path) is
+/// LC_QUANT_AVX512 or above.
 void lc_attention_f32(float *out, const float *q, const float *k, const float *v,
                       const int32_t *mask, const int64_t *mask_strides, int64_t batch,
                       int64_t heads, int64_t groups, int64_t rows, int64_t keys, int64_t width,
-                      float scale, float *scratch, int64_t slots);
+                      float scale, float *scratch, int64_t slots, int path);
 /// The gradients (dq, dk, dv) of lc_attention_f32 for the result gradient g.
 void lc_attention_grad_f32(float *dq, float *dk, float *dv, const float *q, const float *k,
                            const float *v, const int32_t *mask, const int64_t *mask_strides,

@@ -2,6 +2,7 @@ import CKernels
 import Dispatch
 import Foundation
 import IR
+import Runtime
 
 /// One benchmark figure: lorac's time against a baseline measured in the same run.
 public struct BenchmarkResult: Sendable {
@@ -24,49 +25,57 @@ public struct BenchmarkResult: Sendable {
 /// The kernel benchmarks of `lorac bench kernels`: each measures lorac's compiled path and a
 /// baseline on the same data, medians of `runs` runs after a warm-up.
 public enum KernelBenchmarks {
-  /// Runs the GEMM (`gemm`) and decoding-product (`matvec`) benchmarks at each thread count.
+  /// Runs the GEMM (`gemm`) and decoding-product (`matvec`) benchmarks at each thread count, on
+  /// the kernels `target`'s ISA tier plans (every tier the host runs can be measured).
   public static func run(
-    threads: [Int], runs: Int, groups: Set<String> = ["gemm", "matvec"]
+    threads: [Int], runs: Int, groups: Set<String> = ["gemm", "matvec"],
+    target: Target = .host
   ) throws -> [BenchmarkResult] {
+    try target.checkHost()
     var results: [BenchmarkResult] = []
     for count in threads {
       Threads.set(count)
       for (k, n) in [(576, 576), (576, 1536), (1536, 576), (576, 49152)]
       where groups.contains("gemm") {
-        results.append(try gemm(m: 512, k: k, n: n, runs: runs))
+        results.append(try gemm(m: 512, k: k, n: n, runs: runs, target: target))
         // --precision bf16: the same product on a packed bf16 weight, against f32 sgemm.
-        if DecodeKernels.bf16DotProducts {
-          results.append(try gemm(m: 512, k: k, n: n, dtype: .bf16, runs: runs))
+        if target.packsBF16Weights {
+          results.append(try gemm(m: 512, k: k, n: n, dtype: .bf16, runs: runs, target: target))
         }
       }
       // The input gradients of the bf16 base (dy W, W as stored), the head's over 49,152.
       for (k, n) in [(1536, 576), (49152, 576)]
-      where groups.contains("gemm") && DecodeKernels.bf16DotProducts {
-        results.append(try gemm(m: 512, k: k, n: n, dtype: .bf16, transposeB: false, runs: runs))
+      where groups.contains("gemm") && target.packsBF16Weights {
+        results.append(
+          try gemm(m: 512, k: k, n: n, dtype: .bf16, transposeB: false, runs: runs, target: target))
       }
       // SmolLM2's decoding shapes: ffn_down, ffn_gate/up, and the Q8_0 embedding as the head.
       for (n, k) in [(576, 1536), (1536, 576), (49152, 576)] where groups.contains("matvec") {
         for dtype in [DType.q4_1, .q8_0, .f32, .f16, .bf16] {
-          results.append(try matvec(dtype, k: k, n: n, runs: runs))
+          results.append(try matvec(dtype, k: k, n: n, target: target, runs: runs))
         }
-        // The same products with the activations rounded to int8 (LORAC_ACTIVATIONS=int8).
+        // The same products with the activations rounded to int8 (the VNNI path).
         for dtype in [DType.q4_1, .q8_0] {
-          results.append(try matvec(dtype, k: k, n: n, int8Activations: true, runs: runs))
+          var int8 = target
+          int8.int8Activations = true
+          results.append(try matvec(dtype, k: k, n: n, target: int8, runs: runs))
         }
         // Interleaved by 16 rows (what decoding multiplies by with avx512_vnni): activations
         // as three int8 digits (f32-accurate), then rounded to int8.
-        for dtype in [DType.q4_1, .q8_0] where lc_cpu_features() & 6 == 6 {
+        for dtype in [DType.q4_1, .q8_0] where target.isa >= .avx512VNNI {
           for int8 in [false, true] {
+            var interleaved = target
+            interleaved.int8Activations = int8
             results.append(
-              try matvec(dtype, k: k, n: n, int8Activations: int8, interleaved: true, runs: runs))
+              try matvec(dtype, k: k, n: n, target: interleaved, interleaved: true, runs: runs))
             results.append(
               try matvec(
-                dtype, k: k, n: n, m: 4, int8Activations: int8, interleaved: true, runs: runs))
+                dtype, k: k, n: n, m: 4, target: interleaved, interleaved: true, runs: runs))
           }
         }
         // Small M: 4 rows of activations sharing one pass over the weight blocks.
         for dtype in [DType.q4_1, .q8_0] {
-          results.append(try matvec(dtype, k: k, n: n, m: 4, runs: runs))
+          results.append(try matvec(dtype, k: k, n: n, m: 4, target: target, runs: runs))
         }
       }
     }
@@ -105,31 +114,6 @@ public enum KernelBenchmarks {
     return "{" + entries.joined(separator: ", ") + "}"
   }
 
-  /// Median seconds of `runs` runs of `body` after one warm-up run.
-  public static func median(runs: Int, _ body: () throws -> Void) rethrows -> Double {
-    try median(runs: runs, setUp: {}, body)
-  }
-
-  /// Median seconds of `runs` runs of `body` after one warm-up run, calling `setUp` first.
-  ///
-  /// `setUp` runs before each run, the warm-up included, outside the timed part.
-  public static func median(
-    runs: Int, setUp: () throws -> Void, _ body: () throws -> Void
-  ) rethrows -> Double {
-    try setUp()
-    try body()
-    var times: [Double] = []
-    for _ in 0..<max(runs, 1) {
-      try setUp()
-      let start = DispatchTime.now().uptimeNanoseconds
-      try body()
-      times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
-    }
-    times.sort()
-    return times.count % 2 == 1
-      ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
-  }
-
   private static func randomFloats(_ count: Int, seed: UInt64) -> [Float] {
     var generator = SplitMix64(seed: seed)
     return (0..<count).map { _ in Float(generator.nextUnit() - 0.5) }
@@ -139,7 +123,8 @@ public enum KernelBenchmarks {
   /// matmul against a bare `cblas_sgemm` of the same shape; a `bf16` W runs the packed bf16
   /// product, and the baseline multiplies the same values in f32.
   static func gemm(
-    m: Int, k: Int, n: Int, dtype: DType = .f32, transposeB: Bool = true, runs: Int
+    m: Int, k: Int, n: Int, dtype: DType = .f32, transposeB: Bool = true, runs: Int,
+    target: Target = .host
   ) throws -> BenchmarkResult {
     let b = GraphBuilder(name: "gemm")
     let x = try b.input(name: "x", shape: [m, k])
@@ -158,7 +143,7 @@ public enum KernelBenchmarks {
       constant = HostTensor(shape: shape, floats: weights)
     }
     let input = HostTensor(shape: [m, k], floats: randomFloats(m * k, seed: 2))
-    let executable = try Executable(graph, constants: ["w": constant])
+    let executable = try Executable(graph, constants: ["w": constant], target: target)
     try executable.set("x", input)
     let lorac = try median(runs: runs) { try executable.execute() }
     var out = [Float](repeating: 0, count: m * n)
@@ -180,16 +165,17 @@ public enum KernelBenchmarks {
   /// the baseline reads the same buffer once (`lc_memory_read`). Products go through the
   /// executable's own entry points: `lc_matmul_quantized` (its M = 1 path is
   /// `lc_matvec_quantized`), `lc_matmul_quantized_small` for M > 1, and `lc_matmul_f32` (its
-  /// row kernel for M <= 8 rows). `int8Activations` rounds the activations to int8 for the run
-  /// (the VNNI path, as llama.cpp does); `interleaved` multiplies by q4_1/q8_0 weights packed by
-  /// `lc_interleave` (activations as three int8 digits, or one with `int8Activations`).
+  /// row kernel for M <= 8 rows), on the ISA path `target` plans for the dtype. With the
+  /// target's int8 activations the activations are rounded to int8 (the VNNI path, as llama.cpp
+  /// does); `interleaved` multiplies by q4_1/q8_0 weights packed by `lc_interleave`
+  /// (activations as three int8 digits, or one with int8 activations).
   static func matvec(
-    _ dtype: DType, k: Int, n: Int, m: Int = 1, int8Activations: Bool = false,
-    interleaved: Bool = false, runs: Int
+    _ dtype: DType, k: Int, n: Int, m: Int = 1, target: Target, interleaved: Bool = false,
+    runs: Int
   ) throws -> BenchmarkResult {
-    let int8 = lc_int8_activations()
-    lc_set_int8_activations(int8Activations ? 1 : 0)
-    defer { lc_set_int8_activations(int8) }
+    let int8Activations = target.roundsActivationsToInt8
+    // The path a kernel plan gives a few rows by this weight read as stored.
+    let path = KernelPlan.quantizedPath(dtype, target).quantPathCode
     let type = TensorType(dtype, [n, k])
     let bytes = type.byteCount
     let copies = max(1, (256 << 20) / bytes + 1)
@@ -236,11 +222,9 @@ public enum KernelBenchmarks {
         } else if dtype == .f32 {
           lc_matmul_f32(
             &y, x, w.assumingMemoryBound(to: Float.self), 1, offsets, offsets, Int64(m),
-            Int64(n), Int64(k), 0, 1)
-        } else if m == 1 {
-          lc_matmul_quantized(code, &y, x, w, 1, Int64(n), Int64(k), nil, 0)
+            Int64(n), Int64(k), 0, 1, path)
         } else {
-          lc_matmul_quantized_small(code, &y, x, w, Int64(m), Int64(n), Int64(k))
+          lc_matmul_quantized(path, code, &y, x, w, Int64(m), Int64(n), Int64(k), nil, 0)
         }
       }
     }
@@ -251,7 +235,7 @@ public enum KernelBenchmarks {
     let baseline = median(runs: runs) { sink += lc_memory_read(words, Int64(floats)) }
     withExtendedLifetime(sink) {}
     let name =
-      (m == 1 ? "matvec" : "matmul\(m)") + (int8Activations ? "_int8act" : "")
+      (m == 1 ? "matvec" : "matmul\(m)") + (target.int8Activations ? "_int8act" : "")
     return BenchmarkResult(
       name: "\(name)_\(dtype.rawValue)\(interleaved ? "x16" : "")_\(n)x\(k)",
       threads: Threads.count,

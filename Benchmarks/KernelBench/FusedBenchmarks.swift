@@ -1,4 +1,5 @@
 import IR
+import Runtime
 
 /// The fused kernels of `lorac bench kernels` against the primitive sequences `fuse` replaces,
 /// both compiled as executables over the same inputs (SmolLM2's shapes at 512 tokens).
