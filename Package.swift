@@ -36,7 +36,7 @@ let package = Package(
     .executableTarget(
       name: "lorac",
       dependencies: [
-        "Sessions", "IR", "Passes", "Runtime", "Models", "KernelBench",
+        "Sessions", "IR", "Passes", "Runtime", "Models", "KernelBench", "ModelBench",
         .product(name: "ArgumentParser", package: "swift-argument-parser"),
       ]
     ),
@@ -55,6 +55,11 @@ let package = Package(
     // Kernel and fused-op benchmarks (they build IR, which the runtime never does).
     .target(
       name: "KernelBench", dependencies: ["IR", "Runtime", "CKernels"], path: "Benchmarks/KernelBench"),
+    // Model benchmarks: train steps, prefill and decoding of a GGUF model through the sessions.
+    .target(
+      name: "ModelBench",
+      dependencies: ["Sessions", "Models", "Runtime", "IR", "Passes", "KernelBench"],
+      path: "Benchmarks/ModelBench"),
     .testTarget(
       name: "PassesTests",
       dependencies: ["Passes", "IR", "Models", "Runtime", "CKernels", "TestSupport"],

@@ -14,7 +14,6 @@ public struct DecodeSession {
   private let compiled = CompiledGraphs()
   /// The weights' packed forms, made once for every graph of the session.
   private let forms = PackedForms()
-  /// The CPU the graphs are planned for (int8 activations, ISA tier).
   /// The kernels' target: ISA tier, int8 activations, bf16 products.
   public let target: Target
 
@@ -226,6 +225,7 @@ public struct TextGenerator {
     prompt: [Int32], maxTokens: Int, sampling: SamplingOptions,
     stream: ((String) -> Void)? = nil
   ) throws(SessionError) -> Output {
+    try sampling.check()
     let holdBack = max(0, (stopStrings.map(\.count).max() ?? 0) - 1)
     var streamed: [Int32] = []
     var printed = 0
@@ -297,6 +297,23 @@ extension LlamaModel {
       throw SessionError(
         "the prompt has \(ids.count) tokens; the model's context of \(contextLength) leaves no "
           + "room to generate (at most \(contextLength - 1) prompt tokens)")
+    }
+  }
+}
+
+extension SamplingOptions {
+  /// Checks the options: temperature at least 0, top-k at least 1, top-p in (0, 1], a positive
+  /// repetition penalty (the messages name the command's flags).
+  public func check() throws(SessionError) {
+    if !(temperature >= 0 && temperature.isFinite) {
+      throw SessionError("--temperature must not be negative, got \(temperature)")
+    }
+    if let topK, topK < 1 { throw SessionError("--top-k must be at least 1, got \(topK)") }
+    if let topP, !(topP > 0 && topP <= 1) {
+      throw SessionError("--top-p must be in (0, 1], got \(topP)")
+    }
+    if !(repetitionPenalty > 0) {
+      throw SessionError("--repeat-penalty must be positive, got \(repetitionPenalty)")
     }
   }
 }

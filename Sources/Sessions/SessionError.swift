@@ -22,7 +22,7 @@ public struct SessionError: Error, Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Runs `body`, turning any error it throws into a `SessionError` with the same text.
-func wrapping<T>(_ body: () throws -> T) throws(SessionError) -> T {
+public func wrapping<T>(_ body: () throws -> T) throws(SessionError) -> T {
   do {
     return try body()
   } catch {

@@ -74,6 +74,38 @@ public struct TrainingRequest: Sendable {
   }
 }
 
+extension TrainingRequest {
+  /// Checks the settings that need no file: counts of at least 1, positive rates and so on (the
+  /// messages name the command's flags).
+  public func check() throws(SessionError) {
+    for (name, value) in [
+      ("--rank", rank), ("--steps", steps), ("--batch", batch), ("--examples", examples),
+      ("--accumulate", accumulate), ("--save-every", saveEvery), ("--stop-after", stopAfter),
+    ]
+    where value.map({ $0 < 1 }) ?? false {
+      throw SessionError("\(name) must be at least 1, got \(value ?? 0)")
+    }
+    if let warmup, warmup < 0 {
+      throw SessionError("--warmup must be at least 0, got \(warmup)")
+    }
+    if let learningRate, !(learningRate > 0 && learningRate.isFinite) {
+      throw SessionError("--lr must be positive, got \(learningRate)")
+    }
+    if let alpha, !(alpha > 0 && alpha.isFinite) {
+      throw SessionError("--alpha must be positive, got \(alpha)")
+    }
+    if let weightDecay, !(weightDecay >= 0 && weightDecay.isFinite) {
+      throw SessionError("--weight-decay must be at least 0, got \(weightDecay)")
+    }
+    if let maxGradientNorm, !(maxGradientNorm > 0 && maxGradientNorm.isFinite) {
+      throw SessionError("--max-grad-norm must be positive, got \(maxGradientNorm)")
+    }
+    if let sequence, sequence < 2 {
+      throw SessionError("--seq must be at least 2, got \(sequence)")
+    }
+  }
+}
+
 /// A training run made ready to `run`.
 ///
 /// Its settings are resolved (and checked against a saved run's), the data tokenized, the train
@@ -106,6 +138,7 @@ public final class TrainingJob {
   public static func prepare(_ request: TrainingRequest, note: (String) -> Void)
     throws(SessionError) -> TrainingJob?
   {
+    try request.check()
     let out = request.out
     let folder = URL(fileURLWithPath: out)
     var isFolder: ObjCBool = false

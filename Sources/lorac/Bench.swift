@@ -28,12 +28,7 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object keyed by benchmark and thread count.")
     var json = false
 
-    @Option(
-      help: """
-        The ISA tier whose kernels gemm and matvec measure: \(Target.ISA.allCases.map(\.rawValue).joined(separator: ", ")) \
-        (default: the widest this CPU runs).
-        """)
-    var isa: Target.ISA?
+    @OptionGroup var isa: ISAOption
 
     private var groups: Set<String> { Set(only.split(separator: ",").map(String.init)) }
 
@@ -57,8 +52,7 @@ struct Bench: ParsableCommand {
 
     func run() throws {
       let counts = parsedThreads ?? [1]
-      let target = Target(isa: isa ?? .host)
-      do { try target.checkHost() } catch { fail(error.message) }
+      let target = try isa.target()
       let results =
         try KernelBenchmarks.run(threads: counts, runs: runs, groups: groups, target: target)
         + (groups.contains("fused") ? KernelBenchmarks.fused(threads: counts, runs: runs) : [])
@@ -67,38 +61,26 @@ struct Bench: ParsableCommand {
   }
 }
 
-/// Prints the mean time of one step by kind of instruction (op, and the weight dtype of
-/// products), largest first, to stderr.
-///
-/// Each instruction is timed on its own over `runs` steps, so the sum is a little above an
-/// untimed step's.
-func printStepProfile(_ executable: Executable, runs: Int) throws {
-  var seconds: [Int: Double] = [:]
-  for _ in 0..<runs {
-    for (index, time) in try executable.executeTimed() { seconds[index, default: 0] += time }
-  }
-  var byKind: [String: (seconds: Double, count: Int)] = [:]
-  let graph = executable.graph
-  for (index, time) in seconds {
-    let instruction = graph.body[index]
-    var kind = instruction.op.mnemonic
-    switch instruction.op {
-    case .matmul, .loraLinear:
-      if let w = instruction.operands[1].value { kind += " \(graph.type(of: w).dtype)" }
-    default: break
+/// `--isa`: the ISA tier the kernels are planned for, so that every tier this CPU runs can be
+/// measured on it.
+struct ISAOption: ParsableArguments {
+  @Option(
+    help: """
+      The ISA tier to plan the kernels for: \(Target.ISA.allCases.map(\.rawValue).joined(separator: ", ")) \
+      (default: the widest this CPU runs).
+      """)
+  var isa: Target.ISA?
+
+  /// The target of `isa` with the other settings given; an error when this CPU cannot run it.
+  func target(int8Activations: Bool = false) throws -> Target {
+    let target = Target(isa: isa ?? .host, int8Activations: int8Activations)
+    do {
+      try target.checkHost()
+    } catch {
+      fail(error.message)
     }
-    byKind[kind, default: (0, 0)].seconds += time / Double(runs)
-    byKind[kind, default: (0, 0)].count += 1
+    return target
   }
-  let total = byKind.values.map(\.seconds).reduce(0, +)
-  var lines = [String(format: "profile of one step (mean of %d): %.2f ms", runs, total * 1e3)]
-  for (kind, entry) in byKind.sorted(by: { $0.value.seconds > $1.value.seconds }) {
-    lines.append(
-      String(
-        format: "%8.3f ms %5.1f%%  %4d x %@", entry.seconds * 1e3,
-        100 * entry.seconds / max(total, 1e-12), entry.count, kind))
-  }
-  FileHandle.standardError.write(Data((lines.joined(separator: "\n") + "\n").utf8))
 }
 
 extension Target.ISA: ExpressibleByArgument {}

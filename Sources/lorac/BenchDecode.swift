@@ -1,8 +1,6 @@
 import ArgumentParser
-import Dispatch
 import Foundation
-import IR
-import KernelBench
+import ModelBench
 import Models
 import Runtime
 import Sessions
@@ -29,11 +27,12 @@ extension Bench {
     @Option(parsing: .unconditional, help: "Steps per position after one warm-up step.")
     var runs = 9
 
-    @Option(parsing: .unconditional, help: "Threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
 
     @Flag(help: "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does.")
     var int8Activations = false
+
+    @OptionGroup var isa: ISAOption
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -41,59 +40,17 @@ extension Bench {
     @Flag(help: "Also time --runs steps at the last position kernel by kernel (to stderr).")
     var profile = false
 
-    func validate() throws { try validateThreads(threads) }
-
     func run() throws {
       let slots = positions.split(separator: ",").compactMap { Int($0) }
       guard !slots.isEmpty, slots.allSatisfy({ $0 >= 0 }) else {
         fail("--positions must be non-negative integers like 16,256,1024")
       }
-      Threads.set(threads)
-      let context = ((slots.max() ?? 0) + 16) / 16 * 16
-      let session = DecodeSession(
-        model: try LlamaModel.open(model), context: context, adapter: nil,
-        target: Target(int8Activations: int8Activations))
-      let step: Executable
-      let start = DispatchTime.now().uptimeNanoseconds
-      do {
-        step = try session.compile(tokens: 1)
-      } catch {
-        fail("\(error)")
-      }
-      // Interleaving q4_1/q8_0 weights for int8 activations is loading work, not compiling.
-      let packing = step.packingSeconds
-      let compile = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 - packing
-      var results: [(Int, Double)] = []
-      for slot in slots {
-        do {
-          try session.setInputs(step, tokens: [504], slot: slot)
-          let seconds = try KernelBenchmarks.median(runs: runs) { try step.execute() }
-          results.append((slot, seconds))
-          if profile && slot == slots.last { try printStepProfile(step, runs: runs) }
-        } catch {
-          fail("\(error)")
-        }
-      }
-      if json {
-        let entries = results.map {
-          "\"\($0.0)\": {\"step_s\": \($0.1), \"tokens_per_s\": \(1 / $0.1)}"
-        }
-        // The top-level rate is that of the median step over the positions.
-        let middle = results.map(\.1).sorted()[results.count / 2]
-        print(
-          "{\"context\": \(context), \"threads\": \(Threads.count), \"int8_activations\": \(int8Activations), \"runs\": \(runs), \"tokens_per_s\": \(1 / middle), \"compile_s\": \(compile), \"packing_s\": \(packing), \"packed_bytes\": \(step.packedWeightBytes), \"positions\": {\(entries.joined(separator: ", "))}, \"peak_rss_bytes\": \(peakResidentBytes())}"
-        )
-      } else {
-        for (slot, seconds) in results {
-          print(
-            String(
-              format: "position %5d: %6.2f ms per token, %6.1f tokens/s", slot, seconds * 1e3,
-              1 / seconds))
-        }
-        print(
-          "(context \(context), \(Threads.count) threads, \(int8Activations ? "int8" : "f32") activations, median of \(runs); attention spans the slots up to the position, the cache is \(context) slots)"
-        )
-      }
+      threads.apply()
+      let benchmark = DecodeBenchmark(
+        positions: slots, runs: runs, target: try isa.target(int8Activations: int8Activations))
+      let result = try benchmark.measure(try LlamaModel.open(model), profile: profile)
+      if let profile = result.profile { printError(profile.text, newline: false) }
+      print(benchmark.report(result, json: json))
     }
   }
 }

@@ -1,11 +1,7 @@
 import ArgumentParser
-import Dispatch
 import Foundation
-import IR
-import KernelBench
-import Models
+import ModelBench
 import Runtime
-import Sessions
 
 extension Bench {
   /// `lorac bench prefill`: time to a ready model, and prefill throughput.
@@ -40,8 +36,9 @@ extension Bench {
     @Option(help: "Runs after one warm-up run.")
     var runs: Int = 5
 
-    @Option(parsing: .unconditional, help: "Threads (default: all cores).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
+
+    @OptionGroup var isa: ISAOption
 
     @Flag(help: "Print one JSON object.")
     var json = false
@@ -58,92 +55,16 @@ extension Bench {
           throw ValidationError("--context must be at least --tokens (\(tokens)), got \(context)")
         }
       }
-      try validateThreads(threads)
     }
 
     func run() throws {
-      Threads.set(threads)
-      var generator = SplitMix64(seed: 1)
-      let ids = (0..<tokens).map { _ in Int32(generator.next() % 49_000) + 17 }
-      let start = DispatchTime.now().uptimeNanoseconds
-      let measured = allLogits ? forward(ids, start: start) : cached(ids, start: start)
-      let rate = Double(tokens) / measured.seconds
-      let rss = peakResidentBytes()
-      let plan = measured.executable.plan
-      let what =
-        allLogits
-        ? "the logits of every position, no KV cache"
-        : "the KV cache (\(measured.context ?? tokens) slots) and the last position's logits"
-      if json {
-        let context = measured.context.map(String.init) ?? "null"
-        print(
-          "{\"model_ready_s\": \(measured.ready), \"prefill_tokens\": \(tokens), \"prefill_s\": \(measured.seconds), "
-            + "\"tokens_per_s\": \(rate), \"runs\": \(runs), \"threads\": \(Threads.count), "
-            + "\"logits\": \"\(allLogits ? "all" : "last")\", \"context\": \(context), "
-            + "\"arena_bytes\": \(plan.arenaBytes), \"naive_bytes\": \(plan.naiveBytes), "
-            + "\"peak_rss_bytes\": \(rss)}")
-      } else {
-        print(
-          String(
-            format: "model ready in %.0f ms (open, trace, compile; weights mapped, not copied)",
-            measured.ready * 1e3))
-        print(
-          String(
-            format: "prefill %d tokens: %.1f ms, %.0f tokens/s (median of %d, %d threads)", tokens,
-            measured.seconds * 1e3, rate, runs, Threads.count))
-        print("computes \(what)")
-        print(
-          "arena \(plan.arenaBytes) bytes planned for \(plan.naiveBytes) bytes of intermediates; peak RSS \(rss) bytes"
-        )
-      }
-    }
-
-    /// What one measurement found: seconds to a ready model, the median prefill, the executable
-    /// and its cache slots (nil without a cache).
-    private struct Measured {
-      var ready: Double
-      var seconds: Double
-      var executable: Executable
-      var context: Int?
-    }
-
-    private func seconds(since start: UInt64) -> Double {
-      Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-    }
-
-    /// The decoding prefill graph of `lorac generate`: KV caches and the last position's logits.
-    private func cached(_ ids: [Int32], start: UInt64) -> Measured {
-      let slots = context ?? tokens
-      do {
-        let session = DecodeSession(model: try LlamaModel.open(model), context: slots, adapter: nil)
-        let prefill = try session.compile(tokens: tokens)
-        let ready = seconds(since: start)
-        try session.setInputs(prefill, tokens: ids, slot: 0)
-        // Every run starts from empty caches, as generation's prefill does; the inputs stay set.
-        let median = try KernelBenchmarks.median(runs: runs, setUp: { prefill.resetState() }) {
-          try prefill.execute()
-        }
-        if profile {
-          prefill.resetState()
-          try printStepProfile(prefill, runs: runs)
-        }
-        return Measured(ready: ready, seconds: median, executable: prefill, context: slots)
-      } catch {
-        fail("\(error)")
-      }
-    }
-
-    /// The forward graph of `lorac logits`: every position's logits.
-    private func forward(_ ids: [Int32], start: UInt64) -> Measured {
-      do {
-        let session = try ForwardSession(
-          model: try LlamaModel.open(model), sequence: tokens, adapter: nil)
-        let ready = seconds(since: start)
-        let median = try KernelBenchmarks.median(runs: runs) { _ = try session.logits(ids) }
-        return Measured(ready: ready, seconds: median, executable: session.executable, context: nil)
-      } catch {
-        fail("\(error)")
-      }
+      threads.apply()
+      let benchmark = PrefillBenchmark(
+        tokens: tokens, context: context, allLogits: allLogits, runs: runs,
+        target: try isa.target())
+      let result = try benchmark.measure(model, profile: profile)
+      if let profile = result.profile { printError(profile.text, newline: false) }
+      print(benchmark.report(result, json: json))
     }
   }
 }

@@ -13,9 +13,9 @@ func fail(_ message: String) -> Never {
   exit(1)
 }
 
-/// Writes one line to standard error.
-func printError(_ line: String) {
-  FileHandle.standardError.write(Data((line + "\n").utf8))
+/// Writes a line (or, without `newline`, text that ends its own lines) to standard error.
+func printError(_ line: String, newline: Bool = true) {
+  FileHandle.standardError.write(Data((newline ? line + "\n" : line).utf8))
 }
 
 /// Reads a whole file as UTF-8 text, `-` meaning standard input.
@@ -39,11 +39,20 @@ func readText(_ path: String) -> String {
   return text
 }
 
-/// Checks a `--threads` value: at least 1 when given (leave it out for all cores).
-func validateThreads(_ threads: Int?) throws {
-  if let threads, threads < 1 {
-    throw ValidationError("--threads must be at least 1, got \(threads)")
+/// `--threads`: at least 1 when given; left out, every core.
+struct ThreadsOption: ParsableArguments {
+  @Option(
+    name: .customLong("threads"), parsing: .unconditional, help: "Threads (default: all cores).")
+  var count: Int?
+
+  func validate() throws {
+    if let count, count < 1 {
+      throw ValidationError("--threads must be at least 1, got \(count)")
+    }
   }
+
+  /// Sets the thread count of the kernels (OpenMP and OpenBLAS) for this process.
+  func apply() { Threads.set(count) }
 }
 
 /// Parses `1,2,3` into token ids; the message names `option`.

@@ -3,8 +3,8 @@ import Foundation
 import IR
 import Models
 import Passes
-import Sessions
 import Runtime
+import Sessions
 
 /// `lorac dump-ir`: prints a model's IR text, optionally after a pass pipeline.
 struct DumpIR: ParsableCommand {

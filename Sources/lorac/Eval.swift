@@ -41,8 +41,7 @@ struct Eval: ParsableCommand {
     parsing: .unconditional, help: "Prompts decoded together (greedy) for the exact-match score.")
   var batch = 8
 
-  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
-  var threads: Int?
+  @OptionGroup var threads: ThreadsOption
 
   @Flag(help: "Print one JSON object.")
   var json = false
@@ -59,11 +58,10 @@ struct Eval: ParsableCommand {
     }
     if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
-    try validateThreads(threads)
   }
 
   func run() throws {
-    Threads.set(threads)
+    threads.apply()
     let loaded = try LlamaModel.open(model)
     let tokenizer = try loaded.tokenizer()
     let cases =

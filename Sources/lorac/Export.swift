@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Models
+import Sessions
 
 /// `lorac export`: a PEFT adapter as a LoRA adapter GGUF that llama.cpp loads.
 struct Export: ParsableCommand {
@@ -23,32 +24,17 @@ struct Export: ParsableCommand {
   var model: String?
 
   func run() throws {
-    var file: GGUFFile?
+    let llama = try model.map { path throws(SessionError) in try LlamaModel.open(path) }
     let peft: PEFTAdapter
     do {
-      if let model {
-        let llama: LlamaModel
-        do {
-          llama = try LlamaModel(path: model)
-        } catch {
-          fail(error.message)
-        }
-        file = llama.file
-        peft = try PEFTAdapter(directory: adapter, config: llama.config)
-      } else {
-        peft = try PEFTAdapter(directory: adapter, withoutModelFor: "export")
-      }
+      peft =
+        try llama.map { try PEFTAdapter(directory: adapter, config: $0.config) }
+        ?? PEFTAdapter(directory: adapter, withoutModelFor: "export")
+      try LoraMerge.llamaCppAdapter(peft, model: llama?.file).write(to: ggufAdapter)
     } catch {
-      fail(error.message)
+      fail("\(error)")
     }
-    do {
-      try LoraMerge.llamaCppAdapter(peft, model: file).write(to: ggufAdapter)
-    } catch {
-      fail(error.message)
-    }
-    FileHandle.standardError.write(
-      Data(
-        "exported \(peft.targets.count) adapted weights (rank \(peft.rank)) to \(ggufAdapter)\n"
-          .utf8))
+    printError(
+      "exported \(peft.targets.count) adapted weights (rank \(peft.rank)) to \(ggufAdapter)")
   }
 }

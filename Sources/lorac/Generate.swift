@@ -56,8 +56,7 @@ struct Generate: ParsableCommand {
   @Flag(help: "Do not stop at end-of-sequence tokens.")
   var ignoreEos = false
 
-  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
-  var threads: Int?
+  @OptionGroup var threads: ThreadsOption
 
   @Flag(
     help:
@@ -74,21 +73,22 @@ struct Generate: ParsableCommand {
     }
     if chat && prompt == nil { throw ValidationError("--chat needs --prompt") }
     if maxTokens < 1 { throw ValidationError("--max-tokens must be at least 1, got \(maxTokens)") }
-    if !(temperature >= 0 && temperature.isFinite) {
-      throw ValidationError("--temperature must not be negative, got \(temperature)")
+    do {
+      try sampling.check()
+    } catch {
+      throw ValidationError(error.message)
     }
-    if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
-    if let topP, !(topP > 0 && topP <= 1) {
-      throw ValidationError("--top-p must be in (0, 1], got \(topP)")
-    }
-    if !(repeatPenalty > 0) {
-      throw ValidationError("--repeat-penalty must be positive, got \(repeatPenalty)")
-    }
-    try validateThreads(threads)
+  }
+
+  /// The sampler's options from the flags.
+  private var sampling: SamplingOptions {
+    SamplingOptions(
+      temperature: temperature, topK: topK, topP: topP, repetitionPenalty: repeatPenalty, seed: seed
+    )
   }
 
   func run() throws {
-    Threads.set(threads)
+    threads.apply()
     let loaded = try LlamaModel.open(model)
     let tokenizer = try loaded.tokenizer()
     let ids =
@@ -99,12 +99,10 @@ struct Generate: ParsableCommand {
     let context = min(ids.count + maxTokens, loaded.contextLength)
     let session = DecodeSession(
       model: loaded, context: min(loaded.contextLength, (context + 15) / 16 * 16),
-      adapter: try loadAdapter(adapter, for: loaded), target: Target(int8Activations: int8Activations))
+      adapter: try loadAdapter(adapter, for: loaded),
+      target: Target(int8Activations: int8Activations))
     let generator = TextGenerator(
       session: session, tokenizer: tokenizer, stopStrings: stop, ignoreEndOfSequence: ignoreEos)
-    let sampling = SamplingOptions(
-      temperature: temperature, topK: topK, topP: topP, repetitionPenalty: repeatPenalty, seed: seed
-    )
     let output = try generator.generate(
       prompt: ids, maxTokens: maxTokens, sampling: sampling,
       stream: json ? nil : { FileHandle.standardOutput.write(Data($0.utf8)) })

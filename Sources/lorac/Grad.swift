@@ -26,23 +26,20 @@ struct Grad: ParsableCommand {
   @Option(help: "The safetensors file to write.")
   var out: String
 
-  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
-  var threads: Int?
+  @OptionGroup var threads: ThreadsOption
 
   @Option(help: "Print the IR after these passes (a pass name, or all).")
   var printIRAfter: String?
-
-  func validate() throws { try validateThreads(threads) }
 
   func run() throws {
     let tokens = try parseIDs(ids, option: "--ids")
     if tokens.count < 2 { fail("--ids: need at least 2 tokens for a next-token loss") }
     let loaded = try LlamaModel.open(model)
     try loaded.check(tokens, option: "--ids")
-    Threads.set(threads)
+    threads.apply()
     let session = try GradientSession(
       model: loaded, adapter: try PEFTAdapter.load(adapter, for: loaded), batch: 1,
-      sequence: tokens.count, printAfter: printIRAfter, log: printError)
+      sequence: tokens.count, printAfter: printIRAfter, log: { printError($0) })
     let loss = try session.run(
       PackedBatch(
         [TrainingExample(ids: tokens, weights: .init(repeating: 1, count: tokens.count - 1))],

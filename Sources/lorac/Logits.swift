@@ -18,19 +18,16 @@ struct Logits: ParsableCommand {
   @Option(help: "The .npy file to write.")
   var out: String
 
-  @Option(parsing: .unconditional, help: "Threads for the kernels (default: all cores).")
-  var threads: Int?
+  @OptionGroup var threads: ThreadsOption
 
   @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
   var adapter: String?
-
-  func validate() throws { try validateThreads(threads) }
 
   func run() throws {
     let tokens = try parseIDs(ids, option: "--ids")
     let loaded = try LlamaModel.open(model)
     try loaded.check(tokens, option: "--ids")
-    Threads.set(threads)
+    threads.apply()
     let session = try ForwardSession(
       model: loaded, sequence: tokens.count, adapter: try loadAdapter(adapter, for: loaded))
     do {

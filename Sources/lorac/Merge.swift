@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
-import IR
 import Models
+import Sessions
 
 /// `lorac merge`: a GGUF model with a PEFT adapter folded into its weights.
 struct Merge: ParsableCommand {
@@ -33,28 +33,15 @@ struct Merge: ParsableCommand {
 
   func run() throws {
     if sameFile(out, model) { fail("\(out): refusing to overwrite the model being merged") }
-    let llama: LlamaModel
-    let peft: PEFTAdapter
+    let llama = try LlamaModel.open(model)
+    let peft = try PEFTAdapter.load(adapter, for: llama)
     do {
-      llama = try LlamaModel(path: model)
+      try LoraMerge.mergedModel(llama.file, adapter: peft, dtype: dtype == "f16" ? .f16 : .f32)
+        .write(to: out)
     } catch {
       fail(error.message)
     }
-    do {
-      peft = try PEFTAdapter(directory: adapter, config: llama.config)
-    } catch {
-      fail(error.message)
-    }
-    do {
-      let writer = try LoraMerge.mergedModel(
-        llama.file, adapter: peft, dtype: dtype == "f16" ? .f16 : .f32)
-      try writer.write(to: out)
-    } catch {
-      fail(error.message)
-    }
-    FileHandle.standardError.write(
-      Data(
-        "merged \(peft.targets.count) weights (\(dtype), scale \(peft.scale)) into \(out)\n".utf8))
+    printError("merged \(peft.targets.count) weights (\(dtype), scale \(peft.scale)) into \(out)")
   }
 }
 

@@ -98,8 +98,7 @@ struct Train: ParsableCommand {
   @Option(help: WeightPrecision.help(default: .f32))
   var precision: WeightPrecision?
 
-  @Option(parsing: .unconditional, help: "Threads (default: all cores).")
-  var threads: Int?
+  @OptionGroup var threads: ThreadsOption
 
   func validate() throws {
     if (data == nil) == (task == nil) {
@@ -108,41 +107,26 @@ struct Train: ParsableCommand {
     if let task, task != "mystery_function" {
       throw ValidationError("unknown --task '\(task)' (known: mystery_function)")
     }
-    for (name, value) in [
-      ("--rank", rank), ("--steps", steps), ("--batch", batch), ("--examples", examples),
-      ("--accumulate", accumulate), ("--save-every", saveEvery), ("--stop-after", stopAfter),
-    ]
-    where value.map({ $0 < 1 }) ?? false {
-      throw ValidationError("\(name) must be at least 1, got \(value ?? 0)")
+    do {
+      try request.check()
+    } catch {
+      throw ValidationError(error.message)
     }
-    if let warmup, warmup < 0 {
-      throw ValidationError("--warmup must be at least 0, got \(warmup)")
-    }
-    if let lr, !(lr > 0 && lr.isFinite) {
-      throw ValidationError("--lr must be positive, got \(lr)")
-    }
-    if let alpha, !(alpha > 0 && alpha.isFinite) {
-      throw ValidationError("--alpha must be positive, got \(alpha)")
-    }
-    if let weightDecay, !(weightDecay >= 0 && weightDecay.isFinite) {
-      throw ValidationError("--weight-decay must be at least 0, got \(weightDecay)")
-    }
-    if let maxGradNorm, !(maxGradNorm > 0 && maxGradNorm.isFinite) {
-      throw ValidationError("--max-grad-norm must be positive, got \(maxGradNorm)")
-    }
-    try validateThreads(threads)
-    if let seq, seq < 2 { throw ValidationError("--seq must be at least 2, got \(seq)") }
   }
 
-  func run() throws {
-    Threads.set(threads)
-    let request = TrainingRequest(
+  /// What the flags ask for.
+  private var request: TrainingRequest {
+    TrainingRequest(
       model: model, data: data.map { .jsonl($0) } ?? .mysteryFunction, out: out,
       examples: examples, rank: rank, alpha: alpha, targets: targets, learningRate: lr,
       warmup: warmup, steps: steps, batch: batch, accumulate: accumulate, sequence: seq,
       weightDecay: weightDecay, maxGradientNorm: maxGradNorm, seed: seed, precision: precision,
       saveEvery: saveEvery, stopAfter: stopAfter, resume: resume)
-    guard let job = try TrainingJob.prepare(request, note: printError) else { return }
+  }
+
+  func run() throws {
+    threads.apply()
+    guard let job = try TrainingJob.prepare(request, note: { printError($0) }) else { return }
     var progress = TrainingProgress()
     let cancellation = Interruption.install()
     let outcome: TrainingOutcome

@@ -2,6 +2,7 @@ import CKernels
 import Foundation
 import IR
 import Runtime
+import TestSupport
 import Testing
 
 /// A graph with one product of each kind a plan tells apart: a q4_1 weight times 1 row (decoding),
