@@ -63,7 +63,7 @@ public struct TrainStepBenchmark: Sendable {
     var phases: [Double] = []
     let pipeline = try parsePipeline(
       Pipelines.training(rank: rank, alpha: Double(2 * rank), targets: targets, passes: passes))
-    let trainer = try wrapping {
+    let executable = try wrapping {
       let traced = try model.trace(
         batch: batch, sequence: sequence, loss: true, precision: precision)
       phases.append(seconds(since: start))
@@ -71,15 +71,14 @@ public struct TrainStepBenchmark: Sendable {
       phases.append(seconds(since: start))
       let constants = try model.weights(for: graph)
       phases.append(seconds(since: start))
-      return try GraphTrainer(
-        graph, constants: constants,
-        optimizer: OptimizerSettings(learningRate: 1e-4, maxGradientNorm: 1), target: target)
+      return try Executable(graph, constants: constants, target: target)
     }
     if precision == .bf16 { Executable.trimHeap() }
-    let executable = trainer.executable
     let (trace, passes, weights) = (phases[0], phases[1] - phases[0], phases[2] - phases[1])
     let packing = executable.packingSeconds
     let compile = seconds(since: start) - weights - packing
+    let trainer = try GraphTrainer(
+      executable, optimizer: OptimizerSettings(learningRate: 1e-4, maxGradientNorm: 1))
     var generator = SplitMix64(seed: 1)
     let count = batch * sequence
     let ids = (0..<(count + 1)).map { _ in

@@ -7,16 +7,27 @@
 /// table, and the round-trip and gradient coverage tests loop over it. (The C kernels' codes of
 /// the function families live in Runtime's `KernelCodes.swift`: this target cannot see the C
 /// header.)
-public enum OpKind: Hashable, Sendable, CaseIterable {
+public enum OpKind: Int, Hashable, Sendable, CaseIterable {
   case unary, binary, compare, select, reduce, matmul, reshape, transpose, broadcast, slice
   case concat, gather, scatterAdd, cast, iota, fill, softmax, logSoftmax, rope, dynamicSlice
   case dynamicUpdateSlice, rmsNorm, rmsNormGrad, swiglu, swigluGrad, crossEntropy
   case crossEntropyGrad, loraLinear, attention, attentionGrad, elementwise
 
   /// The kind's row of the op table (computed once per kind).
-  public var facts: OpFacts { Self.rows[self] ?? row }
+  public var facts: OpFacts { Self.rows[rawValue] }
 
-  private static let rows = Dictionary(uniqueKeysWithValues: allCases.map { ($0, $0.row) })
+  /// The rows by raw value (the cases' order), made once.
+  private static let rows = allCases.map(\.row)
+
+  /// The operand counts by raw value: type inference reads them for every instruction it makes,
+  /// so they are kept apart from the rows (no copy of a row's strings and arrays per read).
+  static let operandCounts = rows.map(\.operands)
+
+  /// Whether `fuse` makes the kind, by raw value (read by the fuse pass per instruction).
+  static let fusedKinds = rows.map(\.isFused)
+
+  /// The mnemonics (a family's prefix) by raw value, read whenever an op is printed.
+  static let mnemonicPrefixes = rows.map(\.mnemonic)
 
   /// The op table: one row per kind, no `default`.
   private var row: OpFacts {

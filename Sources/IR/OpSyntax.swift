@@ -51,10 +51,14 @@ extension Op {
   public static let allMnemonics: [String] = OpKind.allCases.flatMap(\.mnemonics)
 
   /// The op's name in the text format, from its row in the op table.
-  public var mnemonic: String { kind.facts.mnemonic + (member ?? "") }
+  public var mnemonic: String {
+    let prefix = OpKind.mnemonicPrefixes[kind.rawValue]
+    guard let member else { return prefix }
+    return prefix.isEmpty ? member : prefix + member
+  }
 
   /// Whether the op is one of the fused ops the `fuse` pass makes.
-  public var isFused: Bool { kind.facts.isFused }
+  public var isFused: Bool { OpKind.fusedKinds[kind.rawValue] }
 
   /// Whether the op is a fused `elementwise` chain.
   public var isElementwise: Bool {

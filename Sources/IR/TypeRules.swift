@@ -45,7 +45,7 @@ public func broadcastShapes(_ shapes: [[Int]]) -> [Int]? {
 extension Op {
   /// How many operands the op takes: an exact count, or nil for "one or more" (`concat`), from
   /// the op table.
-  public var arity: Int? { kind.facts.operands }
+  public var arity: Int? { OpKind.operandCounts[kind.rawValue] }
 
   /// The types of the op's results for operands of the given types: the only shape rule, used by
   /// the tracer, the parser and the verifier.

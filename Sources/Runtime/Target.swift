@@ -35,14 +35,19 @@ public struct Target: Hashable, Sendable, CustomStringConvertible {
       }
     }
 
-    /// The CPU features this machine lacks for the tier (empty: it runs it).
-    var missingOnHost: [String] {
-      let features = lc_cpu_features()
-      return requirements.filter { features & $0.bit == 0 }.map(\.name)
+    /// The features a CPU with `features` (`lc_cpu_features` bits) lacks for the tier (empty: it
+    /// runs it).
+    func missing(features: Int32) -> [String] {
+      requirements.filter { features & $0.bit == 0 }.map(\.name)
+    }
+
+    /// The widest tier a CPU with `features` runs.
+    static func widest(features: Int32) -> ISA {
+      allCases.last { $0.missing(features: features).isEmpty } ?? .portable
     }
 
     /// The widest tier this CPU runs.
-    public static var host: ISA { allCases.last { $0.missingOnHost.isEmpty } ?? .portable }
+    public static var host: ISA { widest(features: lc_cpu_features()) }
   }
 
   /// The widest kernels to use.
@@ -84,12 +89,16 @@ public struct Target: Hashable, Sendable, CustomStringConvertible {
   /// Throws unless this CPU runs the target's ISA tier.
   /// - Throws: `RuntimeError` naming what the CPU lacks, e.g. `--isa avx512: this CPU lacks
   ///   avx512f+avx512bw (it runs avx2)`.
-  public func checkHost() throws(RuntimeError) {
-    let missing = isa.missingOnHost
+  public func checkHost() throws(RuntimeError) { try check(features: lc_cpu_features()) }
+
+  /// `checkHost()` for a CPU with `features` (`lc_cpu_features` bits).
+  public func check(features: Int32) throws(RuntimeError) {
+    let missing = isa.missing(features: features)
     guard missing.isEmpty else {
+      let widest = ISA.widest(features: features).rawValue
       throw RuntimeError(
         message:
-          "--isa \(isa.rawValue): this CPU lacks \(missing.joined(separator: ", ")) (it runs \(ISA.host.rawValue))"
+          "--isa \(isa.rawValue): this CPU lacks \(missing.joined(separator: ", ")) (it runs \(widest))"
       )
     }
   }

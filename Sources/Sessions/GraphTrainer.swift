@@ -27,19 +27,26 @@ public final class GraphTrainer {
   public let optimizer: AdamW
 
   /// Compiles a differentiated `graph` for `target` with `constants` bound by name.
-  public init(
+  public convenience init(
     _ graph: Graph, constants: [String: HostTensor] = [:], optimizer settings: OptimizerSettings,
     target: Target = .host
   ) throws(SessionError) {
+    let executable = try wrapping {
+      try Executable(graph, constants: constants, target: target)
+    }
+    try self.init(executable, optimizer: settings)
+  }
+
+  /// Trains the parameters of an executable of a differentiated graph.
+  public init(_ executable: Executable, optimizer settings: OptimizerSettings) throws(SessionError)
+  {
+    let graph = executable.graph
     let parameters = graph.declarations.filter { $0.kind == .parameter }.map(\.name)
     let first = graph.outputs.count - parameters.count
     guard !parameters.isEmpty, first >= 1 else {
       throw SessionError(
         "the graph has \(parameters.count) parameters and \(graph.outputs.count) outputs; "
           + "a train step returns its loss, then one gradient per parameter (run autodiff)")
-    }
-    let executable = try wrapping {
-      try Executable(graph, constants: constants, target: target)
     }
     self.executable = executable
     self.parameters = parameters

@@ -178,6 +178,20 @@ extension RuntimeSuite {
           && !message.contains("\n")
       }
     }
+    // The message on the other tier's hosts, hand-written: a Zen 3 (AVX2, FMA: bit 1) asked for
+    // AVX-512, and an AVX-512 host without VNNI or BF16 (bits 1 and 2) asked for BF16.
+    #expect(
+      throws: RuntimeError(message: "--isa avx512: this CPU lacks avx512f+avx512bw (it runs avx2)")
+    ) {
+      try Target(isa: .avx512).check(features: 1)
+    }
+    #expect(
+      throws: RuntimeError(
+        message: "--isa avx512-bf16: this CPU lacks avx512_vnni, avx512_bf16 (it runs avx512)")
+    ) {
+      try Target(isa: .avx512BF16).check(features: 1 | 2)
+    }
+    #expect(throws: Never.self) { try Target(isa: .avx2).check(features: 1) }
     // Planning and printing need no such CPU.
     #expect(KernelPlan(graph, target: Target(isa: .avx512BF16)).entries.count == graph.body.count)
   }
