@@ -74,6 +74,19 @@ extension CompiledBundle {
   }
 }
 
+extension KernelPlan {
+  /// The plan to show beside `graph`: a bundle's `stored` plan text when it reads back for the
+  /// graph (whatever CPU it was made for), else a new plan for `isa` (default: this CPU's).
+  public static func shown(for graph: Graph, stored: String?, isa: Target.ISA?) -> KernelPlan {
+    if let stored, let parsed = try? KernelPlan(parsing: stored),
+      parsed.entries.count == graph.body.count
+    {
+      return parsed
+    }
+    return KernelPlan(graph, target: Target(isa: isa ?? .host))
+  }
+}
+
 /// A `.lorac` bundle bound to its base model, ready to run without tracing again.
 public struct BundleSession {
   public let bundle: CompiledBundle

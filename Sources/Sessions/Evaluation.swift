@@ -83,12 +83,11 @@ public struct Evaluator {
     self.target = target
   }
 
-  /// Scores `cases` (masked as in training) and decodes each prompt greedily, `batch` prompts at
-  /// a time, until end-of-sequence, a newline or the answer's length plus 4 tokens.
-  public func evaluate(_ cases: [EvaluationCase], batch: Int) throws(SessionError)
-    -> EvaluationResult
-  {
-    let start = DispatchTime.now().uptimeNanoseconds
+  /// The tokenized examples of `cases` (masked as in training: the completion and the
+  /// end-of-sequence token after it count), checked to fit the model's context.
+  public static func scoredExamples(
+    _ cases: [EvaluationCase], model: LlamaModel, tokenizer: Tokenizer
+  ) throws(SessionError) -> [TrainingExample] {
     let scored = cases.map {
       Dataset.completion(prompt: $0.prompt, completion: $0.answer, tokenizer: tokenizer)
     }
@@ -98,6 +97,17 @@ public struct Evaluator {
         "\(cases[index].origin): the prompt and completion have \(scored[index].ids.count) tokens "
           + "(with end-of-sequence), more than the model's context of \(limit)")
     }
+    return scored
+  }
+
+  /// Scores `cases` (masked as in training) and decodes each prompt greedily, `batch` prompts at
+  /// a time, until end-of-sequence, a newline or the answer's length plus 4 tokens.
+  public func evaluate(_ cases: [EvaluationCase], batch: Int) throws(SessionError)
+    -> EvaluationResult
+  {
+    let start = DispatchTime.now().uptimeNanoseconds
+    let scored = try Evaluator.scoredExamples(cases, model: model, tokenizer: tokenizer)
+    let limit = model.contextLength
     let longestScored = scored.map { $0.ids.count - 1 }.max() ?? 1
     let scorer = try LossSession(
       model: model, adapter: adapter, batch: min(8, scored.count),

@@ -7,7 +7,7 @@ import Runtime
 /// value when resuming, else the default.
 public struct TrainingRequest: Sendable {
   /// Where the examples come from.
-  public enum Data: Sendable, Hashable {
+  public enum DataSource: Sendable, Hashable {
     /// A jsonl file with {"prompt","completion"}, {"text"} or {"messages":[...]} lines.
     case jsonl(String)
     /// The tutorials' a + b task.
@@ -15,7 +15,7 @@ public struct TrainingRequest: Sendable {
   }
 
   public var model: String
-  public var data: Data
+  public var data: DataSource
   /// The output folder (made if missing).
   public var out: String
   /// Examples to generate for `.mysteryFunction` (default 4000).
@@ -43,7 +43,7 @@ public struct TrainingRequest: Sendable {
   public var target: Target
 
   public init(
-    model: String, data: Data, out: String, examples: Int? = nil, rank: Int? = nil,
+    model: String, data: DataSource, out: String, examples: Int? = nil, rank: Int? = nil,
     alpha: Double? = nil, targets: String? = nil, learningRate: Double? = nil, warmup: Int? = nil,
     steps: Int? = nil, batch: Int? = nil, accumulate: Int? = nil, sequence: Int? = nil,
     weightDecay: Double? = nil, maxGradientNorm: Double? = nil, seed: UInt64? = nil,
@@ -115,18 +115,19 @@ public final class TrainingJob {
   public let examples: [TrainingExample]
   public let schedule: Schedule
   public let folder: URL
-  public let resume: TrainingState?
+  /// The saved state the run continues from (nil: it starts at step 0).
+  public let resumedState: TrainingState?
   public let record: CheckpointRecord
 
   private init(
     session: TrainingSession, examples: [TrainingExample], schedule: Schedule, folder: URL,
-    resume: TrainingState?, record: CheckpointRecord
+    resumedState: TrainingState?, record: CheckpointRecord
   ) {
     self.session = session
     self.examples = examples
     self.schedule = schedule
     self.folder = folder
-    self.resume = resume
+    self.resumedState = resumedState
     self.record = record
   }
 
@@ -179,7 +180,7 @@ public final class TrainingJob {
     let seed = try settings.resolve("seed", request.seed, default: UInt64(0))
     let precision = try settings.resolve(
       "precision", request.precision, default: WeightPrecision.f32)
-    if let text = precisionNote(precision) { note(text) }
+    if let text = precisionNote(precision, target: request.target) { note(text) }
     // The total may change on resume (the schedule then decays over the new total).
     let steps =
       request.steps ?? saved.flatMap { $0.settings["steps"] }.flatMap { Int($0) } ?? 60
@@ -223,9 +224,10 @@ public final class TrainingJob {
             + "\(saved.dataFingerprint), these examples have \(dataFingerprint)); resume with the "
             + "same --data or --task or train into a new --out")
       }
-      if saved.threads != Threads.count {
+      let threads = request.target.threads ?? Threads.count
+      if saved.threads != threads {
         note(
-          "note: the state was trained with \(saved.threads) threads, now \(Threads.count): "
+          "note: the state was trained with \(saved.threads) threads, now \(threads): "
             + "the losses will not match an uninterrupted run bit for bit")
       }
       if saved.step == steps {
@@ -249,9 +251,9 @@ public final class TrainingJob {
         steps: steps, learningRate: learningRate, warmup: warmup, weightDecay: weightDecay,
         maxGradientNorm: maxGradientNorm, accumulate: accumulate, saveEvery: request.saveEvery,
         stopAfter: request.stopAfter),
-      folder: folder, resume: saved,
+      folder: folder, resumedState: saved,
       record: CheckpointRecord(
-        seed: seed, rank: rank, alpha: alpha, settings: settings.values,
+        seed: seed, settings: settings.values,
         dataFingerprint: dataFingerprint, modelFingerprint: modelFingerprint))
   }
 
@@ -260,13 +262,13 @@ public final class TrainingJob {
     throws(SessionError) -> TrainingOutcome
   {
     try session.train(
-      examples: examples, schedule: schedule, folder: folder, resume: resume, record: record,
+      examples: examples, schedule: schedule, folder: folder, resume: resumedState, record: record,
       cancellation: cancellation, progress: progress)
   }
 
   /// The tokenized examples of `data`.
   static func trainingExamples(
-    _ data: TrainingRequest.Data, count: Int, seed: UInt64, tokenizer: Tokenizer
+    _ data: TrainingRequest.DataSource, count: Int, seed: UInt64, tokenizer: Tokenizer
   ) throws(SessionError) -> [TrainingExample] {
     switch data {
     case .jsonl(let path):
@@ -285,9 +287,9 @@ public final class TrainingJob {
   }
 }
 
-/// A note for the person when bf16 was asked for and the CPU has no bf16 dot products.
-public func precisionNote(_ precision: WeightPrecision) -> String? {
-  precision == .bf16 && !Target.host.packsBF16Weights
+/// A note for the person when bf16 was asked for and the target has no bf16 dot products.
+public func precisionNote(_ precision: WeightPrecision, target: Target = .host) -> String? {
+  precision == .bf16 && !target.packsBF16Weights
     ? "note: this CPU has no avx512_bf16; bf16 weights are decoded to f32 for each product"
     : nil
 }

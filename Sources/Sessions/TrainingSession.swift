@@ -64,6 +64,29 @@ public struct Schedule: Sendable, Hashable {
     self.stopAfter = stopAfter
   }
 
+  /// Checks the counts and rates (the messages name the command's flags).
+  public func check() throws(SessionError) {
+    for (name, value) in [
+      ("--steps", steps), ("--accumulate", accumulate), ("--save-every", saveEvery),
+    ]
+    where value < 1 {
+      throw SessionError("\(name) must be at least 1, got \(value)")
+    }
+    if let stopAfter, stopAfter < 1 {
+      throw SessionError("--stop-after must be at least 1, got \(stopAfter)")
+    }
+    if warmup < 0 { throw SessionError("--warmup must be at least 0, got \(warmup)") }
+    if !(learningRate > 0 && learningRate.isFinite) {
+      throw SessionError("--lr must be positive, got \(learningRate)")
+    }
+    if !(weightDecay >= 0 && weightDecay.isFinite) {
+      throw SessionError("--weight-decay must be at least 0, got \(weightDecay)")
+    }
+    if !(maxGradientNorm > 0 && maxGradientNorm.isFinite) {
+      throw SessionError("--max-grad-norm must be positive, got \(maxGradientNorm)")
+    }
+  }
+
   /// The learning rate of optimizer step `step` (from 0): linear warm-up, then cosine decay to
   /// 10% of the peak.
   public func learningRate(at step: Int) -> Double {
@@ -76,21 +99,18 @@ public struct Schedule: Sendable, Hashable {
 /// What a checkpoint records besides tensors: the settings and fingerprints a resume is checked
 /// against.
 public struct CheckpointRecord: Sendable, Hashable {
+  /// The run's seed: the data order's generator starts from `seed + 2`.
   public var seed: UInt64
-  public var rank: Int
-  public var alpha: Double
   /// The hyper-parameters of the run by flag name (without dashes), as decimal text.
   public var settings: [String: String]
   public var dataFingerprint: String
   public var modelFingerprint: String
 
   public init(
-    seed: UInt64, rank: Int, alpha: Double, settings: [String: String], dataFingerprint: String,
-    modelFingerprint: String
+    seed: UInt64 = 0, settings: [String: String] = [:], dataFingerprint: String = "",
+    modelFingerprint: String = ""
   ) {
     self.seed = seed
-    self.rank = rank
-    self.alpha = alpha
     self.settings = settings
     self.dataFingerprint = dataFingerprint
     self.modelFingerprint = modelFingerprint
@@ -163,6 +183,13 @@ public final class TrainingSession {
     record: CheckpointRecord, cancellation: Cancellation? = nil,
     progress: (StepReport) -> Void = { _ in }
   ) throws(SessionError) -> TrainingOutcome {
+    guard !trained else {
+      throw SessionError(
+        "this training session has trained already; make a new one (a resume reads the checkpoint)")
+    }
+    try schedule.check()
+    guard !examples.isEmpty else { throw SessionError("no training examples") }
+    trained = true
     let optimizer = trainer.optimizer
     optimizer.weightDecay = schedule.weightDecay
     optimizer.maxGradientNorm = schedule.maxGradientNorm
@@ -262,12 +289,16 @@ public final class TrainingSession {
 
   /// One optimizer step on one micro-batch of `rows` (cut or padded to the configured sequence;
   /// as many rows as the configured batch) at `learningRate`; returns the loss before the update.
+  ///
+  /// AdamW clips the gradients' global norm to 1 with no weight decay (`trainer.optimizer` holds
+  /// the settings); a session that steps cannot `train` afterwards.
   public func step(_ rows: [TrainingExample], learningRate: Double) throws(SessionError) -> Float {
     guard rows.count == configuration.batch else {
       throw SessionError(
         "a train step takes \(configuration.batch) examples (the configured batch), got \(rows.count)"
       )
     }
+    trained = true
     trainer.optimizer.learningRate = learningRate
     return try trainer.step(PackedBatch(rows, sequence: configuration.sequence).inputs)
   }
@@ -290,6 +321,10 @@ public final class TrainingSession {
   /// Whether this session has cleared the folder's stale temporary files yet.
   private var clearedStaleFiles = false
 
+  /// Whether `train` or `step` has run: the parameters and AdamW's moments are no longer the
+  /// initial ones, so `train` (which starts from them, or from a saved state) refuses.
+  private var trained = false
+
   /// Writes metrics.jsonl, loss.svg, the PEFT adapter and, last, the training state, each
   /// crash-safely: after a crash the state never claims steps the other files lack.
   ///
@@ -299,6 +334,11 @@ public final class TrainingSession {
     folder: URL, state: TrainingState, metrics: Metrics, record: CheckpointRecord
   ) throws(SessionError) {
     var state = state
+    do {
+      try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    } catch {
+      throw SessionError("\(folder.path): cannot create the folder: \(error.localizedDescription)")
+    }
     if !clearedStaleFiles {
       removeStaleTemporaryFiles(in: folder, for: TrainingSession.checkpointFiles)
       clearedStaleFiles = true
@@ -311,7 +351,7 @@ public final class TrainingSession {
       try writeAtomically(
         Data(LossCurve.svg(metrics.losses).utf8), to: folder.appendingPathComponent("loss.svg"))
     }
-    try saveAdapter(to: folder, alpha: record.alpha, rank: record.rank)
+    try saveAdapter(to: folder)
     do {
       try state.write(to: folder)
     } catch {
@@ -319,8 +359,10 @@ public final class TrainingSession {
     }
   }
 
-  /// Writes the adapter in PEFT's layout to `folder`.
-  public func saveAdapter(to folder: URL, alpha: Double, rank: Int) throws(SessionError) {
+  /// Writes the adapter in PEFT's layout to `folder`: adapter_model.safetensors and
+  /// adapter_config.json (the configuration's rank and alpha).
+  public func saveAdapter(to folder: URL) throws(SessionError) {
+    let (rank, alpha) = (configuration.rank, configuration.alpha)
     try wrapping {
       var tensors: [String: HostTensor] = [:]
       for name in parameters { tensors[name] = try executable.value(named: name) }

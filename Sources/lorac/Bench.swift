@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import KernelBench
 import Runtime
+import Sessions
 
 /// `lorac bench`: measures lorac against baselines run on the same machine in the same run.
 struct Bench: ParsableCommand {
@@ -77,7 +78,7 @@ struct ISAOption: ParsableArguments {
     do {
       try target.checkHost()
     } catch {
-      fail(error.message)
+      throw SessionError(error.message)
     }
     return target
   }

@@ -29,6 +29,8 @@ extension Bench {
 
     @OptionGroup var threads: ThreadsOption
 
+    func validate() throws { try threads.check() }
+
     @Flag(help: "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does.")
     var int8Activations = false
 

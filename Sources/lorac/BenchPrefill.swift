@@ -55,6 +55,7 @@ extension Bench {
           throw ValidationError("--context must be at least --tokens (\(tokens)), got \(context)")
         }
       }
+      try threads.check()
     }
 
     func run() throws {

@@ -55,11 +55,12 @@ extension Bench {
       where value < 1 {
         throw ValidationError("\(name) must be at least 1, got \(value)")
       }
+      try threads.check()
     }
 
     func run() throws {
       threads.apply()
-      if let note = precisionNote(precision) { printError(note) }
+      if let note = precisionNote(precision, target: try isa.target()) { printError(note) }
       let benchmark = TrainStepBenchmark(
         batch: batch, sequence: seq, rank: rank, targets: targets, passes: passes,
         precision: precision, runs: runs, target: try isa.target())

@@ -45,7 +45,8 @@ struct ThreadsOption: ParsableArguments {
     name: .customLong("threads"), parsing: .unconditional, help: "Threads (default: all cores).")
   var count: Int?
 
-  func validate() throws {
+  /// The command's `validate()` calls this where `--threads` was always checked.
+  func check() throws {
     if let count, count < 1 {
       throw ValidationError("--threads must be at least 1, got \(count)")
     }

@@ -84,6 +84,8 @@ struct Run: ParsableCommand {
 
   @OptionGroup var threads: ThreadsOption
 
+  func validate() throws { try threads.check() }
+
   func run() throws {
     threads.apply()
     let session = try BundleSession(path: bundle, model: model)

@@ -107,18 +107,7 @@ struct DumpIR: ParsableCommand {
       print(Printer().print(graph), terminator: "")
       return
     }
-    print(
-      kernelPlan(for: graph, stored: isa == nil ? storedPlan : nil).annotatedText(for: graph),
-      terminator: "")
-  }
-
-  /// The stored plan of a bundle when it reads back for this graph, else a new one for --isa.
-  private func kernelPlan(for graph: Graph, stored: String?) -> KernelPlan {
-    if let stored, let parsed = try? KernelPlan(parsing: stored),
-      parsed.entries.count == graph.body.count
-    {
-      return parsed
-    }
-    return KernelPlan(graph, target: Target(isa: isa ?? .host))
+    let kernels = KernelPlan.shown(for: graph, stored: isa == nil ? storedPlan : nil, isa: isa)
+    print(kernels.annotatedText(for: graph), terminator: "")
   }
 }

@@ -58,6 +58,7 @@ struct Eval: ParsableCommand {
     }
     if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
+    try threads.check()
   }
 
   func run() throws {
@@ -67,6 +68,8 @@ struct Eval: ParsableCommand {
     let cases =
       try data.map { path throws(SessionError) in try EvaluationCase.read(jsonl: path) }
       ?? EvaluationCase.mysteryFunction(count: count, seed: seed)
+    // Cases too long for the context are named before the adapter is read.
+    _ = try Evaluator.scoredExamples(cases, model: loaded, tokenizer: tokenizer)
     let evaluator = Evaluator(
       model: loaded, tokenizer: tokenizer, adapter: try loadAdapter(adapter, for: loaded))
     let result = try evaluator.evaluate(cases, batch: batch)

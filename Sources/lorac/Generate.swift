@@ -78,6 +78,7 @@ struct Generate: ParsableCommand {
     } catch {
       throw ValidationError(error.message)
     }
+    try threads.check()
   }
 
   /// The sampler's options from the flags.

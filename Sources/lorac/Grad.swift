@@ -28,6 +28,8 @@ struct Grad: ParsableCommand {
 
   @OptionGroup var threads: ThreadsOption
 
+  func validate() throws { try threads.check() }
+
   @Option(help: "Print the IR after these passes (a pass name, or all).")
   var printIRAfter: String?
 

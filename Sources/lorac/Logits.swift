@@ -20,6 +20,8 @@ struct Logits: ParsableCommand {
 
   @OptionGroup var threads: ThreadsOption
 
+  func validate() throws { try threads.check() }
+
   @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
   var adapter: String?
 

@@ -112,6 +112,7 @@ struct Train: ParsableCommand {
     } catch {
       throw ValidationError(error.message)
     }
+    try threads.check()
   }
 
   /// What the flags ask for.

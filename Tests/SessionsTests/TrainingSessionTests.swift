@@ -108,3 +108,39 @@ private func request(out: URL, steps: Int = 6, resume: Bool = false) throws -> T
       == "lora{rank=4,alpha=8.0,rslora=false,targets={layers.0.attn.q}},freeze,fuse,"
       + "autodiff{loss=loss},fuse{elementwise=true},dce")
 }
+
+@Test func aTrainingSessionChecksItsScheduleAndTrainsOnce() throws {
+  let model = try LlamaModel.open(try modelPath())
+  let session = try TrainingSession(
+    model: model,
+    configuration: TrainingConfiguration(
+      rank: 2, targets: "layers.0.attn.q", batch: 1, sequence: 8))
+  let example = TrainingExample(
+    ids: (1...9).map { Int32($0) }, weights: [Float](repeating: 1, count: 8))
+  // The checkpoint folder is made when missing.
+  let folder = try temporaryFolder().appendingPathComponent("made/by/checkpoint")
+  func train(_ schedule: Schedule, _ examples: [TrainingExample]) throws -> TrainingOutcome {
+    try session.train(
+      examples: examples, schedule: schedule, folder: folder, resume: nil,
+      record: CheckpointRecord())
+  }
+  #expect(throws: SessionError("--save-every must be at least 1, got 0")) {
+    try train(Schedule(steps: 2, learningRate: 1e-3, saveEvery: 0), [example])
+  }
+  #expect(throws: SessionError("--accumulate must be at least 1, got 0")) {
+    try train(Schedule(steps: 2, learningRate: 1e-3, accumulate: 0), [example])
+  }
+  #expect(throws: SessionError("no training examples")) {
+    try train(Schedule(steps: 2, learningRate: 1e-3), [])
+  }
+  #expect(try train(Schedule(steps: 2, learningRate: 1e-3), [example]) == .finished)
+  let config = try String(
+    contentsOf: folder.appendingPathComponent("adapter_config.json"), encoding: .utf8)
+  #expect(config.contains("\"r\": 2") && config.contains("\"lora_alpha\": 16.0"))
+  #expect(
+    throws: SessionError(
+      "this training session has trained already; make a new one (a resume reads the checkpoint)")
+  ) {
+    try train(Schedule(steps: 2, learningRate: 1e-3), [example])
+  }
+}
