@@ -22,7 +22,7 @@ do {
   print("trainable: \(trainer.parameters.joined(separator: ", "))")
   for step in 1...20 {
     let loss = try trainer.step(inputs)
-    print("step \(step)  loss \(String(format: "%.3e", loss))")
+    print("step \(step)  loss \(String(format: "%.3e", loss + 0))")  // + 0: no "-0"
   }
   // The graph's second output is the logits; a point is right when its larger logit is the
   // label's class.
