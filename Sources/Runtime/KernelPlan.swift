@@ -133,11 +133,8 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
 
   // MARK: - Choices
 
-  /// Threads that attention scratch is planned for: every core, or more when the target (or the
-  /// count in force) asks for more.
-  static func attentionSlots(_ target: Target) -> Int {
-    max(Threads.cores, target.threads ?? Threads.count)
-  }
+  /// Threads that attention scratch is planned for (the target's `threadSlots`).
+  static func attentionSlots(_ target: Target) -> Int { target.threadSlots }
 
   /// The widest `lc_quant_path` with a kernel for `dtype` within the target's tier (f32
   /// activations unless int8 activations are on).

@@ -66,15 +66,22 @@ public struct Target: Hashable, Sendable, CustomStringConvertible {
   ///
   /// Needs `avx512-bf16`; off, such weights are decoded to f32 for sgemm.
   public var bf16Products: Bool
+  /// The threads per-thread scratch (attention's blocks) is planned for.
+  ///
+  /// Every core, or more when `threads` (or the count in force) asks for more; resolved when the
+  /// target is made, so that a plan is a function of the graph and the target alone.
+  public var threadSlots: Int
 
   /// A target; `isa` defaults to the widest tier this CPU runs.
   public init(
-    isa: ISA = .host, threads: Int? = nil, int8Activations: Bool = false, bf16Products: Bool = true
+    isa: ISA = .host, threads: Int? = nil, int8Activations: Bool = false, bf16Products: Bool = true,
+    threadSlots: Int? = nil
   ) {
     self.isa = isa
     self.threads = threads
     self.int8Activations = int8Activations
     self.bf16Products = bf16Products
+    self.threadSlots = threadSlots ?? max(Threads.cores, threads ?? Threads.count)
   }
 
   /// The widest tier this CPU runs, f32 activations, bf16 products, the thread count in force.
