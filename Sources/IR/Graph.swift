@@ -108,6 +108,18 @@ public struct Graph: Hashable, Sendable {
     declarations.first { $0.name == name }
   }
 
+  /// Each output's name: the input's, the declaration's or the defining instruction's dotted
+  /// name, or `output.N` when it has none.
+  public var outputNames: [String] {
+    var names: [Value: String] = [:]
+    for input in inputs { names[input.value] = input.name }
+    for declaration in declarations { names[declaration.value] = declaration.name }
+    for instruction in body {
+      if let name = instruction.name { names[instruction.results[0]] = name }
+    }
+    return outputs.enumerated().map { names[$1] ?? "output.\($0)" }
+  }
+
   /// For each instruction result, the index of the instruction that defines it.
   public func definers() -> [Value: Int] {
     var definers: [Value: Int] = [:]

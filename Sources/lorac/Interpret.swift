@@ -39,7 +39,7 @@ struct Interpret: ParsableCommand {
     } catch {
       fail(error.description)
     }
-    let names = outputNames(graph)
+    let names = graph.outputNames
     print("{\"outputs\": [")
     for (index, (name, output)) in zip(names, outputs).enumerated() {
       let values = output.scalars.map { output.dtype == .i32 ? String(Int($0)) : jsonNumber($0) }
@@ -89,17 +89,6 @@ struct Interpret: ParsableCommand {
       bindings[name] = DenseTensor(dtype: dtype, shape: type.shape, scalars: values)
     }
     return bindings
-  }
-
-  /// Each output's dotted name, or `output.N` when it has none.
-  private func outputNames(_ graph: Graph) -> [String] {
-    var names: [Value: String] = [:]
-    for input in graph.inputs { names[input.value] = input.name }
-    for declaration in graph.declarations { names[declaration.value] = declaration.name }
-    for instruction in graph.body {
-      if let name = instruction.name { names[instruction.results[0]] = name }
-    }
-    return graph.outputs.enumerated().map { names[$1] ?? "output.\($0)" }
   }
 }
 
