@@ -194,6 +194,18 @@ public struct PEFTAdapter: Sendable {
     return (config.embeddingLength, config.headCount * config.headDimension)
   }
 
+  /// Whether a PEFT adapter can hold a LoRA branch on the linear layer named `target`
+  /// (`layers.N.attn.{q,k,v,o}`, `layers.N.mlp.{gate,up,down}`).
+  public static func canAdapt(_ target: String) -> Bool {
+    let parts = target.split(separator: ".")
+    return parts.count == 4 && parts[0] == "layers" && Int(parts[1]) != nil
+      && modules.contains { $0.lorac == "\(parts[2]).\(parts[3])" }
+  }
+
+  /// The linear layers a PEFT adapter can hold, as a glob: what `canAdapt` accepts.
+  public static let adaptableTargets =
+    "layers.N.{" + modules.map(\.lorac).joined(separator: ",") + "}"
+
   /// Tensors in lorac's names and orientation (`layers.0.attn.q.lora_a` [in, r], `.lora_b`
   /// [r, out]: adapter weights or their gradients) as PEFT names and shapes, sorted by name:
   /// transposed, and q/k `lora_b` rows returned to Hugging Face order.

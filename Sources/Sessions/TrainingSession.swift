@@ -167,6 +167,13 @@ public final class TrainingSession {
         graph, constants: try model.weights(for: graph),
         optimizer: OptimizerSettings(learningRate: 0, maxGradientNorm: 1), target: c.target)
     }
+    // Checked before any step: an adapter on anything else could never be saved.
+    let targets = trainer.parameters.filter { $0.hasSuffix(".lora_a") }.map { $0.dropLast(7) }
+    if let bad = targets.first(where: { !PEFTAdapter.canAdapt(String($0)) }) {
+      throw SessionError(
+        "--targets '\(c.targets)' selects '\(bad)', which a PEFT adapter cannot hold; "
+          + "adaptable: \(PEFTAdapter.adaptableTargets)")
+    }
     // bf16 weights: the rounded copies only the packed forms needed are gone by now.
     if c.precision == .bf16 { Executable.trimHeap() }
   }

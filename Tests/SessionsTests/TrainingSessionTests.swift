@@ -144,3 +144,18 @@ private func request(out: URL, steps: Int = 6, resume: Bool = false) throws -> T
     try train(Schedule(steps: 2, learningRate: 1e-3), [example])
   }
 }
+
+@Test func aTargetNoPEFTAdapterCanHoldIsRefusedBeforeAnyStep() throws {
+  let model = try LlamaModel.open(try modelPath())
+  let adaptable = "layers.N.{attn.q,attn.k,attn.v,attn.o,mlp.gate,mlp.up,mlp.down}"
+  #expect(
+    throws: SessionError(
+      "--targets 'head' selects 'head', which a PEFT adapter cannot hold; adaptable: \(adaptable)")
+  ) {
+    _ = try TrainingSession(
+      model: model,
+      configuration: TrainingConfiguration(rank: 2, targets: "head", batch: 1, sequence: 4))
+  }
+  // What PEFT can hold is accepted, whatever the layer.
+  #expect(PEFTAdapter.canAdapt("layers.29.mlp.down") && !PEFTAdapter.canAdapt("layers.0.attn"))
+}
