@@ -17,9 +17,27 @@ public struct DecodeSession {
   /// The kernels' target: ISA tier, int8 activations, bf16 products.
   public let target: Target
 
-  /// Compiled decoding graphs by batch, token count and head form, reused across generations.
+  /// Compiled decoding graphs by batch, token count and head form, reused across generations,
+  /// and the adapter scale they all run with.
   private final class CompiledGraphs {
     var byShape: [[Int]: Executable] = [:]
+    var adapterScale: Float = 1
+  }
+
+  /// The factor on the adapter's branches in every graph of the session (1 by default; 0 decodes
+  /// the base model bit for bit); changing it recompiles nothing.
+  public var adapterScale: Float { compiled.adapterScale }
+
+  /// Sets `adapterScale` for the graphs compiled so far and those compiled later.
+  public func setAdapterScale(_ scale: Float) throws(SessionError) {
+    guard scale.isFinite else { throw SessionError("--adapter-scale must be finite, got \(scale)") }
+    if scale != 1 && adapter == nil {
+      throw SessionError("--adapter-scale: the session has no adapter to scale")
+    }
+    for executable in compiled.byShape.values {
+      try Sessions.setAdapterScale(scale, of: executable)
+    }
+    compiled.adapterScale = scale
   }
 
   /// Decodes `model` (through `adapter`'s LoRA branches) for up to `context` tokens in all, with
@@ -41,6 +59,7 @@ public struct DecodeSession {
     let key = [batch, tokens, last ? 1 : 0]
     if let executable = compiled.byShape[key] { return executable }
     let executable = try compileNew(tokens: tokens, batch: batch, last: last)
+    try Sessions.setAdapterScale(compiled.adapterScale, of: executable)
     compiled.byShape[key] = executable
     return executable
   }

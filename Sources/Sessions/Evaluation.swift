@@ -72,14 +72,18 @@ public struct Evaluator {
   public let model: LlamaModel
   public let tokenizer: Tokenizer
   public let adapter: PEFTAdapter?
+  /// The factor on the adapter's branches (0: the base model, from the same compiled graphs).
+  public let adapterScale: Float
   public let target: Target
 
   public init(
-    model: LlamaModel, tokenizer: Tokenizer, adapter: PEFTAdapter?, target: Target = .host
+    model: LlamaModel, tokenizer: Tokenizer, adapter: PEFTAdapter?, adapterScale: Float = 1,
+    target: Target = .host
   ) {
     self.model = model
     self.tokenizer = tokenizer
     self.adapter = adapter
+    self.adapterScale = adapterScale
     self.target = target
   }
 
@@ -112,6 +116,7 @@ public struct Evaluator {
     let scorer = try LossSession(
       model: model, adapter: adapter, batch: min(8, scored.count),
       sequence: max(2, longestScored), target: target)
+    if adapter != nil { try scorer.setAdapterScale(adapterScale) }
     let (total, weighted) = try scorer.score(scored)
     let loss = total / max(weighted, 1)
     let prompts = cases.map { tokenizer.encode($0.prompt) }
@@ -120,6 +125,7 @@ public struct Evaluator {
     let session = DecodeSession(
       model: model, context: min(limit, (longest + 15) / 16 * 16), adapter: adapter,
       target: target)
+    if adapter != nil { try session.setAdapterScale(adapterScale) }
     let newline = tokenizer.encode("\n")
     func ends(_ token: Int32) -> Bool {
       token == tokenizer.endOfSequence || token == 0 || newline.contains(token)

@@ -23,6 +23,15 @@ public struct ForwardSession {
       adapter: adapter, target: target)
   }
 
+  /// The factor on the adapter's branches (1 by default; 0 gives the base model bit for bit);
+  /// changing it recompiles nothing.
+  public var adapterScale: Float { executable.adapterScale }
+
+  /// Sets `adapterScale`.
+  public func setAdapterScale(_ scale: Float) throws(SessionError) {
+    try Sessions.setAdapterScale(scale, of: executable)
+  }
+
   /// Logits [sequence, vocab] for `tokens` at positions 0, 1, ...
   public func logits(_ tokens: [Int32]) throws(SessionError) -> HostTensor {
     try wrapping {

@@ -21,6 +21,11 @@ public struct LossSession {
       adapter: adapter, target: target)
   }
 
+  /// Sets the factor on the adapter's branches (1: as trained, 0: the base model).
+  public func setAdapterScale(_ scale: Float) throws(SessionError) {
+    try Sessions.setAdapterScale(scale, of: executable)
+  }
+
   /// The summed negative log-likelihood of the weighted next tokens of `examples` and the sum of
   /// their weights (examples longer than `sequence + 1` tokens are cut, as in training).
   public func score(_ examples: [TrainingExample]) throws(SessionError) -> (

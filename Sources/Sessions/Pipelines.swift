@@ -24,6 +24,17 @@ public enum Pipelines {
   }
 }
 
+/// Sets the run-time factor on the LoRA branches of `executable` (1: as trained, 0: the base model
+/// bit for bit, from the same executable); an adapter whose branches were not fused has no such
+/// switch, which is an error rather than a silently ignored scale.
+func setAdapterScale(_ scale: Float, of executable: Executable) throws(SessionError) {
+  guard scale.isFinite else { throw SessionError("--adapter-scale must be finite, got \(scale)") }
+  if scale != 1 && !executable.hasAdapterSwitch {
+    throw SessionError("--adapter-scale: the graph has no fused LoRA branch to scale")
+  }
+  executable.adapterScale = scale
+}
+
 /// Compiles a traced graph for inference with the adapter's branches, fused.
 ///
 /// The adapter's `lora` pass (when there is one), `fuse`, then `finish` (for instance `decode`);

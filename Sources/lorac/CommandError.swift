@@ -71,6 +71,22 @@ func parseIDs(_ text: String, option: String) throws(SessionError) -> [Int32] {
   return ids
 }
 
+/// `--adapter-scale`: the factor on the adapter's branches, checked against `--adapter`.
+struct AdapterScaleOption: ParsableArguments {
+  @Option(
+    name: .customLong("adapter-scale"), parsing: .unconditional,
+    help:
+      "The factor on the adapter's branches: 1 as trained, 0 the base model bit for bit (same compiled graph)."
+  )
+  var scale: Float = 1
+
+  /// The command's `validate()` calls this once it knows whether an adapter was given.
+  func check(adapter: String?) throws {
+    if !scale.isFinite { throw ValidationError("--adapter-scale must be finite, got \(scale)") }
+    if scale != 1 && adapter == nil { throw ValidationError("--adapter-scale needs --adapter") }
+  }
+}
+
 /// The PEFT adapter in the folder at `path` for `model`, when a folder is given.
 func loadAdapter(_ path: String?, for model: LlamaModel) throws(SessionError) -> PEFTAdapter? {
   guard let path else { return nil }

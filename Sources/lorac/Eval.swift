@@ -43,6 +43,8 @@ struct Eval: ParsableCommand {
 
   @OptionGroup var threads: ThreadsOption
 
+  @OptionGroup var adapterScale: AdapterScaleOption
+
   @Flag(help: "Print one JSON object.")
   var json = false
 
@@ -59,6 +61,7 @@ struct Eval: ParsableCommand {
     if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
     try threads.check()
+    try adapterScale.check(adapter: adapter)
   }
 
   func run() throws {
@@ -71,7 +74,8 @@ struct Eval: ParsableCommand {
     // Cases too long for the context are named before the adapter is read.
     _ = try Evaluator.scoredExamples(cases, model: loaded, tokenizer: tokenizer)
     let evaluator = Evaluator(
-      model: loaded, tokenizer: tokenizer, adapter: try loadAdapter(adapter, for: loaded))
+      model: loaded, tokenizer: tokenizer, adapter: try loadAdapter(adapter, for: loaded),
+      adapterScale: adapterScale.scale)
     let result = try evaluator.evaluate(cases, batch: batch)
     if json {
       let perplexity = result.perplexity.isFinite ? "\(result.perplexity)" : "null"

@@ -58,6 +58,8 @@ struct Generate: ParsableCommand {
 
   @OptionGroup var threads: ThreadsOption
 
+  @OptionGroup var adapterScale: AdapterScaleOption
+
   @Flag(
     help:
       "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does (less exact; on CPUs with avx512_vnni the default, f32-accurate path is about as fast)."
@@ -79,6 +81,7 @@ struct Generate: ParsableCommand {
       throw ValidationError(error.message)
     }
     try threads.check()
+    try adapterScale.check(adapter: adapter)
   }
 
   /// The sampler's options from the flags.
@@ -102,6 +105,7 @@ struct Generate: ParsableCommand {
       model: loaded, context: min(loaded.contextLength, (context + 15) / 16 * 16),
       adapter: try loadAdapter(adapter, for: loaded),
       target: Target(int8Activations: int8Activations))
+    if adapter != nil { try session.setAdapterScale(adapterScale.scale) }
     let generator = TextGenerator(
       session: session, tokenizer: tokenizer, stopStrings: stop, ignoreEndOfSequence: ignoreEos)
     let output = try generator.generate(

@@ -20,7 +20,12 @@ struct Logits: ParsableCommand {
 
   @OptionGroup var threads: ThreadsOption
 
-  func validate() throws { try threads.check() }
+  @OptionGroup var adapterScale: AdapterScaleOption
+
+  func validate() throws {
+    try threads.check()
+    try adapterScale.check(adapter: adapter)
+  }
 
   @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
   var adapter: String?
@@ -32,6 +37,7 @@ struct Logits: ParsableCommand {
     threads.apply()
     let session = try ForwardSession(
       model: loaded, sequence: tokens.count, adapter: try loadAdapter(adapter, for: loaded))
+    if adapter != nil { try session.setAdapterScale(adapterScale.scale) }
     do {
       try writeAtomically(NumPy.encode(try session.logits(tokens)), to: URL(fileURLWithPath: out))
     } catch let error as FileError {

@@ -1,0 +1,54 @@
+import Foundation
+import Models
+import Runtime
+import Sessions
+import TestSupport
+import Testing
+
+@Test func adapterScaleZeroIsTheBaseModelBitForBitFromTheSameExecutable() throws {
+  let model = try LlamaModel.open(try modelPath())
+  let adapter = try PEFTAdapter.load(
+    smolLMFixtures.appendingPathComponent("peft_qv_r4").path, for: model)
+  let tokens: [Int32] = [1, 17, 300, 42, 9]
+  let base = try ForwardSession(model: model, sequence: tokens.count, adapter: nil).logits(tokens)
+  let session = try ForwardSession(model: model, sequence: tokens.count, adapter: adapter)
+  let adapted = try session.logits(tokens)
+  #expect(adapted.data != base.data)
+  let executable = session.executable
+  try session.setAdapterScale(0)
+  #expect(try session.logits(tokens).data == base.data)
+  try session.setAdapterScale(1)
+  #expect(try session.logits(tokens).data == adapted.data)
+  #expect(session.executable === executable)
+  #expect(throws: SessionError("--adapter-scale must be finite, got nan")) {
+    try session.setAdapterScale(.nan)
+  }
+}
+
+@Test func aDecodeSessionScalesEveryGraphItCompiles() throws {
+  let model = try LlamaModel.open(try modelPath())
+  let adapter = try PEFTAdapter.load(
+    smolLMFixtures.appendingPathComponent("peft_qv_r4").path, for: model)
+  let prompt: [Int32] = [1, 17, 300, 42, 9]
+  /// The prefill's last-position logits of `session`.
+  func prefill(_ session: DecodeSession) throws -> Data {
+    let executable = try session.compile(tokens: prompt.count)
+    executable.resetState()
+    try session.setInputs(executable, tokens: prompt, slot: 0)
+    try executable.execute()
+    return executable.output(0).data
+  }
+  let plain = try prefill(DecodeSession(model: model, context: 16, adapter: nil))
+  let session = DecodeSession(model: model, context: 16, adapter: adapter)
+  let adapted = try prefill(session)
+  #expect(adapted != plain)
+  // Set before the step graph exists: it is compiled with the scale too.
+  try session.setAdapterScale(0)
+  #expect(try prefill(session) == plain)
+  #expect(try session.compile(tokens: 1).adapterScale == 0)
+  try session.setAdapterScale(1)
+  #expect(try prefill(session) == adapted)
+  #expect(throws: SessionError("--adapter-scale: the session has no adapter to scale")) {
+    try DecodeSession(model: model, context: 16, adapter: nil).setAdapterScale(0)
+  }
+}
