@@ -378,6 +378,28 @@ public struct LlamaModel: Sendable {
   }
 }
 
+extension GGUFFile {
+  /// What an adapter's `base_model_name_or_path` should say for this model: the Hugging Face
+  /// repository the file names (`general.source.huggingface.repository`, or the repository of
+  /// `general.source.url` or `general.base_model.0.repo_url`), else the file's absolute path.
+  ///
+  /// llama.cpp's converter writes these keys when it knows them; a file without them (SmolLM2's
+  /// GGUF from PyPI has only `general.organization` and a display name) is named by its path.
+  public var baseModelName: String {
+    func repository(_ url: String?) -> String? {
+      guard let url, let range = url.range(of: "huggingface.co/") else { return nil }
+      let parts = url[range.upperBound...].split(separator: "/").prefix(2)
+      return parts.count == 2 ? parts.joined(separator: "/") : nil
+    }
+    if let name = self["general.source.huggingface.repository"]?.string, !name.isEmpty {
+      return name
+    }
+    return repository(self["general.source.url"]?.string)
+      ?? repository(self["general.base_model.0.repo_url"]?.string)
+      ?? URL(fileURLWithPath: path).standardizedFileURL.path
+  }
+}
+
 /// What a model's frozen weights are computed in: the one precision enum of lorac (the training
 /// commands' `--precision`).
 public enum WeightPrecision: String, CaseIterable, Sendable, LosslessStringConvertible {

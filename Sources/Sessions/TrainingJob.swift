@@ -37,6 +37,10 @@ public struct TrainingRequest: Sendable {
   public var precision: WeightPrecision?
   public var saveEvery: Int
   public var stopAfter: Int?
+  /// Scale the branch by alpha / sqrt(rank) (rsLoRA).
+  public var rsLoRA: Bool?
+  /// What adapter_config.json names as the base model (nil: `GGUFFile.baseModelName`).
+  public var baseModel: String?
   /// Continue from the training state in `out`.
   public var resume: Bool
   /// What the kernels are planned for.
@@ -48,7 +52,7 @@ public struct TrainingRequest: Sendable {
     steps: Int? = nil, batch: Int? = nil, accumulate: Int? = nil, sequence: Int? = nil,
     weightDecay: Double? = nil, maxGradientNorm: Double? = nil, seed: UInt64? = nil,
     precision: WeightPrecision? = nil, saveEvery: Int = 50, stopAfter: Int? = nil,
-    resume: Bool = false, target: Target = .host
+    resume: Bool = false, rsLoRA: Bool? = nil, baseModel: String? = nil, target: Target = .host
   ) {
     self.model = model
     self.data = data
@@ -70,6 +74,8 @@ public struct TrainingRequest: Sendable {
     self.saveEvery = saveEvery
     self.stopAfter = stopAfter
     self.resume = resume
+    self.rsLoRA = rsLoRA
+    self.baseModel = baseModel
     self.target = target
   }
 }
@@ -164,7 +170,10 @@ public final class TrainingJob {
       saved = nil
     }
     // Settings: given, else (resuming) the saved ones, else the defaults.
-    var settings = ResolvedSettings(saved: saved?.settings ?? [:], folder: out)
+    var savedSettings = saved?.settings ?? [:]
+    // States from before --rslora trained without it.
+    if saved != nil && savedSettings["rslora"] == nil { savedSettings["rslora"] = "false" }
+    var settings = ResolvedSettings(saved: savedSettings, folder: out)
     let count = try settings.resolve("examples", request.examples, default: 4000)
     let rank = try settings.resolve("rank", request.rank, default: 8)
     let alpha = try settings.resolve("alpha", request.alpha, default: 16.0)
@@ -178,6 +187,7 @@ public final class TrainingJob {
     let maxGradientNorm = try settings.resolve(
       "max-grad-norm", request.maxGradientNorm, default: 1.0)
     let seed = try settings.resolve("seed", request.seed, default: UInt64(0))
+    let rsLoRA = try settings.resolve("rslora", request.rsLoRA, default: false)
     let precision = try settings.resolve(
       "precision", request.precision, default: WeightPrecision.f32)
     if let text = precisionNote(precision, target: request.target) { note(text) }
@@ -239,7 +249,7 @@ public final class TrainingJob {
       model: model,
       configuration: TrainingConfiguration(
         rank: rank, alpha: alpha, targets: targets, seed: seed, precision: precision, batch: batch,
-        sequence: sequence, target: request.target))
+        sequence: sequence, rsLoRA: rsLoRA, baseModel: request.baseModel, target: request.target))
     do {
       try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
     } catch {

@@ -16,13 +16,17 @@ public struct TrainingConfiguration: Sendable, Hashable {
   public var precision: WeightPrecision
   public var batch: Int
   public var sequence: Int
+  /// Scale the branch by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank.
+  public var rsLoRA: Bool
+  /// What the adapter's config names as its base model (nil: `GGUFFile.baseModelName`).
+  public var baseModel: String?
   /// What the kernels are planned for (ISA tier, bf16 products).
   public var target: Target
 
   public init(
     rank: Int = 8, alpha: Double = 16, targets: String = "layers.*.attn.{q,k,v,o}",
     seed: UInt64 = 0, precision: WeightPrecision = .f32, batch: Int, sequence: Int,
-    target: Target = .host
+    rsLoRA: Bool = false, baseModel: String? = nil, target: Target = .host
   ) {
     self.rank = rank
     self.alpha = alpha
@@ -31,6 +35,8 @@ public struct TrainingConfiguration: Sendable, Hashable {
     self.precision = precision
     self.batch = batch
     self.sequence = sequence
+    self.rsLoRA = rsLoRA
+    self.baseModel = baseModel
     self.target = target
   }
 }
@@ -159,7 +165,9 @@ public final class TrainingSession {
     self.configuration = configuration
     let c = configuration
     let pipeline = try parsePipeline(
-      Pipelines.training(rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed))
+      Pipelines.training(
+        rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed,
+        rsLoRA: c.rsLoRA ? true : nil))
     trainer = try wrapping {
       let graph = try pipeline.run(
         try model.trace(batch: c.batch, sequence: c.sequence, loss: true, precision: c.precision))
@@ -316,7 +324,8 @@ public final class TrainingSession {
     for name in parameters { tensors[name] = try wrapping { try executable.value(named: name) } }
     let targets = parameters.filter { $0.hasSuffix(".lora_a") }.map { String($0.dropLast(7)) }
     return PEFTAdapter(
-      rank: configuration.rank, alpha: configuration.alpha, targets: targets, tensors: tensors)
+      rank: configuration.rank, alpha: configuration.alpha, useRSLoRA: configuration.rsLoRA,
+      targets: targets, tensors: tensors)
   }
 
   /// The files a checkpoint writes, in order: the training state last.
@@ -370,6 +379,7 @@ public final class TrainingSession {
   /// adapter_config.json (the configuration's rank and alpha).
   public func saveAdapter(to folder: URL) throws(SessionError) {
     let (rank, alpha) = (configuration.rank, configuration.alpha)
+    let baseModel = configuration.baseModel ?? model.file.baseModelName
     try wrapping {
       var tensors: [String: HostTensor] = [:]
       for name in parameters { tensors[name] = try executable.value(named: name) }
@@ -382,7 +392,7 @@ public final class TrainingSession {
       ).sorted()
       let config = """
         {
-          "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+          "base_model_name_or_path": \(jsonString(baseModel)),
           "bias": "none",
           "fan_in_fan_out": false,
           "inference_mode": true,
@@ -395,7 +405,7 @@ public final class TrainingSession {
           "alpha_pattern": {},
           "target_modules": [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))],
           "task_type": "CAUSAL_LM",
-          "use_rslora": false
+          "use_rslora": \(configuration.rsLoRA)
         }
 
         """

@@ -92,6 +92,17 @@ struct Train: ParsableCommand {
       "Stop after step N with a checkpoint, as if interrupted; the schedule still spans --steps.")
   var stopAfter: Int?
 
+  @Flag(
+    name: .customLong("rslora"),
+    help: "Scale the LoRA branch by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank.")
+  var rsLoRA = false
+
+  @Option(
+    help:
+      "What adapter_config.json names as the base model (default: the repository the GGUF's metadata names, else its path)."
+  )
+  var baseModel: String?
+
   @Flag(help: "Continue from the training state in --out (settings not given are taken from it).")
   var resume = false
 
@@ -122,7 +133,8 @@ struct Train: ParsableCommand {
       examples: examples, rank: rank, alpha: alpha, targets: targets, learningRate: lr,
       warmup: warmup, steps: steps, batch: batch, accumulate: accumulate, sequence: seq,
       weightDecay: weightDecay, maxGradientNorm: maxGradNorm, seed: seed, precision: precision,
-      saveEvery: saveEvery, stopAfter: stopAfter, resume: resume)
+      saveEvery: saveEvery, stopAfter: stopAfter, resume: resume, rsLoRA: rsLoRA ? true : nil,
+      baseModel: baseModel)
   }
 
   func run() throws {

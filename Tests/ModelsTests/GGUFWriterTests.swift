@@ -245,3 +245,30 @@ private let sampleMetadata: [(key: String, value: GGUFValue)] = [
     #expect(throws: GGUFError(message: expected)) { try GGUFFileWriter().write(to: target) }
   }
 }
+
+@Test func baseModelNameComesFromTheFilesMetadataElseItsPath() throws {
+  let folder = try temporaryFolder()
+  func name(_ metadata: [(key: String, value: GGUFValue)]) throws -> String {
+    let path = folder.appendingPathComponent("m\(metadata.count).gguf").path
+    try GGUFFileWriter(metadata: [("general.architecture", .string("llama"))] + metadata)
+      .write(to: path)
+    return try GGUFFile(path: path).baseModelName
+  }
+  #expect(
+    try name([("general.source.huggingface.repository", .string("HuggingFaceTB/SmolLM2-135M"))])
+      == "HuggingFaceTB/SmolLM2-135M")
+  #expect(
+    try name([
+      ("general.organization", .string("x")),
+      ("general.source.url", .string("https://huggingface.co/Qwen/Qwen2.5-0.5B/tree/main")),
+    ]) == "Qwen/Qwen2.5-0.5B")
+  #expect(
+    try name([
+      ("general.base_model.count", .uint32(1)),
+      ("general.base_model.0.repo_url", .string("https://huggingface.co/meta-llama/Llama-3.2-1B")),
+      ("general.name", .string("Llama 3.2 1B")),
+    ]) == "meta-llama/Llama-3.2-1B")
+  // SmolLM2's GGUF names no repository (only an organization and a display name): its path.
+  let bare = try name([])
+  #expect(bare.hasPrefix("/") && bare.hasSuffix("/m0.gguf"))
+}

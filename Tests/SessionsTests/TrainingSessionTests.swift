@@ -159,3 +159,33 @@ private func request(out: URL, steps: Int = 6, resume: Bool = false) throws -> T
   // What PEFT can hold is accepted, whatever the layer.
   #expect(PEFTAdapter.canAdapt("layers.29.mlp.down") && !PEFTAdapter.canAdapt("layers.0.attn"))
 }
+
+@Test func rsLoRAScalesByTheSquareRootOfTheRankAndIsRecordedAndChecked() throws {
+  let folder = try temporaryFolder()
+  var rs = try request(out: folder, steps: 2)
+  rs.rank = 4
+  rs.rsLoRA = true
+  rs.baseModel = "HuggingFaceTB/SmolLM2-135M-Instruct"
+  let job = try #require(try TrainingJob.prepare(rs) { _ in })
+  // alpha / sqrt(rank) = 16 / 2, against alpha / rank = 4 without rsLoRA.
+  let scales = job.session.executable.graph.body.compactMap { instruction -> Double? in
+    if case .loraLinear(let scale, _) = instruction.op { scale } else { nil }
+  }
+  #expect(!scales.isEmpty && scales.allSatisfy { $0 == 8 })
+  #expect(try job.run() == .finished)
+  let config = try String(
+    contentsOf: folder.appendingPathComponent("adapter_config.json"), encoding: .utf8)
+  #expect(config.contains("\"use_rslora\": true"))
+  #expect(config.contains("\"base_model_name_or_path\": \"HuggingFaceTB/SmolLM2-135M-Instruct\""))
+  let model = try LlamaModel.open(try modelPath())
+  #expect(try PEFTAdapter.load(folder.path, for: model).scale == 8)
+  // A resume without --rslora trains something else: refused.
+  var plain = try request(out: folder, steps: 3, resume: true)
+  plain.rank = 4
+  plain.rsLoRA = false
+  #expect(
+    throws: SessionError(
+      "\(folder.path): the training state was made with --rslora true, not false; "
+        + "resume with the same value or train into a new --out")
+  ) { _ = try TrainingJob.prepare(plain) { _ in } }
+}
