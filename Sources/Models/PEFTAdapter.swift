@@ -194,6 +194,57 @@ public struct PEFTAdapter: Sendable {
     return (config.embeddingLength, config.headCount * config.headDimension)
   }
 
+  /// Several adapters as one whose branch is the weighted sum of theirs:
+  /// `Σ weight_i · scale_i · (x A_i) B_i` on every target any of them adapts.
+  ///
+  /// The ranks are stacked: A is `[A_1 | A_2 | ...]`, B the rows of each `B_i` times
+  /// `weight_i · scale_i`, with zero blocks where an adapter leaves a target alone; rank
+  /// `Σ r_i`, alpha equal to it (scale 1). One adapter of weight 1 is returned as it is.
+  public static func combining(_ adapters: [(adapter: PEFTAdapter, weight: Double)]) -> PEFTAdapter
+  {
+    if adapters.count == 1, adapters[0].weight == 1 { return adapters[0].adapter }
+    var targets: [String] = []
+    for (adapter, _) in adapters {
+      for target in adapter.targets where !targets.contains(target) { targets.append(target) }
+    }
+    let rank = adapters.map(\.adapter.rank).reduce(0, +)
+    var tensors: [String: HostTensor] = [:]
+    for target in targets {
+      // The layer's sizes, from any adapter that has it: A is [in, r], B [r, out].
+      guard
+        let shapes = adapters.lazy.compactMap({ entry -> (Int, Int)? in
+          guard let a = entry.adapter.tensors[target + ".lora_a"],
+            let b = entry.adapter.tensors[target + ".lora_b"]
+          else { return nil }
+          return (a.type.shape[0], b.type.shape[1])
+        }).first
+      else { continue }
+      let (inputs, outputs) = shapes
+      var a = [Float](repeating: 0, count: inputs * rank)
+      var b = [Float](repeating: 0, count: rank * outputs)
+      var column = 0
+      for (adapter, weight) in adapters {
+        let r = adapter.rank
+        defer { column += r }
+        guard let ai = adapter.tensors[target + ".lora_a"]?.floats(),
+          let bi = adapter.tensors[target + ".lora_b"]?.floats()
+        else { continue }
+        let factor = Float(weight * adapter.scale)
+        for row in 0..<inputs {
+          for k in 0..<r { a[row * rank + column + k] = ai[row * r + k] }
+        }
+        for k in 0..<r {
+          for j in 0..<outputs { b[(column + k) * outputs + j] = factor * bi[k * outputs + j] }
+        }
+      }
+      tensors[target + ".lora_a"] = HostTensor(shape: [inputs, rank], floats: a)
+      tensors[target + ".lora_b"] = HostTensor(shape: [rank, outputs], floats: b)
+    }
+    return PEFTAdapter(
+      rank: rank, alpha: Double(rank), targets: targets.filter { tensors[$0 + ".lora_a"] != nil },
+      tensors: tensors)
+  }
+
   /// Whether a PEFT adapter can hold a LoRA branch on the linear layer named `target`
   /// (`layers.N.attn.{q,k,v,o}`, `layers.N.mlp.{gate,up,down}`).
   public static func canAdapt(_ target: String) -> Bool {

@@ -10,7 +10,6 @@ import Runtime
 public struct DecodeSession {
   public let model: LlamaModel
   public let context: Int
-  private let adapter: PEFTAdapter?
   private let compiled = CompiledGraphs()
   /// The weights' packed forms, made once for every graph of the session.
   private let forms = PackedForms()
@@ -22,6 +21,33 @@ public struct DecodeSession {
   private final class CompiledGraphs {
     var byShape: [[Int]: Executable] = [:]
     var adapterScale: Float = 1
+    var adapter: PEFTAdapter?
+  }
+
+  /// The adapter the graphs run (nil: the base model).
+  public var adapter: PEFTAdapter? { compiled.adapter }
+
+  /// Swaps in another adapter with the same targets, rank and scale: its values are copied into
+  /// every graph compiled so far and bound by those compiled later; nothing is recompiled.
+  public func setAdapter(_ replacement: PEFTAdapter) throws(SessionError) {
+    guard let current = compiled.adapter else {
+      throw SessionError("the session was made without an adapter; make one with it")
+    }
+    guard replacement.targets.sorted() == current.targets.sorted(),
+      replacement.rank == current.rank, replacement.scale == current.scale
+    else {
+      throw SessionError(
+        "a swapped adapter needs the session's targets, rank and scale: it adapts "
+          + "\(replacement.targets.count) layers at rank \(replacement.rank), scale "
+          + "\(replacement.scale); the session's \(current.targets.count) at rank \(current.rank), "
+          + "scale \(current.scale)")
+    }
+    try wrapping {
+      for executable in compiled.byShape.values {
+        for (name, tensor) in replacement.tensors { try executable.set(name, tensor) }
+      }
+    }
+    compiled.adapter = replacement
   }
 
   /// The factor on the adapter's branches in every graph of the session (1 by default; 0 decodes
@@ -45,8 +71,8 @@ public struct DecodeSession {
   public init(model: LlamaModel, context: Int, adapter: PEFTAdapter?, target: Target = .host) {
     self.model = model
     self.context = context
-    self.adapter = adapter
     self.target = target
+    compiled.adapter = adapter
   }
 
   /// A compiled decoding graph for `tokens` new tokens, with the adapter applied (compiled once).

@@ -81,16 +81,35 @@ struct AdapterScaleOption: ParsableArguments {
   var scale: Float = 1
 
   /// The command's `validate()` calls this once it knows whether an adapter was given.
-  func check(adapter: String?) throws {
+  func check(adapters: [String]) throws {
     if !scale.isFinite { throw ValidationError("--adapter-scale must be finite, got \(scale)") }
-    if scale != 1 && adapter == nil { throw ValidationError("--adapter-scale needs --adapter") }
+    if scale != 1 && adapters.isEmpty {
+      throw ValidationError("--adapter-scale needs --adapter")
+    }
   }
 }
 
-/// The PEFT adapter in the folder at `path` for `model`, when a folder is given.
-func loadAdapter(_ path: String?, for model: LlamaModel) throws(SessionError) -> PEFTAdapter? {
-  guard let path else { return nil }
-  return try PEFTAdapter.load(path, for: model)
+/// The adapters of repeated `--adapter DIR[:WEIGHT]` options for `model`, as one adapter whose
+/// branch is their weighted sum (nil when none is given).
+///
+/// A suffix `:WEIGHT` is read as a weight only when it is a number and the whole text is not an
+/// existing path.
+func loadAdapters(_ specs: [String], for model: LlamaModel) throws(SessionError) -> PEFTAdapter? {
+  guard !specs.isEmpty else { return nil }
+  var adapters: [(adapter: PEFTAdapter, weight: Double)] = []
+  for spec in specs {
+    var (path, weight) = (spec, 1.0)
+    if let colon = spec.lastIndex(of: ":"), let value = Double(spec[spec.index(after: colon)...]),
+      !FileManager.default.fileExists(atPath: spec)
+    {
+      guard value.isFinite else {
+        throw SessionError("--adapter \(spec): the weight must be a finite number")
+      }
+      (path, weight) = (String(spec[..<colon]), value)
+    }
+    adapters.append((try PEFTAdapter.load(path, for: model), weight))
+  }
+  return PEFTAdapter.combining(adapters)
 }
 
 extension WeightPrecision: ExpressibleByArgument {

@@ -20,8 +20,11 @@ struct Eval: ParsableCommand {
   @Argument(help: "The GGUF model.")
   var model: String
 
-  @Option(help: "A PEFT adapter directory.")
-  var adapter: String?
+  @Option(
+    help:
+      "A PEFT adapter directory; repeat as DIR:WEIGHT to sum several adapters' branches with those weights."
+  )
+  var adapter: [String] = []
 
   @Option(help: "A jsonl file of {\"prompt\", \"completion\"} lines.")
   var data: String?
@@ -61,7 +64,7 @@ struct Eval: ParsableCommand {
     if count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
     try threads.check()
-    try adapterScale.check(adapter: adapter)
+    try adapterScale.check(adapters: adapter)
   }
 
   func run() throws {
@@ -74,7 +77,7 @@ struct Eval: ParsableCommand {
     // Cases too long for the context are named before the adapter is read.
     _ = try Evaluator.scoredExamples(cases, model: loaded, tokenizer: tokenizer)
     let evaluator = Evaluator(
-      model: loaded, tokenizer: tokenizer, adapter: try loadAdapter(adapter, for: loaded),
+      model: loaded, tokenizer: tokenizer, adapter: try loadAdapters(adapter, for: loaded),
       adapterScale: adapterScale.scale)
     let result = try evaluator.evaluate(cases, batch: batch)
     if json {

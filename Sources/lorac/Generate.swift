@@ -18,8 +18,11 @@ struct Generate: ParsableCommand {
   @Argument(help: "The GGUF model.")
   var model: String
 
-  @Option(help: "A PEFT adapter directory.")
-  var adapter: String?
+  @Option(
+    help:
+      "A PEFT adapter directory; repeat as DIR:WEIGHT to sum several adapters' branches with those weights."
+  )
+  var adapter: [String] = []
 
   @Option(help: "The prompt text.")
   var prompt: String?
@@ -81,7 +84,7 @@ struct Generate: ParsableCommand {
       throw ValidationError(error.message)
     }
     try threads.check()
-    try adapterScale.check(adapter: adapter)
+    try adapterScale.check(adapters: adapter)
   }
 
   /// The sampler's options from the flags.
@@ -103,9 +106,9 @@ struct Generate: ParsableCommand {
     let context = min(ids.count + maxTokens, loaded.contextLength)
     let session = DecodeSession(
       model: loaded, context: min(loaded.contextLength, (context + 15) / 16 * 16),
-      adapter: try loadAdapter(adapter, for: loaded),
+      adapter: try loadAdapters(adapter, for: loaded),
       target: Target(int8Activations: int8Activations))
-    if adapter != nil { try session.setAdapterScale(adapterScale.scale) }
+    if !adapter.isEmpty { try session.setAdapterScale(adapterScale.scale) }
     let generator = TextGenerator(
       session: session, tokenizer: tokenizer, stopStrings: stop, ignoreEndOfSequence: ignoreEos)
     let output = try generator.generate(

@@ -24,11 +24,14 @@ struct Logits: ParsableCommand {
 
   func validate() throws {
     try threads.check()
-    try adapterScale.check(adapter: adapter)
+    try adapterScale.check(adapters: adapter)
   }
 
-  @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
-  var adapter: String?
+  @Option(
+    help:
+      "A PEFT adapter directory; repeat as DIR:WEIGHT to sum several adapters' branches with those weights."
+  )
+  var adapter: [String] = []
 
   func run() throws {
     let tokens = try parseIDs(ids, option: "--ids")
@@ -36,8 +39,8 @@ struct Logits: ParsableCommand {
     try loaded.check(tokens, option: "--ids")
     threads.apply()
     let session = try ForwardSession(
-      model: loaded, sequence: tokens.count, adapter: try loadAdapter(adapter, for: loaded))
-    if adapter != nil { try session.setAdapterScale(adapterScale.scale) }
+      model: loaded, sequence: tokens.count, adapter: try loadAdapters(adapter, for: loaded))
+    if !adapter.isEmpty { try session.setAdapterScale(adapterScale.scale) }
     do {
       try writeAtomically(NumPy.encode(try session.logits(tokens)), to: URL(fileURLWithPath: out))
     } catch let error as FileError {

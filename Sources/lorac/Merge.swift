@@ -16,8 +16,11 @@ struct Merge: ParsableCommand {
   @Argument(help: "The GGUF model.")
   var model: String
 
-  @Option(help: "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors).")
-  var adapter: String
+  @Option(
+    help:
+      "A PEFT adapter directory (adapter_config.json + adapter_model.safetensors); repeat as DIR:WEIGHT to fold several in with those weights."
+  )
+  var adapter: [String]
 
   @Option(name: [.customShort("o"), .customLong("out")], help: "The merged GGUF file to write.")
   var out: String
@@ -34,7 +37,7 @@ struct Merge: ParsableCommand {
   func run() throws {
     if sameFile(out, model) { fail("\(out): refusing to overwrite the model being merged") }
     let llama = try LlamaModel.open(model)
-    let peft = try PEFTAdapter.load(adapter, for: llama)
+    guard let peft = try loadAdapters(adapter, for: llama) else { fail("--adapter: no adapter") }
     do {
       try LoraMerge.mergedModel(llama.file, adapter: peft, dtype: dtype == "f16" ? .f16 : .f32)
         .write(to: out)

@@ -1,4 +1,5 @@
 import Foundation
+import IR
 import Models
 import Runtime
 import Sessions
@@ -51,4 +52,37 @@ import Testing
   #expect(throws: SessionError("--adapter-scale: the session has no adapter to scale")) {
     try DecodeSession(model: model, context: 16, adapter: nil).setAdapterScale(0)
   }
+}
+
+@Test func anAdapterOfTheSameShapeSwapsIntoARunningDecodeSession() throws {
+  let model = try LlamaModel.open(try modelPath())
+  func adapter(_ name: String) throws -> PEFTAdapter {
+    try PEFTAdapter.load(smolLMFixtures.appendingPathComponent(name).path, for: model)
+  }
+  let prompt: [Int32] = [1, 17, 300, 42, 9]
+  func prefill(_ session: DecodeSession) throws -> Data {
+    let executable = try session.compile(tokens: prompt.count)
+    executable.resetState()
+    try session.setInputs(executable, tokens: prompt, slot: 0)
+    try executable.execute()
+    return executable.output(0).data
+  }
+  // Another adapter of the same shape: the fixture's values, B doubled and A negated.
+  let first = try adapter("peft_qv_r4")
+  let other = PEFTAdapter(
+    rank: first.rank, alpha: first.alpha, targets: first.targets,
+    tensors: first.tensors.mapValues { tensor in
+      HostTensor(shape: tensor.type.shape, floats: tensor.floats().map { -2 * $0 })
+    })
+  let expected = try prefill(DecodeSession(model: model, context: 16, adapter: other))
+  let session = DecodeSession(model: model, context: 16, adapter: first)
+  let before = try prefill(session)
+  #expect(before != expected)
+  let compiled = try session.compile(tokens: prompt.count)
+  try session.setAdapter(other)
+  #expect(try prefill(session) == expected)
+  #expect(try session.compile(tokens: prompt.count) === compiled)
+  let wrongRank = PEFTAdapter.combining([(other, 0.5), (other, 0.5)])
+  #expect(throws: SessionError.self) { try session.setAdapter(wrongRank) }
+  #expect(throws: SessionError.self) { try session.setAdapter(try adapter("grad_qv_r4")) }
 }
