@@ -30,15 +30,6 @@ import Testing
   let model = try LlamaModel.open(try modelPath())
   let adapter = try PEFTAdapter.load(
     smolLMFixtures.appendingPathComponent("peft_qv_r4").path, for: model)
-  let prompt: [Int32] = [1, 17, 300, 42, 9]
-  /// The prefill's last-position logits of `session`.
-  func prefill(_ session: DecodeSession) throws -> Data {
-    let executable = try session.compile(tokens: prompt.count)
-    executable.resetState()
-    try session.setInputs(executable, tokens: prompt, slot: 0)
-    try executable.execute()
-    return executable.output(0).data
-  }
   let plain = try prefill(DecodeSession(model: model, context: 16, adapter: nil))
   let session = DecodeSession(model: model, context: 16, adapter: adapter)
   let adapted = try prefill(session)
@@ -59,14 +50,6 @@ import Testing
   func adapter(_ name: String) throws -> PEFTAdapter {
     try PEFTAdapter.load(smolLMFixtures.appendingPathComponent(name).path, for: model)
   }
-  let prompt: [Int32] = [1, 17, 300, 42, 9]
-  func prefill(_ session: DecodeSession) throws -> Data {
-    let executable = try session.compile(tokens: prompt.count)
-    executable.resetState()
-    try session.setInputs(executable, tokens: prompt, slot: 0)
-    try executable.execute()
-    return executable.output(0).data
-  }
   // Another adapter of the same shape: the fixture's values, B doubled and A negated.
   let first = try adapter("peft_qv_r4")
   let other = PEFTAdapter(
@@ -85,4 +68,15 @@ import Testing
   let wrongRank = PEFTAdapter.combining([(other, 0.5), (other, 0.5)])
   #expect(throws: SessionError.self) { try session.setAdapter(wrongRank) }
   #expect(throws: SessionError.self) { try session.setAdapter(try adapter("grad_qv_r4")) }
+}
+
+private let prompt: [Int32] = [1, 17, 300, 42, 9]
+
+/// The prefill's last-position logits of `session` for `prompt`, from empty caches.
+private func prefill(_ session: DecodeSession) throws -> Data {
+  let executable = try session.compile(tokens: prompt.count)
+  executable.resetState()
+  try session.setInputs(executable, tokens: prompt, slot: 0)
+  try executable.execute()
+  return executable.output(0).data
 }
