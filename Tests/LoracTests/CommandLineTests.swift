@@ -80,3 +80,22 @@ import Testing
   #expect(unknown.stderr.contains("gpt5"))
   #expect(unknown.stderr.hasSuffix(" (see 'lorac dump-ir --help')\n"))
 }
+
+@Test func namesListsEveryHookPointAsTextAndJSON() throws {
+  let model = try modelPath()
+  let text = try lorac(["names", model])
+  #expect(text.status == 0, "\(text.stderr)")
+  let lines = text.stdout.split(separator: "\n")
+  #expect(lines.count == 302)
+  #expect(
+    lines.first?.split(separator: " ", omittingEmptySubsequences: true) == ["embed", "f32[576]"])
+  let json = try lorac(["names", model, "--json"])
+  let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+  let names = try #require(object?["names"] as? [[String: Any]])
+  #expect(names.count == 302)
+  let probs = try #require(names.first { $0["name"] as? String == "layers.0.attn.probs" })
+  #expect(probs["shape"] as? [AnyHashable] == [9, "seq"])
+  let missing = try lorac(["names", "missing.gguf"])
+  #expect(missing.status == 1)
+  #expect(missing.stderr == "error: missing.gguf: cannot open: No such file or directory\n")
+}
