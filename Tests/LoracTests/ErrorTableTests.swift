@@ -97,7 +97,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   let text = folder.appendingPathComponent("model.gguf")
   try "hello\n".write(to: text, atomically: true, encoding: .utf8)
   let empty = folder.appendingPathComponent("empty.gguf")
-  FileManager.default.createFile(atPath: empty.path, contents: Data())
+  _ = FileManager.default.createFile(atPath: empty.path, contents: Data())
   // The first 5,000 bytes of the real model: a header whose tables run past the end.
   let truncated = folder.appendingPathComponent("truncated.gguf")
   let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: try modelPath()))

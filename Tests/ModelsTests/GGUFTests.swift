@@ -56,7 +56,7 @@ struct GGUFWriter {
 
 private func parse(_ bytes: [UInt8]) throws(GGUFError) -> GGUFFile {
   let url = temporaryURL(".gguf")
-  FileManager.default.createFile(atPath: url.path, contents: Data(bytes))
+  _ = FileManager.default.createFile(atPath: url.path, contents: Data(bytes))
   defer { try? FileManager.default.removeItem(at: url) }
   return try GGUFFile(path: url.path)
 }

@@ -57,9 +57,9 @@ func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
   #expect(throws: PassError(message: "lora: no matmul named like 'layers.*.attn.q'")) {
     try Lora(rank: 2, alpha: 4, targets: "layers.*.attn.q").run(graph)
   }
-  let rs = try Lora(rank: 4, alpha: 8, targets: "fc", rsLoRA: true)
+  let rs = Lora(rank: 4, alpha: 8, targets: "fc", rsLoRA: true)
   #expect(rs.scale == 4)
-  #expect(try Lora(rank: 4, alpha: 8, targets: "fc").scale == 2)
+  #expect(Lora(rank: 4, alpha: 8, targets: "fc").scale == 2)
   let patched = try Lora(rank: 3, alpha: 3, targets: "f?").run(graph).compacted()
   #expect(
     patched.declaration(named: "fc.lora_a").map { patched.type(of: $0.value) }

@@ -65,8 +65,9 @@ extension RuntimeSuite {
         let base = block * dtype.blockBytes
         switch dtype {
         case .q8_0: setHalf(base, scale())
-        case .q4_1: (setHalf(base, scale()), setHalf(base + 2, scale()))
-        case .q4_k: (setHalf(base, scale()), setHalf(base + 2, scale()))
+        case .q4_1, .q4_k:
+          setHalf(base, scale())
+          setHalf(base + 2, scale())
         case .q6_k: setHalf(base + 208, scale())
         case .f16: setHalf(base, halfFromFloat(Float(generator.nextUnit() * 4 - 2)))
         case .bf16: setHalf(base, bfloat16FromFloat(Float(generator.nextUnit() * 4 - 2)))
