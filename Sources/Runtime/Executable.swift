@@ -30,8 +30,6 @@ public final class Executable {
   private let shared: PackedForms?
   /// This executable's own packed forms (freed with it).
   private lazy var ownForms = PackedForms()
-  /// The graph's constants.
-  private let constantValues: Set<Value>
   /// The factor every `lora_linear` branch is scaled by at run time (see `adapterScale`).
   let adapterFactor = UnsafeMutablePointer<Float>.allocate(capacity: 1)
 
@@ -92,7 +90,6 @@ public final class Executable {
     self.graph = graph
     self.kernelPlan = kernelPlan
     shared = packedForms
-    constantValues = Set(graph.declarations.filter { $0.kind == .constant }.map(\.value))
     adapterFactor.initialize(to: 1)
     let once = kernelPlan.runsOnce
     runsOnce = once
@@ -429,9 +426,6 @@ public final class Executable {
 
   // MARK: - Scratch
 
-  /// Rows of a quantized weight decoded at a time before a GEMM.
-  static var dequantizeChunk: Int { KernelPlan.dequantizeChunk }
-
   /// The `kind` form of a constant (bf16 packed for one orientation, q4_1/q8_0 interleaved, or a
   /// copy on huge pages), made on first use (when steps are built) and shared by every
   /// instruction that needs it, and with the executables made with the same `PackedForms` when
@@ -461,12 +455,6 @@ public final class Executable {
     var weight: Value
     var kind: PackedForms.Kind
   }
-
-  /// Whether the executable was made with a `PackedForms` store shared with others.
-  var sharesForms: Bool { shared != nil }
-
-  /// Whether `value` is a constant of the graph (its bytes never change once bound).
-  func isConstant(_ value: Value) -> Bool { constantValues.contains(value) }
 
   /// Seconds spent packing weights (bf16 panels, interleaved q4_1/q8_0, huge-page copies) while
   /// the executable was made (loading work, like reading the weights, rather than compiling).

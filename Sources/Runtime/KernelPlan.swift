@@ -78,6 +78,9 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
     /// Whether it runs once, at load: its operands are all constants or literals.
     public var runsOnce: Bool
 
+    /// The `lc_quant_path` code the kernel is called with (portable when it has no ISA path).
+    var pathCode: Int32 { isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue) }
+
     public init(
       kernel: Kernel, weight: WeightForm = .none, isa: Target.ISA? = nil, scratchBytes: Int = 0,
       runsOnce: Bool = false
@@ -133,13 +136,10 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
 
   // MARK: - Choices
 
-  /// Threads that attention scratch is planned for (the target's `threadSlots`).
-  static func attentionSlots(_ target: Target) -> Int { target.threadSlots }
-
   /// The widest `lc_quant_path` with a kernel for `dtype` within the target's tier (f32
   /// activations unless int8 activations are on).
   public static func quantizedPath(_ dtype: DType, _ target: Target) -> Target.ISA {
-    let code = kernelDType(dtype)
+    let code = dtype.kernelCode
     let top: Target.ISA =
       target.isa >= .avx512VNNI
       ? (target.roundsActivationsToInt8 ? .avx512VNNI : .avx512) : target.isa
@@ -172,9 +172,8 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
         {
           entry.isa = .avx512
         }
-        let slots = attentionSlots(target)
         let floats = lc_attention_scratch_floats(
-          qs[0], qs[1], qs[2], Int64(ks[2]), qs[3], Int64(slots))
+          qs[0], qs[1], qs[2], Int64(ks[2]), qs[3], Int64(target.threadSlots))
         entry.scratchBytes = Int(floats) * 4
       }
       return entry

@@ -62,7 +62,7 @@ public final class PackedForms {
         address.assumingMemoryBound(to: UInt16.self), n, k, transposeB ? 1 : 0,
         form.assumingMemoryBound(to: UInt16.self))
     case .interleaved:
-      let code = kernelDType(type.dtype)
+      let code = type.dtype.kernelCode
       lc_interleave(code, address, Int64(type.shape[0]), Int64(type.shape[1]), form)
     case .hugePages:
       form.copyMemory(from: address, byteCount: bytes)
@@ -101,7 +101,7 @@ public final class PackedForms {
       Int(lc_bf16_packed_bytes(bf16Shape(type, transposeB).n, bf16Shape(type, transposeB).k))
     case .interleaved:
       Int(
-        lc_interleaved_bytes(kernelDType(type.dtype), Int64(type.shape[0]), Int64(type.shape[1])))
+        lc_interleaved_bytes(type.dtype.kernelCode, Int64(type.shape[0]), Int64(type.shape[1])))
     case .hugePages: type.byteCount
     }
   }

@@ -340,7 +340,7 @@ struct StepBuilder {
           out.copyMemory(from: x, byteCount: Int(count) * 4); return nil
         }
       default:
-        let code = kernelDType(source.dtype)
+        let code = source.dtype.kernelCode
         let width = Int64(source.shape.last ?? 1)
         let rows = count / width
         return {
@@ -455,7 +455,7 @@ struct StepBuilder {
       }
     }
     // The plan's ISA path for the row kernels (portable: none).
-    let path = entry.isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue)
+    let path = entry.pathCode
     if !rhs.dtype.isCompute {
       guard rhs.rank == 2, !transposeA else {
         throw unsupported(
@@ -464,9 +464,9 @@ struct StepBuilder {
       }
       // Batch dimensions of the left operand fold into M (it is dense, so rows are contiguous).
       let rows = Int64(lhs.elementCount) / k
-      let code = kernelDType(rhs.dtype)
+      let code = rhs.dtype.kernelCode
       let scratch = executable.scratchAddress(index)?.assumingMemoryBound(to: Float.self)
-      let chunk = Int64(Executable.dequantizeChunk)
+      let chunk = Int64(KernelPlan.dequantizeChunk)
       switch entry.kernel {
       case .dequantizeSgemmNT:
         // out [M, K'] = a [M, N'] x W [N', K'] as stored.
@@ -598,7 +598,7 @@ struct StepBuilder {
     let fixed = lc_attention_scratch_floats(b, h, s, t, d, 0)
     let perSlot = max(lc_attention_scratch_floats(b, h, s, t, d, 1) - fixed, 1)
     let planned = (Int64(executable.kernelPlan.entries[index].scratchBytes / 4) - fixed) / perSlot
-    let slots = max(1, min(Int64(KernelPlan.attentionSlots(executable.kernelPlan.target)), planned))
+    let slots = max(1, min(Int64(executable.kernelPlan.target.threadSlots), planned))
     let (qf, kf, vf) = (
       q.assumingMemoryBound(to: Float.self), k.assumingMemoryBound(to: Float.self),
       v.assumingMemoryBound(to: Float.self)
@@ -606,8 +606,7 @@ struct StepBuilder {
     let maskPointer = mask.assumingMemoryBound(to: Int32.self)
     let out = executable.resultAddress(instruction).assumingMemoryBound(to: Float.self)
     // The plan's ISA path (avx512: the one-row loop for width 64; none: the portable loops).
-    let path =
-      executable.kernelPlan.entries[index].isa?.quantPathCode ?? Int32(LC_QUANT_PORTABLE.rawValue)
+    let path = executable.kernelPlan.entries[index].pathCode
     if case .attention = op {
       return {
         lc_attention_f32(
@@ -639,7 +638,7 @@ struct StepBuilder {
           "gathering a \(tableType.dtype.rawValue) table of rank \(tableType.rank) along axis \(axis)"
         )
       }
-      let code = kernelDType(tableType.dtype)
+      let code = tableType.dtype.kernelCode
       let width = Int64(tableType.shape[1])
       return {
         let bad = lc_gather_rows_dequantize(
@@ -693,9 +692,6 @@ func batchStrides(_ type: TensorType, batchShape: [Int]) -> [Int64] {
     return source >= 0 && batch[source] != 1 ? dense[source] : 0
   }
 }
-
-/// The kernels' code for a dtype (its `lc_dtype` constant).
-func kernelDType(_ dtype: DType) -> Int32 { dtype.kernelCode }
 
 private func copyStrided(
   _ out: UnsafeMutableRawPointer, _ rank: Int32, _ shape: [Int64], _ x: UnsafeMutableRawPointer,

@@ -56,7 +56,7 @@ public struct DecodeSession {
 
   /// Sets `adapterScale` for the graphs compiled so far and those compiled later.
   public func setAdapterScale(_ scale: Float) throws(SessionError) {
-    guard scale.isFinite else { throw SessionError("--adapter-scale must be finite, got \(scale)") }
+    try checkAdapterScale(scale)
     if scale != 1 && adapter == nil {
       throw SessionError("--adapter-scale: the session has no adapter to scale")
     }

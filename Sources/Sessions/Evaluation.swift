@@ -106,11 +106,17 @@ public struct Evaluator {
 
   /// Scores `cases` (masked as in training) and decodes each prompt greedily, `batch` prompts at
   /// a time, until end-of-sequence, a newline or the answer's length plus 4 tokens.
-  public func evaluate(_ cases: [EvaluationCase], batch: Int) throws(SessionError)
-    -> EvaluationResult
+  ///
+  /// `scored` are `scoredExamples(cases, ...)` when the caller made them already (to check the
+  /// cases before loading an adapter); otherwise they are made here.
+  public func evaluate(_ cases: [EvaluationCase], scored: [TrainingExample]? = nil, batch: Int)
+    throws(SessionError) -> EvaluationResult
   {
     let start = DispatchTime.now().uptimeNanoseconds
-    let scored = try Evaluator.scoredExamples(cases, model: model, tokenizer: tokenizer)
+    let scored =
+      if let scored { scored } else {
+        try Evaluator.scoredExamples(cases, model: model, tokenizer: tokenizer)
+      }
     let limit = model.contextLength
     let longestScored = scored.map { $0.ids.count - 1 }.max() ?? 1
     let scorer = try LossSession(

@@ -28,11 +28,16 @@ public enum Pipelines {
 /// bit for bit, from the same executable); an adapter whose branches were not fused has no such
 /// switch, which is an error rather than a silently ignored scale.
 func setAdapterScale(_ scale: Float, of executable: Executable) throws(SessionError) {
-  guard scale.isFinite else { throw SessionError("--adapter-scale must be finite, got \(scale)") }
+  try checkAdapterScale(scale)
   if scale != 1 && !executable.hasAdapterSwitch {
     throw SessionError("--adapter-scale: the graph has no fused LoRA branch to scale")
   }
   executable.adapterScale = scale
+}
+
+/// A run-time adapter scale must be a finite number.
+func checkAdapterScale(_ scale: Float) throws(SessionError) {
+  guard scale.isFinite else { throw SessionError("--adapter-scale must be finite, got \(scale)") }
 }
 
 /// Compiles a traced graph for inference with the adapter's branches, fused.

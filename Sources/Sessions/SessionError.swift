@@ -47,3 +47,31 @@ public final class Cancellation: Sendable {
   /// Whether `cancel()` has been called.
   public var isCancelled: Bool { requests.load(ordering: .relaxed) > 0 }
 }
+
+/// The checks of numeric settings, with messages that name the command's flags; the training
+/// request (before anything is read) and the schedule (before a run) share them.
+enum SettingChecks {
+  /// `NAME must be at least MINIMUM, got V` for the first value given that is below its minimum.
+  static func atLeast(_ minimum: Int, _ values: [(name: String, value: Int?)]) throws(SessionError)
+  {
+    for (name, value) in values {
+      if let value, value < minimum {
+        throw SessionError("\(name) must be at least \(minimum), got \(value)")
+      }
+    }
+  }
+
+  /// `NAME must be positive, got V` unless the value is finite and above 0.
+  static func positive(_ name: String, _ value: Double?) throws(SessionError) {
+    if let value, !(value > 0 && value.isFinite) {
+      throw SessionError("\(name) must be positive, got \(value)")
+    }
+  }
+
+  /// `NAME must be at least 0, got V` unless the value is finite and not negative.
+  static func notNegative(_ name: String, _ value: Double?) throws(SessionError) {
+    if let value, !(value >= 0 && value.isFinite) {
+      throw SessionError("\(name) must be at least 0, got \(value)")
+    }
+  }
+}

@@ -84,31 +84,18 @@ extension TrainingRequest {
   /// Checks the settings that need no file: counts of at least 1, positive rates and so on (the
   /// messages name the command's flags).
   public func check() throws(SessionError) {
-    for (name, value) in [
-      ("--rank", rank), ("--steps", steps), ("--batch", batch), ("--examples", examples),
-      ("--accumulate", accumulate), ("--save-every", saveEvery), ("--stop-after", stopAfter),
-    ]
-    where value.map({ $0 < 1 }) ?? false {
-      throw SessionError("\(name) must be at least 1, got \(value ?? 0)")
-    }
-    if let warmup, warmup < 0 {
-      throw SessionError("--warmup must be at least 0, got \(warmup)")
-    }
-    if let learningRate, !(learningRate > 0 && learningRate.isFinite) {
-      throw SessionError("--lr must be positive, got \(learningRate)")
-    }
-    if let alpha, !(alpha > 0 && alpha.isFinite) {
-      throw SessionError("--alpha must be positive, got \(alpha)")
-    }
-    if let weightDecay, !(weightDecay >= 0 && weightDecay.isFinite) {
-      throw SessionError("--weight-decay must be at least 0, got \(weightDecay)")
-    }
-    if let maxGradientNorm, !(maxGradientNorm > 0 && maxGradientNorm.isFinite) {
-      throw SessionError("--max-grad-norm must be positive, got \(maxGradientNorm)")
-    }
-    if let sequence, sequence < 2 {
-      throw SessionError("--seq must be at least 2, got \(sequence)")
-    }
+    try SettingChecks.atLeast(
+      1,
+      [
+        ("--rank", rank), ("--steps", steps), ("--batch", batch), ("--examples", examples),
+        ("--accumulate", accumulate), ("--save-every", saveEvery), ("--stop-after", stopAfter),
+      ])
+    try SettingChecks.atLeast(0, [("--warmup", warmup)])
+    try SettingChecks.positive("--lr", learningRate)
+    try SettingChecks.positive("--alpha", alpha)
+    try SettingChecks.notNegative("--weight-decay", weightDecay)
+    try SettingChecks.positive("--max-grad-norm", maxGradientNorm)
+    try SettingChecks.atLeast(2, [("--seq", sequence)])
   }
 }
 

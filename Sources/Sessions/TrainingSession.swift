@@ -72,25 +72,16 @@ public struct Schedule: Sendable, Hashable {
 
   /// Checks the counts and rates (the messages name the command's flags).
   public func check() throws(SessionError) {
-    for (name, value) in [
-      ("--steps", steps), ("--accumulate", accumulate), ("--save-every", saveEvery),
-    ]
-    where value < 1 {
-      throw SessionError("\(name) must be at least 1, got \(value)")
-    }
-    if let stopAfter, stopAfter < 1 {
-      throw SessionError("--stop-after must be at least 1, got \(stopAfter)")
-    }
-    if warmup < 0 { throw SessionError("--warmup must be at least 0, got \(warmup)") }
-    if !(learningRate > 0 && learningRate.isFinite) {
-      throw SessionError("--lr must be positive, got \(learningRate)")
-    }
-    if !(weightDecay >= 0 && weightDecay.isFinite) {
-      throw SessionError("--weight-decay must be at least 0, got \(weightDecay)")
-    }
-    if !(maxGradientNorm > 0 && maxGradientNorm.isFinite) {
-      throw SessionError("--max-grad-norm must be positive, got \(maxGradientNorm)")
-    }
+    try SettingChecks.atLeast(
+      1,
+      [
+        ("--steps", steps), ("--accumulate", accumulate), ("--save-every", saveEvery),
+        ("--stop-after", stopAfter),
+      ])
+    try SettingChecks.atLeast(0, [("--warmup", warmup)])
+    try SettingChecks.positive("--lr", learningRate)
+    try SettingChecks.notNegative("--weight-decay", weightDecay)
+    try SettingChecks.positive("--max-grad-norm", maxGradientNorm)
   }
 
   /// The learning rate of optimizer step `step` (from 0): linear warm-up, then cosine decay to
@@ -293,7 +284,7 @@ public final class TrainingSession {
           state.firstMoments[name] = moments.first
           state.secondMoments[name] = moments.second
         }
-        try checkpoint(folder: folder, state: state, metrics: metrics, record: record)
+        try checkpoint(folder: folder, state: state, metrics: metrics)
       }
       if stopping && step + 1 < schedule.steps {
         return cancelled ? .cancelled(step: step + 1) : .stopped(step: step + 1)
@@ -347,7 +338,7 @@ public final class TrainingSession {
   /// The first checkpoint of a session also removes the temporary files (`.NAME.UUID.tmp`) that
   /// an earlier, killed run left mid-write for these names.
   public func checkpoint(
-    folder: URL, state: TrainingState, metrics: Metrics, record: CheckpointRecord
+    folder: URL, state: TrainingState, metrics: Metrics
   ) throws(SessionError) {
     var state = state
     do {

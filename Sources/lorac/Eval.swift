@@ -75,11 +75,11 @@ struct Eval: ParsableCommand {
       try data.map { path throws(SessionError) in try EvaluationCase.read(jsonl: path) }
       ?? EvaluationCase.mysteryFunction(count: count, seed: seed)
     // Cases too long for the context are named before the adapter is read.
-    _ = try Evaluator.scoredExamples(cases, model: loaded, tokenizer: tokenizer)
+    let scored = try Evaluator.scoredExamples(cases, model: loaded, tokenizer: tokenizer)
     let evaluator = Evaluator(
       model: loaded, tokenizer: tokenizer, adapter: try loadAdapters(adapter, for: loaded),
       adapterScale: adapterScale.scale)
-    let result = try evaluator.evaluate(cases, batch: batch)
+    let result = try evaluator.evaluate(cases, scored: scored, batch: batch)
     if json {
       let perplexity = result.perplexity.isFinite ? "\(result.perplexity)" : "null"
       print(
