@@ -99,3 +99,20 @@ import Testing
   #expect(missing.status == 1)
   #expect(missing.stderr == "error: missing.gguf: cannot open: No such file or directory\n")
 }
+
+@Test func everyModelBenchRunsTheKernelsOfAnotherTier() throws {
+  let model = try modelPath()
+  for arguments in [
+    ["decode", model, "--positions", "4", "--runs", "1"],
+    ["prefill", model, "--tokens", "8", "--runs", "1"],
+    ["train", model, "--batch", "1", "--seq", "4", "--runs", "1"],
+  ] {
+    let result = try lorac(["bench"] + arguments + ["--isa", "avx2", "--json"])
+    #expect(result.status == 0, "bench \(arguments[0]): \(result.stderr)")
+    let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+    #expect((object?["tokens_per_s"] as? Double ?? 0) > 0, "bench \(arguments[0])")
+  }
+  let unknown = try lorac(["bench", "decode", model, "--isa", "sse"])
+  #expect(unknown.status == 1)
+  #expect(unknown.stderr.hasPrefix("error: The value 'sse' is invalid for '--isa <isa>'"))
+}
