@@ -18,15 +18,19 @@ public struct PrefillBenchmark: Sendable {
   public var allLogits: Bool
   public var runs: Int
   public var target: Target
+  /// Globs of values captured in every run (each run then also copies them out).
+  public var captures: [String]
 
   public init(
-    tokens: Int, context: Int? = nil, allLogits: Bool = false, runs: Int, target: Target = .host
+    tokens: Int, context: Int? = nil, allLogits: Bool = false, runs: Int, target: Target = .host,
+    captures: [String] = []
   ) {
     self.tokens = tokens
     self.context = context
     self.allLogits = allLogits
     self.runs = runs
     self.target = target
+    self.captures = captures
   }
 
   /// What one measurement found: seconds to a ready model (open, trace, compile), the median
@@ -50,15 +54,17 @@ public struct PrefillBenchmark: Sendable {
     let model = try LlamaModel.open(path)
     if allLogits {
       let session = try ForwardSession(
-        model: model, sequence: tokens, adapter: nil, target: target)
+        model: model, sequence: tokens, adapter: nil, hooks: Hooks(captures: captures),
+        target: target)
       let ready = seconds(since: start)
       let median = try wrapping {
-        try KernelBenchmarks.median(runs: runs) { _ = try session.logits(ids) }
+        try KernelBenchmarks.median(runs: runs) { _ = try session.run(ids) }
       }
       return result(ready, median, session.executable, context: nil, profile: nil)
     }
     let slots = context ?? tokens
-    let session = DecodeSession(model: model, context: slots, adapter: nil, target: target)
+    let session = try DecodeSession(
+      model: model, context: slots, adapter: nil, hooks: Hooks(captures: captures), target: target)
     let prefill = try session.compile(tokens: tokens)
     let ready = seconds(since: start)
     return try wrapping {
@@ -66,6 +72,8 @@ public struct PrefillBenchmark: Sendable {
       // Every run starts from empty caches, as generation's prefill does; the inputs stay set.
       let median = try KernelBenchmarks.median(runs: runs, setUp: { prefill.resetState() }) {
         try prefill.execute()
+        // Captured values are copied out, as generation does.
+        for output in prefill.graph.outputs.indices.dropFirst() { _ = prefill.output(output) }
       }
       var timed: StepProfile?
       if profile {

@@ -460,9 +460,9 @@ class Driver:
             count = len(result["ids"])
             if count != DECODE_TOKENS:
                 return {"error": f"lorac generate made {count} tokens, not {DECODE_TOKENS}"}
-            decode_s = count / result["decode_tokens_per_s"]
             if run:
-                rates.append((count - 1) / decode_s)
+                # Steps per second: the first token comes from the prefill.
+                rates.append(result["decode_tokens_per_s"])
             rss = max(rss, result["peak_rss_bytes_wait4"])
             last = result
         return {"tokens_per_s": median(rates), "rates": rates, "peak_rss_bytes": rss,

@@ -145,3 +145,33 @@ public struct NameSelector: Hashable, Sendable, CustomStringConvertible, Express
     return p == pattern.count
   }
 }
+
+extension NameSelector {
+  /// Up to `count` of `names` closest to `text` by edit distance (insertions, deletions and
+  /// substitutions of characters), closest first, ties in the order given; for "did you mean"
+  /// lists in error messages.
+  public static func nearest(to text: String, among names: [String], count: Int = 3) -> [String] {
+    let target = Array(text)
+    var seen = Set<String>()
+    let scored = names.filter { seen.insert($0).inserted }.enumerated().map { index, name in
+      (distance: editDistance(target, Array(name)), index: index, name: name)
+    }
+    return scored.sorted { ($0.distance, $0.index) < ($1.distance, $1.index) }.prefix(count).map(
+      \.name)
+  }
+
+  private static func editDistance(_ a: [Character], _ b: [Character]) -> Int {
+    if a.isEmpty || b.isEmpty { return a.count + b.count }
+    var previous = Array(0...b.count)
+    var current = previous
+    for i in 1...a.count {
+      current[0] = i
+      for j in 1...b.count {
+        let substitution = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)
+        current[j] = min(substitution, previous[j] + 1, current[j - 1] + 1)
+      }
+      swap(&previous, &current)
+    }
+    return previous[b.count]
+  }
+}

@@ -15,6 +15,8 @@ public struct DecodeSession {
   private let forms = PackedForms()
   /// The kernels' target: ISA tier, int8 activations, bf16 products.
   public let target: Target
+  /// Captures and edits applied in every graph (nil: none).
+  private let hooks: BoundHooks?
 
   /// Compiled decoding graphs by batch, token count and head form, reused across generations,
   /// and the adapter scale they all run with.
@@ -72,6 +74,26 @@ public struct DecodeSession {
     self.model = model
     self.context = context
     self.target = target
+    hooks = nil
+    compiled.adapter = adapter
+  }
+
+  /// A session whose graphs also capture and edit values at hook points.
+  ///
+  /// An edit applies when its position is computed (in the prompt's prefill or in the step that
+  /// decodes it), and `generate` returns the captured values of every position. Values that run
+  /// over the keys (attention's probabilities) are not formed under KV-cache decoding and are
+  /// refused.
+  public init(
+    model: LlamaModel, context: Int, adapter: PEFTAdapter?, hooks: Hooks, target: Target = .host
+  ) throws(SessionError) {
+    self.model = model
+    self.context = context
+    self.target = target
+    self.hooks =
+      hooks.isEmpty
+      ? nil
+      : try BoundHooks(hooks, points: try model.hookPoints(), positions: context, sequence: nil)
     compiled.adapter = adapter
   }
 
@@ -94,7 +116,7 @@ public struct DecodeSession {
     // The forward graph, adapted and fused, then turned into a decoding graph over KV caches.
     try compileAdapted(
       try wrapping { try model.trace(batch: batch, sequence: tokens) }, model: model,
-      adapter: adapter, packedForms: forms, target: target
+      adapter: adapter, hooks: hooks?.passes ?? [], packedForms: forms, target: target
     ) { graph in try Decode(context: context, last: last).run(graph).compacted() }
   }
 
@@ -113,11 +135,21 @@ public struct DecodeSession {
     try executable.set("key_mask", HostTensor(shape: [1, count, context], ints: mask))
   }
 
+  /// Sets the hooks' inputs of a decoding graph for `count` new positions from `slot`.
+  private func setHookInputs(_ executable: Executable, slot: Int, count: Int) throws(SessionError) {
+    try hooks?.feed(executable, start: slot, count: count)
+  }
+
   /// What a generation produced, with its speeds.
   public struct Result: Sendable {
     public var ids: [Int32]
     public var prefillSeconds: Double
     public var decodeSeconds: Double
+    /// How many one-token steps ran in `decodeSeconds` (the first token comes from the prefill).
+    public var decodeSteps: Int
+    /// Each captured value as `[1, positions, ...]` under its name, in graph order: the prompt's
+    /// positions and every generated token's (the last one is run through the model for this).
+    public var captures: [(name: String, tensor: HostTensor)] = []
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `emit` with each new token; stops
@@ -128,14 +160,30 @@ public struct DecodeSession {
   ) throws(SessionError) -> Result {
     let vocabulary = model.config.vocabularySize
     var sampler = Sampler(sampling)
+    if let hooks, let covered = hooks.feeds.compactMap(\.positions).max(),
+      covered > prompt.count + maxTokens
+    {
+      throw SessionError(
+        "a patch or steering tensor has \(covered) positions; the prompt and --max-tokens "
+          + "make \(prompt.count + maxTokens)")
+    }
     let prefill = try compile(tokens: prompt.count)
     let step = try compile(tokens: 1)
+    var captured: [[Float]] = hooks.map { [[Float]](repeating: [], count: $0.captured.count) } ?? []
+    var capturedShapes: [[Int]] = []
+    var steps = 0
     func run(_ executable: Executable, tokens: [Int32], slot: Int) throws(SessionError)
       -> UnsafeBufferPointer<Float>
     {
+      try setHookInputs(executable, slot: slot, count: tokens.count)
       try wrapping {
         try setInputs(executable, tokens: tokens, slot: slot)
         try executable.execute()
+      }
+      if let hooks, !hooks.captured.isEmpty {
+        let tensors = hooks.captures(of: executable)
+        for (k, tensor) in tensors.enumerated() { captured[k] += tensor.floats() }
+        if capturedShapes.isEmpty { capturedShapes = tensors.map(\.type.shape) }
       }
       return UnsafeBufferPointer(
         start: executable.outputAddress(0).assumingMemoryBound(to: Float.self), count: vocabulary)
@@ -151,13 +199,26 @@ public struct DecodeSession {
       generated.append(next)
       history.append(next)
       emit(next)
-      if stop(generated) || history.count >= context { break }
+      // The last token is not run through the model: nothing samples after it.
+      if stop(generated) || history.count >= context || generated.count >= maxTokens { break }
       logits = try run(step, tokens: [next], slot: history.count - 1)
+      steps += 1
+    }
+    // Unless its values are captured, so the captures cover every position.
+    if !captured.isEmpty, let last = generated.last {
+      _ = try run(step, tokens: [last], slot: history.count - 1)
+      steps += 1
     }
     let end = DispatchTime.now().uptimeNanoseconds
-    return Result(
+    var result = Result(
       ids: generated, prefillSeconds: Double(prefillDone - start) / 1e9,
-      decodeSeconds: Double(end - prefillDone) / 1e9)
+      decodeSeconds: Double(end - prefillDone) / 1e9, decodeSteps: steps)
+    for (k, point) in (hooks?.captured ?? []).enumerated() {
+      var shape = capturedShapes[k]
+      shape[1] = captured[k].count / shape.dropFirst(2).reduce(shape[0], *)
+      result.captures.append((point.name, HostTensor(shape: shape, floats: captured[k])))
+    }
+    return result
   }
 
   /// Greedy continuations of several prompts decoded together, one batch row each.
@@ -169,7 +230,10 @@ public struct DecodeSession {
   public func greedyBatch(prompts: [[Int32]], maxTokens: [Int], stop: ([Int32]) -> Bool)
     throws(SessionError) -> [[Int32]]
   {
-    try wrapping { try decodeGreedily(prompts: prompts, maxTokens: maxTokens, stop: stop) }
+    if hooks != nil {
+      throw SessionError("hooks apply to one sequence at a time, not to batched decoding")
+    }
+    return try wrapping { try decodeGreedily(prompts: prompts, maxTokens: maxTokens, stop: stop) }
   }
 
   private func decodeGreedily(prompts: [[Int32]], maxTokens: [Int], stop: ([Int32]) -> Bool)
@@ -262,6 +326,10 @@ public struct TextGenerator {
     public var text: String
     public var prefillSeconds: Double
     public var decodeSeconds: Double
+    /// One-token steps run in `decodeSeconds`.
+    public var decodeSteps: Int
+    /// The captured values (see `DecodeSession.Result.captures`).
+    public var captures: [(name: String, tensor: HostTensor)]
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `stream` with each piece of text
@@ -308,7 +376,8 @@ public struct TextGenerator {
     }
     return Output(
       ids: result.ids, text: text, prefillSeconds: result.prefillSeconds,
-      decodeSeconds: result.decodeSeconds)
+      decodeSeconds: result.decodeSeconds, decodeSteps: result.decodeSteps,
+      captures: result.captures)
   }
 }
 

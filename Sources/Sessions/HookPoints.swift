@@ -8,6 +8,9 @@ public struct HookPoint: Sendable, Hashable {
   public var name: String
   public var dtype: DType
   public var shape: [Int?]
+  /// The axis of the traced value (`[batch, ...]`) that runs over positions: 1 for most values,
+  /// 2 for attention's `[batch, heads, queries, keys]`.
+  public var positionAxis: Int
 
   /// `f32[576]`, `f32[9, seq]`.
   public var typeText: String {
@@ -33,18 +36,20 @@ extension LlamaModel {
     var seen = Set<String>()
     for ((name, a), (_, b)) in zip(named(short), named(long)) where seen.insert(name).inserted {
       var shape: [Int?] = []
-      var droppedPosition = false
+      var positionAxis: Int?
       // The batch dimension first; then the position; then what remains, by token.
-      for (x, y) in zip(a.shape, b.shape).dropFirst() {
+      for (axis, (x, y)) in zip(a.shape, b.shape).enumerated().dropFirst() {
         if x == y {
           shape.append(x)
-        } else if droppedPosition {
+        } else if positionAxis != nil {
           shape.append(nil)
         } else {
-          droppedPosition = true
+          positionAxis = axis
         }
       }
-      points.append(HookPoint(name: name, dtype: a.dtype, shape: shape))
+      guard let positionAxis else { continue }
+      points.append(
+        HookPoint(name: name, dtype: a.dtype, shape: shape, positionAxis: positionAxis))
     }
     return points
   }

@@ -42,16 +42,18 @@ func checkAdapterScale(_ scale: Float) throws(SessionError) {
 
 /// Compiles a traced graph for inference with the adapter's branches, fused.
 ///
-/// The adapter's `lora` pass (when there is one), `fuse`, then `finish` (for instance `decode`);
-/// plans the kernels for `target` and binds the model's weights and the adapter's values. Executables made with one `packedForms`
-/// share the packed forms of the weights.
+/// The adapter's `lora` pass (when there is one), the `hooks` passes (captures and edits), `fuse`,
+/// then `finish` (for instance `decode`); plans the kernels for `target` and binds the model's
+/// weights and the adapter's values. Executables made with one `packedForms` share the packed
+/// forms of the weights.
 func compileAdapted(
-  _ traced: Graph, model: LlamaModel, adapter: PEFTAdapter?, packedForms: PackedForms? = nil,
-  target: Target, finish: (Graph) throws -> Graph = { $0 }
+  _ traced: Graph, model: LlamaModel, adapter: PEFTAdapter?, hooks: [any Pass] = [],
+  packedForms: PackedForms? = nil, target: Target, finish: (Graph) throws -> Graph = { $0 }
 ) throws(SessionError) -> Executable {
   try wrapping {
     var graph = traced
     if let adapter { graph = try adapter.loraPass().run(graph).compacted() }
+    for pass in hooks { graph = try pass.run(graph) }
     graph = try finish(try Fuse().run(graph).compacted())
     let executable = try Executable(
       graph, constants: try model.weights(for: graph), packedForms: packedForms, target: target)

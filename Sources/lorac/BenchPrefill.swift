@@ -40,6 +40,12 @@ extension Bench {
 
     @OptionGroup var isa: ISAOption
 
+    @Option(
+      help:
+        "Capture the values this glob matches in every run (repeatable), to measure what a capture costs."
+    )
+    var capture: [String] = []
+
     @Flag(help: "Print one JSON object.")
     var json = false
 
@@ -62,7 +68,7 @@ extension Bench {
       threads.apply()
       let benchmark = PrefillBenchmark(
         tokens: tokens, context: context, allLogits: allLogits, runs: runs,
-        target: try isa.target())
+        target: try isa.target(), captures: capture)
       let result = try benchmark.measure(model, profile: profile)
       if let profile = result.profile { printError(profile.text, newline: false) }
       print(benchmark.report(result, json: json))

@@ -63,6 +63,8 @@ struct Generate: ParsableCommand {
 
   @OptionGroup var adapterScale: AdapterScaleOption
 
+  @OptionGroup(title: "Hook points") var hooks: HookOptions
+
   @Flag(
     help:
       "Round activations to int8 against q8_0/q4_1 weights, as llama.cpp does (less exact; on CPUs with avx512_vnni the default, f32-accurate path is about as fast)."
@@ -85,6 +87,7 @@ struct Generate: ParsableCommand {
     }
     try threads.check()
     try adapterScale.check(adapters: adapter)
+    try hooks.check()
   }
 
   /// The sampler's options from the flags.
@@ -104,9 +107,9 @@ struct Generate: ParsableCommand {
     try loaded.checkPrompt(ids, vocabulary: tokenizer.tokens.count, option: "--prompt-ids")
     // Generation stops at the end of the context.
     let context = min(ids.count + maxTokens, loaded.contextLength)
-    let session = DecodeSession(
+    let session = try DecodeSession(
       model: loaded, context: min(loaded.contextLength, (context + 15) / 16 * 16),
-      adapter: try loadAdapters(adapter, for: loaded),
+      adapter: try loadAdapters(adapter, for: loaded), hooks: try hooks.hooks(),
       target: Target(int8Activations: int8Activations))
     if !adapter.isEmpty { try session.setAdapterScale(adapterScale.scale) }
     let generator = TextGenerator(
@@ -114,11 +117,12 @@ struct Generate: ParsableCommand {
     let output = try generator.generate(
       prompt: ids, maxTokens: maxTokens, sampling: sampling,
       stream: json ? nil : { FileHandle.standardOutput.write(Data($0.utf8)) })
+    try hooks.write(output.captures)
     if json {
       print(
         "{\"prompt_ids\": \(ids.map(Int.init)), \"ids\": \(output.ids.map(Int.init)), \"text\": \(jsonString(output.text)), "
           + "\"prefill_tokens_per_s\": \(Double(ids.count) / output.prefillSeconds), "
-          + "\"decode_tokens_per_s\": \(Double(output.ids.count) / max(output.decodeSeconds, 1e-9))}"
+          + "\"decode_tokens_per_s\": \(Double(output.decodeSteps) / max(output.decodeSeconds, 1e-9))}"
       )
     } else {
       print()

@@ -22,9 +22,12 @@ struct Logits: ParsableCommand {
 
   @OptionGroup var adapterScale: AdapterScaleOption
 
+  @OptionGroup(title: "Hook points") var hooks: HookOptions
+
   func validate() throws {
     try threads.check()
     try adapterScale.check(adapters: adapter)
+    try hooks.check()
   }
 
   @Option(
@@ -39,12 +42,15 @@ struct Logits: ParsableCommand {
     try loaded.check(tokens, option: "--ids")
     threads.apply()
     let session = try ForwardSession(
-      model: loaded, sequence: tokens.count, adapter: try loadAdapters(adapter, for: loaded))
+      model: loaded, sequence: tokens.count, adapter: try loadAdapters(adapter, for: loaded),
+      hooks: try hooks.hooks())
     if !adapter.isEmpty { try session.setAdapterScale(adapterScale.scale) }
+    let (logits, captures) = try session.run(tokens)
     do {
-      try writeAtomically(NumPy.encode(try session.logits(tokens)), to: URL(fileURLWithPath: out))
-    } catch let error as FileError {
+      try writeAtomically(NumPy.encode(logits), to: URL(fileURLWithPath: out))
+    } catch {
       fail(error.message)
     }
+    try hooks.write(captures)
   }
 }

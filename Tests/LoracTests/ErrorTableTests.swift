@@ -235,7 +235,7 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   let cases: [(String, String)] = [
     (
       "fuse,nosuch",
-      "unknown pass 'nosuch' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, dce, cse)"
+      "unknown pass 'nosuch' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, capture, patch, add, ablate, dce, cse)"
     ),
     (
       "lora{bogus=1}", "lora: unknown option 'bogus' (accepted: rank, alpha, targets, rslora, seed)"

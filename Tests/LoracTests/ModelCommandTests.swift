@@ -324,6 +324,6 @@ struct SafetensorsReader {
   #expect(unknown.status == 1)
   #expect(
     unknown.stderr
-      == "error: unknown pass 'fsue' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, dce, cse)\n"
+      == "error: unknown pass 'fsue' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, capture, patch, add, ablate, dce, cse)\n"
   )
 }

@@ -76,7 +76,7 @@ func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
   let cases: [(String, String)] = [
     (
       "lora,fsue",
-      "unknown pass 'fsue' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, dce, cse)"
+      "unknown pass 'fsue' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, capture, patch, add, ablate, dce, cse)"
     ),
     (
       "lora{rank=8,alpah=16}",
