@@ -98,6 +98,18 @@ public final class AdamW {
     accumulated += 1
   }
 
+  /// Lets `reduce` combine the running sum in place; it then stands for `count` gradients.
+  ///
+  /// A data-parallel run sums it across its ranks (`reduce` gets the buffer and its float count);
+  /// the next `update()` applies the mean over `count`. Needs at least one `accumulate()` first.
+  public func reduceSums<E: Error>(
+    count: Int, _ reduce: (UnsafeMutablePointer<Float>, Int) throws(E) -> Void
+  ) throws(E) {
+    guard accumulated > 0, let sums else { return }
+    try reduce(sums, tensors.map(\.count).reduce(0, +))
+    accumulated = count
+  }
+
   /// Applies one update and returns the gradients' global norm before clipping (computed once,
   /// for clipping and for logs).
   ///

@@ -111,11 +111,14 @@ public final class TrainingJob {
   /// The saved state the run continues from (nil: it starts at step 0).
   public let resumedState: TrainingState?
   public let record: CheckpointRecord
+  /// The MPI job this rank trains in (nil: one process).
+  public let dataParallel: DataParallel?
 
   private init(
     session: TrainingSession, examples: [TrainingExample], schedule: Schedule, folder: URL,
-    resumedState: TrainingState?, record: CheckpointRecord
+    resumedState: TrainingState?, dataParallel: DataParallel?, record: CheckpointRecord
   ) {
+    self.dataParallel = dataParallel
     self.session = session
     self.examples = examples
     self.schedule = schedule
@@ -129,9 +132,14 @@ public final class TrainingJob {
   /// Returns nil when the saved run already reached its steps (nothing to do). `note` receives
   /// lines for the person (an old state being started over, a thread count that differs from the
   /// saved run's).
-  public static func prepare(_ request: TrainingRequest, note: (String) -> Void)
-    throws(SessionError) -> TrainingJob?
-  {
+  ///
+  /// With `dataParallel` (a rank of an `mpirun` job), `--accumulate` counts each rank's
+  /// micro-batches: a step takes `accumulate` times the ranks in all, which is what the state
+  /// records, so a resume with another number of ranks keeps the step the same (the ranks must
+  /// divide it). Only rank 0 makes the folder.
+  public static func prepare(
+    _ request: TrainingRequest, dataParallel: DataParallel? = nil, note: (String) -> Void
+  ) throws(SessionError) -> TrainingJob? {
     try request.check()
     let out = request.out
     let folder = URL(fileURLWithPath: out)
@@ -169,7 +177,15 @@ public final class TrainingJob {
     let learningRate = try settings.resolve("lr", request.learningRate, default: 2e-3)
     let warmup = try settings.resolve("warmup", request.warmup, default: 5)
     let batch = try settings.resolve("batch", request.batch, default: 16)
-    let accumulate = try settings.resolve("accumulate", request.accumulate, default: 1)
+    let ranks = dataParallel?.size ?? 1
+    let microBatches = try settings.resolve(
+      "accumulate", request.accumulate.map { $0 * ranks }, default: ranks)
+    guard microBatches % ranks == 0 else {
+      throw SessionError(
+        "\(out): the training state takes \(microBatches) micro-batches per step, which "
+          + "\(ranks) ranks cannot share evenly; run with a number of ranks that divides it")
+    }
+    let accumulate = microBatches / ranks
     let weightDecay = try settings.resolve("weight-decay", request.weightDecay, default: 0.0)
     let maxGradientNorm = try settings.resolve(
       "max-grad-norm", request.maxGradientNorm, default: 1.0)
@@ -238,7 +254,9 @@ public final class TrainingJob {
         rank: rank, alpha: alpha, targets: targets, seed: seed, precision: precision, batch: batch,
         sequence: sequence, rsLoRA: rsLoRA, baseModel: request.baseModel, target: request.target))
     do {
-      try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+      if dataParallel?.rank ?? 0 == 0 {
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+      }
     } catch {
       throw SessionError("\(out): cannot create the folder: \(error.localizedDescription)")
     }
@@ -248,7 +266,7 @@ public final class TrainingJob {
         steps: steps, learningRate: learningRate, warmup: warmup, weightDecay: weightDecay,
         maxGradientNorm: maxGradientNorm, accumulate: accumulate, saveEvery: request.saveEvery,
         stopAfter: request.stopAfter),
-      folder: folder, resumedState: saved,
+      folder: folder, resumedState: saved, dataParallel: dataParallel,
       record: CheckpointRecord(
         seed: seed, settings: settings.values,
         dataFingerprint: dataFingerprint, modelFingerprint: modelFingerprint))
@@ -260,7 +278,7 @@ public final class TrainingJob {
   {
     try session.train(
       examples: examples, schedule: schedule, folder: folder, resume: resumedState, record: record,
-      cancellation: cancellation, progress: progress)
+      cancellation: cancellation, dataParallel: dataParallel, progress: progress)
   }
 
   /// The tokenized examples of `data`.

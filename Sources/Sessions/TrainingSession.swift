@@ -184,10 +184,16 @@ public final class TrainingSession {
   /// `schedule.stopAfter`, and when `cancellation` is requested (after the step under way).
   ///
   /// `progress` is called after every step. A loss that is not finite ends the run with an error.
+  ///
+  /// With `dataParallel`, each step takes `schedule.accumulate` micro-batches per rank from one
+  /// global data order (rank r the r-th share), the gradients are summed across the ranks before
+  /// clipping and AdamW, and rank 0 alone writes; the losses are those of one process with
+  /// `accumulate` times as many micro-batches. The ranks first check that they agree on the model,
+  /// the data and the settings, and compare a checksum of the adapter at every checkpoint.
   public func train(
     examples: [TrainingExample], schedule: Schedule, folder: URL, resume: TrainingState?,
     record: CheckpointRecord, cancellation: Cancellation? = nil,
-    progress: (StepReport) -> Void = { _ in }
+    dataParallel: DataParallel? = nil, progress: (StepReport) -> Void = { _ in }
   ) throws(SessionError) -> TrainingOutcome {
     guard !trained else {
       throw SessionError(
@@ -196,6 +202,12 @@ public final class TrainingSession {
     try schedule.check()
     guard !examples.isEmpty else { throw SessionError("no training examples") }
     trained = true
+    if let dataParallel {
+      try dataParallel.checkAgreement(
+        record: record, resumedStep: resume?.step, examples: examples.count, folder: folder)
+    }
+    let (ranks, me) = (dataParallel?.size ?? 1, dataParallel?.rank ?? 0)
+    let microBatches = schedule.accumulate * ranks
     let optimizer = trainer.optimizer
     optimizer.weightDecay = schedule.weightDecay
     optimizer.maxGradientNorm = schedule.maxGradientNorm
@@ -236,7 +248,8 @@ public final class TrainingSession {
     for step in firstStep..<schedule.steps {
       optimizer.learningRate = schedule.learningRate(at: step)
       var losses: [Float] = []
-      for _ in 0..<schedule.accumulate {
+      // Every rank walks the whole global order and runs its own share of it.
+      for microBatch in 0..<microBatches {
         var rows: [TrainingExample] = []
         for _ in 0..<batch {
           if cursor == order.count {
@@ -246,9 +259,25 @@ public final class TrainingSession {
           rows.append(examples[order[cursor]])
           cursor += 1
         }
-        losses.append(try trainer.run(PackedBatch(rows, sequence: sequence).inputs))
-        if schedule.accumulate > 1 { trainer.accumulate() }
         tokensSeen += batch * sequence
+        guard microBatch / schedule.accumulate == me else { continue }
+        losses.append(try trainer.run(PackedBatch(rows, sequence: sequence).inputs))
+        if microBatches > 1 { trainer.accumulate() }
+      }
+      var cancelled = cancellation?.isCancelled ?? false
+      var reduceSeconds: Double?
+      if let dataParallel {
+        let reduceStart = DispatchTime.now().uptimeNanoseconds
+        // The ranks' losses in global order, and whether any rank was asked to stop (all stop
+        // after the same step, or the next step's collectives would wait forever).
+        let gathered = try dataParallel.allGather(
+          losses.map(Double.init) + [cancelled ? 1 : 0])
+        losses = gathered.flatMap { $0.dropLast().map(Float.init) }
+        cancelled = gathered.contains { $0.last != 0 }
+        try optimizer.reduceSums(count: microBatches) { (sums, count) throws(SessionError) in
+          try dataParallel.allreduceSum(sums, count: count)
+        }
+        reduceSeconds = Double(DispatchTime.now().uptimeNanoseconds - reduceStart) / 1e9
       }
       let loss =
         losses.count == 1
@@ -260,7 +289,8 @@ public final class TrainingSession {
       metrics.append(
         step: step + 1, loss: loss,
         line:
-          "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsedBefore + session), \"rss_bytes\": \(residentBytes()), \"peak_rss_bytes\": \(peakResidentBytes())}"
+          "{\"step\": \(step + 1), \"loss\": \(loss), \"lr\": \(optimizer.learningRate), \"grad_norm\": \(norm), \"tokens_per_s\": \(rate), \"elapsed_s\": \(elapsedBefore + session), \"rss_bytes\": \(residentBytes()), \"peak_rss_bytes\": \(peakResidentBytes())"
+          + (reduceSeconds.map { ", \"ranks\": \(ranks), \"allreduce_s\": \($0)" } ?? "") + "}"
       )
       progress(
         StepReport(
@@ -270,9 +300,11 @@ public final class TrainingSession {
       if !loss.isFinite {
         throw SessionError("the loss is \(loss) at step \(step + 1); lower --lr")
       }
-      let cancelled = cancellation?.isCancelled ?? false
       let stopping = cancelled || step + 1 == schedule.stopAfter
       if (step + 1) % schedule.saveEvery == 0 || step + 1 == schedule.steps || stopping {
+        if let dataParallel {
+          try dataParallel.checkSameAdapter(executable, parameters, step: step + 1)
+        }
         var state = TrainingState(
           step: step + 1, optimizerStep: optimizer.step, elapsed: elapsedBefore + session,
           generator: generator.state, order: order, cursor: cursor, threads: Threads.count,
@@ -284,7 +316,7 @@ public final class TrainingSession {
           state.firstMoments[name] = moments.first
           state.secondMoments[name] = moments.second
         }
-        try checkpoint(folder: folder, state: state, metrics: metrics)
+        if me == 0 { try checkpoint(folder: folder, state: state, metrics: metrics) }
       }
       if stopping && step + 1 < schedule.steps {
         return cancelled ? .cancelled(step: step + 1) : .stopped(step: step + 1)

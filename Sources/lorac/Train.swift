@@ -139,17 +139,27 @@ struct Train: ParsableCommand {
 
   func run() throws {
     threads.apply()
-    guard let job = try TrainingJob.prepare(request, note: { printError($0) }) else { return }
+    // Under mpirun: one rank of a data-parallel job; rank 0 alone prints and writes.
+    let parallel = try DataParallel.fromEnvironment()
+    let speaks = parallel?.rank ?? 0 == 0
+    guard
+      let job = try TrainingJob.prepare(
+        request, dataParallel: parallel, note: { if speaks { printError($0) } })
+    else { return }
     var progress = TrainingProgress()
     let cancellation = Interruption.install()
     let outcome: TrainingOutcome
     do {
-      outcome = try job.run(cancellation: cancellation) { progress.report($0) }
+      outcome = try job.run(cancellation: cancellation) { if speaks { progress.report($0) } }
     } catch {
       progress.finishLine()
       throw error
     }
     progress.finishLine()
+    guard speaks else {
+      if case .cancelled = outcome { throw ExitCode(130) }
+      return
+    }
     switch outcome {
     case .finished: break
     case .stopped(let step), .cancelled(let step):

@@ -29,12 +29,18 @@ public func lorac(_ arguments: [String], stdin: String? = nil) throws -> RunResu
   try run(loracExecutable(), arguments, stdin: stdin)
 }
 
-/// Runs an executable with arguments and optional standard input, and waits for it.
-public func run(_ executable: URL, _ arguments: [String], stdin: String? = nil) throws -> RunResult
-{
+/// Runs an executable with arguments, optional standard input and extra environment variables,
+/// and waits for it.
+public func run(
+  _ executable: URL, _ arguments: [String], stdin: String? = nil,
+  environment: [String: String] = [:]
+) throws -> RunResult {
   let process = Process()
   process.executableURL = executable
   process.arguments = arguments
+  if !environment.isEmpty {
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+  }
   let output = Pipe()
   let errors = Pipe()
   let input = Pipe()

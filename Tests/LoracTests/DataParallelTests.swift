@@ -1,0 +1,205 @@
+import Foundation
+import TestSupport
+import Testing
+
+// Data-parallel training under Open MPI's mpirun: N ranks with --batch B against one process with
+// --batch B --accumulate N, a resume with another number of ranks, a rank killed mid-run, ranks
+// that disagree, and a plain binary that does not link MPI.
+
+/// Open MPI's launcher, or nil (with the reason printed) where it is not installed.
+private let mpirun: URL? = {
+  for folder in ["/usr/bin", "/usr/local/bin"] {
+    let url = URL(fileURLWithPath: folder).appendingPathComponent("mpirun")
+    if FileManager.default.isExecutableFile(atPath: url.path) { return url }
+  }
+  print("DataParallelTests: mpirun is not installed (scripts/setup installs openmpi-bin); skipped")
+  return nil
+}()
+
+/// What mpirun needs here: root is allowed (CI runs as root), and no cross-memory attach, which
+/// containers forbid.
+private let mpiEnvironment = [
+  "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+  "OMPI_MCA_btl_vader_single_copy_mechanism": "none", "OMPI_MCA_rmaps_base_oversubscribe": "1",
+]
+
+/// `mpirun -np ranks lorac arguments`.
+private func mpi(_ ranks: Int, _ arguments: [String]) throws -> RunResult {
+  try run(
+    try #require(mpirun),
+    ["-np", "\(ranks)", "--bind-to", "none", loracExecutable().path] + arguments,
+    environment: mpiEnvironment)
+}
+
+private func train(_ model: String, out: URL, steps: Int = 20) -> [String] {
+  [
+    "train", model, "--task", "mystery_function", "--examples", "48", "--out", out.path,
+    "--steps", "\(steps)", "--batch", "2", "--seq", "24", "--rank", "4",
+    "--targets", "layers.*.attn.{q,v}", "--lr", "0.005", "--warmup", "2", "--save-every", "5",
+    "--seed", "3", "--threads", "1",
+  ]
+}
+
+private func losses(_ folder: URL) throws -> [Double] {
+  try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+    .split(separator: "\n").map { line in
+      let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+      return try #require(object?["loss"] as? Double)
+    }
+}
+
+@Test(.enabled(if: mpirun != nil))
+func twoRanksTrainAsOneProcessAccumulatingTwoMicroBatches() throws {
+  let model = try modelPath()
+  let (single, parallel, again) = (
+    try temporaryFolder(), try temporaryFolder(), try temporaryFolder()
+  )
+  defer { for url in [single, parallel, again] { try? FileManager.default.removeItem(at: url) } }
+  let one = try lorac(train(model, out: single) + ["--accumulate", "2"])
+  #expect(one.status == 0, "\(one.stderr)")
+  let two = try mpi(2, train(model, out: parallel))
+  #expect(two.status == 0, "\(two.stderr)")
+  let (a, b) = (try losses(single), try losses(parallel))
+  #expect(a.count == 20 && b.count == 20)
+  for (step, (x, y)) in zip(a, b).enumerated() {
+    #expect(abs(x - y) <= 1e-6 * abs(x), "step \(step + 1): \(x) against \(y)")
+  }
+  // Rank 0 alone printed progress and wrote the checkpoint; the adapter is the same bits.
+  #expect(two.stderr.components(separatedBy: "step 20/20").count == 2, "\(two.stderr)")
+  #expect(
+    try Data(contentsOf: parallel.appendingPathComponent("adapter_model.safetensors"))
+      == Data(contentsOf: single.appendingPathComponent("adapter_model.safetensors")))
+  // The summation order is fixed: a rerun gives the same bits.
+  let rerun = try mpi(2, train(model, out: again))
+  #expect(rerun.status == 0, "\(rerun.stderr)")
+  #expect(try losses(again) == b)
+  #expect(
+    try Data(contentsOf: again.appendingPathComponent("adapter_model.safetensors"))
+      == Data(contentsOf: parallel.appendingPathComponent("adapter_model.safetensors")))
+}
+
+@Test(.enabled(if: mpirun != nil))
+func aResumeMayUseAnotherNumberOfRanks() throws {
+  let model = try modelPath()
+  let (whole, split) = (try temporaryFolder(), try temporaryFolder())
+  defer { for url in [whole, split] { try? FileManager.default.removeItem(at: url) } }
+  #expect(try lorac(train(model, out: whole, steps: 10) + ["--accumulate", "2"]).status == 0)
+  // Two ranks for 5 steps, then one process takes both micro-batches of every step.
+  let first = try mpi(2, train(model, out: split, steps: 10) + ["--stop-after", "5"])
+  #expect(first.status == 0, "\(first.stderr)")
+  let second = try lorac(train(model, out: split, steps: 10) + ["--resume"])
+  #expect(second.status == 0, "\(second.stderr)")
+  let (a, b) = (try losses(whole), try losses(split))
+  #expect(a.count == 10 && b.count == 10)
+  for (step, (x, y)) in zip(a, b).enumerated() {
+    #expect(abs(x - y) <= 1e-6 * abs(x), "step \(step + 1): \(x) against \(y)")
+  }
+  // Three ranks cannot share two micro-batches a step.
+  let three = try mpi(3, train(model, out: split, steps: 12) + ["--resume"])
+  #expect(three.status != 0)
+  #expect(
+    three.stderr.contains(
+      "the training state takes 2 micro-batches per step, which 3 ranks cannot share evenly"),
+    "\(three.stderr)")
+}
+
+@Test(.enabled(if: mpirun != nil))
+func ranksThatDisagreeRefuseToStart() throws {
+  let model = try modelPath()
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  // Two commands in one job (Open MPI's colon syntax): the second has another learning rate.
+  let arguments = train(model, out: folder, steps: 4)
+  var other = arguments
+  other[other.firstIndex(of: "--lr")! + 1] = "0.01"
+  let result = try run(
+    try #require(mpirun),
+    ["-np", "1", "--bind-to", "none", loracExecutable().path] + arguments
+      + [":", "-np", "1", "--bind-to", "none", loracExecutable().path] + other,
+    environment: mpiEnvironment)
+  #expect(result.status != 0)
+  #expect(
+    result.stderr.contains("error: rank 1 disagrees with rank 0 on its settings"),
+    "\(result.stderr)")
+  #expect(
+    !FileManager.default.fileExists(atPath: folder.appendingPathComponent("metrics.jsonl").path))
+}
+
+@Test(.enabled(if: mpirun != nil))
+func aKilledRankStopsTheJobAndTheCheckpointResumes() throws {
+  let model = try modelPath()
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let process = Process()
+  process.executableURL = try #require(mpirun)
+  process.arguments =
+    ["-np", "2", "--bind-to", "none", loracExecutable().path]
+    + train(model, out: folder, steps: 400)
+  process.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { $1 }
+  process.standardOutput = FileHandle.nullDevice
+  process.standardError = FileHandle.nullDevice
+  try process.run()
+  // Wait for the first checkpoint (step 5), then kill rank 1 with SIGKILL.
+  let state = folder.appendingPathComponent("training_state.safetensors")
+  let deadline = Date().addingTimeInterval(240)
+  while !FileManager.default.fileExists(atPath: state.path) && Date() < deadline {
+    Thread.sleep(forTimeInterval: 0.2)
+  }
+  try #require(FileManager.default.fileExists(atPath: state.path), "no checkpoint in 240 s")
+  let rank1 = try #require(rankProcess(1, under: process.processIdentifier), "rank 1 not found")
+  kill(rank1, SIGKILL)
+  let killed = Date()
+  while process.isRunning && Date().timeIntervalSince(killed) < 60 {
+    Thread.sleep(forTimeInterval: 0.2)
+  }
+  let stopped = !process.isRunning
+  if !stopped { process.terminate() }
+  #expect(stopped, "the job still ran 60 s after a rank was killed")
+  process.waitUntilExit()
+  #expect(process.terminationStatus != 0)
+  // The last checkpoint is whole: the run resumes from it, on two ranks, to a later step.
+  let resumed = try mpi(
+    2, train(model, out: folder, steps: 400) + ["--resume", "--stop-after", "12"])
+  #expect(resumed.status == 0, "\(resumed.stderr)")
+  #expect(try losses(folder).count == 12)
+}
+
+/// The pid of the process of `rank` among the descendants of `root` (Open MPI gives each rank
+/// `OMPI_COMM_WORLD_RANK` in its environment).
+private func rankProcess(_ rank: Int, under root: Int32) -> Int32? {
+  guard let pids = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return nil }
+  for name in pids {
+    guard let pid = Int32(name),
+      let environment = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")),
+      let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+      status.contains("Name:\tlorac")
+    else { continue }
+    let variables = environment.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    if variables.contains("OMPI_COMM_WORLD_RANK=\(rank)") && isDescendant(pid, of: root) {
+      return pid
+    }
+  }
+  return nil
+}
+
+private func isDescendant(_ pid: Int32, of root: Int32) -> Bool {
+  var current = pid
+  for _ in 0..<16 {
+    guard let status = try? String(contentsOfFile: "/proc/\(current)/status", encoding: .utf8),
+      let line = status.split(separator: "\n").first(where: { $0.hasPrefix("PPid:") }),
+      let parent = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces))
+    else { return false }
+    if parent == root { return true }
+    if parent <= 1 { return false }
+    current = parent
+  }
+  return false
+}
+
+@Test func thePlainBinaryDoesNotLinkMPI() throws {
+  let result = try run(URL(fileURLWithPath: "/usr/bin/ldd"), [loracExecutable().path])
+  #expect(result.status == 0)
+  #expect(!result.stdout.contains("libmpi"), "\(result.stdout)")
+  // And a plain run starts without MPI's environment: one process, as before.
+  #expect(try lorac(["train", "--help"]).status == 0)
+}
