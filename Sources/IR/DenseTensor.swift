@@ -95,8 +95,8 @@ extension Initializer {
       break
     case .constant(let value):
       scalars = [Double](repeating: value, count: count)
-    case .kaimingUniform(let a):
-      let fanIn = Double(max(1, type.shape.dropLast().reduce(1, *)))
+    case .kaimingUniform(let a, let rule):
+      let fanIn = Double(Initializer.fanIn(of: type.shape, rule: rule))
       let gain = (2.0 / (1.0 + a * a)).squareRoot()
       let bound = gain * (3.0 / fanIn).squareRoot()
       uniform(-bound, bound)

@@ -13,15 +13,36 @@ public struct GraphInput: Hashable, Sendable {
 public enum Initializer: Hashable, Sendable {
   case zeros
   case constant(Double)
-  /// `U(-b, b)` with `b = gain * sqrt(3 / fanIn)`, `gain = sqrt(2 / (1 + a^2))`; `fanIn` is the
-  /// product of every dimension but the last (`in` for a `[in, out]` weight). `a = sqrt(5)` is
-  /// torch's `nn.Linear` default, which gives `b = 1 / sqrt(fanIn)`.
-  case kaimingUniform(a: Double)
+  /// `U(-b, b)` with `b = gain * sqrt(3 / fanIn)`, `gain = sqrt(2 / (1 + a^2))`; `fanIn` counts
+  /// the dimensions `rule` names (`in` for a `[in, out]` weight). `a = sqrt(5)` is torch's
+  /// `nn.Linear` default, which gives `b = 1 / sqrt(fanIn)`.
+  case kaimingUniform(a: Double, fanIn: FanIn = .leading)
   case uniform(low: Double, high: Double)
   case normal(mean: Double, std: Double)
 
   /// torch's default for `nn.Linear` weights and PEFT's for `lora_A`: `a = sqrt(5)`.
   public static let kaimingUniformDefault = Initializer.kaimingUniform(a: 5.0.squareRoot())
+
+  /// Which dimensions of a tensor a Kaiming initializer's fan-in multiplies.
+  public enum FanIn: String, Hashable, Sendable {
+    /// Every dimension but the last: `in` for a weight `[in, out]` applied as `x W` (lorac's
+    /// layout, PEFT's `lora_A` transposed).
+    case leading
+    /// PyTorch's rule for the tensor as stored (`torch.nn.init._calculate_fan_in_and_fan_out`):
+    /// `size(1) * prod(size[2...])`, so `d_in * r` for the 3-D `(n_inst, d_in, r)` A of the
+    /// TransformerLens tutorial's per-head `Lora` (`size(0)` for a 1-D tensor).
+    case torch
+  }
+
+  /// The fan-in of a tensor of `shape` under `rule` (at least 1).
+  public static func fanIn(of shape: [Int], rule: FanIn) -> Int {
+    switch rule {
+    case .leading: return max(1, shape.dropLast().reduce(1, *))
+    case .torch:
+      guard shape.count >= 2 else { return max(1, shape.first ?? 1) }
+      return max(1, shape[1] * shape.dropFirst(2).reduce(1, *))
+    }
+  }
 }
 
 /// A named graph-level value: a trainable parameter, a frozen constant or state.

@@ -175,9 +175,10 @@ extension Declaration {
     case .zeros: attributes.append(("init", .word("zeros")))
     case .constant(let value):
       attributes += [("init", .word("constant")), ("value", .number(value))]
-    case .kaimingUniform(let a):
+    case .kaimingUniform(let a, let rule):
       attributes.append(("init", .word("kaiming_uniform")))
       if a != 5.0.squareRoot() { attributes.append(("a", .number(a))) }
+      if rule != .leading { attributes.append(("fan_in", .word(rule.rawValue))) }
     case .uniform(let low, let high):
       attributes += [("init", .word("uniform")), ("low", .number(low)), ("high", .number(high))]
     case .normal(let mean, let std):
@@ -201,7 +202,12 @@ extension Declaration {
     case "zeros": initializer = .zeros
     case "constant": initializer = .constant(try reader.number("value"))
     case "kaiming_uniform":
-      initializer = .kaimingUniform(a: try reader.optionalNumber("a") ?? 5.0.squareRoot())
+      let a = try reader.optionalNumber("a") ?? 5.0.squareRoot()
+      let rule = try reader.word("fan_in") ?? Initializer.FanIn.leading.rawValue
+      guard let fanIn = Initializer.FanIn(rawValue: rule) else {
+        throw AttributeError(message: "fan_in must be leading or torch, got '\(rule)'")
+      }
+      initializer = .kaimingUniform(a: a, fanIn: fanIn)
     case "uniform":
       initializer = .uniform(low: try reader.number("low"), high: try reader.number("high"))
     case "normal":

@@ -46,6 +46,36 @@ public enum LoraMerge {
     }
   }
 
+  /// `weight` [outputs, inputs] += `scale` · ΔW for a per-head branch with `a` [n, in_h, r] and
+  /// `b` [n, r, out_h] (lorac's orientation, q/k head dimension in GGUF order).
+  ///
+  /// With `concatenatedInput` (o) head h's block `a[h] · b[h]` [d_head, out] fills the columns
+  /// `h·d_head ..< (h+1)·d_head` of the `[out, in]` weight (the rows of head h in `x W` terms);
+  /// otherwise (q, k, v) it is [in, d_head] and fills the rows of head h's outputs.
+  public static func addPerHeadProducts(
+    to weight: inout [Float], outputs: Int, inputs: Int, a: [Float], b: [Float],
+    instances: Int, rank: Int, concatenatedInput: Bool, scale: Float
+  ) {
+    let (blockIn, blockOut) =
+      concatenatedInput ? (inputs / instances, outputs) : (inputs, outputs / instances)
+    precondition(weight.count == outputs * inputs && a.count == instances * blockIn * rank)
+    precondition(b.count == instances * rank * blockOut)
+    for h in 0..<instances {
+      for i in 0..<blockIn {
+        for k in 0..<rank {
+          let coefficient = scale * a[(h * blockIn + i) * rank + k]
+          if coefficient == 0 { continue }
+          let row = (h * rank + k) * blockOut
+          for j in 0..<blockOut {
+            // ΔW[in, out] block element (i, j) lands at weight[out][in] in GGUF's [out, in].
+            let (output, input) = concatenatedInput ? (j, h * blockIn + i) : (h * blockOut + j, i)
+            weight[output * inputs + input] += coefficient * b[row + j]
+          }
+        }
+      }
+    }
+  }
+
   /// A writer for `model` with `adapter` folded in.
   ///
   /// The model's metadata, and its tensors in file order: each adapted weight dequantized,
@@ -69,7 +99,12 @@ public enum LoraMerge {
       else {
         throw GGUFError(message: "the adapter has no lora_a/lora_b for '\(target)'")
       }
-      let expected = [b.type.shape[1], a.type.shape[0]]
+      let expected =
+        !adapter.perHead
+        ? [b.type.shape[1], a.type.shape[0]]
+        : target.hasSuffix("attn.o")
+          ? [b.type.shape[2], a.type.shape[0] * a.type.shape[1]]
+          : [a.type.shape[0] * b.type.shape[2], a.type.shape[1]]
       guard info.shape == expected else {
         throw GGUFError(
           message:
@@ -107,12 +142,20 @@ public enum LoraMerge {
       let a = adapter.tensors[target + ".lora_a"]?.floats() ?? []
       let b = adapter.tensors[target + ".lora_b"]?.floats() ?? []
       let (outputs, inputs) = (info.shape[0], info.shape[1])
+      let instances =
+        adapter.perHead ? adapter.tensors[target + ".lora_a"]?.type.shape.first : nil
       tensors.append(
         GGUFTensorData(name: info.name, shape: info.shape, typeID: dtype == .f16 ? 1 : 0) {
           () throws(GGUFError) -> Data in
           var weight = try model.dequantized(named: info.name)
-          addLowRankProduct(
-            to: &weight, outputs: outputs, inputs: inputs, a: a, b: b, rank: rank, scale: scale)
+          if let instances {
+            addPerHeadProducts(
+              to: &weight, outputs: outputs, inputs: inputs, a: a, b: b, instances: instances,
+              rank: rank, concatenatedInput: target.hasSuffix("attn.o"), scale: scale)
+          } else {
+            addLowRankProduct(
+              to: &weight, outputs: outputs, inputs: inputs, a: a, b: b, rank: rank, scale: scale)
+          }
           return dtype == .f16
             ? GGUFTensorData.encodeF16(weight) : GGUFTensorData.encodeF32(weight)
         })
@@ -120,7 +163,11 @@ public enum LoraMerge {
     return GGUFFileWriter(metadata: model.metadata, tensors: tensors)
   }
 
-  /// A llama.cpp LoRA adapter GGUF for `adapter`.
+  /// Why `llamaCppAdapter` refuses a per-head adapter.
+  public static let perHeadExportRefusal =
+    "a per-head adapter cannot be exported: llama.cpp's LoRA adapters have one A and one B per weight, with no per-head form; fold it into the model with lorac merge instead"
+
+  /// A llama.cpp LoRA adapter GGUF for `adapter` (not a per-head one).
   ///
   /// Metadata `general.architecture`, `general.type = adapter`, `adapter.type = lora` and
   /// `adapter.lora.alpha` (written so that alpha / r is the adapter's effective scale, rsLoRA
@@ -131,6 +178,7 @@ public enum LoraMerge {
   public static func llamaCppAdapter(_ adapter: PEFTAdapter, model: GGUFFile?)
     throws(GGUFError) -> GGUFFileWriter
   {
+    if adapter.perHead { throw GGUFError(message: perHeadExportRefusal) }
     let architecture = model?["general.architecture"]?.string ?? "llama"
     var tensors: [GGUFTensorData] = []
     let order = adapter.targets.sorted { lhs, rhs in

@@ -9,6 +9,13 @@ import IR
 /// order; lorac's `lora_a` is `[in, r]` and `lora_b` `[r, out]`, and because lorac runs GGUF
 /// weights, whose q and k rows are permuted for adjacent-pair RoPE, the q/k `lora_b` columns are
 /// permuted the same way.
+///
+/// A per-head adapter (`"per_head": true` in adapter_config.json, the TransformerLens tutorial's
+/// `Lora(n_inst=...)` on q, k, v and o) has the same tensor names with 3-D shapes in the
+/// tutorial's orientation, `lora_A.weight` `[n_inst, in, r]` and `lora_B.weight`
+/// `[n_inst, r, out]` (q and o: one instance per query head; k and v: per key/value head; q/k/v
+/// `out` is the head dimension, o `in` is); lorac holds them as they are, with the q/k head
+/// dimension permuted into GGUF order.
 public struct PEFTAdapter: Sendable {
   public var rank: Int
   public var alpha: Double
@@ -17,6 +24,8 @@ public struct PEFTAdapter: Sendable {
   public var targets: [String]
   /// `<target>.lora_a` / `.lora_b` in lorac orientation.
   public var tensors: [String: HostTensor]
+  /// One LoRA instance per attention head: `lora_a` `[n, in, r]`, `lora_b` `[n, r, out]`.
+  public var perHead: Bool
 
   /// The scale the branch gets: alpha / r, or alpha / sqrt(r) with rsLoRA.
   public var scale: Double { useRSLoRA ? alpha / Double(rank).squareRoot() : alpha / Double(rank) }
@@ -29,16 +38,49 @@ public struct PEFTAdapter: Sendable {
   ]
 
   /// An adapter from tensors in lorac orientation (`<target>.lora_a` `[in, r]`, `.lora_b`
-  /// `[r, out]`), as a training session holds them.
+  /// `[r, out]`; per head `[n, in, r]` and `[n, r, out]`), as a training session holds them.
   public init(
     rank: Int, alpha: Double, useRSLoRA: Bool = false, targets: [String],
-    tensors: [String: HostTensor]
+    tensors: [String: HostTensor], perHead: Bool = false
   ) {
     self.rank = rank
     self.alpha = alpha
     self.useRSLoRA = useRSLoRA
     self.targets = targets
     self.tensors = tensors
+    self.perHead = perHead
+  }
+
+  /// The per-head modules (`attn.q`, `attn.k`, `attn.v`, `attn.o`).
+  static let perHeadModules = ["attn.q", "attn.k", "attn.v", "attn.o"]
+
+  /// Whether a per-head adapter can hold `target`: an attention projection of a layer.
+  static func canAdaptPerHead(_ target: String) -> Bool {
+    canAdapt(target) && perHeadModules.contains { target.hasSuffix("." + $0) }
+  }
+
+  /// The per-head shapes of `target` on a model with `config`: instances, input and output
+  /// widths of one instance (q, k, v: `[heads, d_model] -> d_head`; o: `d_head -> d_model`).
+  static func perHeadDimensions(of target: String, config: LlamaConfig)
+    -> (instances: Int, inputs: Int, outputs: Int)
+  {
+    let (model, head) = (config.embeddingLength, config.headDimension)
+    if target.hasSuffix("attn.k") || target.hasSuffix("attn.v") {
+      return (config.keyValueHeadCount, model, head)
+    }
+    if target.hasSuffix("attn.o") { return (config.headCount, head, model) }
+    return (config.headCount, model, head)
+  }
+
+  /// Whether the adapter_config.json in `directory` says `"per_head": true` (false when it is
+  /// missing or unreadable: the full reader reports that).
+  public static func isPerHead(directory: String) -> Bool {
+    let path = URL(fileURLWithPath: directory).appendingPathComponent("adapter_config.json").path
+    guard let data = FileManager.default.contents(atPath: path),
+      let json = try? JSONValue.parse(Array(data))
+    else { return false }
+    if case .bool(true)? = json["per_head"] { return true }
+    return false
   }
 
   /// Reads an adapter directory for a model with `config`.
@@ -102,6 +144,11 @@ public struct PEFTAdapter: Sendable {
     self.rank = rank
     self.alpha = alpha
     if case .bool(let value)? = json["use_rslora"] { useRSLoRA = value } else { useRSLoRA = false }
+    switch json["per_head"] {
+    case .bool(let value)?: perHead = value
+    case nil, .null?: perHead = false
+    default: throw fail("adapter_config.json: 'per_head' must be true or false")
+    }
 
     let weights = try open()
     var pairs: [String: (a: HostTensor?, b: HostTensor?)] = [:]
@@ -135,10 +182,25 @@ public struct PEFTAdapter: Sendable {
       guard let a = pairs[target]?.a, let b = pairs[target]?.b else {
         throw fail("'\(target)' has only one of lora_A and lora_B")
       }
+      if perHead {
+        let (shapeA, shapeB) = try PEFTAdapter.perHeadTensors(
+          target, a: a, b: b, rank: rank, config: config, fail: fail)
+        tensors[target + ".lora_a"] = HostTensor(shape: shapeA, floats: a.floats())
+        var bValues = b.floats()
+        if target.hasSuffix("attn.q") || target.hasSuffix("attn.k") {
+          bValues = PEFTAdapter.permuteLastAxisForGGUF(bValues, dimension: shapeB[2])
+        }
+        tensors[target + ".lora_b"] = HostTensor(shape: shapeB, floats: bValues)
+        continue
+      }
       let (inputs, outputs) = PEFTAdapter.dimensions(of: target, config: config)
       guard a.type.shape == [rank, inputs], b.type.shape == [outputs, rank] else {
+        let hint =
+          a.type.rank == 3
+          ? " (3-D tensors are a per-head adapter's: its adapter_config.json must say \"per_head\": true)"
+          : ""
         throw fail(
-          "'\(target)': lora_A is \(a.type.shape) and lora_B \(b.type.shape); rank \(rank) on this model needs [\(rank), \(inputs)] and [\(outputs), \(rank)]"
+          "'\(target)': lora_A is \(a.type.shape) and lora_B \(b.type.shape); rank \(rank) on this model needs [\(rank), \(inputs)] and [\(outputs), \(rank)]\(hint)"
         )
       }
       let aValues = a.floats()
@@ -156,6 +218,26 @@ public struct PEFTAdapter: Sendable {
     if order.isEmpty { throw fail("the adapter holds no LoRA tensors") }
     targets = order
     self.tensors = tensors
+  }
+
+  /// The shapes a per-head target's A and B must have (`[n, in, r]`, `[n, r, out]`), checked.
+  private static func perHeadTensors(
+    _ target: String, a: HostTensor, b: HostTensor, rank: Int, config: LlamaConfig,
+    fail: (String) -> FileError
+  ) throws(FileError) -> ([Int], [Int]) {
+    guard canAdaptPerHead(target) else {
+      throw fail(
+        "'\(target)': a per-head adapter holds only attention projections (q_proj, k_proj, v_proj, o_proj)"
+      )
+    }
+    let (instances, inputs, outputs) = perHeadDimensions(of: target, config: config)
+    let (shapeA, shapeB) = ([instances, inputs, rank], [instances, rank, outputs])
+    guard a.type.shape == shapeA, b.type.shape == shapeB else {
+      throw fail(
+        "'\(target)': lora_A is \(a.type.shape) and lora_B \(b.type.shape); a per-head adapter of rank \(rank) on this model needs \(shapeA) and \(shapeB) ([heads, in, r], [heads, r, out])"
+      )
+    }
+    return (shapeA, shapeB)
   }
 
   /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` -> (`layers.3.attn.q`, A).
@@ -200,9 +282,22 @@ public struct PEFTAdapter: Sendable {
   /// The ranks are stacked: A is `[A_1 | A_2 | ...]`, B the rows of each `B_i` times
   /// `weight_i · scale_i`, with zero blocks where an adapter leaves a target alone; rank
   /// `Σ r_i`, alpha equal to it (scale 1). One adapter of weight 1 is returned as it is.
-  public static func combining(_ adapters: [(adapter: PEFTAdapter, weight: Double)]) -> PEFTAdapter
+  /// Per-head adapters stack the same way within each head.
+  ///
+  /// - Throws: `FileError` when per-head and ordinary adapters are mixed (their branches have
+  ///   different shapes).
+  public static func combining(_ adapters: [(adapter: PEFTAdapter, weight: Double)])
+    throws(FileError) -> PEFTAdapter
   {
     if adapters.count == 1, adapters[0].weight == 1 { return adapters[0].adapter }
+    let perHead = adapters.first?.adapter.perHead ?? false
+    if adapters.contains(where: { $0.adapter.perHead != perHead }) {
+      throw FileError(
+        message:
+          "--adapter: per-head and ordinary adapters cannot be combined (fold one into the model with lorac merge first)"
+      )
+    }
+    if perHead { return combiningPerHead(adapters) }
     var targets: [String] = []
     for (adapter, _) in adapters {
       for target in adapter.targets where !targets.contains(target) { targets.append(target) }
@@ -245,6 +340,58 @@ public struct PEFTAdapter: Sendable {
       tensors: tensors)
   }
 
+  /// `combining` for per-head adapters: per head, A `[n, in, r]` stacks along r and B
+  /// `[n, r, out]` along r, each `B_i` times `weight_i · scale_i`.
+  private static func combiningPerHead(_ adapters: [(adapter: PEFTAdapter, weight: Double)])
+    -> PEFTAdapter
+  {
+    var targets: [String] = []
+    for (adapter, _) in adapters {
+      for target in adapter.targets where !targets.contains(target) { targets.append(target) }
+    }
+    let rank = adapters.map(\.adapter.rank).reduce(0, +)
+    var tensors: [String: HostTensor] = [:]
+    for target in targets {
+      guard
+        let shapes = adapters.lazy.compactMap({ entry -> (Int, Int, Int)? in
+          guard let a = entry.adapter.tensors[target + ".lora_a"],
+            let b = entry.adapter.tensors[target + ".lora_b"]
+          else { return nil }
+          return (a.type.shape[0], a.type.shape[1], b.type.shape[2])
+        }).first
+      else { continue }
+      let (instances, inputs, outputs) = shapes
+      var a = [Float](repeating: 0, count: instances * inputs * rank)
+      var b = [Float](repeating: 0, count: instances * rank * outputs)
+      var column = 0
+      for (adapter, weight) in adapters {
+        let r = adapter.rank
+        defer { column += r }
+        guard let ai = adapter.tensors[target + ".lora_a"]?.floats(),
+          let bi = adapter.tensors[target + ".lora_b"]?.floats()
+        else { continue }
+        let factor = Float(weight * adapter.scale)
+        for h in 0..<instances {
+          for row in 0..<inputs {
+            for k in 0..<r {
+              a[(h * inputs + row) * rank + column + k] = ai[(h * inputs + row) * r + k]
+            }
+          }
+          for k in 0..<r {
+            for j in 0..<outputs {
+              b[(h * rank + column + k) * outputs + j] = factor * bi[(h * r + k) * outputs + j]
+            }
+          }
+        }
+      }
+      tensors[target + ".lora_a"] = HostTensor(shape: [instances, inputs, rank], floats: a)
+      tensors[target + ".lora_b"] = HostTensor(shape: [instances, rank, outputs], floats: b)
+    }
+    return PEFTAdapter(
+      rank: rank, alpha: Double(rank), targets: targets.filter { tensors[$0 + ".lora_a"] != nil },
+      tensors: tensors, perHead: true)
+  }
+
   /// Whether a PEFT adapter can hold a LoRA branch on the linear layer named `target`
   /// (`layers.N.attn.{q,k,v,o}`, `layers.N.mlp.{gate,up,down}`).
   public static func canAdapt(_ target: String) -> Bool {
@@ -260,6 +407,9 @@ public struct PEFTAdapter: Sendable {
   /// Tensors in lorac's names and orientation (`layers.0.attn.q.lora_a` [in, r], `.lora_b`
   /// [r, out]: adapter weights or their gradients) as PEFT names and shapes, sorted by name:
   /// transposed, and q/k `lora_b` rows returned to Hugging Face order.
+  ///
+  /// Per-head tensors (3-D, `[n, in, r]` and `[n, r, out]`) keep their shapes under the same
+  /// names; q/k `lora_b` get their head dimension back in Hugging Face order.
   public static func peftTensors(_ tensors: [String: HostTensor], config: LlamaConfig)
     throws(FileError)
     -> [(name: String, tensor: HostTensor)]
@@ -267,7 +417,8 @@ public struct PEFTAdapter: Sendable {
     var result: [(name: String, tensor: HostTensor)] = []
     for (name, tensor) in tensors {
       let isA = name.hasSuffix(".lora_a")
-      guard isA || name.hasSuffix(".lora_b"), tensor.type.rank == 2 else {
+      guard isA || name.hasSuffix(".lora_b"), tensor.type.rank == 2 || tensor.type.rank == 3
+      else {
         throw FileError(message: "'\(name)' is not a lora_a or lora_b tensor")
       }
       let target = String(name.dropLast(7))
@@ -275,6 +426,19 @@ public struct PEFTAdapter: Sendable {
       guard parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]),
         let module = modules.first(where: { $0.lorac == "\(parts[2]).\(parts[3])" })
       else { throw FileError(message: "'\(name)' does not name a Llama linear layer") }
+      let peftName =
+        "base_model.model.model.layers.\(layer).\(module.hf).lora_\(isA ? "A" : "B").weight"
+      if tensor.type.rank == 3 {
+        guard canAdaptPerHead(target) else {
+          throw FileError(message: "'\(name)' is 3-D, but only attention projections are per head")
+        }
+        var values = tensor.floats()
+        if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
+          values = permuteLastAxisForGGUF(values, dimension: tensor.type.shape[2], inverse: true)
+        }
+        result.append((peftName, HostTensor(shape: tensor.type.shape, floats: values)))
+        continue
+      }
       let (rows, columns) = (tensor.type.shape[0], tensor.type.shape[1])
       var values = transpose(tensor.floats(), rows: rows, columns: columns)
       if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
@@ -282,8 +446,6 @@ public struct PEFTAdapter: Sendable {
         values = permuteRowsForGGUF(
           values, rows: columns, columns: rows, heads: heads, inverse: true)
       }
-      let peftName =
-        "base_model.model.model.layers.\(layer).\(module.hf).lora_\(isA ? "A" : "B").weight"
       result.append((peftName, HostTensor(shape: [columns, rows], floats: values)))
     }
     return result.sorted { $0.name < $1.name }
@@ -303,6 +465,31 @@ public struct PEFTAdapter: Sendable {
           let huggingFace = h * headDimension + j * headDimension / 2 + i
           let (target, source) = inverse ? (huggingFace, gguf) : (gguf, huggingFace)
           for c in 0..<columns { result[target * columns + c] = values[source * columns + c] }
+        }
+      }
+    }
+    return result
+  }
+}
+
+extension PEFTAdapter {
+  /// Hugging Face order to GGUF's (or back, with `inverse`) along the last axis of `values`, whose
+  /// vectors of `dimension` elements are each one head's q/k outputs: GGUF element `2i + j` is
+  /// HF element `j·dimension/2 + i` (`permuteRowsForGGUF` within one head).
+  static func permuteLastAxisForGGUF(_ values: [Float], dimension: Int, inverse: Bool = false)
+    -> [Float]
+  {
+    var result = values
+    let half = dimension / 2
+    for start in stride(from: 0, to: values.count, by: dimension) {
+      for i in 0..<half {
+        for j in 0..<2 {
+          let (gguf, huggingFace) = (start + 2 * i + j, start + j * half + i)
+          if inverse {
+            result[huggingFace] = values[gguf]
+          } else {
+            result[gguf] = values[huggingFace]
+          }
         }
       }
     }

@@ -30,7 +30,8 @@ public struct GradientSession {
     let targets = "{" + adapter.targets.joined(separator: ",") + "}"
     let pipeline = try parsePipeline(
       Pipelines.training(
-        rank: adapter.rank, alpha: adapter.alpha, targets: targets, rsLoRA: adapter.useRSLoRA))
+        rank: adapter.rank, alpha: adapter.alpha, targets: targets, rsLoRA: adapter.useRSLoRA,
+        perHead: adapter.perHead ? true : nil))
     let selected = try printSelection(printAfter, option: printOption, pipeline: pipeline)
     (executable, parameters) = try wrapping {
       let forward = try model.trace(batch: batch, sequence: sequence, loss: true)

@@ -61,9 +61,10 @@ extension PEFTAdapter {
     }
   }
 
-  /// The `lora` pass that inserts this adapter's branches: its targets, rank, alpha and scaling.
+  /// The `lora` pass that inserts this adapter's branches: its targets, rank, alpha, scaling and
+  /// whether they are per head.
   public func loraPass() throws(PassError) -> Lora {
     let selector = try NameSelector(parsing: "{" + targets.joined(separator: ",") + "}")
-    return Lora(rank: rank, alpha: alpha, targets: selector, rsLoRA: useRSLoRA)
+    return Lora(rank: rank, alpha: alpha, targets: selector, rsLoRA: useRSLoRA, perHead: perHead)
   }
 }

@@ -11,13 +11,15 @@ public enum Pipelines {
 
   /// A train step's pipeline: `lora{...},freeze,` then `passes`.
   ///
-  /// The `lora` options are written as given: `seed` and `rslora` only when they are set.
+  /// The `lora` options are written as given: `seed`, `rslora` and `per_head` only when they are
+  /// set.
   public static func training(
     rank: Int, alpha: Double, targets: String, seed: UInt64? = nil, rsLoRA: Bool? = nil,
-    passes: String = trainingPasses
+    perHead: Bool? = nil, passes: String = trainingPasses
   ) -> String {
     var options = ["rank=\(rank)", "alpha=\(alpha)"]
     if let rsLoRA { options.append("rslora=\(rsLoRA)") }
+    if let perHead { options.append("per_head=\(perHead)") }
     options.append("targets=\(targets)")
     if let seed { options.append("seed=\(seed)") }
     return "lora{" + options.joined(separator: ",") + "},freeze," + passes
@@ -30,7 +32,9 @@ public enum Pipelines {
 func setAdapterScale(_ scale: Float, of executable: Executable) throws(SessionError) {
   try checkAdapterScale(scale)
   if scale != 1 && !executable.hasAdapterSwitch {
-    throw SessionError("--adapter-scale: the graph has no fused LoRA branch to scale")
+    throw SessionError(
+      "--adapter-scale: the graph has no fused LoRA branch to scale (a per-head adapter's "
+        + "branches have no run-time scale: fold it in with lorac merge, or use scale 1)")
   }
   executable.adapterScale = scale
 }

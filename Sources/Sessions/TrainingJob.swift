@@ -39,6 +39,8 @@ public struct TrainingRequest: Sendable {
   public var stopAfter: Int?
   /// Scale the branch by alpha / sqrt(rank) (rsLoRA).
   public var rsLoRA: Bool?
+  /// One LoRA instance per attention head on q, k, v and o (the TransformerLens tutorial's).
+  public var perHead: Bool?
   /// What adapter_config.json names as the base model (nil: `GGUFFile.baseModelName`).
   public var baseModel: String?
   /// Continue from the training state in `out`.
@@ -52,7 +54,8 @@ public struct TrainingRequest: Sendable {
     steps: Int? = nil, batch: Int? = nil, accumulate: Int? = nil, sequence: Int? = nil,
     weightDecay: Double? = nil, maxGradientNorm: Double? = nil, seed: UInt64? = nil,
     precision: WeightPrecision? = nil, saveEvery: Int = 50, stopAfter: Int? = nil,
-    resume: Bool = false, rsLoRA: Bool? = nil, baseModel: String? = nil, target: Target = .host
+    resume: Bool = false, rsLoRA: Bool? = nil, perHead: Bool? = nil, baseModel: String? = nil,
+    target: Target = .host
   ) {
     self.model = model
     self.data = data
@@ -75,6 +78,7 @@ public struct TrainingRequest: Sendable {
     self.stopAfter = stopAfter
     self.resume = resume
     self.rsLoRA = rsLoRA
+    self.perHead = perHead
     self.baseModel = baseModel
     self.target = target
   }
@@ -168,6 +172,8 @@ public final class TrainingJob {
     var savedSettings = saved?.settings ?? [:]
     // States from before --rslora trained without it.
     if saved != nil && savedSettings["rslora"] == nil { savedSettings["rslora"] = "false" }
+    // And before --per-head, with one instance per weight.
+    if saved != nil && savedSettings["per-head"] == nil { savedSettings["per-head"] = "false" }
     var settings = ResolvedSettings(saved: savedSettings, folder: out)
     let count = try settings.resolve("examples", request.examples, default: 4000)
     let rank = try settings.resolve("rank", request.rank, default: 8)
@@ -191,6 +197,7 @@ public final class TrainingJob {
       "max-grad-norm", request.maxGradientNorm, default: 1.0)
     let seed = try settings.resolve("seed", request.seed, default: UInt64(0))
     let rsLoRA = try settings.resolve("rslora", request.rsLoRA, default: false)
+    let perHead = try settings.resolve("per-head", request.perHead, default: false)
     let precision = try settings.resolve(
       "precision", request.precision, default: WeightPrecision.f32)
     if let text = precisionNote(precision, target: request.target) { note(text) }
@@ -252,7 +259,8 @@ public final class TrainingJob {
       model: model,
       configuration: TrainingConfiguration(
         rank: rank, alpha: alpha, targets: targets, seed: seed, precision: precision, batch: batch,
-        sequence: sequence, rsLoRA: rsLoRA, baseModel: request.baseModel, target: request.target))
+        sequence: sequence, rsLoRA: rsLoRA, perHead: perHead, baseModel: request.baseModel,
+        target: request.target))
     do {
       if dataParallel?.rank ?? 0 == 0 {
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)

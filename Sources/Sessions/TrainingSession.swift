@@ -18,6 +18,9 @@ public struct TrainingConfiguration: Sendable, Hashable {
   public var sequence: Int
   /// Scale the branch by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank.
   public var rsLoRA: Bool
+  /// One LoRA instance per attention head on q, k, v and o (the TransformerLens tutorial's
+  /// per-head `Lora`); other targets are refused.
+  public var perHead: Bool
   /// What the adapter's config names as its base model (nil: `GGUFFile.baseModelName`).
   public var baseModel: String?
   /// What the kernels are planned for (ISA tier, bf16 products).
@@ -26,7 +29,7 @@ public struct TrainingConfiguration: Sendable, Hashable {
   public init(
     rank: Int = 8, alpha: Double = 16, targets: String = "layers.*.attn.{q,k,v,o}",
     seed: UInt64 = 0, precision: WeightPrecision = .f32, batch: Int, sequence: Int,
-    rsLoRA: Bool = false, baseModel: String? = nil, target: Target = .host
+    rsLoRA: Bool = false, perHead: Bool = false, baseModel: String? = nil, target: Target = .host
   ) {
     self.rank = rank
     self.alpha = alpha
@@ -36,6 +39,7 @@ public struct TrainingConfiguration: Sendable, Hashable {
     self.batch = batch
     self.sequence = sequence
     self.rsLoRA = rsLoRA
+    self.perHead = perHead
     self.baseModel = baseModel
     self.target = target
   }
@@ -158,7 +162,7 @@ public final class TrainingSession {
     let pipeline = try parsePipeline(
       Pipelines.training(
         rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed,
-        rsLoRA: c.rsLoRA ? true : nil))
+        rsLoRA: c.rsLoRA ? true : nil, perHead: c.perHead ? true : nil))
     trainer = try wrapping {
       let graph = try pipeline.run(
         try model.trace(batch: c.batch, sequence: c.sequence, loss: true, precision: c.precision))
@@ -348,7 +352,7 @@ public final class TrainingSession {
     let targets = parameters.filter { $0.hasSuffix(".lora_a") }.map { String($0.dropLast(7)) }
     return PEFTAdapter(
       rank: configuration.rank, alpha: configuration.alpha, useRSLoRA: configuration.rsLoRA,
-      targets: targets, tensors: tensors)
+      targets: targets, tensors: tensors, perHead: configuration.perHead)
   }
 
   /// The files a checkpoint writes, in order: the training state last.
@@ -422,7 +426,7 @@ public final class TrainingSession {
           "init_lora_weights": true,
           "lora_alpha": \(alpha),
           "lora_dropout": 0.0,
-          "peft_type": "LORA",
+          "peft_type": "LORA",\(configuration.perHead ? "\n  \"per_head\": true," : "")
           "r": \(rank),
           "rank_pattern": {},
           "alpha_pattern": {},

@@ -109,7 +109,11 @@ func loadAdapters(_ specs: [String], for model: LlamaModel) throws(SessionError)
     }
     adapters.append((try PEFTAdapter.load(path, for: model), weight))
   }
-  return PEFTAdapter.combining(adapters)
+  do {
+    return try PEFTAdapter.combining(adapters)
+  } catch {
+    throw SessionError(error.message)
+  }
 }
 
 extension WeightPrecision: ExpressibleByArgument {

@@ -11,7 +11,9 @@ struct Export: ParsableCommand {
       Writes general.type = adapter, adapter.type = lora, adapter.lora.alpha (alpha / r is the \
       adapter's scale) and blk.N.<weight>.lora_a / .lora_b in F32, q/k lora_b rows in GGUF's \
       permuted order. --model supplies the architecture and head counts and checks the shapes; \
-      it is required when q_proj or k_proj are adapted (without it the architecture is llama).
+      it is required when q_proj or k_proj are adapted (without it the architecture is llama). \
+      Per-head adapters (lorac train --per-head) are refused: llama.cpp has no per-head LoRA; \
+      lorac merge folds them into the model instead.
       """)
 
   @Argument(help: "The PEFT adapter directory.")
@@ -24,6 +26,9 @@ struct Export: ParsableCommand {
   var model: String?
 
   func run() throws {
+    if PEFTAdapter.isPerHead(directory: adapter) {
+      fail("\(adapter): \(LoraMerge.perHeadExportRefusal)")
+    }
     let llama = try model.map { path throws(SessionError) in try LlamaModel.open(path) }
     let peft: PEFTAdapter
     do {

@@ -97,6 +97,13 @@ struct Train: ParsableCommand {
     help: "Scale the LoRA branch by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank.")
   var rsLoRA = false
 
+  @Flag(
+    name: .customLong("per-head"),
+    help:
+      "One LoRA instance per attention head on q, k, v and o, as the TransformerLens tutorial's per-head Lora (q, o: query heads; k, v: key/value heads); --targets may name only those. Works with --rslora."
+  )
+  var perHead = false
+
   @Option(
     help:
       "What adapter_config.json names as the base model (default: the repository the GGUF's metadata names, else its path)."
@@ -134,7 +141,7 @@ struct Train: ParsableCommand {
       warmup: warmup, steps: steps, batch: batch, accumulate: accumulate, sequence: seq,
       weightDecay: weightDecay, maxGradientNorm: maxGradNorm, seed: seed, precision: precision,
       saveEvery: saveEvery, stopAfter: stopAfter, resume: resume, rsLoRA: rsLoRA ? true : nil,
-      baseModel: baseModel)
+      perHead: perHead ? true : nil, baseModel: baseModel)
   }
 
   func run() throws {

@@ -103,3 +103,32 @@ private func decode(_ dtype: DType, _ shape: [Int], _ bytes: [UInt8]) throws -> 
   #expect(abs(mean - 1) < 0.02 && abs(variance.squareRoot() - 0.5) < 0.02)
   #expect(Initializer.zeros.values(for: TensorType(.f32, [3]), seed: 0).scalars == [0, 0, 0])
 }
+
+@Test func kaimingUniformWithTorchFanInMatchesTheTutorialsPerHeadInit() {
+  // PyTorch's fan-in for the tutorial's 3-D A (n_inst, d_in, r) is d_in * r
+  // (torch.nn.init._calculate_fan_in_and_fan_out: size(1) * prod(size[2:])), not n_inst * d_in.
+  #expect(Initializer.fanIn(of: [9, 576, 2], rule: .torch) == 1152)
+  #expect(Initializer.fanIn(of: [9, 576, 2], rule: .leading) == 5184)
+  #expect(Initializer.fanIn(of: [3, 64, 8], rule: .torch) == 512)
+  #expect(Initializer.fanIn(of: [576, 8], rule: .torch) == 8)
+  #expect(Initializer.fanIn(of: [576, 8], rule: .leading) == 576)
+  #expect(Initializer.fanIn(of: [2, 3, 4, 5], rule: .torch) == 60)
+  #expect(Initializer.fanIn(of: [7], rule: .torch) == 7)
+  // kaiming_uniform_(a = sqrt 5): gain sqrt(2 / 6), bound gain * sqrt(3 / fan_in) = 1/sqrt(1152).
+  let type = TensorType(.f32, [9, 576, 2])
+  let initializer = Initializer.kaimingUniform(a: 5.0.squareRoot(), fanIn: .torch)
+  let values = initializer.values(for: type, seed: 3).scalars
+  let bound = 1 / 1152.0.squareRoot()
+  #expect(values.count == 10368)
+  #expect(values.allSatisfy { abs($0) <= Double(Float(bound)) })
+  #expect(values.max()! > 0.999 * bound && values.min()! < -0.999 * bound)
+  // U(-b, b) has mean 0 (the estimate's sd is b / sqrt(3 n)) and mean square b^2 / 3 (the
+  // estimate's sd is 3 sqrt(4 / (45 n)) = 0.9% of it for n = 10368): both checked at ~3.4 sd.
+  let count = Double(values.count)
+  let mean = values.reduce(0, +) / count
+  let meanSquare = values.map { $0 * $0 }.reduce(0, +) / count
+  #expect(abs(mean) < 3.4 * bound / (3 * count).squareRoot())
+  #expect(abs(meanSquare / (bound * bound / 3) - 1) < 0.03)
+  // Another seed draws other values from the same distribution.
+  #expect(initializer.values(for: type, seed: 4).scalars != values)
+}

@@ -24,6 +24,9 @@ func everyOpGraph() throws -> Graph {
     _ = try b.parameter(
       name: "kaiming_a", shape: [3, 2], initializer: .kaimingUniform(a: 0), seed: 8)
     _ = try b.parameter(
+      name: "kaiming_torch", shape: [3, 4, 2],
+      initializer: .kaimingUniform(a: 5.0.squareRoot(), fanIn: .torch), seed: 11)
+    _ = try b.parameter(
       name: "uniform", shape: [2], initializer: .uniform(low: -0.25, high: 0.25), seed: 9)
     _ = try b.parameter(
       name: "normal", shape: [2], initializer: .normal(mean: 0, std: 0.02), seed: 10)

@@ -238,7 +238,8 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
       "unknown pass 'nosuch' (known passes: lora, freeze, fold, reassociate, fuse, decode, merge, unmerge, autodiff, capture, patch, add, ablate, dce, cse)"
     ),
     (
-      "lora{bogus=1}", "lora: unknown option 'bogus' (accepted: rank, alpha, targets, rslora, seed)"
+      "lora{bogus=1}",
+      "lora: unknown option 'bogus' (accepted: rank, alpha, targets, rslora, seed, per_head)"
     ),
     ("lora{rank=x}", "lora: option 'rank' must be an integer in 1...65536, got 'x'"),
     ("lora{rank=4", "pipeline: unbalanced '{' in 'lora{rank=4'"),

@@ -80,7 +80,7 @@ func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
     ),
     (
       "lora{rank=8,alpah=16}",
-      "lora: unknown option 'alpah' (accepted: rank, alpha, targets, rslora, seed)"
+      "lora: unknown option 'alpah' (accepted: rank, alpha, targets, rslora, seed, per_head)"
     ),
     ("lora{rank=zero}", "lora: option 'rank' must be an integer in 1...65536, got 'zero'"),
     ("lora{rank=8", "pipeline: unbalanced '{' in 'lora{rank=8'"),

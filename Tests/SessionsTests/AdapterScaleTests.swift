@@ -65,7 +65,7 @@ import Testing
   try session.setAdapter(other)
   #expect(try prefill(session) == expected)
   #expect(try session.compile(tokens: prompt.count) === compiled)
-  let wrongRank = PEFTAdapter.combining([(other, 0.5), (other, 0.5)])
+  let wrongRank = try PEFTAdapter.combining([(other, 0.5), (other, 0.5)])
   #expect(throws: SessionError.self) { try session.setAdapter(wrongRank) }
   #expect(throws: SessionError.self) { try session.setAdapter(try adapter("grad_qv_r4")) }
 }
