@@ -304,6 +304,9 @@ public final class TrainingSession {
       if !loss.isFinite {
         throw SessionError("the loss is \(loss) at step \(step + 1); lower --lr")
       }
+      // One process stops for a request made up to here (the progress callback may make one);
+      // ranks stop for the request they agreed on in the step's gather.
+      if dataParallel == nil { cancelled = cancellation?.isCancelled ?? false }
       let stopping = cancelled || step + 1 == schedule.stopAfter
       if (step + 1) % schedule.saveEvery == 0 || step + 1 == schedule.steps || stopping {
         if let dataParallel {
