@@ -30,3 +30,7 @@ public enum Names {
       || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "_")
   }
 }
+
+/// The name of the scalar `f32[]` input that scales unfused (per-head) LoRA branches at run time;
+/// the runtime's `Executable.adapterScale` sets it before every run.
+public let adapterScaleInputName = "adapter_scale"

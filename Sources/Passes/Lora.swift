@@ -106,7 +106,12 @@ public struct Lora: Pass {
         branch = try emitter.emit(
           .matmul(transposeA: false, transposeB: false), [.value(xa), .value(b)])
       }
-      let scaled = try emitter.binary(.mul, branch, scale)
+      var scaled = try emitter.binary(.mul, branch, scale)
+      if perHead {
+        // Unfused branches take the run-time adapter scale as an input (fused `lora_linear`
+        // ones take it inside the kernel): 0 switches the adapter off, 1 runs it as trained.
+        scaled = try emitter.binary(.mul, scaled, emitter.adapterScaleInput())
+      }
       // The sum keeps the original result, so later uses need no renaming.
       emitter.graph.body.append(
         Instruction(
@@ -168,6 +173,19 @@ enum HeadLayout: Equatable {
 }
 
 extension Emitter {
+  /// The graph's `%adapter_scale: f32[]` input, added on first use.
+  mutating func adapterScaleInput() throws(PassError) -> Value {
+    if let input = graph.inputs.first(where: { $0.name == adapterScaleInputName }) {
+      guard graph.type(of: input.value) == TensorType(.f32, []) else {
+        throw PassError(message: "lora: the graph's input '\(adapterScaleInputName)' is not f32[]")
+      }
+      return input.value
+    }
+    let value = graph.newValue(TensorType(.f32, []))
+    graph.inputs.append(GraphInput(name: adapterScaleInputName, value: value))
+    return value
+  }
+
   /// Declares `<name>.lora_a` and `.lora_b` for a per-head target and appends the unscaled
   /// branch for the target's input `x`; returns its value, shaped as the target's result.
   ///

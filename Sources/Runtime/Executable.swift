@@ -44,10 +44,22 @@ public final class Executable {
     set { adapterFactor.pointee = newValue }
   }
 
-  /// Whether the graph has `lora_linear` instructions for `adapterScale` to act on.
+  /// Whether the graph has `lora_linear` instructions or an `%adapter_scale` input (unfused,
+  /// per-head branches) for `adapterScale` to act on.
   public var hasAdapterSwitch: Bool {
-    graph.body.contains { if case .loraLinear = $0.op { true } else { false } }
+    scaleInput != nil || graph.body.contains { if case .loraLinear = $0.op { true } else { false } }
   }
+
+  /// The buffer of the graph's `%adapter_scale: f32[]` input, written from `adapterScale` before
+  /// every run (an input's buffer may be reused within a run).
+  private lazy var scaleInput: UnsafeMutablePointer<Float>? = {
+    guard let binding = bindable[adapterScaleInputName],
+      graph.inputs.contains(where: { $0.name == adapterScaleInputName && $0.value == binding.value }
+      ),
+      graph.type(of: binding.value) == TensorType(.f32, [])
+    else { return nil }
+    return binding.address.assumingMemoryBound(to: Float.self)
+  }()
 
   /// One kernel call; returns an error message (only when an index is out of range).
   struct Step {
@@ -154,6 +166,7 @@ public final class Executable {
   /// Runs every kernel once over the current inputs, parameters and state.
   public func execute() throws(RuntimeError) {
     applyThreads()
+    scaleInput?.pointee = adapterScale
     try run(steps)
   }
 
@@ -166,6 +179,7 @@ public final class Executable {
   /// Runs every kernel once, like `execute()`, timing each: seconds by instruction index.
   public func executeTimed() throws(RuntimeError) -> [Int: Double] {
     applyThreads()
+    scaleInput?.pointee = adapterScale
     var seconds: [Int: Double] = [:]
     for step in steps {
       let start = DispatchTime.now().uptimeNanoseconds

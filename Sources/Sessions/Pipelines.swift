@@ -27,14 +27,12 @@ public enum Pipelines {
 }
 
 /// Sets the run-time factor on the LoRA branches of `executable` (1: as trained, 0: the base model
-/// bit for bit, from the same executable); an adapter whose branches were not fused has no such
-/// switch, which is an error rather than a silently ignored scale.
+/// bit for bit, from the same executable); a graph without LoRA branches has no such switch, which
+/// is an error rather than a silently ignored scale.
 func setAdapterScale(_ scale: Float, of executable: Executable) throws(SessionError) {
   try checkAdapterScale(scale)
   if scale != 1 && !executable.hasAdapterSwitch {
-    throw SessionError(
-      "--adapter-scale: the graph has no fused LoRA branch to scale (a per-head adapter's "
-        + "branches have no run-time scale: fold it in with lorac merge, or use scale 1)")
+    throw SessionError("--adapter-scale: the graph has no LoRA branch to scale")
   }
   executable.adapterScale = scale
 }

@@ -225,6 +225,25 @@ private func logits(_ arguments: [String], ids: [Int]) throws -> [Float] {
   #expect(!FileManager.default.fileExists(atPath: out.appendingPathComponent("metrics.jsonl").path))
 }
 
+@Test func perHeadAdapterScaleZeroIsTheBaseModelBitForBit() throws {
+  // The tutorial's reference policy: the per-head adapter switched off at run time.
+  let ids = [1, 4093, 198, 1780, 314, 1075]
+  let base = try logits([try modelPath()], ids: ids)
+  let off = try logits(
+    [try modelPath(), "--adapter", adapter.path, "--adapter-scale", "0"], ids: ids)
+  let on = try logits([try modelPath(), "--adapter", adapter.path], ids: ids)
+  let half = try logits(
+    [try modelPath(), "--adapter", adapter.path, "--adapter-scale", "0.5"], ids: ids)
+  #expect(off == base)
+  #expect(on != base)
+  // Half the branch: between the two, and not either.
+  #expect(half != base && half != on)
+  let halfway = zip(base, on).map { ($0 + $1) / 2 }
+  let spread = zip(base, on).map { abs($0 - $1) }.max() ?? 0
+  let error = zip(half, halfway).map { abs($0 - $1) }.max() ?? .infinity
+  #expect(error < 0.5 * spread, "\(error) against a spread of \(spread)")
+}
+
 @Test func perHeadAdaptersCombineAndRefuseWhatTheyCannotDo() throws {
   // 0.7 and 0.3 of the same adapter stack their ranks head by head: the adapter's own logits.
   let ids = [1, 4093, 198, 1780, 314, 1075]
@@ -236,16 +255,12 @@ private func logits(_ arguments: [String], ids: [Int]) throws -> [Float] {
   let out = temporaryURL(".npy")
   let cases: [([String], String)] = [
     (
-      ["--adapter", adapter.path, "--adapter-scale", "0"],
-      "error: --adapter-scale: the graph has no fused LoRA branch to scale (a per-head adapter's branches have no run-time scale: fold it in with lorac merge, or use scale 1)\n"
-    ),
-    (
       [
         "--adapter", adapter.path, "--adapter",
         smolLMFixtures.appendingPathComponent("peft_qv_r4").path,
       ],
       "error: --adapter: per-head and ordinary adapters cannot be combined (fold one into the model with lorac merge first)\n"
-    ),
+    )
   ]
   for (arguments, message) in cases {
     let result = try lorac(

@@ -33,13 +33,16 @@ public func randomDeclarations(
 }
 
 /// Random f64 bindings for every input of `graph`: f32 inputs uniform in [-1, 1), i32 inputs in
-/// `0..<limit`, except that an input named `targets` starts with -100 (an ignored target).
+/// `0..<limit`, except that an input named `targets` starts with -100 (an ignored target) and the
+/// run-time adapter scale (`%adapter_scale`) is 1, as an executable runs it by default.
 public func randomInputs(_ graph: Graph, seed: UInt64, limit: Int) -> [String: DenseTensor] {
   var generator = SplitMix64(seed: seed)
   var result: [String: DenseTensor] = [:]
   for input in graph.inputs {
     let type = graph.type(of: input.value)
-    if type.dtype == .i32 {
+    if input.name == adapterScaleInputName {
+      result[input.name] = DenseTensor(dtype: .f32, shape: type.shape, scalars: [1])
+    } else if type.dtype == .i32 {
       var values = (0..<type.elementCount).map { _ in Double(generator.next() % UInt64(limit)) }
       if input.name == "targets" { values[0] = -100 }
       result[input.name] = DenseTensor(dtype: .i32, shape: type.shape, scalars: values)
