@@ -120,7 +120,13 @@ public struct Lora: Pass {
       matched += 1
     }
     if matched == 0 {
-      throw PassError(message: "lora: no matmul named like '\(targets.pattern)'")
+      let named = graph.body.compactMap { instruction -> String? in
+        if case .matmul = instruction.op { instruction.name } else { nil }
+      }
+      let nearest = NameSelector.nearest(to: targets.pattern, among: named)
+      throw PassError(
+        message: "lora: no matmul named like '\(targets.pattern)'"
+          + (nearest.isEmpty ? "" : " (nearest: \(nearest.joined(separator: ", ")))"))
     }
     return emitter.graph
   }

@@ -54,7 +54,8 @@ func valuesDerivedFromBoth(_ graph: Graph, _ a: Value, _ b: Value) -> [Value] {
 
 @Test func loraOptionsAndErrors() throws {
   let graph = try fcGraph()
-  #expect(throws: PassError(message: "lora: no matmul named like 'layers.*.attn.q'")) {
+  #expect(throws: PassError(message: "lora: no matmul named like 'layers.*.attn.q' (nearest: fc)"))
+  {
     try Lora(rank: 2, alpha: 4, targets: "layers.*.attn.q").run(graph)
   }
   let rs = Lora(rank: 4, alpha: 8, targets: "fc", rsLoRA: true)
