@@ -381,8 +381,8 @@ def run_worker(name, spec_json):
 
 # ---------------------------------------------------------------- the driver
 
-def spawn(command, timeout, env=None):
-    """Runs one measurement; returns (stdout, stderr, returncode, peak RSS of the child)."""
+def run_measured(command, timeout, env=None):
+    """Runs one command; returns (stdout, stderr, returncode, peak RSS of the child in bytes)."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         child = subprocess.Popen(command, stdout=out, stderr=err, env=env, text=True)
         deadline = time.monotonic() + timeout
@@ -402,6 +402,71 @@ def spawn(command, timeout, env=None):
         err.seek(0)
         code = os.waitstatus_to_exitcode(status) if status != -9 else "timeout"
         return out.read(), err.read(), code, usage.ru_maxrss * 1024
+
+
+class Spawner:
+    """Runs the measured commands from a process forked while the harness was still small.
+
+    A child's ru_maxrss (from wait4) starts from its parent's resident high-water mark at fork time:
+    Linux copies the parent's mm, high-water mark included, and exec keeps the larger of the two.
+    Forked from the harness after it grew (writing the F32 copy, say), every child would report at
+    least the harness's peak. This spawner is forked at start-up and never grows, so the peaks it
+    reports are the children's own (to within the spawner's ~10 MiB)."""
+
+    def __init__(self):
+        requests_read, requests_write = os.pipe()
+        replies_read, replies_write = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(requests_write)
+            os.close(replies_read)
+            with os.fdopen(requests_read) as requests, os.fdopen(replies_write, "w") as replies:
+                for line in requests:
+                    request = json.loads(line)
+                    try:
+                        reply = list(run_measured(request["command"], request["timeout"], request["env"]))
+                    except Exception as error:  # reported to the harness, which records the row's error
+                        reply = ["", f"spawner: {error}", "spawn failed", 0]
+                    replies.write(json.dumps(reply) + "\n")
+                    replies.flush()
+            os._exit(0)
+        os.close(requests_read)
+        os.close(replies_write)
+        self.requests = os.fdopen(requests_write, "w")
+        self.replies = os.fdopen(replies_read)
+
+    def run(self, command, timeout, env=None):
+        self.requests.write(json.dumps({"command": list(command), "timeout": timeout, "env": env}) + "\n")
+        self.requests.flush()
+        out, err, code, rss = json.loads(self.replies.readline())
+        return out, err, code, rss
+
+
+SPAWNER = None
+
+
+def spawn(command, timeout, env=None):
+    """Runs one measurement through the start-up spawner; returns (stdout, stderr, returncode,
+    peak RSS of the child)."""
+    global SPAWNER
+    if SPAWNER is None:
+        SPAWNER = Spawner()
+    return SPAWNER.run(command, timeout, env)
+
+
+def check_rss():
+    """The harness grows to ~400 MiB, then measures a tiny child both ways: through the spawner it
+    must report the child's own peak; forked from the grown harness it reports the harness's."""
+    spawn([sys.executable, "-c", "pass"], 60)  # the spawner forks now, while the harness is small
+    ballast = bytearray(400 << 20)
+    for offset in range(0, len(ballast), 4096):
+        ballast[offset] = 1
+    _, _, code, spawned = spawn([sys.executable, "-c", "pass"], 60)
+    _, _, _, forked = run_measured([sys.executable, "-c", "pass"], 60)
+    print(json.dumps({"spawner_rss_mib": spawned / 2**20, "forked_rss_mib": forked / 2**20}))
+    if code != 0 or spawned > 100 << 20:
+        print(f"check-rss: a tiny child measured {spawned / 2**20:.0f} MiB through the spawner", file=sys.stderr)
+        sys.exit(1)
 
 
 def failure(stderr, code):
@@ -861,12 +926,18 @@ def main():
                         help="OMP_WAIT_POLICY for the Python peers (default: theirs). On a loaded "
                              "machine PyTorch's spinning OpenMP workers lose 3x (measured: 92 vs 297 "
                              "prefill tok/s at load 6); PASSIVE keeps them from spinning")
+    parser.add_argument("--check-rss", action="store_true",
+                        help="check that a child's peak RSS is its own, not the grown harness's")
     parser.add_argument("--quick", action="store_true",
                         help="check the harness: 1 thread count, 2 runs, one train shape, no torch.compile")
     args = parser.parse_args()
     if args.worker:
         run_worker(args.worker, args.spec)
         return
+    if args.check_rss:
+        check_rss()
+        return
+    spawn([sys.executable, "-c", "pass"], 60)  # fork the spawner before the harness grows
     args.threads = [int(t) for t in (args.threads or ("2" if args.quick else "1,2")).split(",")]
     args.runs = args.runs or (2 if args.quick else 5)
     args.rounds = args.rounds or (1 if args.quick else 2)
