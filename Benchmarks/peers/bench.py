@@ -6,7 +6,8 @@ Run through Benchmarks/peers/run, which makes the peers' virtual environment and
     Benchmarks/peers/run [--quick] [--threads 1,2] [--runs 5] [--rounds 2] [--only train,prefill,decode]
 
 Every measurement runs in a subprocess of its own (a worker: this file with --worker, or lorac
-itself), so each peak RSS is that system's alone (os.wait4's ru_maxrss of the child). Each figure
+itself), so each peak RSS is that system's alone (os.wait4's ru_maxrss of the child, started from a
+spawner forked while the harness was small: see Spawner; --check-rss tests it). Each figure
 is a median of --runs runs after one warm-up run. Systems are run one after another within each
 workload and thread count, --rounds times (default 2) with the order reversed every round; a
 system's figure is the median of its rounds, and a ratio lorac / peer is the median of the
