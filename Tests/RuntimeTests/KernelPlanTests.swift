@@ -69,8 +69,8 @@ extension RuntimeSuite {
       kernels(Target(isa: .avx2)) == [
         "quant_rows/stored/avx2", "quant_rows/stored/avx2",
       ] + common + [
-        "quant_rows/stored/portable", "dequant_sgemm/stored/-", "sgemm/huge_pages/-", "alias/-/-",
-        "sgemm/stored/-", "sgemm/stored/-",
+        "quant_rows/stored/portable", "dequant_sgemm/stored/-", "f32_rows/huge_pages/avx2",
+        "alias/-/-", "f32_rows/stored/avx2", "sgemm/stored/-",
       ] + tail)
     #expect(
       kernels(Target(isa: .avx512)) == [

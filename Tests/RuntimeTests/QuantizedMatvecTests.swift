@@ -236,7 +236,9 @@ extension RuntimeSuite {
         #expect(ranPaths.contains("\(dtype.rawValue) portable"))
       }
       if features & 1 != 0 {
-        #expect(ranPaths.contains("q8_0 avx2") && ranPaths.contains("q4_1 avx2"))
+        for name in ["q8_0", "q4_1", "f16", "bf16", "f32"] {
+          #expect(ranPaths.contains("\(name) avx2"), "\(name) avx2")
+        }
       }
       if features & 2 != 0 {
         for name in ["q8_0", "q4_1", "q4_k", "q6_k", "f16", "bf16", "f32"] {
@@ -254,11 +256,12 @@ extension RuntimeSuite {
         features & 2 != 0 ? LC_QUANT_AVX512 : features & 1 != 0 ? LC_QUANT_AVX2 : LC_QUANT_PORTABLE
       #expect(lc_quant_best_path(Self.code(.q4_1)) == Int32(exact.rawValue))
       #expect(lc_quant_best_path(Self.code(.q8_0)) == Int32(exact.rawValue))
-      // k-quants and f16 have AVX-512 kernels only: without AVX-512 the portable loop serves them.
+      #expect(lc_quant_best_path(Self.code(.f16)) == Int32(exact.rawValue))
+      #expect(lc_quant_best_path(Self.code(.bf16)) == Int32(exact.rawValue))
+      // k-quants have AVX-512 kernels only: without AVX-512 the portable loop serves them.
       let wide = Int32((features & 2 != 0 ? LC_QUANT_AVX512 : LC_QUANT_PORTABLE).rawValue)
       #expect(lc_quant_best_path(Self.code(.q6_k)) == wide)
       #expect(lc_quant_best_path(Self.code(.q4_k)) == wide)
-      #expect(lc_quant_best_path(Self.code(.f16)) == wide)
       // The host's plan (f32 activations) takes the same path for every dtype.
       for dtype in DType.allCases where dtype != .i32 {
         #expect(
@@ -272,7 +275,8 @@ extension RuntimeSuite {
     @Test func plannedPathsFollowTheTargetsTier() {
       let expected: [(Target, DType, Target.ISA)] = [
         (Target(isa: .portable), .q4_1, .portable), (Target(isa: .avx2), .q4_1, .avx2),
-        (Target(isa: .avx2), .q4_k, .portable), (Target(isa: .avx2), .f32, .portable),
+        (Target(isa: .avx2), .q4_k, .portable), (Target(isa: .avx2), .f32, .avx2),
+        (Target(isa: .avx2), .f16, .avx2), (Target(isa: .avx2), .bf16, .avx2),
         (Target(isa: .avx512), .q4_k, .avx512), (Target(isa: .avx512), .f32, .avx512),
         (Target(isa: .avx512VNNI), .q4_1, .avx512),
         (Target(isa: .avx512VNNI, int8Activations: true), .q4_1, .avx512VNNI),

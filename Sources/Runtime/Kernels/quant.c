@@ -470,6 +470,50 @@ LC_AVX2 INLINE void q4_1_row_avx2(const lc_qjob *job, const float *prep, int M, 
   STORE_ROW(M, hsum256(_mm256_add_ps(A[i], B[i])) + mins[i])
 }
 
+/// f32, f16 and bf16 rows, AVX2: 8 values converted per step (F16C for f16, a shift for bf16),
+/// the k % 8 tail one value at a time.
+LC_AVX2 INLINE __m256 load8_avx2(int dtype, const uint8_t *p) {
+  if (dtype == LC_F32) return _mm256_loadu_ps((const float *)p);
+  __m128i h = _mm_loadu_si128((const __m128i *)p);
+  if (dtype == LC_F16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+LC_AVX2 INLINE float load1_avx2(int dtype, const uint8_t *p) {
+  if (dtype == LC_F32) return *(const float *)p;
+  if (dtype == LC_F16) return _cvtsh_ss(load16(p));
+  uint32_t bits = (uint32_t)load16(p) << 16;
+  float value;
+  memcpy(&value, &bits, 4);
+  return value;
+}
+
+LC_AVX2 INLINE void elementwise_row_avx2(const lc_qjob *job, const float *prep, int M, int64_t r,
+                                         int64_t b0, int64_t blocks, int accumulate) {
+  (void)prep, (void)b0, (void)blocks;  // one unit: the whole row
+  __m256 A[LC_SMALL_M], B[LC_SMALL_M];
+  float tails[LC_SMALL_M];
+  int size = job->dtype == LC_F32 ? 4 : 2;
+  for (int i = 0; i < M; i++) A[i] = B[i] = _mm256_setzero_ps(), tails[i] = 0;
+  const uint8_t *row = job->w + r * job->row_bytes;
+  int64_t steps = job->k / 8;
+#define ELEMENTWISE_AVX2(step, acc)                                                            \
+  {                                                                                            \
+    int64_t s = 8 * (step);                                                                    \
+    __m256 v = load8_avx2(job->dtype, row + size * s);                                         \
+    for (int i = 0; i < M; i++) {                                                              \
+      acc[i] = _mm256_fmadd_ps(v, _mm256_loadu_ps(job->a + i * job->k + s), acc[i]);           \
+    }                                                                                          \
+  }
+  PAIRED(0, steps, ELEMENTWISE_AVX2)
+#undef ELEMENTWISE_AVX2
+  for (int64_t s = 8 * steps; s < job->k; s++) {
+    float w = load1_avx2(job->dtype, row + size * s);
+    for (int i = 0; i < M; i++) tails[i] += w * job->a[i * job->k + s];
+  }
+  STORE_ROW(M, hsum256(_mm256_add_ps(A[i], B[i])) + tails[i])
+}
+
 // ---- AVX-512 ----
 
 /// q8_0, AVX-512: 16 lanes per half block; d converted straight into a broadcast.
@@ -1119,6 +1163,7 @@ LC_VNNI INLINE void q8_0_row_vnni(const lc_qjob *job, const float *prep, int M, 
 
 ROWS_FN(rows_q8_0_avx2, q8_0_row_avx2, LC_AVX2)
 ROWS_FN(rows_q4_1_avx2, q4_1_row_avx2, LC_AVX2)
+ROWS_FN(rows_elementwise_avx2, elementwise_row_avx2, LC_AVX2)
 ROWS_FN(rows_q8_0_avx512, q8_0_row_avx512, LC_AVX512)
 ROWS_FN_Q4_1(rows_q4_1_avx512, q4_1_row_avx512, LC_AVX512)
 ROWS_FN(rows_elementwise_avx512, elementwise_row_avx512, LC_AVX512)
@@ -1153,6 +1198,7 @@ static lc_qrows_fn path_kernel_on(int features, int path, int dtype, lc_qprep_fn
     if (dtype == LC_Q4_1) *prepare = q4_1_prepare;
     if (dtype == LC_Q8_0) return rows_q8_0_avx2;
     if (dtype == LC_Q4_1) return rows_q4_1_avx2;
+    if (dtype == LC_F32 || dtype == LC_F16 || dtype == LC_BF16) return rows_elementwise_avx2;
   }
 #else
   (void)features, (void)dtype;
