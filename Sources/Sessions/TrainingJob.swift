@@ -198,9 +198,12 @@ public final class TrainingJob {
     let seed = try settings.resolve("seed", request.seed, default: UInt64(0))
     let rsLoRA = try settings.resolve("rslora", request.rsLoRA, default: false)
     let perHead = try settings.resolve("per-head", request.perHead, default: false)
+    if let asked = request.precision, let text = precisionNote(asked, target: request.target) {
+      note(text)
+    }
+    // The state records the precision the steps ran at.
     let precision = try settings.resolve(
-      "precision", request.precision, default: WeightPrecision.f32)
-    if let text = precisionNote(precision, target: request.target) { note(text) }
+      "precision", request.precision?.effective(on: request.target), default: WeightPrecision.f32)
     // The total may change on resume (the schedule then decays over the new total).
     let steps =
       request.steps ?? saved.flatMap { $0.settings["steps"] }.flatMap { Int($0) } ?? 60
@@ -313,8 +316,18 @@ public final class TrainingJob {
 /// A note for the person when bf16 was asked for and the target has no bf16 dot products.
 public func precisionNote(_ precision: WeightPrecision, target: Target = .host) -> String? {
   precision == .bf16 && !target.packsBF16Weights
-    ? "note: this CPU has no avx512_bf16; bf16 weights are decoded to f32 for each product"
+    ? "note: --precision bf16 needs avx512_bf16 (target \(target.isa.rawValue)); without it every "
+      + "product would decode the weights to f32, slower than f32 itself: training in f32"
     : nil
+}
+
+extension WeightPrecision {
+  /// The precision a train step runs at on `target`: bf16 only where the kernels multiply bf16
+  /// weights directly (avx512_bf16); elsewhere f32, which is faster than decoding bf16 weights to
+  /// f32 for every product.
+  public func effective(on target: Target) -> WeightPrecision {
+    self == .bf16 && !target.packsBF16Weights ? .f32 : self
+  }
 }
 
 /// The hyper-parameters of a run as text, checked against a saved run's when resuming.

@@ -165,7 +165,9 @@ public final class TrainingSession {
         rsLoRA: c.rsLoRA ? true : nil, perHead: c.perHead ? true : nil))
     trainer = try wrapping {
       let graph = try pipeline.run(
-        try model.trace(batch: c.batch, sequence: c.sequence, loss: true, precision: c.precision))
+        try model.trace(
+          batch: c.batch, sequence: c.sequence, loss: true,
+          precision: c.precision.effective(on: c.target)))
       return try GraphTrainer(
         graph, constants: try model.weights(for: graph),
         optimizer: OptimizerSettings(learningRate: 0, maxGradientNorm: 1), target: c.target)
@@ -178,7 +180,7 @@ public final class TrainingSession {
           + "adaptable: \(PEFTAdapter.adaptableTargets)")
     }
     // bf16 weights: the rounded copies only the packed forms needed are gone by now.
-    if c.precision == .bf16 { Executable.trimHeap() }
+    if c.precision.effective(on: c.target) == .bf16 { Executable.trimHeap() }
   }
 
   /// Runs optimizer steps `resume.step + 1 ... schedule.steps` over `examples` (shuffled,

@@ -60,10 +60,11 @@ extension Bench {
 
     func run() throws {
       threads.apply()
-      if let note = precisionNote(precision, target: try isa.target()) { printError(note) }
+      let target = try isa.target()
+      if let note = precisionNote(precision, target: target) { printError(note) }
       let benchmark = TrainStepBenchmark(
         batch: batch, sequence: seq, rank: rank, targets: targets, passes: passes,
-        precision: precision, runs: runs, target: try isa.target())
+        precision: precision.effective(on: target), runs: runs, target: target)
       let result = try benchmark.measure(try LlamaModel.open(model), profile: profile)
       if let profile = result.profile { printError(profile.text, newline: false) }
       print(benchmark.report(result, json: json))

@@ -124,7 +124,7 @@ extension WeightPrecision: ExpressibleByArgument {
       stringLiteral:
         "f32 or bf16: bf16 rounds the frozen weight matrices and the activations they multiply to "
         + "bf16 (avx512_bf16 dot products with f32 sums; adapters, gradients and AdamW stay f32). "
-        + "On CPUs without avx512_bf16 the bf16 weights are decoded to f32 for the products."
+        + "On CPUs without avx512_bf16 it trains in f32 (faster there), with a note."
         + (fallback.map { " (default: \($0))" } ?? ""))
   }
 }

@@ -50,3 +50,15 @@ import Testing
   let packed = Target.host.packsBF16Weights ? 537_919_488 - 2 * (576 * 576 + 2 * 192 * 576) : 0
   #expect(figures["packed_bytes"] as? Int == packed)
 }
+
+@Test func bf16PrecisionFallsBackToF32WithoutAVX512BF16() throws {
+  // On a target without avx512_bf16, bf16 would decode every weight for every product: f32 runs
+  // instead, with a note, so bf16 is never the slower choice.
+  let result = try lorac([
+    "bench", "train", try modelPath(), "--precision", "bf16", "--isa", "avx2", "--batch", "1",
+    "--seq", "8", "--runs", "1", "--targets", "layers.0.attn.q", "--json",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  #expect(result.stderr.contains("note: --precision bf16 needs avx512_bf16 (target avx2)"))
+  #expect(result.stdout.contains("\"precision\": \"f32\""), "\(result.stdout)")
+}
