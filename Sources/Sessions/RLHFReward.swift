@@ -64,6 +64,9 @@ public enum RewardFunction: Sendable, Hashable, CustomStringConvertible {
     process.standardInput = input
     process.standardOutput = output
     process.standardError = errors
+    // A program that exits without reading every line must not kill us with SIGPIPE: the
+    // write then fails quietly and the answers are judged.
+    signal(SIGPIPE, SIG_IGN)
     do {
       try process.run()
     } catch {

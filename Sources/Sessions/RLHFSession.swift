@@ -182,6 +182,8 @@ public struct PhaseReport: Sendable {
 /// How a call to `train` ended; every ending but an error leaves a checkpoint of the last phase.
 public enum RLHFOutcome: Sendable, Hashable {
   case finished
+  /// Stopped after the run's `stopAfter` phase.
+  case stopped(phase: Int)
   case cancelled(phase: Int)
 }
 
@@ -625,11 +627,12 @@ public final class RLHFSession {
   /// Appends
   /// one JSON line per phase to `folder/metrics.jsonl` and writes a checkpoint (PEFT adapter,
   /// value head, state, metrics, reward curve) every `saveEvery` phases, at the end, and when
-  /// `cancellation` is requested (after the phase under way). A failing reward leaves the last
-  /// checkpoint as it was.
+  /// `cancellation` is requested or after phase `stopAfter` (after the phase under way; the
+  /// schedule still spans `phases`). A failing reward leaves the last checkpoint as it was.
   public func train(
-    reward: RewardFunction, folder: URL, saveEvery: Int, resume: RLHFState?,
-    record: CheckpointRecord, cancellation: Cancellation? = nil, shownSamples: Int = 3,
+    reward: RewardFunction, folder: URL, saveEvery: Int, stopAfter: Int? = nil,
+    resume: RLHFState?, record: CheckpointRecord, cancellation: Cancellation? = nil,
+    shownSamples: Int = 3,
     progress: (PhaseReport) -> Void = { _ in }
   ) throws(SessionError) -> RLHFOutcome {
     try SettingChecks.atLeast(1, [("--save-every", saveEvery)])
@@ -667,7 +670,8 @@ public final class RLHFSession {
       metrics.append(report, elapsed: elapsedBefore + session)
       progress(report)
       let cancelled = cancellation?.isCancelled ?? false
-      if (phase + 1) % saveEvery == 0 || phase + 1 == c.phases || cancelled {
+      let stopping = cancelled || phase + 1 == stopAfter
+      if (phase + 1) % saveEvery == 0 || phase + 1 == c.phases || stopping {
         try checkpoint(
           folder: folder,
           state: RLHFState(
@@ -677,7 +681,9 @@ public final class RLHFSession {
             parameters: [:], firstMoments: [:], secondMoments: [:]),
           metrics: metrics)
       }
-      if cancelled && phase + 1 < c.phases { return .cancelled(phase: phase + 1) }
+      if stopping && phase + 1 < c.phases {
+        return cancelled ? .cancelled(phase: phase + 1) : .stopped(phase: phase + 1)
+      }
     }
     return .finished
   }
