@@ -132,11 +132,12 @@ public struct RLHFMetrics: Sendable {
   }
 
   /// Adds a phase's line: `{"phase", "reward_mean", "reward_std", "kl", "entropy", "clipfrac",
-  /// "policy_loss", "value_loss", "samples_per_s", "lr", "elapsed_s"}`.
+  /// "policy_loss", "value_loss", "samples_per_s", "lr", "rollout_s", "reward_s", "evaluate_s",
+  /// "learn_s", "elapsed_s"}`.
   public mutating func append(_ report: PhaseReport, elapsed: Double) {
     let r = report
     lines.append(
-      "{\"phase\": \(r.phase), \"reward_mean\": \(r.rewardMean), \"reward_std\": \(r.rewardStandardDeviation), \"kl\": \(r.kl), \"entropy\": \(r.entropy), \"clipfrac\": \(r.clipFraction), \"policy_loss\": \(r.policyLoss), \"value_loss\": \(r.valueLoss), \"samples_per_s\": \(r.samplesPerSecond), \"lr\": \(r.learningRate), \"elapsed_s\": \(elapsed)}"
+      "{\"phase\": \(r.phase), \"reward_mean\": \(r.rewardMean), \"reward_std\": \(r.rewardStandardDeviation), \"kl\": \(r.kl), \"entropy\": \(r.entropy), \"clipfrac\": \(r.clipFraction), \"policy_loss\": \(r.policyLoss), \"value_loss\": \(r.valueLoss), \"samples_per_s\": \(r.samplesPerSecond), \"lr\": \(r.learningRate), \"rollout_s\": \(r.seconds.rollout), \"reward_s\": \(r.seconds.reward), \"evaluate_s\": \(r.seconds.evaluation), \"learn_s\": \(r.seconds.learning), \"elapsed_s\": \(elapsed)}"
     )
     rewards.append((r.phase, r.rewardMean))
     kls.append((r.phase, r.kl))

@@ -17,7 +17,7 @@ public struct RLHFConfiguration: Sendable, Hashable {
   // The rollout.
   public var prefix = "This is"
   /// Samples per phase (`batch_size`).
-  public var batch = 32
+  public var batch = 16
   /// Tokens sampled after the prefix (`gen_len`).
   public var generated = 16
   public var temperature = 1.0
@@ -26,7 +26,7 @@ public struct RLHFConfiguration: Sendable, Hashable {
   /// Passes over the rollout per phase (`batches_per_learning_phase`).
   public var batchesPerPhase = 2
   /// Minibatches per pass (`num_minibatches`); `batch` must be a multiple.
-  public var minibatches = 4
+  public var minibatches = 2
   public var coefficients = PPOCoefficients(kl: 0.05)
   /// The adapter's peak learning rate (`base_lr`) and the value head's (`head_lr`).
   public var learningRate = 1e-3
@@ -175,8 +175,18 @@ public struct PhaseReport: Sendable {
   public var samplesPerSecond: Double
   public var learningRate: Double
   public var remainingSeconds: Double
+  /// Where the phase's time went.
+  public var seconds: PhaseSeconds
   /// A few of the phase's samples, prefix included.
   public var samples: [String]
+}
+
+/// The seconds of a phase's parts: sampling, scoring, evaluating (policy and reference), learning.
+public struct PhaseSeconds: Sendable, Hashable {
+  public var rollout: Double
+  public var reward: Double
+  public var evaluation: Double
+  public var learning: Double
 }
 
 /// How a call to `train` ended; every ending but an error leaves a checkpoint of the last phase.
@@ -650,11 +660,21 @@ public final class RLHFSession {
     let start = DispatchTime.now().uptimeNanoseconds
     for phase in firstPhase..<c.phases {
       let phaseStart = DispatchTime.now().uptimeNanoseconds
+      func seconds(since start: UInt64) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      }
       let rows = try rollout(phase: phase)
       let completions = completions(rows)
+      let rolloutSeconds = seconds(since: phaseStart)
+      let rewardStart = DispatchTime.now().uptimeNanoseconds
       let rewards = try reward.rewards(prompt: c.prefix, completions: completions)
+      let rewardSeconds = seconds(since: rewardStart)
+      let evaluationStart = DispatchTime.now().uptimeNanoseconds
       let rollout = try evaluate(rows: rows, rewards: rewards)
+      let evaluationSeconds = seconds(since: evaluationStart)
+      let learningStart = DispatchTime.now().uptimeNanoseconds
       let terms = try learn(rollout, phase: phase)
+      let learningSeconds = seconds(since: learningStart)
       let now = DispatchTime.now().uptimeNanoseconds
       let session = Double(now - start) / 1e9
       let (mean, deviation) = meanAndDeviation(rewards)
@@ -666,6 +686,9 @@ public final class RLHFSession {
         samplesPerSecond: Double(c.batch) / (Double(now - phaseStart) / 1e9),
         learningRate: c.learningRate * c.learningRateFactor(phase: phase),
         remainingSeconds: session / Double(phase + 1 - firstPhase) * Double(c.phases - phase - 1),
+        seconds: PhaseSeconds(
+          rollout: rolloutSeconds, reward: rewardSeconds, evaluation: evaluationSeconds,
+          learning: learningSeconds),
         samples: completions.prefix(shownSamples).map { c.prefix + $0 })
       metrics.append(report, elapsed: elapsedBefore + session)
       progress(report)
