@@ -118,6 +118,9 @@ public struct DecodeSession {
     public var ids: [Int32]
     public var prefillSeconds: Double
     public var decodeSeconds: Double
+    /// Each new token's log-probability under the model (log-softmax of its logits, before the
+    /// sampler's temperature and penalties).
+    public var logprobs: [Double] = []
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `emit` with each new token; stops
@@ -142,12 +145,14 @@ public struct DecodeSession {
     }
     var history = prompt
     var generated: [Int32] = []
+    var logprobs: [Double] = []
     let start = DispatchTime.now().uptimeNanoseconds
     var logits = try run(prefill, tokens: prompt, slot: 0)
     try wrapping { try step.copyState(from: prefill) }
     let prefillDone = DispatchTime.now().uptimeNanoseconds
     while generated.count < maxTokens {
       let next = sampler.next(logits, history: history)
+      logprobs.append(logProbability(of: next, in: logits))
       generated.append(next)
       history.append(next)
       emit(next)
@@ -157,7 +162,7 @@ public struct DecodeSession {
     let end = DispatchTime.now().uptimeNanoseconds
     return Result(
       ids: generated, prefillSeconds: Double(prefillDone - start) / 1e9,
-      decodeSeconds: Double(end - prefillDone) / 1e9)
+      decodeSeconds: Double(end - prefillDone) / 1e9, logprobs: logprobs)
   }
 
   /// Greedy continuations of several prompts decoded together, one batch row each.
@@ -262,6 +267,8 @@ public struct TextGenerator {
     public var text: String
     public var prefillSeconds: Double
     public var decodeSeconds: Double
+    /// The log-probability of each of `ids` under the model.
+    public var logprobs: [Double] = []
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `stream` with each piece of text
@@ -308,7 +315,7 @@ public struct TextGenerator {
     }
     return Output(
       ids: result.ids, text: text, prefillSeconds: result.prefillSeconds,
-      decodeSeconds: result.decodeSeconds)
+      decodeSeconds: result.decodeSeconds, logprobs: result.logprobs)
   }
 }
 
