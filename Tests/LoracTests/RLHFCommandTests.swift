@@ -160,3 +160,38 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
     #expect(result.stdout.contains(name), "\(name)")
   }
 }
+
+@Test func anInterruptedRLHFRunSavesThePhaseUnderWayAndExits130() throws {
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let out = folder.appendingPathComponent("run")
+  let process = Process()
+  process.executableURL = loracExecutable()
+  process.arguments =
+    ["rlhf", try modelPath(), "--reward", "length", "--phases", "50", "--save-every", "100"]
+    + tinyRLHF + ["--out", out.path]
+  let errors = Pipe()
+  process.standardError = errors
+  process.standardOutput = FileHandle.nullDevice
+  try process.run()
+  // Interrupted once the first phase is reported (a plain line: stderr is not a terminal).
+  var text = ""
+  let deadline = Date().addingTimeInterval(300)
+  while !text.contains("phase 1/50") && Date() < deadline && process.isRunning {
+    text += String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self)
+  }
+  #expect(text.contains("phase 1/50"), "\(text)")
+  process.interrupt()
+  text += String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+  process.waitUntilExit()
+  #expect(process.terminationStatus == 130, "\(text)")
+  let saved = try #require(
+    text.split(separator: "\n").last { $0.hasPrefix("interrupted: saved phase ") })
+  let phase = try #require(
+    Int(saved.dropFirst("interrupted: saved phase ".count).prefix { $0 != "/" }))
+  #expect(phase >= 1 && phase < 50)
+  #expect(saved.hasSuffix(" --resume"))
+  #expect(try timelessMetrics(out).count == phase)
+  let state = try Data(contentsOf: out.appendingPathComponent("rlhf_state.safetensors"))
+  #expect(String(decoding: state.prefix(4096), as: UTF8.self).contains("\"phase\":\"\(phase)\""))
+}
