@@ -55,11 +55,7 @@ public enum DPOGraphs {
   static func sequenceLogProbabilities(_ logits: Tensor, targets: Tensor, weights: Tensor)
     throws(TraceError) -> Tensor
   {
-    let b = logits.builder
-    let shape = logits.shape
-    let oneHot = try b.iota(shape: shape, axis: 2)
-      .compare(.eq, targets.reshaped(targets.shape + [1])).cast(to: .f32)
-    let picked = try (logSoftmax(logits) * oneHot).sum(axes: [-1])
+    let picked = try RLHFGraphs.pick(logSoftmax(logits), targets)
     return try (picked * weights).sum(axes: [1]).named("logps")
   }
 

@@ -87,6 +87,18 @@ public enum RLHFGraphs {
       logits.slice(start: [0, prefix - 1, 0], end: [batch, sequence - 1, vocabulary]))
   }
 
+  /// `x[b, t, indices[b, t]]` of `x: [batch, positions, vocab]`: one gather from the flattened
+  /// values (its gradient one scatter), never a one-hot mask as large as `x`.
+  static func pick(_ x: Tensor, _ indices: Tensor) throws(TraceError) -> Tensor {
+    let b = x.builder
+    let (batch, positions, vocabulary) = (x.shape[0], x.shape[1], x.shape[2])
+    let shape = [batch, positions]
+    let row = try b.iota(shape: shape, axis: 0) * Double(positions) + b.iota(shape: shape, axis: 1)
+    let flat = try row * Double(vocabulary) + indices
+    return try gather(x.reshaped([batch * positions * vocabulary, 1]), flat, axis: 0)
+      .reshaped(shape)
+  }
+
   /// The rollout's evaluation: outputs `log_probs: f32[batch, generated, vocab]` (log-softmax of
   /// the predicting logits) and `values: f32[batch, generated]`.
   public static func evaluation(
@@ -144,9 +156,7 @@ public enum RLHFGraphs {
         residual, prefix: prefix, epsilon: config.normEpsilon, seed: valueHeadSeed)
       let logProbabilities = try predictingLogProbabilities(logits, prefix: prefix)
       let targets = try tokens.slice(start: [0, prefix], end: [batch, sequence])
-      let oneHot = try b.iota(shape: [batch, generated, vocabulary], axis: 2)
-        .compare(.eq, targets.reshaped([batch, generated, 1])).cast(to: .f32)
-      let picked = try (logProbabilities * oneHot).sum(axes: [-1]).named("logprobs")
+      let picked = try pick(logProbabilities, targets).named("logprobs")
       let count = try mask.sum()
       func mean(_ x: Tensor) throws(TraceError) -> Tensor { try (x * mask).sum() / count }
 
