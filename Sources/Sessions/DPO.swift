@@ -184,10 +184,8 @@ public final class DPOSession {
     }
     reference = try wrapping {
       let graph = try parsePipeline(
-        Pipelines.training(
-          rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed,
-          rsLoRA: c.rsLoRA ? true : nil, passes: "fuse,dce"
-        ).replacingOccurrences(of: "},freeze,", with: "},")
+        Pipelines.adapted(
+          rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed, rsLoRA: c.rsLoRA)
       ).run(
         try DPOGraphs.logProbabilities(
           model.config, rows: 2 * c.pairs, sequence: c.sequence,

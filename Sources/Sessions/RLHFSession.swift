@@ -427,7 +427,10 @@ public final class RLHFSession {
         "an RLHF evaluation takes \(batch) rows of \(sequence) tokens that start with the prefix, "
           + "and \(batch) rewards")
     }
-    try model.check(rows.flatMap { $0 }, option: "rollout")
+    let vocabularyRange = 0..<Int32(vocabulary)
+    if let bad = rows.joined().first(where: { !vocabularyRange.contains($0) }) {
+      throw SessionError("rollout: token \(bad) is out of range 0..<\(vocabulary)")
+    }
     try synchronize()
     let chunk = c.minibatchSize
     let perRow = generated * vocabulary
@@ -860,9 +863,19 @@ extension Pipelines {
   /// The rollout evaluation's pipeline: the same adapter (values set from the trainer), fused so
   /// the adapter scale switches it off, no gradients.
   public static func rlhfEvaluation(_ c: RLHFConfiguration) -> String {
+    adapted(rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed, rsLoRA: c.rsLoRA)
+  }
+
+  /// A `lora` pass then `passes` with no `freeze`: the adapter's parameters stay parameters, set
+  /// by name from a trainer; `fuse` makes its branches switchable by the adapter scale.
+  public static func adapted(
+    rank: Int, alpha: Double, targets: String, seed: UInt64, rsLoRA: Bool,
+    passes: String = "fuse,dce"
+  ) -> String {
+    // `training` writes `lora{...},freeze,PASSES`; a target glob never holds "},freeze,".
     training(
-      rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed,
-      rsLoRA: c.rsLoRA ? true : nil, passes: "fuse,dce"
+      rank: rank, alpha: alpha, targets: targets, seed: seed, rsLoRA: rsLoRA ? true : nil,
+      passes: passes
     ).replacingOccurrences(of: "},freeze,", with: "},")
   }
 }
