@@ -42,7 +42,7 @@ public enum RewardFunction: Sendable, Hashable, CustomStringConvertible {
   public func rewards(prompt: String, completions: [String]) throws(SessionError) -> [Double] {
     switch self {
     case .characterCount(let text):
-      return completions.map { Double((prompt + $0).components(separatedBy: text).count - 1) }
+      return completions.map { Double(occurrences(of: text, in: prompt + $0)) }
     case .length:
       return completions.map { Double($0.count) }
     case .command(let command):
@@ -96,13 +96,15 @@ public enum RewardFunction: Sendable, Hashable, CustomStringConvertible {
       throw SessionError(
         "--reward-cmd '\(command)' exited with status \(process.terminationStatus)\(detail)")
     }
-    var answers = String(decoding: answer, as: UTF8.self).components(separatedBy: "\n")
-    while answers.last?.trimmingCharacters(in: .whitespaces).isEmpty == true {
+    // Split on bytes: Swift strings hold "\r\n" as one character, which no "\n" split sees.
+    var answers = answer.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+      .map { String(decoding: $0, as: UTF8.self) }
+    while answers.last?.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty == true {
       answers.removeLast()
     }
     var rewards: [Double] = []
     for (index, line) in answers.enumerated() {
-      let text = line.trimmingCharacters(in: .whitespaces)
+      let text = line.trimmingCharacters(in: .whitespacesAndNewlines)
       guard index < completions.count else {
         throw SessionError(
           "--reward-cmd '\(command)': answered \(answers.count) lines for \(completions.count) "
@@ -123,6 +125,23 @@ public enum RewardFunction: Sendable, Hashable, CustomStringConvertible {
     }
     return rewards
   }
+}
+
+/// The non-overlapping occurrences of `needle` in `text`, as Python's `str.count` (compared as
+/// UTF-8 bytes, so "\r\n" holds one "\n", which a search by Swift characters would not see).
+func occurrences(of needle: String, in text: String) -> Int {
+  let (pattern, bytes) = (Array(needle.utf8), Array(text.utf8))
+  guard !pattern.isEmpty, pattern.count <= bytes.count else { return 0 }
+  var (count, index) = (0, 0)
+  while index + pattern.count <= bytes.count {
+    if bytes[index..<(index + pattern.count)].elementsEqual(pattern) {
+      count += 1
+      index += pattern.count
+    } else {
+      index += 1
+    }
+  }
+  return count
 }
 
 /// Reads a pipe to its end on another thread (a program's stderr, so a chatty one never blocks).

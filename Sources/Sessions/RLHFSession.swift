@@ -53,6 +53,10 @@ public struct RLHFConfiguration: Sendable, Hashable {
   /// Rows per minibatch.
   public var minibatchSize: Int { batch / max(1, minibatches) }
 
+  /// The seed of the value head's initial values (the adapter's is `seed`; its four tensors take
+  /// this seed plus 0, 1, 2, 3).
+  public var valueHeadSeed: UInt64 { seed &+ 1000 }
+
   /// Checks the counts and rates (the messages name the command's flags).
   public func check() throws(SessionError) {
     try SettingChecks.atLeast(
@@ -218,9 +222,6 @@ public final class RLHFSession {
   public var parameters: [String] { trainer.parameters }
   public var sequence: Int { prefix.count + configuration.generated }
 
-  /// The seed of the value head's initial values (the adapter's is the run's seed).
-  var valueHeadSeed: UInt64 { configuration.seed &+ 1000 }
-
   /// Traces, differentiates and compiles the objective, the evaluation and the decoding graphs.
   public init(model: LlamaModel, tokenizer: Tokenizer, configuration: RLHFConfiguration)
     throws(SessionError)
@@ -278,7 +279,7 @@ public final class RLHFSession {
     try wrapping {
       let traced = try RLHFGraphs.objective(
         model.config, batch: c.minibatchSize, prefix: prefix, generated: c.generated,
-        coefficients: c.coefficients, valueHeadSeed: c.seed &+ 1000,
+        coefficients: c.coefficients, valueHeadSeed: c.valueHeadSeed,
         weightType: model.storedWeightType)
       return try parsePipeline(Pipelines.rlhf(c)).run(traced)
     }
@@ -293,7 +294,7 @@ public final class RLHFSession {
     try wrapping {
       let traced = try RLHFGraphs.evaluation(
         model.config, batch: c.minibatchSize, prefix: prefix, generated: c.generated,
-        valueHeadSeed: c.seed &+ 1000, weightType: model.storedWeightType)
+        valueHeadSeed: c.valueHeadSeed, weightType: model.storedWeightType)
       let pipeline = adapted ? Pipelines.rlhfEvaluation(c) : "fuse,dce"
       let graph = try parsePipeline(pipeline).run(traced)
       return try Executable(

@@ -8,12 +8,13 @@ let tinyRLHF = [
   "--rank", "2", "--targets", "layers.{0,1}.attn.{q,v}", "--threads", "2", "--show-every", "0",
 ]
 
-/// The metrics of a run without the fields that measure time.
+/// The metrics of a run without the fields that measure time, one string per phase.
 private func timelessMetrics(_ folder: URL) throws -> [String] {
   let text = try String(
     contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
   return text.split(separator: "\n").map { line in
-    line.split(separator: ",").filter { !$0.contains("_per_s") && !$0.contains("elapsed_s") }
+    // Every field measuring time ends in `_s` (`samples_per_s`, `rollout_s`, `elapsed_s`, ...).
+    line.split(separator: ",").filter { !$0.contains("_s\":") }
       .joined(separator: ",")
   }
 }
