@@ -160,6 +160,22 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
   ] {
     #expect(result.stdout.contains(name), "\(name)")
   }
+  // Differentiated with the pipeline `lorac rlhf` runs (docs/rlhf.md): gradients for the adapter
+  // and the value head only.
+  let pipeline =
+    "lora{rank=4,alpha=32.0,targets=layers.*.attn.{q,k,v,o},seed=1},"
+    + "freeze{trainable={*.lora_{a,b},value_head.*}},fuse,autodiff{loss=loss},"
+    + "fuse{elementwise=true},dce"
+  let differentiated = try lorac([
+    "dump-ir", try modelPath(), "--rlhf", "--batch", "2", "--seq", "6", "--pipeline", pipeline,
+  ])
+  #expect(differentiated.status == 0, "\(differentiated.stderr)")
+  for name in ["\"value_head.0.weight.grad\"", "\"layers.29.attn.o.lora_b.grad\""] {
+    #expect(differentiated.stdout.contains(name), "\(name)")
+  }
+  #expect(!differentiated.stdout.contains("token_embd.weight.grad"))
+  let help = try lorac(["dump-ir", "--help"])
+  #expect(help.stdout.replacingOccurrences(of: "\n", with: " ").contains("lora{rank=4"))
 }
 
 @Test func anInterruptedRLHFRunSavesThePhaseUnderWayAndExits130() throws {
