@@ -46,6 +46,11 @@ public struct LlamaConfig: Hashable, Sendable {
 /// the dotted names passes select by: `embed`, `layers.N.attn.{q,k,v,o}`,
 /// `layers.N.mlp.{gate,up,down}`, `head`.
 public enum Llama {
+  /// What `trace(extend:)` adds after the logits: given the tokens, the final residual stream and
+  /// the logits, the graph's outputs (a value head and an objective, say).
+  public typealias Extension = (_ tokens: Tensor, _ residual: Tensor, _ logits: Tensor)
+    throws(TraceError) -> [Tensor]
+
   /// Traces `llama(tokens: i32[batch, sequence], positions: i32[batch, sequence]) -> logits`.
   ///
   /// - Parameters:
@@ -59,10 +64,7 @@ public enum Llama {
   public static func trace(
     _ config: LlamaConfig, batch: Int, sequence: Int, loss: Bool = false,
     weightType: @escaping (String) -> DType? = { _ in nil },
-    extend: (
-      (_ tokens: Tensor, _ residual: Tensor, _ logits: Tensor) throws(TraceError) -> [Tensor]
-    )? =
-      nil
+    extend: Extension? = nil
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
       config.headCount % config.keyValueHeadCount == 0,
