@@ -46,6 +46,11 @@ public struct LlamaConfig: Hashable, Sendable {
 /// the dotted names passes select by: `embed`, `layers.N.attn.{q,k,v,o}`,
 /// `layers.N.mlp.{gate,up,down}`, `head`.
 public enum Llama {
+  /// What `trace(extend:)` adds after the logits: given the tokens, the final residual stream and
+  /// the logits, the graph's outputs (a value head and an objective, say).
+  public typealias Extension = (_ tokens: Tensor, _ residual: Tensor, _ logits: Tensor)
+    throws(TraceError) -> [Tensor]
+
   /// Traces `llama(tokens: i32[batch, sequence], positions: i32[batch, sequence]) -> logits`.
   ///
   /// - Parameters:
@@ -53,9 +58,13 @@ public enum Llama {
   ///   - loss: Adds inputs `targets: i32[batch, sequence]` and `weights: f32[batch, sequence]` and
   ///     returns only the mean next-token cross-entropy `loss = -sum(w * log p(target)) / sum(w)`
   ///     (weight 0 masks padding or prompt tokens), named "loss".
+  ///   - extend: Replaces the outputs (and `loss`) with what it returns given the tokens, the
+  ///     final residual stream `[batch, sequence, dim]` (before the last norm) and the logits: a
+  ///     value head and an objective (RLHF), traced into the same graph.
   public static func trace(
     _ config: LlamaConfig, batch: Int, sequence: Int, loss: Bool = false,
-    weightType: @escaping (String) -> DType? = { _ in nil }
+    weightType: @escaping (String) -> DType? = { _ in nil },
+    extend: Extension? = nil
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
       config.headCount % config.keyValueHeadCount == 0,
@@ -113,6 +122,7 @@ public enum Llama {
       }
     }
     let logits = try parts.head(h, embedding: embedding)
+    if let extend { return try b.finish(outputs: try extend(tokens, h, logits)) }
     guard loss else { return try b.finish(outputs: [logits]) }
     let targets = try b.input(name: "targets", shape: [batch, sequence], dtype: .i32)
     let weights = try b.input(name: "weights", shape: [batch, sequence])

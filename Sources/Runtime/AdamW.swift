@@ -15,6 +15,9 @@ public final class AdamW {
   public var weightDecay: Double
   /// Gradients whose global L2 norm exceeds this are scaled down to it (nil: no clipping).
   public var maxGradientNorm: Double?
+  /// Learning rates that replace `learningRate` for the parameters named here (PyTorch's parameter
+  /// groups: RLHF steps the adapter and the value head at two rates).
+  public var parameterLearningRates: [String: Double] = [:]
   /// Steps taken so far (the bias corrections use it); set it when restoring a saved state.
   public var step = 0
   /// The optimized parameters' names, in the order given at init.
@@ -142,10 +145,11 @@ public final class AdamW {
     let correction1 = Float(1 - pow(beta1, Double(step)))
     let correction2 = Float(1 - pow(beta2, Double(step)))
     var offset = 0
-    for (tensor, gradient) in zip(tensors, gradients) {
+    for (index, (tensor, gradient)) in zip(tensors, gradients).enumerated() {
+      let rate = parameterLearningRates[parameters[index]] ?? learningRate
       lc_adamw_f32(
         tensor.parameter, gradient, moments + offset, moments + offset + tensor.count,
-        Int64(tensor.count), Float(learningRate), Float(beta1), Float(beta2), Float(epsilon),
+        Int64(tensor.count), Float(rate), Float(beta1), Float(beta2), Float(epsilon),
         Float(weightDecay), correction1, correction2, Float(scale * mean))
       offset += 2 * tensor.count
     }

@@ -150,6 +150,9 @@ public struct DecodeSession {
     /// Each captured value as `[1, positions, ...]` under its name, in graph order: the prompt's
     /// positions and every generated token's (the last one is run through the model for this).
     public var captures: [(name: String, tensor: HostTensor)] = []
+    /// Each new token's log-probability under the model (log-softmax of its logits, before the
+    /// sampler's temperature and penalties).
+    public var logprobs: [Double] = []
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `emit` with each new token; stops
@@ -190,12 +193,14 @@ public struct DecodeSession {
     }
     var history = prompt
     var generated: [Int32] = []
+    var logprobs: [Double] = []
     let start = DispatchTime.now().uptimeNanoseconds
     var logits = try run(prefill, tokens: prompt, slot: 0)
     try wrapping { try step.copyState(from: prefill) }
     let prefillDone = DispatchTime.now().uptimeNanoseconds
     while generated.count < maxTokens {
       let next = sampler.next(logits, history: history)
+      logprobs.append(logProbability(of: next, in: logits))
       generated.append(next)
       history.append(next)
       emit(next)
@@ -212,7 +217,7 @@ public struct DecodeSession {
     let end = DispatchTime.now().uptimeNanoseconds
     var result = Result(
       ids: generated, prefillSeconds: Double(prefillDone - start) / 1e9,
-      decodeSeconds: Double(end - prefillDone) / 1e9, decodeSteps: steps)
+      decodeSeconds: Double(end - prefillDone) / 1e9, decodeSteps: steps, logprobs: logprobs)
     for (k, point) in (hooks?.captured ?? []).enumerated() {
       var shape = capturedShapes[k]
       shape[1] = captured[k].count / shape.dropFirst(2).reduce(shape[0], *)
@@ -330,6 +335,8 @@ public struct TextGenerator {
     public var decodeSteps: Int
     /// The captured values (see `DecodeSession.Result.captures`).
     public var captures: [(name: String, tensor: HostTensor)]
+    /// The log-probability of each of `ids` under the model.
+    public var logprobs: [Double] = []
   }
 
   /// Generates up to `maxTokens` tokens after `prompt`, calling `stream` with each piece of text
@@ -377,7 +384,7 @@ public struct TextGenerator {
     return Output(
       ids: result.ids, text: text, prefillSeconds: result.prefillSeconds,
       decodeSeconds: result.decodeSeconds, decodeSteps: result.decodeSteps,
-      captures: result.captures)
+      captures: result.captures, logprobs: result.logprobs)
   }
 }
 

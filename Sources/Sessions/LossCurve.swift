@@ -8,7 +8,11 @@ enum LossCurve {
   /// The plot area's margins: left, right, top, bottom.
   static let margins = (left: 64.0, right: 20.0, top: 28.0, bottom: 48.0)
 
-  static func svg(_ points: [(step: Int, loss: Double)]) -> String {
+  static func svg(
+    _ points: [(step: Int, loss: Double)], title: String = "training loss",
+    x xTitle: String = "step",
+    y yTitle: String = "loss"
+  ) -> String {
     let finite = points.filter { $0.loss.isFinite }
     let steps = finite.map { Double($0.step) }
     let losses = finite.map(\.loss)
@@ -30,7 +34,7 @@ enum LossCurve {
     lines.append("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>")
     lines.append(
       "<text x=\"\(format((left + right) / 2))\" y=\"18\" text-anchor=\"middle\" "
-        + "font-size=\"14\">training loss</text>")
+        + "font-size=\"14\">\(title)</text>")
     // Grid lines and tick labels.
     for value in xTicks.values {
       let position = format(x(value))
@@ -56,10 +60,10 @@ enum LossCurve {
         + "L \(format(right)) \(format(bottom))\" fill=\"none\" stroke=\"black\"/>")
     lines.append(
       "<text x=\"\(format((left + right) / 2))\" y=\"\(format(height - 10))\" "
-        + "text-anchor=\"middle\">step</text>")
+        + "text-anchor=\"middle\">\(xTitle)</text>")
     lines.append(
       "<text x=\"16\" y=\"\(format((top + bottom) / 2))\" text-anchor=\"middle\" "
-        + "transform=\"rotate(-90 16 \(format((top + bottom) / 2)))\">loss</text>")
+        + "transform=\"rotate(-90 16 \(format((top + bottom) / 2)))\">\(yTitle)</text>")
     let coordinates = finite.map { "\(format(x(Double($0.step)))),\(format(y($0.loss)))" }
     lines.append(
       "<polyline fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\" points=\""

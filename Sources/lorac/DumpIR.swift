@@ -39,6 +39,14 @@ struct DumpIR: ParsableCommand {
     help: "Trace a language model with its next-token loss (the graph training differentiates).")
   var loss = false
 
+  @Flag(
+    help: """
+      Trace the PPO objective of `lorac rlhf` (value head, clipped surrogate, value loss, \
+      entropy bonus, KL to the reference) for --batch rows of --seq tokens, the first 2 the \
+      prefix; `lorac rlhf` differentiates it with --pipeline '\(Pipelines.rlhf(RLHFConfiguration()))'.
+      """)
+  var rlhf = false
+
   @Option(help: "A pass pipeline to run before printing.")
   var pipeline: String?
 
@@ -69,6 +77,10 @@ struct DumpIR: ParsableCommand {
     if batch < 1 { throw ValidationError("--batch must be at least 1, got \(batch)") }
     if seq < 1 { throw ValidationError("--seq must be at least 1, got \(seq)") }
     if after != nil && pipeline == nil { throw ValidationError("--after needs --pipeline") }
+    if rlhf && (loss || example != nil) {
+      throw ValidationError("--rlhf traces a GGUF model's PPO objective: no --loss or --example")
+    }
+    if rlhf && seq < 3 { throw ValidationError("--rlhf needs --seq of at least 3, got \(seq)") }
     if isa != nil && !plan { throw ValidationError("--isa needs --plan") }
   }
 
@@ -80,6 +92,12 @@ struct DumpIR: ParsableCommand {
         let bundle = try CompiledBundle(path: model)
         graph = bundle.graph
         storedPlan = bundle.plan
+      } else if let model, rlhf {
+        let llama = try LlamaModel(path: model)
+        graph = try RLHFGraphs.objective(
+          llama.config, batch: batch, prefix: 2, generated: seq - 2,
+          coefficients: RLHFConfiguration().coefficients, valueHeadSeed: 0,
+          weightType: llama.storedWeightType)
       } else if let model {
         graph = try LlamaModel(path: model).trace(batch: batch, sequence: seq, loss: loss)
       } else {

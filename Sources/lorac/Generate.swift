@@ -12,7 +12,9 @@ struct Generate: ParsableCommand {
       BOS is added to --prompt when the model's tokenizer metadata asks for it (as llama.cpp does), \
       never to --prompt-ids. Stops at end-of-sequence tokens unless --ignore-eos, or at a --stop \
       string. With --json prints {"prompt_ids", "ids", "text", "prefill_tokens_per_s", \
-      "decode_tokens_per_s"} instead of streaming.
+      "decode_tokens_per_s", "logprobs"} instead of streaming; "logprobs" holds each generated \
+      token's log-probability under the model (the log-softmax of its logits, before temperature \
+      and penalties; with --adapter, the adapted model's).
       """)
 
   @Argument(help: "The GGUF model.")
@@ -122,7 +124,8 @@ struct Generate: ParsableCommand {
       print(
         "{\"prompt_ids\": \(ids.map(Int.init)), \"ids\": \(output.ids.map(Int.init)), \"text\": \(jsonString(output.text)), "
           + "\"prefill_tokens_per_s\": \(Double(ids.count) / output.prefillSeconds), "
-          + "\"decode_tokens_per_s\": \(Double(output.decodeSteps) / max(output.decodeSeconds, 1e-9))}"
+          + "\"decode_tokens_per_s\": \(Double(output.decodeSteps) / max(output.decodeSeconds, 1e-9)), "
+          + "\"logprobs\": [\(output.logprobs.map { $0.isFinite ? "\($0)" : "null" }.joined(separator: ", "))]}"
       )
     } else {
       print()

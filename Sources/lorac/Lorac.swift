@@ -15,6 +15,7 @@ struct Lorac: ParsableCommand {
       Bench.self, DumpIR.self,
       CheckIR.self, Interpret.self,
       Merge.self, Export.self, Compile.self, Run.self,
+      RLHF.self, DPO.self,
     ]
   )
 

@@ -28,6 +28,18 @@ struct TrainingProgress {
     }
   }
 
+  /// Shows `text` as the live line on a terminal (ended when `final`); elsewhere as a plain line
+  /// when `plain` or `final`.
+  mutating func show(_ text: String, final: Bool, plain: Bool) {
+    if live {
+      write("\r\u{1B}[K" + text)
+      lineOpen = true
+      if final { finishLine() }
+    } else if plain || final {
+      write(text + "\n")
+    }
+  }
+
   /// Ends the live line, so that what follows starts on a line of its own.
   mutating func finishLine() {
     if lineOpen { write("\n") }

@@ -1,0 +1,195 @@
+import Foundation
+import IR
+import Models
+
+/// Everything `lorac rlhf --resume` needs to continue a run exactly where a checkpoint left it.
+///
+/// It holds the adapter's and the value head's tensors, AdamW's moments and step count, the phase, the
+/// settings and the model's fingerprint. Every random draw of a phase is seeded from the run's
+/// seed and the phase's number, so no generator state is kept.
+///
+/// Stored as one safetensors file: `param.NAME`, `adam_m.NAME`, `adam_v.NAME` (F32, lorac's
+/// names and layouts), the scalars as string metadata.
+public struct RLHFState: Sendable {
+  public static let fileName = "rlhf_state.safetensors"
+  public static let format = "lorac-rlhf-state-1"
+
+  /// Phases completed.
+  public var phase: Int
+  public var optimizerStep: Int
+  /// Seconds spent before this checkpoint, over every run.
+  public var elapsed: Double
+  /// The thread count the phases ran with (bit-identical continuation needs the same).
+  public var threads: Int
+  public var settings: [String: String]
+  public var modelFingerprint: String
+  /// The reward as given (`char-count:.`, `length`, `cmd:...`).
+  public var reward: String
+  public var parameters: [String: HostTensor]
+  public var firstMoments: [String: [Float]]
+  public var secondMoments: [String: [Float]]
+
+  public init(
+    phase: Int, optimizerStep: Int, elapsed: Double, threads: Int, settings: [String: String],
+    modelFingerprint: String, reward: String, parameters: [String: HostTensor],
+    firstMoments: [String: [Float]], secondMoments: [String: [Float]]
+  ) {
+    self.phase = phase
+    self.optimizerStep = optimizerStep
+    self.elapsed = elapsed
+    self.threads = threads
+    self.settings = settings
+    self.modelFingerprint = modelFingerprint
+    self.reward = reward
+    self.parameters = parameters
+    self.firstMoments = firstMoments
+    self.secondMoments = secondMoments
+  }
+
+  /// Writes the state into `folder` crash-safely (temporary file, flush, rename).
+  public func write(to folder: URL) throws(SafetensorsError) {
+    var tensors: [(name: String, tensor: HostTensor)] = []
+    for name in parameters.keys.sorted() {
+      guard let tensor = parameters[name], let first = firstMoments[name],
+        let second = secondMoments[name]
+      else { continue }
+      tensors.append(("param.\(name)", tensor))
+      tensors.append(("adam_m.\(name)", HostTensor(shape: tensor.type.shape, floats: first)))
+      tensors.append(("adam_v.\(name)", HostTensor(shape: tensor.type.shape, floats: second)))
+    }
+    var metadata = [
+      "format": RLHFState.format, "phase": String(phase),
+      "optimizer_step": String(optimizerStep), "elapsed_s": String(elapsed),
+      "threads": String(threads), "model_fingerprint": modelFingerprint, "reward": reward,
+    ]
+    for (key, value) in settings { metadata["hp.\(key)"] = value }
+    try SafetensorsFile.write(
+      tensors, metadata: metadata, to: folder.appendingPathComponent(RLHFState.fileName))
+  }
+
+  /// Reads the state in `folder`, or nil when there is none; a damaged file is an error.
+  public static func read(from folder: URL) throws(SafetensorsError) -> RLHFState? {
+    let url = folder.appendingPathComponent(fileName)
+    guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+    let file = try SafetensorsFile(path: url.path)
+    let metadata = file.metadata
+    func fail(_ message: String) -> SafetensorsError {
+      SafetensorsError(message: "\(url.path): \(message)")
+    }
+    guard metadata["format"] == format else {
+      throw fail("not a lorac RLHF state (format \(metadata["format"] ?? "missing"))")
+    }
+    func integer(_ key: String) throws(SafetensorsError) -> Int {
+      guard let text = metadata[key], let value = Int(text), value >= 0 else {
+        throw fail("'\(key)' is missing or not a count")
+      }
+      return value
+    }
+    guard let elapsedText = metadata["elapsed_s"], let elapsed = Double(elapsedText) else {
+      throw fail("'elapsed_s' is missing or malformed")
+    }
+    var settings: [String: String] = [:]
+    for (key, value) in metadata where key.hasPrefix("hp.") {
+      settings[String(key.dropFirst(3))] = value
+    }
+    var parameters: [String: HostTensor] = [:]
+    var first: [String: [Float]] = [:]
+    var second: [String: [Float]] = [:]
+    for entry in file.entries where entry.name.hasPrefix("param.") {
+      let name = String(entry.name.dropFirst("param.".count))
+      parameters[name] = try file.tensor(named: entry.name)
+      first[name] = try file.tensor(named: "adam_m.\(name)").floats()
+      second[name] = try file.tensor(named: "adam_v.\(name)").floats()
+    }
+    return RLHFState(
+      phase: try integer("phase"), optimizerStep: try integer("optimizer_step"), elapsed: elapsed,
+      threads: try integer("threads"), settings: settings,
+      modelFingerprint: metadata["model_fingerprint"] ?? "", reward: metadata["reward"] ?? "",
+      parameters: parameters, firstMoments: first, secondMoments: second)
+  }
+}
+
+/// The lines of an RLHF run's metrics.jsonl and the per-phase figures its chart draws.
+public struct RLHFMetrics: Sendable {
+  public var lines: [String] = []
+  public var rewards: [(step: Int, loss: Double)] = []
+  public var kls: [(step: Int, loss: Double)] = []
+
+  public init() {}
+
+  /// The lines of an earlier run's file up to phase `last` (a crash may have left later ones).
+  public init(reading url: URL, upTo last: Int) {
+    guard let text = try? String(contentsOf: url, encoding: .utf8) else { return }
+    for line in text.split(separator: "\n") {
+      guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+        let phase = object["phase"] as? Int, let reward = object["reward_mean"] as? Double,
+        let kl = object["kl"] as? Double, phase <= last
+      else { continue }
+      lines.append(String(line))
+      rewards.append((phase, reward))
+      kls.append((phase, kl))
+    }
+  }
+
+  /// Adds a phase's line: `{"phase", "reward_mean", "reward_std", "kl", "entropy", "clipfrac",
+  /// "policy_loss", "value_loss", "samples_per_s", "lr", "rollout_s", "reward_s", "evaluate_s",
+  /// "learn_s", "elapsed_s"}`.
+  public mutating func append(_ report: PhaseReport, elapsed: Double) {
+    let r = report
+    lines.append(
+      "{\"phase\": \(r.phase), \"reward_mean\": \(r.rewardMean), \"reward_std\": \(r.rewardStandardDeviation), \"kl\": \(r.kl), \"entropy\": \(r.entropy), \"clipfrac\": \(r.clipFraction), \"policy_loss\": \(r.policyLoss), \"value_loss\": \(r.valueLoss), \"samples_per_s\": \(r.samplesPerSecond), \"lr\": \(r.learningRate), \"rollout_s\": \(r.seconds.rollout), \"reward_s\": \(r.seconds.reward), \"evaluate_s\": \(r.seconds.evaluation), \"learn_s\": \(r.seconds.learning), \"elapsed_s\": \(elapsed)}"
+    )
+    rewards.append((r.phase, r.rewardMean))
+    kls.append((r.phase, r.kl))
+  }
+
+  /// Two charts side by side: the mean reward and the KL to the reference, per phase.
+  public func svg() -> String {
+    let header = "<svg xmlns=\"http://www.w3.org/2000/svg\" "
+    let left = LossCurve.svg(rewards, title: "mean reward", x: "phase", y: "reward")
+    let right = LossCurve.svg(kls, title: "KL(policy || reference)", x: "phase", y: "KL")
+      .replacingOccurrences(of: header, with: header + "x=\"\(Int(LossCurve.width))\" ")
+    let width = Int(2 * LossCurve.width)
+    let height = Int(LossCurve.height)
+    return header
+      + "width=\"\(width)\" height=\"\(height)\" viewBox=\"0 0 \(width) \(height)\">\n" + left
+      + right + "</svg>\n"
+  }
+}
+
+extension PEFTAdapter {
+  /// Writes the adapter in PEFT's layout to `folder`: adapter_model.safetensors and
+  /// adapter_config.json, each crash-safely.
+  public func save(to folder: URL, config: LlamaConfig, baseModel: String) throws {
+    let peft = try PEFTAdapter.peftTensors(tensors, config: config)
+    let modules = Set(
+      peft.map { name -> String in
+        let parts = name.name.split(separator: ".")
+        return String(parts[parts.count - 3])
+      }
+    ).sorted()
+    let text = """
+      {
+        "base_model_name_or_path": \(jsonString(baseModel)),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "lora_alpha": \(alpha),
+        "lora_dropout": 0.0,
+        "peft_type": "LORA",
+        "r": \(rank),
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "target_modules": [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))],
+        "task_type": "CAUSAL_LM",
+        "use_rslora": \(useRSLoRA)
+      }
+
+      """
+    try SafetensorsFile.write(
+      peft, metadata: ["format": "pt"],
+      to: folder.appendingPathComponent("adapter_model.safetensors"))
+    try writeAtomically(Data(text.utf8), to: folder.appendingPathComponent("adapter_config.json"))
+  }
+}

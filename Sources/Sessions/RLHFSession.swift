@@ -1,0 +1,691 @@
+import Dispatch
+import Foundation
+import IR
+import Models
+import Passes
+import Runtime
+
+/// A rollout scored and evaluated: everything a learning phase reads (the tutorial's
+/// `ReplayMemory`), row-major.
+public struct RolloutEvaluation: Sendable {
+  public var batch: Int
+  public var generated: Int
+  public var vocabulary: Int
+  /// Every row's tokens, prefix then sampled ones, `[batch, prefix + generated]`.
+  public var rows: [[Int32]]
+  /// The rewards as scored and as the advantages use them (normalised when the run says so).
+  public var rewards: [Double]
+  public var normalizedRewards: [Float]
+  /// `[batch, generated]`: the sampled tokens' log-probabilities under the policy, the values,
+  /// the advantages and the returns.
+  public var logprobs: [Float]
+  public var values: [Float]
+  public var advantages: [Float]
+  public var returns: [Float]
+  /// The reference's log-softmax at the predicting positions, `[batch, generated, vocab]`.
+  public var reference: [Float]
+  /// Means over the generated positions of KL(policy || reference) and of the policy's entropy.
+  public var kl: Double
+  public var entropy: Double
+}
+
+/// One minibatch's PPO figures: the objective's terms (as the tutorial names them) and the
+/// gradients' global norm before clipping.
+public struct PPOTerms: Sendable, Hashable {
+  public var objective: Double
+  public var surrogate: Double
+  public var valueLoss: Double
+  public var entropyBonus: Double
+  public var klPenalty: Double
+  public var entropy: Double
+  public var kl: Double
+  public var clipFraction: Double
+}
+
+/// One phase's figures, reported as training goes and written to metrics.jsonl.
+public struct PhaseReport: Sendable {
+  /// The phase just done (from 1) and the last.
+  public var phase: Int
+  public var total: Int
+  public var isFirst: Bool
+  public var rewardMean: Double
+  public var rewardStandardDeviation: Double
+  /// The rollout's mean KL(policy || reference) and policy entropy per generated token.
+  public var kl: Double
+  public var entropy: Double
+  /// Means over the phase's minibatches.
+  public var clipFraction: Double
+  /// `-surrogate`, the policy's loss.
+  public var policyLoss: Double
+  public var valueLoss: Double
+  public var samplesPerSecond: Double
+  public var learningRate: Double
+  public var remainingSeconds: Double
+  /// Where the phase's time went.
+  public var seconds: PhaseSeconds
+  /// A few of the phase's samples, prefix included.
+  public var samples: [String]
+}
+
+/// The seconds of a phase's parts: sampling, scoring, evaluating (policy and reference), learning.
+public struct PhaseSeconds: Sendable, Hashable {
+  public var rollout: Double
+  public var reward: Double
+  public var evaluation: Double
+  public var learning: Double
+}
+
+/// How a call to `train` ended; every ending but an error leaves a checkpoint of the last phase.
+public enum RLHFOutcome: Sendable, Hashable {
+  case finished
+  /// Stopped after the run's `stopAfter` phase.
+  case stopped(phase: Int)
+  case cancelled(phase: Int)
+}
+
+/// RLHF with LoRA: PPO with a value head, the reference policy being the same executables with
+/// the adapter switched off (adapter scale 0), so no second copy of the weights exists.
+///
+/// Three compiled graphs share the mapped weights: the decoding graphs of the rollout (batched
+/// KV-cache prefill and one-token steps), the evaluation graph (log-softmax at the predicting
+/// positions and values, run at scale 1 for the policy and 0 for the reference) and the
+/// differentiated PPO objective with AdamW over the adapter and the value head.
+public final class RLHFSession {
+  public let model: LlamaModel
+  public let tokenizer: Tokenizer
+  public let configuration: RLHFConfiguration
+  /// The prefix's ids (BOS first when the tokenizer asks for it).
+  public let prefix: [Int32]
+  public let trainer: GraphTrainer
+  /// The evaluation graph for a minibatch of rows.
+  public let evaluator: Executable
+  let decoder: DecodeSession
+  /// Trainable parameter names (adapter, then value head), in the order of their gradients.
+  public var parameters: [String] { trainer.parameters }
+  public var sequence: Int { prefix.count + configuration.generated }
+
+  /// Traces, differentiates and compiles the objective, the evaluation and the decoding graphs.
+  public init(model: LlamaModel, tokenizer: Tokenizer, configuration: RLHFConfiguration)
+    throws(SessionError)
+  {
+    try configuration.check()
+    self.model = model
+    self.tokenizer = tokenizer
+    self.configuration = configuration
+    let c = configuration
+    prefix = try tokenizer.prompt(c.prefix, chat: false)
+    try model.checkPrompt(prefix, vocabulary: model.config.vocabularySize, option: "--prefix")
+    let sequence = prefix.count + c.generated
+    if sequence > model.contextLength {
+      throw SessionError(
+        "--prefix and --gen-len make \(sequence) tokens, more than the model's context of "
+          + "\(model.contextLength)")
+    }
+    let forms = PackedForms()
+    let prefixLength = prefix.count
+    let objective = try RLHFSession.objectiveGraph(
+      model: model, configuration: c, prefix: prefixLength)
+    trainer = try wrapping {
+      let executable = try Executable(
+        objective, constants: try model.weights(for: objective), packedForms: forms,
+        target: c.target)
+      return try GraphTrainer(
+        executable,
+        optimizer: OptimizerSettings(
+          learningRate: c.learningRate, weightDecay: c.weightDecay,
+          maxGradientNorm: c.maxGradientNorm))
+    }
+    let lora = trainer.parameters.filter { $0.hasSuffix(".lora_a") }.map { $0.dropLast(7) }
+    if lora.isEmpty {
+      throw SessionError("--targets '\(c.targets)' selects no linear layer of the model")
+    }
+    if let bad = lora.first(where: { !PEFTAdapter.canAdapt(String($0)) }) {
+      throw SessionError(
+        "--targets '\(c.targets)' selects '\(bad)', which a PEFT adapter cannot hold; "
+          + "adaptable: \(PEFTAdapter.adaptableTargets)")
+    }
+    evaluator = try RLHFSession.evaluationExecutable(
+      model: model, configuration: c, prefix: prefixLength, adapted: true, packedForms: forms)
+    decoder = DecodeSession(
+      model: model, context: sequence,
+      adapter: try RLHFSession.adapter(of: trainer, configuration: c), target: c.target)
+    for name in trainer.parameters where name.hasPrefix("value_head.") {
+      trainer.optimizer.parameterLearningRates[name] = c.headLearningRate
+    }
+  }
+
+  /// The differentiated PPO objective for one minibatch, as `lorac dump-ir --rlhf` prints it.
+  public static func objectiveGraph(
+    model: LlamaModel, configuration c: RLHFConfiguration, prefix: Int
+  ) throws(SessionError) -> Graph {
+    try wrapping {
+      let traced = try RLHFGraphs.objective(
+        model.config, batch: c.minibatchSize, prefix: prefix, generated: c.generated,
+        coefficients: c.coefficients, valueHeadSeed: c.valueHeadSeed,
+        weightType: model.storedWeightType)
+      return try parsePipeline(Pipelines.rlhf(c)).run(traced)
+    }
+  }
+
+  /// The rollout's evaluation graph for a minibatch of rows, compiled: with the run's adapter
+  /// (`adapted`; its values are set from the trainer) or with none (the base model).
+  public static func evaluationExecutable(
+    model: LlamaModel, configuration c: RLHFConfiguration, prefix: Int, adapted: Bool,
+    packedForms: PackedForms? = nil
+  ) throws(SessionError) -> Executable {
+    try wrapping {
+      let traced = try RLHFGraphs.evaluation(
+        model.config, batch: c.minibatchSize, prefix: prefix, generated: c.generated,
+        valueHeadSeed: c.valueHeadSeed, weightType: model.storedWeightType)
+      let pipeline = adapted ? Pipelines.rlhfEvaluation(c) : "fuse,dce"
+      let graph = try parsePipeline(pipeline).run(traced)
+      return try Executable(
+        graph, constants: try model.weights(for: graph), packedForms: packedForms,
+        target: c.target)
+    }
+  }
+
+  // MARK: - Parameters
+
+  /// The adapter as trained so far (lorac's names and layout).
+  public func currentAdapter() throws(SessionError) -> PEFTAdapter {
+    try RLHFSession.adapter(of: trainer, configuration: configuration)
+  }
+
+  private static func adapter(of trainer: GraphTrainer, configuration: RLHFConfiguration)
+    throws(SessionError) -> PEFTAdapter
+  {
+    let parameters = trainer.parameters
+    var tensors: [String: HostTensor] = [:]
+    for name in parameters where !name.hasPrefix("value_head.") {
+      tensors[name] = try wrapping { try trainer.executable.value(named: name) }
+    }
+    let targets = parameters.filter { $0.hasSuffix(".lora_a") }.map { String($0.dropLast(7)) }
+    return PEFTAdapter(
+      rank: configuration.rank, alpha: configuration.alpha, useRSLoRA: configuration.rsLoRA,
+      targets: targets, tensors: tensors)
+  }
+
+  /// Replaces trainable parameters by name (a resume, or a test's fixed values).
+  public func setParameters(_ tensors: [String: HostTensor]) throws(SessionError) {
+    for (name, tensor) in tensors {
+      guard parameters.contains(name) else {
+        throw SessionError("the RLHF session has no parameter '\(name)'")
+      }
+      try wrapping { try trainer.executable.set(name, tensor) }
+    }
+  }
+
+  /// Copies the trained parameters into the evaluation and decoding graphs.
+  func synchronize() throws(SessionError) {
+    for name in parameters {
+      let tensor = try wrapping { try trainer.executable.value(named: name) }
+      try wrapping { try evaluator.set(name, tensor) }
+    }
+    try decoder.setAdapter(try currentAdapter())
+  }
+
+  // MARK: - One phase, step by step
+
+  /// A seed for one purpose in one phase, so a resumed run draws what the first run would have.
+  func seed(_ purpose: UInt64, phase: Int) -> UInt64 {
+    var generator = SplitMix64(
+      seed: configuration.seed &* 0x9E37_79B9_7F4A_7C15 ^ (purpose << 32 | UInt64(phase)))
+    return generator.next()
+  }
+
+  /// Samples `batch` rows of `generated` tokens after the prefix with the adapter on: one batched
+  /// prefill, then one-token steps over the KV cache, never stopping at end-of-sequence.
+  public func rollout(phase: Int) throws(SessionError) -> [[Int32]] {
+    try synchronize()
+    let c = configuration
+    let (batch, length, context) = (c.batch, prefix.count, sequence)
+    let vocabulary = model.config.vocabularySize
+    var sampler = RolloutSampler(
+      temperature: c.temperature, topK: c.topK, seed: seed(1, phase: phase))
+    var generated = [[Int32]](repeating: [], count: batch)
+    try wrapping {
+      let prefill = try decoder.compile(tokens: length, batch: batch, last: true)
+      var mask = [Int32](repeating: 0, count: batch * length * context)
+      for row in 0..<batch {
+        for t in 0..<length { for s in 0...t { mask[(row * length + t) * context + s] = 1 } }
+      }
+      try prefill.set(
+        "tokens",
+        HostTensor(shape: [batch, length], ints: Array((0..<batch).map { _ in prefix }.joined())))
+      try prefill.set(
+        "positions",
+        HostTensor(
+          shape: [batch, length],
+          ints: Array((0..<batch).map { _ in (0..<length).map { Int32($0) } }.joined())))
+      try prefill.set("cache_start", HostTensor(shape: [4], ints: [0, 0, 0, 0]))
+      try prefill.set("key_mask", HostTensor(shape: [batch, length, context], ints: mask))
+      try prefill.execute()
+      var logits = prefill.outputAddress(0).assumingMemoryBound(to: Float.self)
+      var next = (0..<batch).map { sampler.next(logits + $0 * vocabulary, count: vocabulary) }
+      guard c.generated > 1 else {
+        for row in 0..<batch { generated[row] = [next[row]] }
+        return
+      }
+      let step = try decoder.compile(tokens: 1, batch: batch)
+      try step.copyState(from: prefill)
+      var stepMask = [Int32](repeating: 0, count: batch * context)
+      for k in 0..<c.generated {
+        for row in 0..<batch { generated[row].append(next[row]) }
+        if k == c.generated - 1 { break }
+        let slot = length + k
+        for row in 0..<batch { for s in 0...slot { stepMask[row * context + s] = 1 } }
+        try step.set("tokens", HostTensor(shape: [batch, 1], ints: next))
+        try step.set(
+          "positions",
+          HostTensor(shape: [batch, 1], ints: [Int32](repeating: Int32(slot), count: batch)))
+        try step.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
+        try step.set("key_mask", HostTensor(shape: [batch, 1, context], ints: stepMask))
+        try step.execute()
+        logits = step.outputAddress(0).assumingMemoryBound(to: Float.self)
+        next = (0..<batch).map { sampler.next(logits + $0 * vocabulary, count: vocabulary) }
+      }
+    }
+    return generated.map { prefix + $0 }
+  }
+
+  /// The completions' text (the sampled tokens decoded) of full rows.
+  public func completions(_ rows: [[Int32]]) -> [String] {
+    rows.map { tokenizer.decode(Array($0.dropFirst(prefix.count))) }
+  }
+
+  /// Evaluates a scored rollout without gradients: the policy's log-probabilities and values
+  /// (adapter on), the reference's log-softmax (adapter scale 0, same executable), then the
+  /// normalised rewards, the advantages and the returns (rlhf.md, step 2).
+  public func evaluate(rows: [[Int32]], rewards: [Double]) throws(SessionError)
+    -> RolloutEvaluation
+  {
+    let c = configuration
+    let (batch, generated, length) = (c.batch, c.generated, prefix.count)
+    let vocabulary = model.config.vocabularySize
+    guard rows.count == batch, rewards.count == batch,
+      rows.allSatisfy({ $0.count == sequence && Array($0.prefix(length)) == prefix })
+    else {
+      throw SessionError(
+        "an RLHF evaluation takes \(batch) rows of \(sequence) tokens that start with the prefix, "
+          + "and \(batch) rewards")
+    }
+    let vocabularyRange = 0..<Int32(vocabulary)
+    if let bad = rows.joined().first(where: { !vocabularyRange.contains($0) }) {
+      throw SessionError("rollout: token \(bad) is out of range 0..<\(vocabulary)")
+    }
+    try synchronize()
+    let chunk = c.minibatchSize
+    let perRow = generated * vocabulary
+    var logprobs = [Float](repeating: 0, count: batch * generated)
+    var values = [Float](repeating: 0, count: batch * generated)
+    var reference = [Float](repeating: 0, count: batch * perRow)
+    var policy = [Float](repeating: 0, count: chunk * perRow)
+    var (kl, entropy) = (0.0, 0.0)
+    for first in stride(from: 0, to: batch, by: chunk) {
+      let tokens = Array(rows[first..<(first + chunk)].joined())
+      try wrapping {
+        try evaluator.set("tokens", HostTensor(shape: [chunk, sequence], ints: tokens))
+        try evaluator.set("positions", positions(rows: chunk))
+        try Sessions.setAdapterScale(1, of: evaluator)
+        try evaluator.execute()
+      }
+      let out = evaluator.outputAddress(0).assumingMemoryBound(to: Float.self)
+      policy.withUnsafeMutableBufferPointer {
+        $0.baseAddress?.update(from: out, count: chunk * perRow)
+      }
+      let valuesOut = evaluator.outputAddress(1).assumingMemoryBound(to: Float.self)
+      for index in 0..<(chunk * generated) {
+        values[first * generated + index] = valuesOut[index]
+        let (row, t) = (index / generated, index % generated)
+        let token = Int(rows[first + row][length + t])
+        logprobs[first * generated + index] = policy[index * vocabulary + token]
+      }
+      try wrapping {
+        try Sessions.setAdapterScale(0, of: evaluator)
+        try evaluator.execute()
+      }
+      let referenceOut = evaluator.outputAddress(0).assumingMemoryBound(to: Float.self)
+      reference.withUnsafeMutableBufferPointer {
+        $0.baseAddress?.advanced(by: first * perRow).update(
+          from: referenceOut, count: chunk * perRow)
+      }
+      for index in 0..<(chunk * perRow) {
+        let logP = Double(policy[index])
+        let p = exp(logP)
+        kl += p * (logP - Double(referenceOut[index]))
+        entropy -= p * logP
+      }
+    }
+    try wrapping { try Sessions.setAdapterScale(1, of: evaluator) }
+    let positionsCount = Double(batch * generated)
+    let normalized = normalizedRewards(rewards)
+    let (advantages, returns) = RLHFSession.advantages(
+      values: values, rewards: normalized, generated: generated, gamma: Float(c.gamma),
+      lambda: Float(c.gaeLambda))
+    return RolloutEvaluation(
+      batch: batch, generated: generated, vocabulary: vocabulary, rows: rows, rewards: rewards,
+      normalizedRewards: normalized, logprobs: logprobs, values: values, advantages: advantages,
+      returns: returns, reference: reference, kl: kl / positionsCount,
+      entropy: entropy / positionsCount)
+  }
+
+  /// `(r - mean) / (std + 1e-5)` with Bessel's correction, when the run normalises rewards.
+  func normalizedRewards(_ rewards: [Double]) -> [Float] {
+    guard configuration.normalizeReward else { return rewards.map { Float($0) } }
+    let (mean, deviation) = meanAndDeviation(rewards)
+    return rewards.map { Float(($0 - mean) / (deviation + 1e-5)) }
+  }
+
+  /// Advantages by generalised advantage estimation over each row's generated positions.
+  ///
+  /// Returns are `A + V`. The reward comes at the last token and the value after it is 0:
+  /// `delta[t] = gamma V[t+1] - V[t]` (`reward - V[last]` at the last), `A[t] = delta[t] +
+  /// gamma lambda A[t+1]`. Lambda 0, gamma 1 is the tutorial's one-step estimate.
+  public static func advantages(
+    values: [Float], rewards: [Float], generated: Int, gamma: Float, lambda: Float
+  ) -> (advantages: [Float], returns: [Float]) {
+    var advantages = [Float](repeating: 0, count: values.count)
+    var returns = advantages
+    for row in rewards.indices {
+      let base = row * generated
+      var next: Float = 0
+      for t in stride(from: generated - 1, through: 0, by: -1) {
+        let delta =
+          t == generated - 1
+          ? rewards[row] - values[base + t]
+          : (gamma == 1 ? values[base + t + 1] : gamma * values[base + t + 1]) - values[base + t]
+        let advantage = t == generated - 1 || lambda == 0 ? delta : delta + gamma * lambda * next
+        advantages[base + t] = advantage
+        returns[base + t] = advantage + values[base + t]
+        next = advantage
+      }
+    }
+    return (advantages, returns)
+  }
+
+  /// The positions input of `rows` rows, counting from 0 in each.
+  func positions(rows: Int) -> HostTensor {
+    HostTensor(
+      shape: [rows, sequence],
+      ints: Array((0..<rows).map { _ in (0..<sequence).map { Int32($0) } }.joined()))
+  }
+
+  /// Runs the objective and its gradients on the minibatch of `rows` (indices into the rollout)
+  /// without updating anything; the gradients wait in the trainer's outputs for `update()`.
+  public func objective(_ rollout: RolloutEvaluation, rows: [Int]) throws(SessionError)
+    -> PPOTerms
+  {
+    let c = configuration
+    guard rows.count == c.minibatchSize, rows.allSatisfy({ rollout.rows.indices.contains($0) })
+    else {
+      throw SessionError(
+        "a PPO minibatch takes \(c.minibatchSize) row indices below \(rollout.batch), got \(rows)")
+    }
+    let (generated, vocabulary) = (rollout.generated, rollout.vocabulary)
+    func pick(_ values: [Float], width: Int) -> HostTensor {
+      var picked: [Float] = []
+      picked.reserveCapacity(rows.count * width)
+      for row in rows { picked += values[(row * width)..<((row + 1) * width)] }
+      return HostTensor(
+        shape: width == generated ? [rows.count, generated] : [rows.count, generated, vocabulary],
+        floats: picked)
+    }
+    let inputs: [String: HostTensor] = [
+      "tokens": HostTensor(
+        shape: [rows.count, sequence], ints: Array(rows.map { rollout.rows[$0] }.joined())),
+      "positions": positions(rows: rows.count),
+      "mask": HostTensor(
+        shape: [rows.count, generated],
+        floats: [Float](repeating: 1, count: rows.count * generated)),
+      "old_logprobs": pick(rollout.logprobs, width: generated),
+      "advantages": pick(rollout.advantages, width: generated),
+      "returns": pick(rollout.returns, width: generated),
+      "reference_logprobs": pick(rollout.reference, width: generated * vocabulary),
+    ]
+    _ = try trainer.run(inputs)
+    let figures = (0..<RLHFGraphs.objectiveOutputs.count).map {
+      Double(trainer.executable.outputAddress($0).assumingMemoryBound(to: Float.self).pointee)
+    }
+    return PPOTerms(
+      objective: -figures[0], surrogate: figures[1], valueLoss: figures[2],
+      entropyBonus: figures[3], klPenalty: figures[4], entropy: figures[5], kl: figures[6],
+      clipFraction: figures[7])
+  }
+
+  /// The gradients of the objective J (to maximise) of the last `objective` run, by parameter.
+  public func objectiveGradients() -> [String: [Float]] {
+    let first = trainer.executable.graph.outputs.count - parameters.count
+    var result: [String: [Float]] = [:]
+    for (index, name) in parameters.enumerated() {
+      result[name] = trainer.executable.output(first + index).floats().map { -$0 }
+    }
+    return result
+  }
+
+  /// One optimizer step (AdamW maximising J, gradients clipped) at phase `phase`'s learning
+  /// rates from the last `objective` run; returns the gradients' norm before clipping.
+  @discardableResult
+  public func update(phase: Int) -> Double {
+    let factor = configuration.learningRateFactor(phase: phase)
+    let optimizer = trainer.optimizer
+    optimizer.learningRate = configuration.learningRate * factor
+    for name in parameters where name.hasPrefix("value_head.") {
+      optimizer.parameterLearningRates[name] = configuration.headLearningRate * factor
+    }
+    return trainer.update()
+  }
+
+  /// The minibatches of one learning phase: `batchesPerPhase` shuffles of the rows, each cut
+  /// into `minibatches` runs.
+  public func minibatches(phase: Int) -> [[Int]] {
+    let c = configuration
+    var generator = SplitMix64(seed: seed(2, phase: phase))
+    var result: [[Int]] = []
+    for _ in 0..<c.batchesPerPhase {
+      var order = Array(0..<c.batch)
+      order.shuffle(using: &generator)
+      for m in 0..<c.minibatches {
+        result.append(Array(order[(m * c.minibatchSize)..<((m + 1) * c.minibatchSize)]))
+      }
+    }
+    return result
+  }
+
+  /// The learning phase (rlhf.md, step 3): one optimizer step per minibatch; returns the mean
+  /// terms over the minibatches.
+  public func learn(_ rollout: RolloutEvaluation, phase: Int) throws(SessionError) -> PPOTerms {
+    var sums = [Double](repeating: 0, count: 8)
+    let batches = minibatches(phase: phase)
+    for rows in batches {
+      let terms = try objective(rollout, rows: rows)
+      let figures = [
+        terms.objective, terms.surrogate, terms.valueLoss, terms.entropyBonus, terms.klPenalty,
+        terms.entropy, terms.kl, terms.clipFraction,
+      ]
+      if let bad = figures.first(where: { !$0.isFinite }) {
+        throw SessionError(
+          "the PPO objective is \(bad) in phase \(phase + 1); lower --lr or --head-lr")
+      }
+      for index in sums.indices { sums[index] += figures[index] }
+      update(phase: phase)
+    }
+    let mean = sums.map { $0 / Double(batches.count) }
+    return PPOTerms(
+      objective: mean[0], surrogate: mean[1], valueLoss: mean[2], entropyBonus: mean[3],
+      klPenalty: mean[4], entropy: mean[5], kl: mean[6], clipFraction: mean[7])
+  }
+
+  // MARK: - The loop
+
+  /// Runs phases `resume.phase + 1 ... phases` (rollout, reward, evaluation, learning).
+  ///
+  /// Appends
+  /// one JSON line per phase to `folder/metrics.jsonl` and writes a checkpoint (PEFT adapter,
+  /// value head, state, metrics, reward curve) every `saveEvery` phases, at the end, and when
+  /// `cancellation` is requested or after phase `stopAfter` (after the phase under way; the
+  /// schedule still spans `phases`). A failing reward leaves the last checkpoint as it was.
+  public func train(
+    reward: RewardFunction, folder: URL, saveEvery: Int, stopAfter: Int? = nil,
+    resume: RLHFState?, record: CheckpointRecord, cancellation: Cancellation? = nil,
+    shownSamples: Int = 3,
+    progress: (PhaseReport) -> Void = { _ in }
+  ) throws(SessionError) -> RLHFOutcome {
+    try SettingChecks.atLeast(1, [("--save-every", saveEvery)])
+    let c = configuration
+    var firstPhase = 0
+    var elapsedBefore = 0.0
+    var metrics = RLHFMetrics()
+    if let state = resume {
+      try restore(state, folder: folder)
+      firstPhase = state.phase
+      elapsedBefore = state.elapsed
+      metrics = RLHFMetrics(
+        reading: folder.appendingPathComponent("metrics.jsonl"), upTo: state.phase)
+    }
+    let start = DispatchTime.now().uptimeNanoseconds
+    for phase in firstPhase..<c.phases {
+      let phaseStart = DispatchTime.now().uptimeNanoseconds
+      func seconds(since start: UInt64) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+      }
+      let rows = try rollout(phase: phase)
+      let completions = completions(rows)
+      let rolloutSeconds = seconds(since: phaseStart)
+      let rewardStart = DispatchTime.now().uptimeNanoseconds
+      let rewards = try reward.rewards(prompt: c.prefix, completions: completions)
+      let rewardSeconds = seconds(since: rewardStart)
+      let evaluationStart = DispatchTime.now().uptimeNanoseconds
+      let rollout = try evaluate(rows: rows, rewards: rewards)
+      let evaluationSeconds = seconds(since: evaluationStart)
+      let learningStart = DispatchTime.now().uptimeNanoseconds
+      let terms = try learn(rollout, phase: phase)
+      let learningSeconds = seconds(since: learningStart)
+      let now = DispatchTime.now().uptimeNanoseconds
+      let session = Double(now - start) / 1e9
+      let (mean, deviation) = meanAndDeviation(rewards)
+      let report = PhaseReport(
+        phase: phase + 1, total: c.phases, isFirst: phase == firstPhase, rewardMean: mean,
+        rewardStandardDeviation: deviation, kl: rollout.kl, entropy: rollout.entropy,
+        clipFraction: terms.clipFraction, policyLoss: -terms.surrogate,
+        valueLoss: terms.valueLoss,
+        samplesPerSecond: Double(c.batch) / (Double(now - phaseStart) / 1e9),
+        learningRate: c.learningRate * c.learningRateFactor(phase: phase),
+        remainingSeconds: session / Double(phase + 1 - firstPhase) * Double(c.phases - phase - 1),
+        seconds: PhaseSeconds(
+          rollout: rolloutSeconds, reward: rewardSeconds, evaluation: evaluationSeconds,
+          learning: learningSeconds),
+        samples: completions.prefix(shownSamples).map { c.prefix + $0 })
+      metrics.append(report, elapsed: elapsedBefore + session)
+      progress(report)
+      let cancelled = cancellation?.isCancelled ?? false
+      let stopping = cancelled || phase + 1 == stopAfter
+      if (phase + 1) % saveEvery == 0 || phase + 1 == c.phases || stopping {
+        try checkpoint(
+          folder: folder,
+          state: RLHFState(
+            phase: phase + 1, optimizerStep: trainer.optimizer.step,
+            elapsed: elapsedBefore + session, threads: Threads.count, settings: record.settings,
+            modelFingerprint: record.modelFingerprint, reward: reward.description,
+            parameters: [:], firstMoments: [:], secondMoments: [:]),
+          metrics: metrics)
+      }
+      if stopping && phase + 1 < c.phases {
+        return cancelled ? .cancelled(phase: phase + 1) : .stopped(phase: phase + 1)
+      }
+    }
+    return .finished
+  }
+
+  /// Puts a saved state's parameters and moments back.
+  func restore(_ state: RLHFState, folder: URL) throws(SessionError) {
+    for name in parameters {
+      guard let tensor = state.parameters[name], let first = state.firstMoments[name],
+        let second = state.secondMoments[name]
+      else {
+        throw SessionError("\(folder.path)/\(RLHFState.fileName): no tensor '\(name)'")
+      }
+      do {
+        try trainer.executable.set(name, tensor)
+        try trainer.optimizer.setMoments(of: name, first: first, second: second)
+      } catch {
+        throw SessionError("\(folder.path)/\(RLHFState.fileName): \(error.message)")
+      }
+    }
+    trainer.optimizer.step = state.optimizerStep
+  }
+
+  // MARK: - Checkpoints
+
+  /// The files a checkpoint writes, in order: the state last, so it never claims a phase the
+  /// other files lack.
+  public static let checkpointFiles = [
+    "metrics.jsonl", "reward.svg", "adapter_model.safetensors", "adapter_config.json",
+    "value_head.safetensors", RLHFState.fileName,
+  ]
+
+  private var clearedStaleFiles = false
+
+  /// Writes metrics.jsonl, reward.svg, the PEFT adapter, value_head.safetensors and, last, the
+  /// state, each crash-safely (temporary file, flush, rename).
+  public func checkpoint(folder: URL, state: RLHFState, metrics: RLHFMetrics) throws(SessionError) {
+    do {
+      try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+    } catch {
+      throw SessionError("\(folder.path): cannot create the folder: \(error.localizedDescription)")
+    }
+    if !clearedStaleFiles {
+      removeStaleTemporaryFiles(in: folder, for: RLHFSession.checkpointFiles)
+      clearedStaleFiles = true
+    }
+    var state = state
+    for name in parameters {
+      state.parameters[name] = try wrapping { try trainer.executable.value(named: name) }
+      guard let moments = trainer.optimizer.moments(of: name) else { continue }
+      state.firstMoments[name] = moments.first
+      state.secondMoments[name] = moments.second
+    }
+    try wrapping {
+      try writeAtomically(
+        Data(metrics.lines.map { $0 + "\n" }.joined().utf8),
+        to: folder.appendingPathComponent("metrics.jsonl"))
+      try writeAtomically(
+        Data(metrics.svg().utf8), to: folder.appendingPathComponent("reward.svg"))
+      try currentAdapter().save(
+        to: folder, config: model.config,
+        baseModel: configuration.baseModel ?? model.file.baseModelName)
+      try saveValueHead(to: folder.appendingPathComponent("value_head.safetensors"))
+      try state.write(to: folder)
+    }
+  }
+
+  /// Writes the value head in PyTorch's layout and names (`value_head.0.weight` `[4d, d]`, ...),
+  /// loadable into the tutorial's `nn.Sequential` after stripping `value_head.`.
+  public func saveValueHead(to url: URL) throws(SessionError) {
+    var tensors: [(name: String, tensor: HostTensor)] = []
+    for name in parameters where name.hasPrefix("value_head.") {
+      let tensor = try wrapping { try trainer.executable.value(named: name) }
+      let shape = tensor.type.shape
+      if shape.count == 2 {
+        let (rows, columns) = (shape[0], shape[1])
+        let values = tensor.floats()
+        var transposed = [Float](repeating: 0, count: values.count)
+        for r in 0..<rows {
+          for k in 0..<columns { transposed[k * rows + r] = values[r * columns + k] }
+        }
+        tensors.append((name, HostTensor(shape: [columns, rows], floats: transposed)))
+      } else {
+        tensors.append((name, tensor))
+      }
+    }
+    try wrapping { try SafetensorsFile.write(tensors, metadata: ["format": "pt"], to: url) }
+  }
+}
+
+/// `mean` and the standard deviation with Bessel's correction (0 for fewer than 2 values).
+func meanAndDeviation(_ values: [Double]) -> (mean: Double, deviation: Double) {
+  let mean = values.reduce(0, +) / Double(max(1, values.count))
+  guard values.count > 1 else { return (mean, 0) }
+  let variance = values.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(values.count - 1)
+  return (mean, variance.squareRoot())
+}
