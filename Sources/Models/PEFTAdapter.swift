@@ -505,3 +505,40 @@ func transpose(_ values: [Float], rows: Int, columns: Int) -> [Float] {
   }
   return result
 }
+
+extension PEFTAdapter {
+  /// Writes the adapter in PEFT's layout to `folder`: adapter_model.safetensors and
+  /// adapter_config.json (with `"per_head": true` for a per-head adapter), each crash-safely.
+  public func save(to folder: URL, config: LlamaConfig, baseModel: String) throws {
+    let peft = try PEFTAdapter.peftTensors(tensors, config: config)
+    let modules = Set(
+      peft.map { name -> String in
+        let parts = name.name.split(separator: ".")
+        return String(parts[parts.count - 3])
+      }
+    ).sorted()
+    let text = """
+      {
+        "base_model_name_or_path": \(jsonString(baseModel)),
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "lora_alpha": \(alpha),
+        "lora_dropout": 0.0,
+        "peft_type": "LORA",\(perHead ? "\n  \"per_head\": true," : "")
+        "r": \(rank),
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "target_modules": [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))],
+        "task_type": "CAUSAL_LM",
+        "use_rslora": \(useRSLoRA)
+      }
+
+      """
+    try SafetensorsFile.write(
+      peft, metadata: ["format": "pt"],
+      to: folder.appendingPathComponent("adapter_model.safetensors"))
+    try writeAtomically(Data(text.utf8), to: folder.appendingPathComponent("adapter_config.json"))
+  }
+}

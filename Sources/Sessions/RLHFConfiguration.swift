@@ -9,6 +9,8 @@ public struct RLHFConfiguration: Sendable, Hashable {
   public var alpha = 32.0
   public var targets = "layers.*.attn.{q,k,v,o}"
   public var rsLoRA = false
+  /// One LoRA instance per attention head, as the tutorial's `LoraHooks` (q, k, v, o only).
+  public var perHead = false
   // The rollout.
   public var prefix = "This is"
   /// Samples per phase (`batch_size`).
@@ -104,6 +106,7 @@ public struct RLHFConfiguration: Sendable, Hashable {
   public var settings: [String: String] {
     [
       "rank": String(rank), "alpha": String(alpha), "targets": targets, "rslora": String(rsLoRA),
+      "per-head": String(perHead),
       "prefix": prefix, "batch": String(batch), "gen-len": String(generated),
       "temperature": String(temperature), "top-k": topK.map(String.init) ?? "none",
       "batches-per-phase": String(batchesPerPhase), "minibatches": String(minibatches),
@@ -124,26 +127,28 @@ extension Pipelines {
   public static func rlhf(_ c: RLHFConfiguration) -> String {
     training(
       rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed,
-      rsLoRA: c.rsLoRA ? true : nil
+      rsLoRA: c.rsLoRA ? true : nil, perHead: c.perHead ? true : nil
     ).replacingOccurrences(of: "},freeze,", with: "},freeze{trainable=\(RLHFGraphs.trainable)},")
   }
 
   /// The rollout evaluation's pipeline: the same adapter (values set from the trainer), fused so
   /// the adapter scale switches it off, no gradients.
   public static func rlhfEvaluation(_ c: RLHFConfiguration) -> String {
-    adapted(rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed, rsLoRA: c.rsLoRA)
+    adapted(
+      rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed, rsLoRA: c.rsLoRA,
+      perHead: c.perHead)
   }
 
   /// A `lora` pass then `passes` with no `freeze`: the adapter's parameters stay parameters, set
   /// by name from a trainer; `fuse` makes its branches switchable by the adapter scale.
   public static func adapted(
-    rank: Int, alpha: Double, targets: String, seed: UInt64, rsLoRA: Bool,
+    rank: Int, alpha: Double, targets: String, seed: UInt64, rsLoRA: Bool, perHead: Bool = false,
     passes: String = "fuse,dce"
   ) -> String {
     // `training` writes `lora{...},freeze,PASSES`; a target glob never holds "},freeze,".
     training(
       rank: rank, alpha: alpha, targets: targets, seed: seed, rsLoRA: rsLoRA ? true : nil,
-      passes: passes
+      perHead: perHead ? true : nil, passes: passes
     ).replacingOccurrences(of: "},freeze,", with: "},")
   }
 }

@@ -203,7 +203,7 @@ public final class RLHFSession {
     let targets = parameters.filter { $0.hasSuffix(".lora_a") }.map { String($0.dropLast(7)) }
     return PEFTAdapter(
       rank: configuration.rank, alpha: configuration.alpha, useRSLoRA: configuration.rsLoRA,
-      targets: targets, tensors: tensors)
+      targets: targets, tensors: tensors, perHead: configuration.perHead)
   }
 
   /// Replaces trainable parameters by name (a resume, or a test's fixed values).

@@ -410,43 +410,9 @@ public final class TrainingSession {
   /// Writes the adapter in PEFT's layout to `folder`: adapter_model.safetensors and
   /// adapter_config.json (the configuration's rank and alpha).
   public func saveAdapter(to folder: URL) throws(SessionError) {
-    let (rank, alpha) = (configuration.rank, configuration.alpha)
+    let adapter = try adapter()
     let baseModel = configuration.baseModel ?? model.file.baseModelName
-    try wrapping {
-      var tensors: [String: HostTensor] = [:]
-      for name in parameters { tensors[name] = try executable.value(named: name) }
-      let peft = try PEFTAdapter.peftTensors(tensors, config: model.config)
-      let modules = Set(
-        peft.map { name -> String in
-          let parts = name.name.split(separator: ".")
-          return String(parts[parts.count - 3])
-        }
-      ).sorted()
-      let config = """
-        {
-          "base_model_name_or_path": \(jsonString(baseModel)),
-          "bias": "none",
-          "fan_in_fan_out": false,
-          "inference_mode": true,
-          "init_lora_weights": true,
-          "lora_alpha": \(alpha),
-          "lora_dropout": 0.0,
-          "peft_type": "LORA",\(configuration.perHead ? "\n  \"per_head\": true," : "")
-          "r": \(rank),
-          "rank_pattern": {},
-          "alpha_pattern": {},
-          "target_modules": [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))],
-          "task_type": "CAUSAL_LM",
-          "use_rslora": \(configuration.rsLoRA)
-        }
-
-        """
-      try SafetensorsFile.write(
-        peft, metadata: ["format": "pt"],
-        to: folder.appendingPathComponent("adapter_model.safetensors"))
-      try writeAtomically(
-        Data(config.utf8), to: folder.appendingPathComponent("adapter_config.json"))
-    }
+    try wrapping { try adapter.save(to: folder, config: model.config, baseModel: baseModel) }
   }
 }
 

@@ -103,6 +103,13 @@ struct RLHF: ParsableCommand {
     help: "Scale the LoRA branch by alpha / sqrt(rank) (rsLoRA) instead of alpha / rank.")
   var rsLoRA = false
 
+  @Flag(
+    name: .customLong("per-head"),
+    help:
+      "One LoRA instance per attention head (q, o: per query head; k, v: per key/value head), as the TransformerLens tutorial's LoraHooks."
+  )
+  var perHead = false
+
   @Option(parsing: .unconditional, help: "Phases (rollout + learning) in all.")
   var phases = defaults.phases
 
@@ -160,7 +167,7 @@ struct RLHF: ParsableCommand {
       clip: clip, valueFunction: vfCoef, entropy: entCoef, kl: klCoef)
     (c.learningRate, c.headLearningRate, c.warmup, c.finalScale) = (lr, headLr, warmup, finalScale)
     (c.maxGradientNorm, c.gaeLambda, c.gamma) = (maxGradNorm, gaeLambda, gamma)
-    (c.rank, c.alpha, c.targets, c.rsLoRA) = (rank, alpha, targets, rsLoRA)
+    (c.rank, c.alpha, c.targets, c.rsLoRA, c.perHead) = (rank, alpha, targets, rsLoRA, perHead)
     (c.phases, c.seed, c.baseModel) = (phases, seed, baseModel)
     return c
   }

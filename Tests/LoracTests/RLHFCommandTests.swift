@@ -212,3 +212,27 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
   let state = try Data(contentsOf: out.appendingPathComponent("rlhf_state.safetensors"))
   #expect(String(decoding: state.prefix(4096), as: UTF8.self).contains("\"phase\":\"\(phase)\""))
 }
+
+@Test func rlhfTrainsAPerHeadAdapterWithTheAdapterOffAsReference() throws {
+  // The tutorial's own form: LoraHooks, one instance per head; the reference is the same graph at
+  // adapter scale 0 (per-head branches take it through %adapter_scale).
+  let out = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: out) }
+  let result = try lorac(
+    ["rlhf", try modelPath(), "--reward", "char-count:e", "--phases", "2", "--per-head"]
+      + tinyRLHF + ["--out", out.path])
+  #expect(result.status == 0, "\(result.stderr)")
+  let config = try String(
+    contentsOf: out.appendingPathComponent("adapter_config.json"), encoding: .utf8)
+  #expect(config.contains("\"per_head\": true"), "\(config)")
+  // The first phase's rollout comes from the untrained adapter (B = 0): its KL to the reference
+  // is 0, and the second phase's (after one learning phase) is not.
+  let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+    .split(separator: "\n")
+  let kl = try lines.map { line in
+    try #require(
+      (try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["kl"]
+        as? Double)
+  }
+  #expect(kl.count == 2 && kl[0] == 0 && kl[1] != 0, "\(kl)")
+}
