@@ -143,7 +143,8 @@ public struct PEFTAdapter: Sendable {
       }
       let aValues = a.floats()
       var bValues = b.floats()
-      if target.hasSuffix("attn.q") || target.hasSuffix("attn.k") {
+      // A Hugging Face folder's q/k rows are in PEFT's order already (no interleaved RoPE).
+      if config.interleavedRope && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
         bValues = PEFTAdapter.permuteRowsForGGUF(
           bValues, rows: outputs, columns: rank, heads: heads)
@@ -277,7 +278,9 @@ public struct PEFTAdapter: Sendable {
       else { throw FileError(message: "'\(name)' does not name a Llama linear layer") }
       let (rows, columns) = (tensor.type.shape[0], tensor.type.shape[1])
       var values = transpose(tensor.floats(), rows: rows, columns: columns)
-      if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
+      if !isA && config.interleavedRope
+        && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k"))
+      {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
         values = permuteRowsForGGUF(
           values, rows: columns, columns: rows, heads: heads, inverse: true)

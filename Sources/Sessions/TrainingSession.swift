@@ -370,7 +370,7 @@ public final class TrainingSession {
   /// adapter_config.json (the configuration's rank and alpha).
   public func saveAdapter(to folder: URL) throws(SessionError) {
     let (rank, alpha) = (configuration.rank, configuration.alpha)
-    let baseModel = configuration.baseModel ?? model.file.baseModelName
+    let baseModel = configuration.baseModel ?? model.baseModelName
     try wrapping {
       var tensors: [String: HostTensor] = [:]
       for name in parameters { tensors[name] = try executable.value(named: name) }

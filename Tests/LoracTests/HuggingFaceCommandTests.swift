@@ -1,0 +1,53 @@
+import Foundation
+import TestSupport
+import Testing
+
+// The commands on a Hugging Face folder (the tiny random Llama of make_hf_fixtures.py).
+
+private let tinyLlama = huggingFaceFixtures.appendingPathComponent("tiny-llama").path
+private let tinyLlamaBF16 = huggingFaceFixtures.appendingPathComponent("tiny-llama-bf16").path
+
+@Test func inspectSummarisesAFolderAsAGGUF() throws {
+  let text = try lorac(["inspect", tinyLlamaBF16])
+  #expect(text.status == 0, "\(text.stderr)")
+  #expect(
+    text.stdout.hasPrefix("\(tinyLlamaBF16): Hugging Face folder, 4 safetensors files, llama"))
+  #expect(text.stdout.contains("vocab 700, embedding 64, 2 layers, 4 heads (2 key/value), ffn 128"))
+  #expect(text.stdout.contains("separate output head"))
+  #expect(
+    text.stdout.contains(
+      "pre-tokenizer Split+ByteLevel, 700 tokens, bos 0 <|begin_of_text|> (added)"))
+  #expect(text.stdout.contains("model.layers.1.self_attn.k_proj.weight"))
+  let json = try lorac(["inspect", tinyLlama, "--json"])
+  let object = try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any]
+  #expect((object?["tensors"] as? [Any])?.count == 21)
+  #expect(object?["format"] as? String == "huggingface")
+  #expect((object?["hyperparameters"] as? [String: Any])?["head_count_kv"] as? Int == 2)
+}
+
+private struct TinyFixture: Decodable {
+  struct Prompt: Decodable {
+    var text: String
+    var ids: [Int32]
+    var greedy: [Int32]
+  }
+  var prompts: [Prompt]
+}
+
+/// `lorac generate` decodes with the KV cache; its greedy tokens are transformers'.
+@Test func generateOnAFolderMatchesTransformersGreedy() throws {
+  let fixture = try JSONDecoder().decode(
+    TinyFixture.self,
+    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent("tiny-llama.json")))
+  for prompt in fixture.prompts {
+    // The prompt's text through the folder's tokenizer.json, BOS added.
+    let result = try lorac([
+      "generate", tinyLlama, "--prompt", prompt.text, "--max-tokens", "16", "--ignore-eos",
+      "--json",
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+    #expect((object?["prompt_ids"] as? [Int]) == prompt.ids.map(Int.init))
+    #expect((object?["ids"] as? [Int]) == prompt.greedy.map(Int.init), "\(prompt.text)")
+  }
+}
