@@ -15,7 +15,7 @@ struct Generate: ParsableCommand {
       "decode_tokens_per_s"} instead of streaming.
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(

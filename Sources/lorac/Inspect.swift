@@ -84,7 +84,9 @@ struct Inspect: ParsableCommand {
       var type = "?"
       if case .string(let text)? = folder.config["model_type"] { type = text }
       var name = ""
-      if case .string(let text)? = folder.config["_name_or_path"] { name = text }
+      for key in ["_name_or_path", "_model_name_or_path"] {
+        if case .string(let text)? = folder.config[key] { name = text }
+      }
       let shards = folder.shards.count
       return (
         (

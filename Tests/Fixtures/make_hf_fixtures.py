@@ -58,8 +58,16 @@ def export_smollm(gguf_path, out, dtype):
         pt.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
     ])
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
-    model.save_pretrained(out)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers refuses to save a model loaded from GGUF ("not serializable"): copy its
+    # (dequantized) weights into a plain model of the same config.
+    config = loaded.config
+    config.quantization_config = None
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.to(torch_dtype).save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"wrote {out}")
 

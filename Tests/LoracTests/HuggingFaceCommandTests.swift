@@ -51,3 +51,61 @@ private struct TinyFixture: Decodable {
     #expect((object?["ids"] as? [Int]) == prompt.greedy.map(Int.init), "\(prompt.text)")
   }
 }
+
+/// A copy of the tiny f32 folder with `old` replaced by `new` in `file` (nil: no edit).
+private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: String = "") throws
+  -> URL
+{
+  let folder = try temporaryFolder()
+  for name in try FileManager.default.contentsOfDirectory(atPath: tinyLlama) {
+    try FileManager.default.copyItem(
+      atPath: tinyLlama + "/" + name, toPath: folder.appendingPathComponent(name).path)
+  }
+  if let file {
+    let url = folder.appendingPathComponent(file)
+    let text = try String(contentsOf: url, encoding: .utf8)
+    #expect(text.contains(old), "\(file) has no \(old)")
+    try text.replacingOccurrences(of: old, with: new).write(
+      to: url, atomically: true, encoding: .utf8)
+  }
+  return folder
+}
+
+@Test func badFoldersAreOneLineErrorsAtTheCommandLine() throws {
+  let empty = try temporaryFolder()
+  let unknownType = try editedFolder("config.json", "\"llama\"", "\"gpt_neox\"")
+  let metaspace = try editedFolder(
+    "tokenizer.json", "\"type\": \"Split\"", "\"type\": \"Metaspace\"")
+  let noWeights = try editedFolder()
+  try FileManager.default.removeItem(at: noWeights.appendingPathComponent("model.safetensors"))
+  defer {
+    for folder in [empty, unknownType, metaspace, noWeights] {
+      try? FileManager.default.removeItem(at: folder)
+    }
+  }
+  let out = temporaryURL(".npy").path
+  let cases: [([String], String)] = [
+    (
+      ["inspect", empty.path],
+      "error: \(empty.path): no config.json (a model is a GGUF file or a Hugging Face folder)\n"
+    ),
+    (
+      ["logits", unknownType.path, "--ids", "1", "--out", out],
+      "error: \(unknownType.path)/config.json: model_type 'gpt_neox' is not supported (supported: llama)\n"
+    ),
+    (
+      ["tokenize", metaspace.path, "--text", "hi"],
+      "error: \(metaspace.path)/tokenizer.json: pre_tokenizer.pretokenizers[0].type 'Metaspace' is not supported (supported: ByteLevel, Digits, Split, Sequence)\n"
+    ),
+    (
+      ["inspect", noWeights.path],
+      "error: \(noWeights.path): no model.safetensors or model.safetensors.index.json\n"
+    ),
+  ]
+  for (arguments, message) in cases {
+    let result = try lorac(arguments)
+    #expect(result.status == 1, "\(arguments)")
+    #expect(result.stderr == message)
+    #expect(result.stdout.isEmpty)
+  }
+}

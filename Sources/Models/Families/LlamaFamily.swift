@@ -62,7 +62,7 @@ public enum LlamaFamily {
     }
     if fields.json["head_dim"] != nil, fields.json["head_dim"] != .null {
       let headDim = try fields.positive("head_dim")
-      guard headDim * heads == hidden else {
+      guard hidden % heads == 0, hidden / heads == headDim else {
         throw fields.fail(
           "head_dim",
           "\(headDim) differs from hidden_size / num_attention_heads (\(hidden) / \(heads)): not supported"
