@@ -296,3 +296,44 @@ for k, text in enumerate(prompts):
     print(f"prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e} (bf16 {gap_bf16:.2e})")
 with open(os.path.join(out, "tiny-llama.json"), "w", encoding="utf-8") as f:
     json.dump({"prompts": records}, f, ensure_ascii=False, indent=0)
+
+# ---- a PEFT adapter on the tiny checkpoint: logits, loss and gradients ----
+# r=4, lora_alpha=8 on all seven linears (q_proj and k_proj included: their rows are in Hugging
+# Face order in a folder, unlike in a GGUF), A and B seeded random, so that a wrongly ordered row
+# shows in every output.
+from peft import LoraConfig, get_peft_model  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+base = LlamaForCausalLM.from_pretrained(f32_folder, dtype=torch.float32)
+peft_model = get_peft_model(base, LoraConfig(
+    r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
+    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+generator = torch.Generator().manual_seed(19)
+with torch.no_grad():
+    for parameter_name, parameter in peft_model.named_parameters():
+        if "lora_" in parameter_name:
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+adapter_dir = os.path.join(out, "tiny-llama-peft")
+peft_model.save_pretrained(adapter_dir)
+if os.path.exists(os.path.join(adapter_dir, "README.md")):
+    os.remove(os.path.join(adapter_dir, "README.md"))
+# The checkpoint's absolute path would differ by checkout.
+with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+    saved = json.load(f)
+saved["base_model_name_or_path"] = "Tests/Fixtures/hf/tiny-llama"
+with open(os.path.join(adapter_dir, "adapter_config.json"), "w") as f:
+    json.dump(saved, f, indent=2, sort_keys=True)
+peft_model.eval()
+ids = records[2]["ids"]
+with torch.no_grad():
+    np.save(os.path.join(out, "tiny-llama-peft-logits.npy"),
+            np.ascontiguousarray(peft_model(torch.tensor([ids])).logits[0].numpy(), dtype=np.float32))
+peft_model.train()
+output = peft_model(torch.tensor([ids]), labels=torch.tensor([ids]))
+output.loss.backward()
+gradients = {name.replace(".default", ""): p.grad.detach().contiguous()
+             for name, p in peft_model.named_parameters() if "lora_" in name}
+save_file(gradients, os.path.join(out, "tiny-llama-peft-grad.safetensors"))
+with open(os.path.join(out, "tiny-llama-peft.json"), "w", encoding="utf-8") as f:
+    json.dump({"ids": ids, "loss": output.loss.item()}, f)
+print(f"peft: loss {output.loss.item():.6f}, {len(gradients)} gradient tensors")

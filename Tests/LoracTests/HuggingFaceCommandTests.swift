@@ -109,3 +109,54 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
     #expect(result.stdout.isEmpty)
   }
 }
+
+/// A PEFT adapter on all seven linears of the tiny folder (q_proj and k_proj in Hugging Face row
+/// order, as a folder keeps them): `lorac logits` and `lorac grad` against PEFT.
+@Test func peftAdapterOnAFolderMatchesPEFT() throws {
+  let fixture =
+    try JSONSerialization.jsonObject(
+      with: Data(contentsOf: huggingFaceFixtures.appendingPathComponent("tiny-llama-peft.json")))
+    as? [String: Any]
+  let ids = try #require(fixture?["ids"] as? [Int]).map(String.init).joined(separator: ",")
+  let referenceLoss = try #require(fixture?["loss"] as? Double)
+  let adapter = huggingFaceFixtures.appendingPathComponent("tiny-llama-peft").path
+  let (logitsOut, gradientsOut) = (temporaryURL(".npy"), temporaryURL(".safetensors"))
+  defer {
+    try? FileManager.default.removeItem(at: logitsOut)
+    try? FileManager.default.removeItem(at: gradientsOut)
+  }
+  let logits = try lorac([
+    "logits", tinyLlama, "--ids", ids, "--out", logitsOut.path, "--adapter", adapter,
+  ])
+  #expect(logits.status == 0, "\(logits.stderr)")
+  let ours = try readNumPy(logitsOut).values
+  let reference = try readNumPy(
+    huggingFaceFixtures.appendingPathComponent("tiny-llama-peft-logits.npy")
+  ).values
+  #expect(ours.count == reference.count)
+  let worstLogit = zip(ours, reference).map { abs($0 - $1) }.max() ?? .infinity
+  #expect(worstLogit <= 1e-4, "max |logit difference| \(worstLogit)")
+
+  let grad = try lorac([
+    "grad", tinyLlama, "--adapter", adapter, "--ids", ids, "--out", gradientsOut.path,
+  ])
+  #expect(grad.status == 0, "\(grad.stderr)")
+  let printed = try JSONSerialization.jsonObject(with: Data(grad.stdout.utf8)) as? [String: Double]
+  let loss = try #require(printed?["loss"])
+  #expect(abs(loss - referenceLoss) <= 1e-4 * abs(referenceLoss), "\(loss) vs \(referenceLoss)")
+  let (mine, theirs) = (
+    try SafetensorsReader(url: gradientsOut),
+    try SafetensorsReader(
+      url: huggingFaceFixtures.appendingPathComponent("tiny-llama-peft-grad.safetensors"))
+  )
+  #expect(mine.names == theirs.names && theirs.names.count == 28)
+  var worst = 0.0
+  for name in theirs.names {
+    let (a, b) = (try mine.floats(name), try theirs.floats(name))
+    #expect(a.count == b.count, "\(name)")
+    let difference = zip(a, b).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
+    let norm = b.map { Double($0) * Double($0) }.reduce(0, +).squareRoot()
+    worst = max(worst, difference / norm)
+  }
+  #expect(worst <= 1e-4, "worst relative gradient difference \(worst)")
+}
