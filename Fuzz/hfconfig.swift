@@ -10,7 +10,7 @@ import Models
 public func fuzzHuggingFaceConfig(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
   let bytes = Array(UnsafeBufferPointer(start: data, count: size))
   guard let fields = try? HuggingFaceConfig(bytes: bytes, path: "config.json"),
-    let config = try? LlamaFamily.config(fields)
+    let config = try? ModelFamily.config(fields)
   else { return 0 }
   // Tracing builds a graph of the config's sizes: only small models are traced.
   let (layers, width) = (config.layerCount, config.embeddingLength)

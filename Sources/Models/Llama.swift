@@ -17,11 +17,14 @@ public struct LlamaConfig: Hashable, Sendable {
   public var tiedEmbeddings: Bool
   /// GGUF stores Q/K rows permuted for adjacent-pair rotation; Hugging Face weights rotate halves.
   public var interleavedRope: Bool
+  /// Whether the q, k and v projections add a bias (`blk.N.attn_{q,k,v}.bias`; Qwen2's).
+  public var attentionBias: Bool
 
   public init(
     vocabularySize: Int, embeddingLength: Int, layerCount: Int, headCount: Int,
     keyValueHeadCount: Int, feedForwardLength: Int, ropeTheta: Double = 10_000,
-    normEpsilon: Double = 1e-5, tiedEmbeddings: Bool = true, interleavedRope: Bool = true
+    normEpsilon: Double = 1e-5, tiedEmbeddings: Bool = true, interleavedRope: Bool = true,
+    attentionBias: Bool = false
   ) {
     self.vocabularySize = vocabularySize
     self.embeddingLength = embeddingLength
@@ -33,6 +36,7 @@ public struct LlamaConfig: Hashable, Sendable {
     self.normEpsilon = normEpsilon
     self.tiedEmbeddings = tiedEmbeddings
     self.interleavedRope = interleavedRope
+    self.attentionBias = attentionBias
   }
 
   /// The dimension of one attention head.
@@ -174,9 +178,16 @@ private struct LlamaParts {
     let (heads, kvHeads, headDim) = (
       config.headCount, config.keyValueHeadCount, config.headDimension
     )
-    let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
-    let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
-    let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+    var q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
+    var k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
+    var v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+    if config.attentionBias {
+      // After the named product, which LoRA targets: a branch added before or after the bias
+      // is the same sum, as PEFT's Linear computes it.
+      q = try q + weight(gguf + "attn_q.bias", [heads * headDim])
+      k = try k + weight(gguf + "attn_k.bias", [kvHeads * headDim])
+      v = try v + weight(gguf + "attn_v.bias", [kvHeads * headDim])
+    }
     let qr = try rope(
       q.reshaped([batch, count, heads, headDim]), positions: positions,
       theta: config.ropeTheta, interleaved: config.interleavedRope)
@@ -352,7 +363,7 @@ public struct LlamaModel: Sendable {
       do {
         let folder = try HuggingFaceFolder(path: path)
         source = .huggingFace(folder)
-        config = try LlamaFamily.config(folder.configFields)
+        config = try ModelFamily.config(folder.configFields)
       } catch {
         throw GGUFError(message: error.message)
       }

@@ -321,6 +321,7 @@ if os.path.exists(os.path.join(adapter_dir, "README.md")):
 with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
     saved = json.load(f)
 saved["base_model_name_or_path"] = "Tests/Fixtures/hf/tiny-llama"
+saved["target_modules"] = sorted(saved["target_modules"])  # PEFT writes a set's order
 with open(os.path.join(adapter_dir, "adapter_config.json"), "w") as f:
     json.dump(saved, f, indent=2, sort_keys=True)
 peft_model.eval()
@@ -337,3 +338,38 @@ save_file(gradients, os.path.join(out, "tiny-llama-peft-grad.safetensors"))
 with open(os.path.join(out, "tiny-llama-peft.json"), "w", encoding="utf-8") as f:
     json.dump({"ids": ids, "loss": output.loss.item()}, f)
 print(f"peft: loss {output.loss.item():.6f}, {len(gradients)} gradient tensors")
+
+# ---- the tiny Qwen2 checkpoint: q, k, v biases, a tied head, the qwen2 tokenizer ----
+from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
+
+qwen_fast = PreTrainedTokenizerFast(
+    tokenizer_object=qwen2, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+torch.manual_seed(2)
+qwen_config = Qwen2Config(
+    vocab_size=qwen2.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False,
+    initializer_range=0.1, eos_token_id=qwen_fast.eos_token_id)
+qwen_model = Qwen2ForCausalLM(qwen_config).eval()
+with torch.no_grad():
+    for name, parameter in qwen_model.named_parameters():
+        # transformers initialises biases to zero and norms to one, which would hide them.
+        if name.endswith("norm.weight"):
+            parameter.uniform_(0.5, 1.5)
+        elif name.endswith(".bias"):
+            parameter.normal_(0.0, 0.5)
+qwen_folder = os.path.join(out, "tiny-qwen2")
+qwen_model.save_pretrained(qwen_folder)
+qwen_fast.save_pretrained(qwen_folder)
+qwen_model = Qwen2ForCausalLM.from_pretrained(qwen_folder, dtype=torch.float32).eval()
+qwen_records = []
+for k, text in enumerate(prompts):
+    ids = qwen_fast.encode(text)
+    with torch.no_grad():
+        logits = qwen_model(torch.tensor([ids])).logits[0].numpy()
+    np.save(os.path.join(out, f"tiny-qwen2-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))
+    tokens, gap = greedy(qwen_model, ids)
+    qwen_records.append({"text": text, "ids": ids, "greedy": tokens})
+    print(f"qwen2 prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e}")
+with open(os.path.join(out, "tiny-qwen2.json"), "w", encoding="utf-8") as f:
+    json.dump({"prompts": qwen_records}, f, ensure_ascii=False, indent=0)

@@ -34,15 +34,18 @@ private struct TinyFixture: Decodable {
   var prompts: [Prompt]
 }
 
-/// `lorac generate` decodes with the KV cache; its greedy tokens are transformers'.
-@Test func generateOnAFolderMatchesTransformersGreedy() throws {
+/// `lorac generate` decodes with the KV cache; its greedy tokens are transformers', for the
+/// Llama folder (BOS added by its tokenizer.json) and the Qwen2 one (q/k/v biases, no BOS).
+@Test(arguments: ["tiny-llama", "tiny-qwen2"])
+func generateOnAFolderMatchesTransformersGreedy(_ name: String) throws {
   let fixture = try JSONDecoder().decode(
     TinyFixture.self,
-    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent("tiny-llama.json")))
+    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent(name + ".json")))
+  let folder = huggingFaceFixtures.appendingPathComponent(name).path
   for prompt in fixture.prompts {
-    // The prompt's text through the folder's tokenizer.json, BOS added.
+    // The prompt's text through the folder's tokenizer.json.
     let result = try lorac([
-      "generate", tinyLlama, "--prompt", prompt.text, "--max-tokens", "16", "--ignore-eos",
+      "generate", folder, "--prompt", prompt.text, "--max-tokens", "16", "--ignore-eos",
       "--json",
     ])
     #expect(result.status == 0, "\(result.stderr)")
@@ -91,7 +94,7 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
     ),
     (
       ["logits", unknownType.path, "--ids", "1", "--out", out],
-      "error: \(unknownType.path)/config.json: model_type 'gpt_neox' is not supported (supported: llama)\n"
+      "error: \(unknownType.path)/config.json: model_type 'gpt_neox' is not supported (supported: llama, qwen2)\n"
     ),
     (
       ["tokenize", metaspace.path, "--text", "hi"],

@@ -13,15 +13,15 @@ private struct TinyFixture: Decodable {
     var text: String
     var ids: [Int32]
     var greedy: [Int32]
-    var greedy_bf16: [Int32]
+    var greedy_bf16: [Int32]?
   }
   var prompts: [Prompt]
 }
 
-private func tinyFixture() throws -> TinyFixture {
+private func tinyFixture(_ name: String = "tiny-llama") throws -> TinyFixture {
   try JSONDecoder().decode(
     TinyFixture.self,
-    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent("tiny-llama.json")))
+    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent(name + ".json")))
 }
 
 private let tinyLlama = huggingFaceFixtures.appendingPathComponent("tiny-llama").path
@@ -29,10 +29,11 @@ private let tinyLlamaBF16 = huggingFaceFixtures.appendingPathComponent("tiny-lla
 
 /// The largest |lorac - transformers| over every position and vocabulary entry of each prompt.
 private func worstLogitDifference(
-  model: LlamaModel, reference prefix: String, target: Target = .host
+  model: LlamaModel, reference prefix: String, target: Target = .host,
+  fixture: String = "tiny-llama"
 ) throws -> Float {
   var worst: Float = 0
-  for (k, prompt) in try tinyFixture().prompts.enumerated() {
+  for (k, prompt) in try tinyFixture(fixture).prompts.enumerated() {
     let reference = try readNumPy(huggingFaceFixtures.appendingPathComponent("\(prefix)-\(k).npy"))
     #expect(reference.shape == [prompt.ids.count, model.config.vocabularySize])
     let logits = try runLogits(model, prompt.ids, target: target)
@@ -97,7 +98,35 @@ private func greedy(
     #expect(try greedy(f32, prompt.ids, count: 16) == prompt.greedy, "\(prompt.text)")
     #expect(
       try greedy(bf16, prompt.ids, count: 16, target: Target(bf16Products: false))
-        == prompt.greedy_bf16, "\(prompt.text) (bf16)")
+        == (prompt.greedy_bf16 ?? []), "\(prompt.text) (bf16)")
+  }
+}
+
+// MARK: - Qwen2
+
+private let tinyQwen2 = huggingFaceFixtures.appendingPathComponent("tiny-qwen2").path
+
+@Test func qwen2ConfigHasAttentionBiasAndATiedHead() throws {
+  let model = try LlamaModel(path: tinyQwen2)
+  #expect(
+    model.config
+      == LlamaConfig(
+        vocabularySize: 700, embeddingLength: 64, layerCount: 2, headCount: 4,
+        keyValueHeadCount: 2, feedForwardLength: 128, ropeTheta: 1_000_000, normEpsilon: 1e-6,
+        tiedEmbeddings: true, interleavedRope: false, attentionBias: true))
+  let graph = try model.trace(batch: 1, sequence: 2)
+  #expect(graph.declarations.contains { $0.name == "blk.1.attn_v.bias" })
+  #expect(!graph.declarations.contains { $0.name == "output.weight" })
+}
+
+/// Random q/k/v biases (transformers initialises them to zero) and norms, a tied head.
+@Test func qwen2FolderLogitsAndGreedyTokensMatchTransformers() throws {
+  let model = try LlamaModel(path: tinyQwen2)
+  let worst = try worstLogitDifference(
+    model: model, reference: "tiny-qwen2-logits", fixture: "tiny-qwen2")
+  #expect(worst <= 1e-4, "max |difference| \(worst)")
+  for prompt in try tinyFixture("tiny-qwen2").prompts {
+    #expect(try greedy(model, prompt.ids, count: 16) == prompt.greedy, "\(prompt.text)")
   }
 }
 
@@ -162,7 +191,19 @@ private func failure(_ folder: URL) throws -> String {
   let cases: [(edit: (URL) throws -> Void, expected: String)] = [
     (
       { try replace($0, "config.json", "\"llama\"", "\"llama9\"") },
-      "config.json: model_type 'llama9' is not supported (supported: llama)"
+      "config.json: model_type 'llama9' is not supported (supported: llama, qwen2)"
+    ),
+    (
+      {
+        try replace(
+          $0, "config.json", "\"model_type\": \"llama\"",
+          "\"model_type\": \"qwen2\", \"use_sliding_window\": true")
+      },
+      "config.json: use_sliding_window true is not supported (lorac attends causally to every token)"
+    ),
+    (
+      { try replace($0, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"qwen2\"") },
+      "no tensor 'model.layers.0.self_attn.q_proj.bias' in the model's safetensors"
     ),
     (
       { try replace($0, "config.json", "\"hidden_size\": 64", "\"hidden_size\": -64") },

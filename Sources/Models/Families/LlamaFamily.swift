@@ -7,9 +7,6 @@
 /// per head, so the trace rotates halves (`rope` without `interleaved`) instead of permuting the
 /// weights at load.
 public enum LlamaFamily {
-  /// The `model_type` values this family reads.
-  public static let modelTypes: Set<String> = ["llama"]
-
   /// The Hugging Face name of a weight the Llama trace declares by its GGUF name:
   /// `blk.3.attn_q.weight` -> `model.layers.3.self_attn.q_proj.weight`; nil for a name the
   /// trace never declares.
@@ -39,26 +36,27 @@ public enum LlamaFamily {
     "ffn_down.weight": "mlp.down_proj.weight",
   ]
 
-  /// Reads the hyper-parameters of a Llama config.json.
+  /// Reads the hyper-parameters of a Llama config.json (`model_type` `llama`).
   ///
   /// Features lorac does not trace yet are errors naming the field, never approximations:
   /// `attention_bias` or `mlp_bias` true, a `head_dim` other than hidden_size / heads, an
   /// activation other than SiLU, RoPE scaling.
   public static func config(_ fields: HuggingFaceConfig) throws(HuggingFaceError) -> LlamaConfig {
     let type = try fields.modelType()
-    guard modelTypes.contains(type) else {
-      throw fields.fail(
-        "model_type",
-        "'\(type)' is not supported (supported: \(modelTypes.sorted().joined(separator: ", ")))")
+    for field in ["attention_bias", "mlp_bias"] where try fields.flag(field, fallback: false) {
+      throw fields.fail(field, "true is not supported for model_type '\(type)'")
     }
+    return try sharedConfig(fields)
+  }
+
+  /// The fields every Llama-like family spells the same way, checked: sizes, heads, `head_dim`,
+  /// `hidden_act` SiLU, RoPE without scaling, the norm epsilon and a tied or separate head.
+  static func sharedConfig(_ fields: HuggingFaceConfig) throws(HuggingFaceError) -> LlamaConfig {
     let hidden = try fields.positive("hidden_size")
     let heads = try fields.positive("num_attention_heads")
     let kvHeads = try fields.positive("num_key_value_heads", fallback: heads)
     if let act = try fields.string("hidden_act"), act != "silu" {
-      throw fields.fail("hidden_act", "'\(act)' is not supported (the Llama family uses silu)")
-    }
-    for field in ["attention_bias", "mlp_bias"] where try fields.flag(field, fallback: false) {
-      throw fields.fail(field, "true is not supported for model_type '\(type)'")
+      throw fields.fail("hidden_act", "'\(act)' is not supported (lorac's MLP is SwiGLU)")
     }
     if fields.json["head_dim"] != nil, fields.json["head_dim"] != .null {
       let headDim = try fields.positive("head_dim")
