@@ -41,7 +41,7 @@ public struct Tokenizer: Sendable {
 
   /// A token matched in text before pre-tokenization.
   struct AddedToken: Sendable {
-    var text: [UInt8]
+    var text: [Unicode.Scalar]
     var id: Int32
     /// Matched only when special tokens are parsed.
     var special: Bool
@@ -128,7 +128,9 @@ public struct Tokenizer: Sendable {
     let isolatesDigits = pre != "gpt-2" && pre != "default"
     self.init(
       tokens: tokens, merges: merges,
-      added: control.map { AddedToken(text: Array(tokens[Int($0)].utf8), id: $0, special: true) },
+      added: control.map {
+        AddedToken(text: Array(tokens[Int($0)].unicodeScalars), id: $0, special: true)
+      },
       beginOfSequence: try tokenID("tokenizer.ggml.bos_token_id"),
       endOfSequence: try tokenID("tokenizer.ggml.eos_token_id"),
       addsBeginOfSequence: file["tokenizer.ggml.add_bos_token"]?.bool ?? false,
@@ -186,40 +188,46 @@ public struct Tokenizer: Sendable {
     case control(Int32)
   }
 
-  /// The text split at the added tokens it contains (leftmost, then longest, match first).
+  /// The text split at the added tokens it contains (leftmost, then longest, match first); a
+  /// token that strips takes the whitespace (White_Space) beside it.
   private func splitAdded(_ text: String, parseSpecial: Bool) -> [Segment] {
     let candidates = added.filter { parseSpecial || !$0.special }
     if candidates.isEmpty { return [.text(text)] }
-    let bytes = Array(text.utf8)
+    let scalars = Array(text.unicodeScalars)
     var segments: [Segment] = []
     var start = 0
     var position = 0
-    func isSpace(_ byte: UInt8) -> Bool { byte == 0x20 || (0x09...0x0D).contains(byte) }
-    while position < bytes.count {
+    func piece(_ range: Range<Int>) -> String {
+      var piece = ""
+      piece.unicodeScalars.append(contentsOf: scalars[range])
+      return piece
+    }
+    while position < scalars.count {
       guard
         let match = candidates.first(where: { candidate in
-          position + candidate.text.count <= bytes.count
-            && bytes[position..<(position + candidate.text.count)].elementsEqual(candidate.text)
+          position + candidate.text.count <= scalars.count
+            && scalars[position..<(position + candidate.text.count)].elementsEqual(
+              candidate.text)
         })
       else {
         position += 1
         continue
       }
       var textEnd = position
-      if match.stripsLeft { while textEnd > start && isSpace(bytes[textEnd - 1]) { textEnd -= 1 } }
-      if start < textEnd {
-        segments.append(.text(String(decoding: bytes[start..<textEnd], as: UTF8.self)))
+      if match.stripsLeft {
+        while textEnd > start && scalars[textEnd - 1].properties.isWhitespace { textEnd -= 1 }
       }
+      if start < textEnd { segments.append(.text(piece(start..<textEnd))) }
       segments.append(.control(match.id))
       position += match.text.count
       if match.stripsRight {
-        while position < bytes.count && isSpace(bytes[position]) { position += 1 }
+        while position < scalars.count && scalars[position].properties.isWhitespace {
+          position += 1
+        }
       }
       start = position
     }
-    if start < bytes.count {
-      segments.append(.text(String(decoding: bytes[start...], as: UTF8.self)))
-    }
+    if start < scalars.count { segments.append(.text(piece(start..<scalars.count))) }
     return segments
   }
 

@@ -202,7 +202,7 @@ extension Tokenizer {
         byID[id] = content
         added.append(
           AddedToken(
-            text: Array(content.utf8), id: Int32(id), special: try flag("special"),
+            text: Array(content.unicodeScalars), id: Int32(id), special: try flag("special"),
             stripsLeft: try flag("lstrip"), stripsRight: try flag("rstrip")))
       }
     default: throw fail("added_tokens", "must be an array")

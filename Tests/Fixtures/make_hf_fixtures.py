@@ -35,7 +35,7 @@ import sys
 
 import numpy as np
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -158,6 +158,8 @@ smollm = train(
 smollm.post_processor = processors.ByteLevel(trim_offsets=False)
 # A non-special added token, matched in text whatever the caller asks.
 smollm.add_tokens(["<tool>"])
+# A special token that takes the whitespace around it (lstrip, rstrip), as RoBERTa's <mask> does.
+smollm.add_special_tokens([AddedToken("<mask>", lstrip=True, rstrip=True)])
 
 
 def save(tokenizer, name, string_merges=False):
@@ -197,7 +199,7 @@ strings = [
     "em—dash en–dash … ellipsis", "zero\u200bwidth", "nbsp\u00a0here", "control\x01chars\x7f",
     "ideographic\u3000space", "line\u2028separator", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
     "<|endoftext|>", "text<|im_end|>more", "<|begin_of_text|>Hello<|eot_id|>", "a <|end_of_text|> b",
-    "<tool>call</tool> <tool>", "<|im_start|>", "<|im_start", "The quick brown fox jumps over the lazy dog.",
+    "<tool>call</tool> <tool>", "a <mask> b", "a\u3000\u2003<mask>\t\n b", "<mask><mask>  <mask>", "<|im_start|>", "<|im_start", "The quick brown fox jumps over the lazy dog.",
     "A" * 100, "ab" * 50, "!!!???...,,,", "snake_case_name CamelCaseName kebab-case-name",
     "e.g. i.e. etc. Mr. Dr.", "x=1;y=2;z=x+y", "    indented code\n        more indented",
     "ÆØÅ æøå ß ẞ", "ﬁ ligature", "Ａ full-width", "'s 't 're 've 'm 'll 'd", "'S 'T 'RE 'VE 'M 'LL 'D",
@@ -227,8 +229,11 @@ while len(strings) < 220:
     strings.append(text)
 
 for name, tokenizer in [("llama3", llama3), ("qwen2", qwen2), ("smollm", smollm)]:
-    cases = [{"text": text, "ids": tokenizer.encode(text, add_special_tokens=False).ids,
-              "ids_special": tokenizer.encode(text, add_special_tokens=True).ids} for text in strings]
+    cases = []
+    for text in strings:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        cases.append({"text": text, "ids": ids, "decoded": tokenizer.decode(ids, skip_special_tokens=False),
+                      "ids_special": tokenizer.encode(text, add_special_tokens=True).ids})
     with open(os.path.join(out, "tokenizers", name + ".json"), "w", encoding="utf-8") as f:
         json.dump({"strings": cases}, f, ensure_ascii=False, indent=0)
     print(f"tokenizer {name}: {tokenizer.get_vocab_size()} tokens, {len(cases)} strings")
