@@ -19,12 +19,15 @@ public struct LlamaConfig: Hashable, Sendable {
   public var interleavedRope: Bool
   /// Whether the q, k and v projections add a bias (`blk.N.attn_{q,k,v}.bias`; Qwen2's).
   public var attentionBias: Bool
+  /// The dimension of one attention head when it is not embeddingLength / headCount (a
+  /// config.json's `head_dim`), else nil.
+  public var explicitHeadDimension: Int?
 
   public init(
     vocabularySize: Int, embeddingLength: Int, layerCount: Int, headCount: Int,
     keyValueHeadCount: Int, feedForwardLength: Int, ropeTheta: Double = 10_000,
     normEpsilon: Double = 1e-5, tiedEmbeddings: Bool = true, interleavedRope: Bool = true,
-    attentionBias: Bool = false
+    attentionBias: Bool = false, explicitHeadDimension: Int? = nil
   ) {
     self.vocabularySize = vocabularySize
     self.embeddingLength = embeddingLength
@@ -37,10 +40,11 @@ public struct LlamaConfig: Hashable, Sendable {
     self.tiedEmbeddings = tiedEmbeddings
     self.interleavedRope = interleavedRope
     self.attentionBias = attentionBias
+    self.explicitHeadDimension = explicitHeadDimension
   }
 
-  /// The dimension of one attention head.
-  public var headDimension: Int { embeddingLength / headCount }
+  /// The dimension of one attention head: explicit, or embeddingLength / headCount.
+  public var headDimension: Int { explicitHeadDimension ?? embeddingLength / headCount }
 }
 
 /// A Llama-family decoder traced into the IR from its hyper-parameters alone.
@@ -63,7 +67,8 @@ public enum Llama {
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
       config.headCount % config.keyValueHeadCount == 0,
-      config.embeddingLength % config.headCount == 0, config.headDimension % 2 == 0
+      config.explicitHeadDimension != nil || config.embeddingLength % config.headCount == 0,
+      config.headDimension > 0, config.headDimension % 2 == 0
     else {
       throw TraceError(
         message:

@@ -192,6 +192,9 @@ public struct PEFTAdapter: Sendable {
       return (config.embeddingLength, config.feedForwardLength)
     }
     if target.hasSuffix("mlp.down") { return (config.feedForwardLength, config.embeddingLength) }
+    if target.hasSuffix("attn.o") {
+      return (config.headCount * config.headDimension, config.embeddingLength)
+    }
     return (config.embeddingLength, config.headCount * config.headDimension)
   }
 

@@ -378,3 +378,32 @@ for k, text in enumerate(prompts):
     print(f"qwen2 prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e}")
 with open(os.path.join(out, "tiny-qwen2.json"), "w", encoding="utf-8") as f:
     json.dump({"prompts": qwen_records}, f, ensure_ascii=False, indent=0)
+
+# ---- a one-layer Llama whose heads are wider than hidden_size / heads (head_dim 32: q, o 128 wide) ----
+torch.manual_seed(3)
+wide_config = LlamaConfig(
+    vocab_size=llama3.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+    num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=256,
+    rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True, initializer_range=0.1,
+    bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+wide_model = LlamaForCausalLM(wide_config).eval()
+with torch.no_grad():
+    for name, parameter in wide_model.named_parameters():
+        if name.endswith("norm.weight"):
+            parameter.uniform_(0.5, 1.5)
+wide_folder = os.path.join(out, "tiny-llama-head-dim")
+wide_model.save_pretrained(wide_folder)
+fast.save_pretrained(wide_folder)
+wide_model = LlamaForCausalLM.from_pretrained(wide_folder, dtype=torch.float32).eval()
+assert wide_model.model.layers[0].self_attn.q_proj.weight.shape == (128, 64)
+wide_records = []
+for k, text in enumerate(prompts):
+    ids = fast.encode(text)
+    with torch.no_grad():
+        logits = wide_model(torch.tensor([ids])).logits[0].numpy()
+    np.save(os.path.join(out, f"tiny-llama-head-dim-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))
+    tokens, gap = greedy(wide_model, ids)
+    wide_records.append({"text": text, "ids": ids, "greedy": tokens})
+    print(f"head_dim prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e}")
+with open(os.path.join(out, "tiny-llama-head-dim.json"), "w", encoding="utf-8") as f:
+    json.dump({"prompts": wide_records}, f, ensure_ascii=False, indent=0)

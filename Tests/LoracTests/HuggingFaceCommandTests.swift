@@ -35,8 +35,9 @@ private struct TinyFixture: Decodable {
 }
 
 /// `lorac generate` decodes with the KV cache; its greedy tokens are transformers', for the
-/// Llama folder (BOS added by its tokenizer.json) and the Qwen2 one (q/k/v biases, no BOS).
-@Test(arguments: ["tiny-llama", "tiny-qwen2"])
+/// Llama folder (BOS added by its tokenizer.json), the Qwen2 one (q/k/v biases, no BOS) and a
+/// Llama whose head_dim is not hidden_size / heads.
+@Test(arguments: ["tiny-llama", "tiny-qwen2", "tiny-llama-head-dim"])
 func generateOnAFolderMatchesTransformersGreedy(_ name: String) throws {
   let fixture = try JSONDecoder().decode(
     TinyFixture.self,

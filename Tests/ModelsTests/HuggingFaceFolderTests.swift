@@ -130,6 +130,19 @@ private let tinyQwen2 = huggingFaceFixtures.appendingPathComponent("tiny-qwen2")
   }
 }
 
+/// head_dim 32 with hidden 64 and 4 heads: q and o are 128 wide, not hidden_size.
+@Test func explicitHeadDimensionMatchesTransformers() throws {
+  let model = try LlamaModel(
+    path: huggingFaceFixtures.appendingPathComponent("tiny-llama-head-dim").path)
+  #expect(model.config.headDimension == 32 && model.config.explicitHeadDimension == 32)
+  let worst = try worstLogitDifference(
+    model: model, reference: "tiny-llama-head-dim-logits", fixture: "tiny-llama-head-dim")
+  #expect(worst <= 1e-4, "max |difference| \(worst)")
+  for prompt in try tinyFixture("tiny-llama-head-dim").prompts {
+    #expect(try greedy(model, prompt.ids, count: 16) == prompt.greedy, "\(prompt.text)")
+  }
+}
+
 @Test func folderWeightsAreMappedNotCopied() throws {
   let model = try LlamaModel(path: tinyLlamaBF16)
   guard case .huggingFace(let folder) = model.source else {

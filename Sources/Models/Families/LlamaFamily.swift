@@ -39,8 +39,8 @@ public enum LlamaFamily {
   /// Reads the hyper-parameters of a Llama config.json (`model_type` `llama`).
   ///
   /// Features lorac does not trace yet are errors naming the field, never approximations:
-  /// `attention_bias` or `mlp_bias` true, a `head_dim` other than hidden_size / heads, an
-  /// activation other than SiLU, RoPE scaling.
+  /// `attention_bias` or `mlp_bias` true, an activation other than SiLU, RoPE scaling. A
+  /// `head_dim` other than hidden_size / heads is read (q and o are then heads x head_dim wide).
   public static func config(_ fields: HuggingFaceConfig) throws(HuggingFaceError) -> LlamaConfig {
     let type = try fields.modelType()
     for field in ["attention_bias", "mlp_bias"] where try fields.flag(field, fallback: false) {
@@ -49,7 +49,8 @@ public enum LlamaFamily {
     return try sharedConfig(fields)
   }
 
-  /// The fields every Llama-like family spells the same way, checked: sizes, heads, `head_dim`,
+  /// The fields every Llama-like family spells the same way, checked: sizes, heads, `head_dim`
+  /// (explicit only when it differs from hidden_size / heads),
   /// `hidden_act` SiLU, RoPE without scaling, the norm epsilon and a tied or separate head.
   static func sharedConfig(_ fields: HuggingFaceConfig) throws(HuggingFaceError) -> LlamaConfig {
     let hidden = try fields.positive("hidden_size")
@@ -58,16 +59,17 @@ public enum LlamaFamily {
     if let act = try fields.string("hidden_act"), act != "silu" {
       throw fields.fail("hidden_act", "'\(act)' is not supported (lorac's MLP is SwiGLU)")
     }
+    var explicitHeadDimension: Int?
     if fields.json["head_dim"] != nil, fields.json["head_dim"] != .null {
       let headDim = try fields.positive("head_dim")
-      guard hidden % heads == 0, hidden / heads == headDim else {
-        throw fields.fail(
-          "head_dim",
-          "\(headDim) differs from hidden_size / num_attention_heads (\(hidden) / \(heads)): not supported"
-        )
+      guard headDim % 2 == 0, headDim <= 1 << 16 else {
+        throw fields.fail("head_dim", "must be even and at most 65536, got \(headDim)")
       }
+      if hidden % heads != 0 || hidden / heads != headDim { explicitHeadDimension = headDim }
     }
-    guard hidden % heads == 0, heads % kvHeads == 0, (hidden / heads) % 2 == 0 else {
+    guard heads % kvHeads == 0,
+      explicitHeadDimension != nil || (hidden % heads == 0 && (hidden / heads) % 2 == 0)
+    else {
       throw fields.fail(
         "num_attention_heads",
         "\(heads) with \(kvHeads) key/value heads does not divide hidden_size \(hidden) into even head dimensions"
@@ -80,6 +82,6 @@ public enum LlamaFamily {
       ropeTheta: try fields.ropeTheta(fallback: 10_000),
       normEpsilon: try fields.number("rms_norm_eps", fallback: 1e-6),
       tiedEmbeddings: try fields.flag("tie_word_embeddings", fallback: false),
-      interleavedRope: false)
+      interleavedRope: false, explicitHeadDimension: explicitHeadDimension)
   }
 }
