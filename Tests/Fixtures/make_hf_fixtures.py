@@ -407,3 +407,14 @@ for k, text in enumerate(prompts):
     print(f"head_dim prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e}")
 with open(os.path.join(out, "tiny-llama-head-dim.json"), "w", encoding="utf-8") as f:
     json.dump({"prompts": wide_records}, f, ensure_ascii=False, indent=0)
+
+# The same one-layer model in float16 (f16 weights are read as stored), with the logits of the
+# f16 weights upcast exactly to float32 and run in float32.
+half_folder = os.path.join(out, "tiny-llama-head-dim-f16")
+wide_model.to(torch.float16).save_pretrained(half_folder)
+fast.save_pretrained(half_folder)
+half_upcast = LlamaForCausalLM.from_pretrained(half_folder, dtype=torch.float16).float().eval()
+for k, record in enumerate(wide_records):
+    with torch.no_grad():
+        logits = half_upcast(torch.tensor([record["ids"]])).logits[0].numpy()
+    np.save(os.path.join(out, f"tiny-llama-head-dim-f16-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))

@@ -143,6 +143,19 @@ private let tinyQwen2 = huggingFaceFixtures.appendingPathComponent("tiny-qwen2")
   }
 }
 
+/// f16 weights are declared f16 (read as stored, decoded exactly by the kernels): transformers'
+/// logits on the same weights upcast to float32, within the f32 bound.
+@Test func f16FolderLogitsMatchTransformers() throws {
+  let model = try LlamaModel(
+    path: huggingFaceFixtures.appendingPathComponent("tiny-llama-head-dim-f16").path)
+  let graph = try model.trace(batch: 1, sequence: 2)
+  let declared = graph.declarations.first { $0.name == "blk.0.attn_q.weight" }
+  #expect(declared.map { graph.type(of: $0.value) } == TensorType(.f16, [128, 64]))
+  let worst = try worstLogitDifference(
+    model: model, reference: "tiny-llama-head-dim-f16-logits", fixture: "tiny-llama-head-dim")
+  #expect(worst <= 1e-4, "max |difference| \(worst)")
+}
+
 @Test func folderWeightsAreMappedNotCopied() throws {
   let model = try LlamaModel(path: tinyLlamaBF16)
   guard case .huggingFace(let folder) = model.source else {
