@@ -236,6 +236,13 @@ private func failure(_ folder: URL) throws -> String {
       "config.json: hidden_size must be a positive integer"
     ),
     (
+      {
+        try replace(
+          $0, "config.json", "\"num_attention_heads\": 4", "\"num_attention_heads\": 1099511627776")
+      },
+      "config.json: num_attention_heads must be at most 65536, got 1099511627776"
+    ),
+    (
       { try replace($0, "config.json", "\"attention_bias\": false", "\"attention_bias\": true") },
       "config.json: attention_bias true is not supported for model_type 'llama'"
     ),

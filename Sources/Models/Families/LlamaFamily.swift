@@ -56,6 +56,9 @@ public enum LlamaFamily {
     let hidden = try fields.positive("hidden_size")
     let heads = try fields.positive("num_attention_heads")
     let kvHeads = try fields.positive("num_key_value_heads", fallback: heads)
+    guard heads <= 1 << 16 else {
+      throw fields.fail("num_attention_heads", "must be at most 65536, got \(heads)")
+    }
     if let act = try fields.string("hidden_act"), act != "silu" {
       throw fields.fail("hidden_act", "'\(act)' is not supported (lorac's MLP is SwiGLU)")
     }
