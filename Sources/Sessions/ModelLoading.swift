@@ -5,8 +5,9 @@ import Passes
 import Runtime
 
 extension LlamaModel {
-  /// The longest sequence the model is made for: `ARCH.context_length` in a GGUF file,
-  /// `max_position_embeddings` in a folder's config.json (8192 when neither says, SmolLM2's).
+  /// The longest sequence the model is made for: `ARCH.context_length` in a GGUF file, the
+  /// family's reading of a folder's config.json (`max_position_embeddings`; Mistral's sliding
+  /// window when shorter), 8192 when neither says (SmolLM2's).
   public var contextLength: Int {
     switch source {
     case .gguf(let file):
@@ -16,9 +17,8 @@ extension LlamaModel {
       }
       return length
     case .huggingFace(let folder):
-      guard case .integer(let length)? = folder.config["max_position_embeddings"], length > 0
-      else { return 8192 }
-      return length
+      let fields = folder.configFields
+      return (try? ModelFamily(fields))?.contextLength(fields) ?? 8192
     }
   }
 

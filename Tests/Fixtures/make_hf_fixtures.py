@@ -418,3 +418,35 @@ for k, record in enumerate(wide_records):
     with torch.no_grad():
         logits = half_upcast(torch.tensor([record["ids"]])).logits[0].numpy()
     np.save(os.path.join(out, f"tiny-llama-head-dim-f16-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))
+
+# ---- a tiny Mistral: Llama's layers with a sliding window of 64 tokens, longer than every sequence
+# here (prompt and 16 greedy tokens), which lorac makes the model's context ----
+from transformers import MistralConfig, MistralForCausalLM  # noqa: E402
+
+torch.manual_seed(4)
+mistral_config = MistralConfig(
+    vocab_size=llama3.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+    num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256, sliding_window=64,
+    rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.1,
+    bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id)
+mistral_model = MistralForCausalLM(mistral_config).eval()
+with torch.no_grad():
+    for name, parameter in mistral_model.named_parameters():
+        if name.endswith("norm.weight"):
+            parameter.uniform_(0.5, 1.5)
+mistral_folder = os.path.join(out, "tiny-mistral")
+mistral_model.to(torch.bfloat16).save_pretrained(mistral_folder)
+fast.save_pretrained(mistral_folder)
+mistral_model = MistralForCausalLM.from_pretrained(mistral_folder, dtype=torch.bfloat16).float().eval()
+mistral_records = []
+for k, text in enumerate(prompts):
+    ids = fast.encode(text)
+    with torch.no_grad():
+        logits = mistral_model(torch.tensor([ids])).logits[0].numpy()
+    np.save(os.path.join(out, f"tiny-mistral-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))
+    tokens, gap = greedy(mistral_model, ids)
+    assert len(ids) + len(tokens) <= 64
+    mistral_records.append({"text": text, "ids": ids, "greedy": tokens})
+    print(f"mistral prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e}")
+with open(os.path.join(out, "tiny-mistral.json"), "w", encoding="utf-8") as f:
+    json.dump({"prompts": mistral_records}, f, ensure_ascii=False, indent=0)

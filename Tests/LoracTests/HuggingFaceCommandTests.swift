@@ -37,7 +37,7 @@ private struct TinyFixture: Decodable {
 /// `lorac generate` decodes with the KV cache; its greedy tokens are transformers', for the
 /// Llama folder (BOS added by its tokenizer.json), the Qwen2 one (q/k/v biases, no BOS) and a
 /// Llama whose head_dim is not hidden_size / heads.
-@Test(arguments: ["tiny-llama", "tiny-qwen2", "tiny-llama-head-dim"])
+@Test(arguments: ["tiny-llama", "tiny-qwen2", "tiny-llama-head-dim", "tiny-mistral"])
 func generateOnAFolderMatchesTransformersGreedy(_ name: String) throws {
   let fixture = try JSONDecoder().decode(
     TinyFixture.self,
@@ -75,6 +75,17 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
   return folder
 }
 
+/// Mistral's sliding window of 64 tokens is its context: 65 ids are refused, not approximated.
+@Test func mistralRefusesSequencesPastItsWindow() throws {
+  let folder = huggingFaceFixtures.appendingPathComponent("tiny-mistral").path
+  let out = temporaryURL(".npy")
+  defer { try? FileManager.default.removeItem(at: out) }
+  let ids = Array(repeating: "5", count: 65).joined(separator: ",")
+  let result = try lorac(["logits", folder, "--ids", ids, "--out", out.path])
+  #expect(result.status == 1)
+  #expect(result.stderr == "error: --ids: 65 tokens are more than the model's context of 64\n")
+}
+
 @Test func badFoldersAreOneLineErrorsAtTheCommandLine() throws {
   let empty = try temporaryFolder()
   let unknownType = try editedFolder("config.json", "\"llama\"", "\"gpt_neox\"")
@@ -95,7 +106,7 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
     ),
     (
       ["logits", unknownType.path, "--ids", "1", "--out", out],
-      "error: \(unknownType.path)/config.json: model_type 'gpt_neox' is not supported (supported: llama, qwen2)\n"
+      "error: \(unknownType.path)/config.json: model_type 'gpt_neox' is not supported (supported: llama, mistral, qwen2)\n"
     ),
     (
       ["tokenize", metaspace.path, "--text", "hi"],

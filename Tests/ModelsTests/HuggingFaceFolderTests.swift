@@ -143,6 +143,17 @@ private let tinyQwen2 = huggingFaceFixtures.appendingPathComponent("tiny-qwen2")
   }
 }
 
+/// Mistral's sliding window (64 here, longer than every sequence of the fixture) is the context.
+@Test func mistralFolderMatchesTransformersWithinItsWindow() throws {
+  let model = try LlamaModel(
+    path: huggingFaceFixtures.appendingPathComponent("tiny-mistral").path)
+  #expect(model.config.keyValueHeadCount == 1 && !model.config.tiedEmbeddings)
+  let worst = try worstLogitDifference(
+    model: model, reference: "tiny-mistral-logits", target: Target(bf16Products: false),
+    fixture: "tiny-mistral")
+  #expect(worst <= 1e-4, "max |difference| \(worst)")
+}
+
 /// f16 weights are declared f16 (read as stored, decoded exactly by the kernels): transformers'
 /// logits on the same weights upcast to float32, within the f32 bound.
 @Test func f16FolderLogitsMatchTransformers() throws {
@@ -217,7 +228,7 @@ private func failure(_ folder: URL) throws -> String {
   let cases: [(edit: (URL) throws -> Void, expected: String)] = [
     (
       { try replace($0, "config.json", "\"llama\"", "\"llama9\"") },
-      "config.json: model_type 'llama9' is not supported (supported: llama, qwen2)"
+      "config.json: model_type 'llama9' is not supported (supported: llama, mistral, qwen2)"
     ),
     (
       {

@@ -4,6 +4,7 @@
 /// `Llama.trace` from the `LlamaConfig` its file reads, with the same value names.
 public enum ModelFamily: String, CaseIterable, Sendable {
   case llama
+  case mistral
   case qwen2
 
   /// The family `model_type` names.
@@ -22,8 +23,26 @@ public enum ModelFamily: String, CaseIterable, Sendable {
   public func config(_ fields: HuggingFaceConfig) throws(HuggingFaceError) -> LlamaConfig {
     switch self {
     case .llama: try LlamaFamily.config(fields)
+    case .mistral: try MistralFamily.config(fields)
     case .qwen2: try Qwen2Family.config(fields)
     }
+  }
+
+  /// The longest sequence the model is made for (nil when config.json does not say): its
+  /// `max_position_embeddings`, or for Mistral the sliding window when that is shorter.
+  public func contextLength(_ fields: HuggingFaceConfig) -> Int? {
+    switch self {
+    case .llama, .qwen2: ModelFamily.maximumPositions(fields)
+    case .mistral: MistralFamily.contextLength(fields)
+    }
+  }
+
+  /// `max_position_embeddings` when it is a positive integer.
+  static func maximumPositions(_ fields: HuggingFaceConfig) -> Int? {
+    guard case .integer(let length)? = fields.json["max_position_embeddings"], length > 0 else {
+      return nil
+    }
+    return length
   }
 
   /// Reads a config.json's family and hyper-parameters.
