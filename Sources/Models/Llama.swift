@@ -17,11 +17,17 @@ public struct LlamaConfig: Hashable, Sendable {
   public var tiedEmbeddings: Bool
   /// GGUF stores Q/K rows permuted for adjacent-pair rotation; Hugging Face weights rotate halves.
   public var interleavedRope: Bool
+  /// Whether the q, k and v projections add a bias (`blk.N.attn_{q,k,v}.bias`; Qwen2's).
+  public var attentionBias: Bool
+  /// The dimension of one attention head when it is not embeddingLength / headCount (a
+  /// config.json's `head_dim`), else nil.
+  public var explicitHeadDimension: Int?
 
   public init(
     vocabularySize: Int, embeddingLength: Int, layerCount: Int, headCount: Int,
     keyValueHeadCount: Int, feedForwardLength: Int, ropeTheta: Double = 10_000,
-    normEpsilon: Double = 1e-5, tiedEmbeddings: Bool = true, interleavedRope: Bool = true
+    normEpsilon: Double = 1e-5, tiedEmbeddings: Bool = true, interleavedRope: Bool = true,
+    attentionBias: Bool = false, explicitHeadDimension: Int? = nil
   ) {
     self.vocabularySize = vocabularySize
     self.embeddingLength = embeddingLength
@@ -33,10 +39,12 @@ public struct LlamaConfig: Hashable, Sendable {
     self.normEpsilon = normEpsilon
     self.tiedEmbeddings = tiedEmbeddings
     self.interleavedRope = interleavedRope
+    self.attentionBias = attentionBias
+    self.explicitHeadDimension = explicitHeadDimension
   }
 
-  /// The dimension of one attention head.
-  public var headDimension: Int { embeddingLength / headCount }
+  /// The dimension of one attention head: explicit, or embeddingLength / headCount.
+  public var headDimension: Int { explicitHeadDimension ?? embeddingLength / headCount }
 }
 
 /// A Llama-family decoder traced into the IR from its hyper-parameters alone.
@@ -68,7 +76,8 @@ public enum Llama {
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
       config.headCount % config.keyValueHeadCount == 0,
-      config.embeddingLength % config.headCount == 0, config.headDimension % 2 == 0
+      config.explicitHeadDimension != nil || config.embeddingLength % config.headCount == 0,
+      config.headDimension > 0, config.headDimension % 2 == 0
     else {
       throw TraceError(
         message:
@@ -184,9 +193,16 @@ private struct LlamaParts {
     let (heads, kvHeads, headDim) = (
       config.headCount, config.keyValueHeadCount, config.headDimension
     )
-    let q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
-    let k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
-    let v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+    var q = try linear(x, gguf + "attn_q.weight", heads * headDim, "q")
+    var k = try linear(x, gguf + "attn_k.weight", kvHeads * headDim, "k")
+    var v = try linear(x, gguf + "attn_v.weight", kvHeads * headDim, "v")
+    if config.attentionBias {
+      // After the named product, which LoRA targets: a branch added before or after the bias
+      // is the same sum, as PEFT's Linear computes it.
+      q = try q + weight(gguf + "attn_q.bias", [heads * headDim])
+      k = try k + weight(gguf + "attn_k.bias", [kvHeads * headDim])
+      v = try v + weight(gguf + "attn_v.bias", [kvHeads * headDim])
+    }
     let qr = try rope(
       q.reshaped([batch, count, heads, headDim]), positions: positions,
       theta: config.ropeTheta, interleaved: config.interleavedRope)
@@ -326,65 +342,167 @@ extension LlamaConfig {
   }
 }
 
-/// A Llama-family model loaded from GGUF: its hyper-parameters and its weights, memory-mapped.
+/// A Llama-family model loaded from a GGUF file or a Hugging Face folder: its hyper-parameters and
+/// its weights, memory-mapped.
 public struct LlamaModel: Sendable {
-  public let file: GGUFFile
-  public let config: LlamaConfig
-
-  /// Opens a GGUF model and reads its hyper-parameters.
-  public init(path: String) throws(GGUFError) {
-    file = try GGUFFile(path: path)
-    config = try LlamaConfig(gguf: file)
+  /// Where the weights come from.
+  public enum Source: Sendable {
+    case gguf(GGUFFile)
+    case huggingFace(HuggingFaceFolder)
   }
 
-  /// Traces the forward graph (or, with `loss`, the loss graph) with each weight in its stored
-  /// dtype, or with `precision` `.bf16` every weight matrix declared `bf16` (vectors as stored).
+  public let source: Source
+  public let config: LlamaConfig
+
+  /// The GGUF file, nil for a Hugging Face folder.
+  public var file: GGUFFile? {
+    if case .gguf(let file) = source { return file }
+    return nil
+  }
+
+  /// The file or folder the model was opened from.
+  public var path: String {
+    switch source {
+    case .gguf(let file): file.path
+    case .huggingFace(let folder): folder.path
+    }
+  }
+
+  /// Opens a GGUF model, or a Hugging Face folder when `path` is a folder, and reads its
+  /// hyper-parameters.
+  ///
+  /// - Throws: `GGUFError` whose message names the file (for a folder: `config.json`, the shard
+  ///   index or a shard) and the field that is missing or malformed.
+  public init(path: String) throws(GGUFError) {
+    if HuggingFaceFolder.isFolder(path) {
+      do {
+        let folder = try HuggingFaceFolder(path: path)
+        source = .huggingFace(folder)
+        config = try ModelFamily.config(folder.configFields)
+      } catch {
+        throw GGUFError(message: error.message)
+      }
+    } else {
+      let file = try GGUFFile(path: path)
+      source = .gguf(file)
+      config = try LlamaConfig(gguf: file)
+    }
+  }
+
+  /// The stored type of a weight, by the name the trace declares it with (its GGUF name); nil when
+  /// the model has no such tensor or stores it in a dtype lorac does not read.
+  public func storedType(of name: String) -> TensorType? {
+    switch source {
+    case .gguf(let file):
+      guard let info = file.info(name), let dtype = info.dtype else { return nil }
+      return TensorType(dtype, info.shape)
+    case .huggingFace(let folder):
+      guard let hf = LlamaFamily.huggingFaceName(ofGGUF: name), let entry = folder.entry(hf),
+        let dtype = HuggingFaceFolder.dtypes[entry.dtype]
+      else { return nil }
+      return TensorType(dtype, entry.shape)
+    }
+  }
+
+  /// A stored weight by the name the trace declares it with, sharing the file's memory.
+  public func storedTensor(named name: String) throws(GGUFError) -> HostTensor {
+    switch source {
+    case .gguf(let file):
+      return try file.tensor(named: name)
+    case .huggingFace(let folder):
+      guard let hf = LlamaFamily.huggingFaceName(ofGGUF: name) else {
+        throw GGUFError(message: "\(folder.path): no Hugging Face tensor is known for '\(name)'")
+      }
+      do {
+        return try folder.tensor(named: hf)
+      } catch {
+        throw GGUFError(message: error.message)
+      }
+    }
+  }
+
+  /// Traces the forward graph (or, with `loss`, the loss graph) with each weight's dtype chosen
+  /// by `weightType(precision)`.
   public func trace(
     batch: Int, sequence: Int, loss: Bool = false, precision: WeightPrecision = .f32
   ) throws(TraceError) -> Graph {
-    try Llama.trace(config, batch: batch, sequence: sequence, loss: loss) { name in
-      guard let info = file.info(name) else { return nil }
-      return precision == .bf16 && info.shape.count == 2 ? .bf16 : info.dtype
+    try Llama.trace(
+      config, batch: batch, sequence: sequence, loss: loss, weightType: weightType(precision))
+  }
+
+  /// The dtype the traces declare each weight with, by its GGUF name.
+  ///
+  /// Each weight matrix in its stored dtype, or with `precision` `.bf16` declared `bf16`. Vectors
+  /// are declared as GGUF stores them (f32); a Hugging Face folder's f16 or bf16 vectors (norm
+  /// weights) are declared f32 and widened at load.
+  public func weightType(_ precision: WeightPrecision) -> (String) -> DType? {
+    { name in
+      guard let stored = storedType(of: name) else { return nil }
+      if precision == .bf16 && stored.rank == 2 { return .bf16 }
+      if case .huggingFace = source, stored.rank < 2 { return .f32 }
+      return stored.dtype
     }
   }
 
   /// The weights a traced graph declares, bound by name: without copying where the graph
   /// declares a weight in its stored dtype, else decoded and rounded to the declared `bf16`
-  /// (round to nearest even), one weight per core at a time.
+  /// (round to nearest even) or widened to the declared `f32`, one weight per core at a time.
   public func weights(for graph: Graph) throws(GGUFError) -> [String: HostTensor] {
     var result: [String: HostTensor] = [:]
-    var converted: [(name: String, stored: HostTensor)] = []
+    var converted: [(name: String, stored: HostTensor, dtype: DType)] = []
     for declaration in graph.declarations where declaration.kind == .constant {
-      let stored = try file.tensor(named: declaration.name)
+      let stored = try storedTensor(named: declaration.name)
       let declared = graph.type(of: declaration.value)
+      let widens = [.f16, .bf16].contains(stored.type.dtype)
       if stored.type == declared {
         result[declaration.name] = stored
-      } else if declared == TensorType(.bf16, stored.type.shape) {
-        converted.append((declaration.name, stored))
+      } else if declared == TensorType(.bf16, stored.type.shape)
+        || (declared == TensorType(.f32, stored.type.shape) && widens)
+      {
+        converted.append((declaration.name, stored, declared.dtype))
       } else {
+        var what = declaration.name
+        if case .huggingFace = source, let hf = LlamaFamily.huggingFaceName(ofGGUF: what) {
+          what = hf
+        }
         throw GGUFError(
           message:
-            "\(file.path): tensor '\(declaration.name)' is \(stored.type); the graph declares "
+            "\(path): tensor '\(what)' is \(stored.type); the model's hyper-parameters make it "
             + "\(declared)")
       }
     }
     let rounded = Mutex([String: HostTensor]())
     let pending = converted
     DispatchQueue.concurrentPerform(iterations: pending.count) { index in
-      let (name, stored) = pending[index]
-      let bits = stored.floats().map(bfloat16FromFloat)
-      let tensor = bits.withUnsafeBytes { bytes in
-        try? HostTensor(type: TensorType(.bf16, stored.type.shape), data: Data(bytes))
+      let (name, stored, dtype) = pending[index]
+      let floats = stored.floats()
+      let tensor: HostTensor?
+      if dtype == .f32 {
+        tensor = HostTensor(shape: stored.type.shape, floats: floats)
+      } else {
+        let bits = floats.map(bfloat16FromFloat)
+        tensor = bits.withUnsafeBytes { bytes in
+          try? HostTensor(type: TensorType(.bf16, stored.type.shape), data: Data(bytes))
+        }
       }
       rounded.withLock { $0[name] = tensor }
     }
-    for (name, _) in converted {
+    for (name, _, dtype) in converted {
       guard let tensor = rounded.withLock({ $0[name] }) else {
-        throw GGUFError(message: "\(file.path): tensor '\(name)' could not be rounded to bf16")
+        throw GGUFError(message: "\(path): tensor '\(name)' could not be converted to \(dtype)")
       }
       result[name] = tensor
     }
     return result
+  }
+
+  /// What an adapter's `base_model_name_or_path` should say for this model: for a GGUF file, the
+  /// Hugging Face repository it names (`GGUFFile.baseModelName`); for a folder, its absolute path.
+  public var baseModelName: String {
+    switch source {
+    case .gguf(let file): file.baseModelName
+    case .huggingFace(let folder): URL(fileURLWithPath: folder.path).standardizedFileURL.path
+    }
   }
 }
 

@@ -187,7 +187,7 @@ public struct PEFTAdapter: Sendable {
           target, a: a, b: b, rank: rank, config: config, fail: fail)
         tensors[target + ".lora_a"] = HostTensor(shape: shapeA, floats: a.floats())
         var bValues = b.floats()
-        if target.hasSuffix("attn.q") || target.hasSuffix("attn.k") {
+        if config.interleavedRope && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
           bValues = PEFTAdapter.permuteLastAxisForGGUF(bValues, dimension: shapeB[2])
         }
         tensors[target + ".lora_b"] = HostTensor(shape: shapeB, floats: bValues)
@@ -205,7 +205,8 @@ public struct PEFTAdapter: Sendable {
       }
       let aValues = a.floats()
       var bValues = b.floats()
-      if target.hasSuffix("attn.q") || target.hasSuffix("attn.k") {
+      // A Hugging Face folder's q/k rows are in PEFT's order already (no interleaved RoPE).
+      if config.interleavedRope && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
         bValues = PEFTAdapter.permuteRowsForGGUF(
           bValues, rows: outputs, columns: rank, heads: heads)
@@ -273,6 +274,9 @@ public struct PEFTAdapter: Sendable {
       return (config.embeddingLength, config.feedForwardLength)
     }
     if target.hasSuffix("mlp.down") { return (config.feedForwardLength, config.embeddingLength) }
+    if target.hasSuffix("attn.o") {
+      return (config.headCount * config.headDimension, config.embeddingLength)
+    }
     return (config.embeddingLength, config.headCount * config.headDimension)
   }
 
@@ -433,7 +437,9 @@ public struct PEFTAdapter: Sendable {
           throw FileError(message: "'\(name)' is 3-D, but only attention projections are per head")
         }
         var values = tensor.floats()
-        if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
+        if !isA && config.interleavedRope
+          && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k"))
+        {
           values = permuteLastAxisForGGUF(values, dimension: tensor.type.shape[2], inverse: true)
         }
         result.append((peftName, HostTensor(shape: tensor.type.shape, floats: values)))
@@ -441,7 +447,9 @@ public struct PEFTAdapter: Sendable {
       }
       let (rows, columns) = (tensor.type.shape[0], tensor.type.shape[1])
       var values = transpose(tensor.floats(), rows: rows, columns: columns)
-      if !isA && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
+      if !isA && config.interleavedRope
+        && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k"))
+      {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
         values = permuteRowsForGGUF(
           values, rows: columns, columns: rows, heads: heads, inverse: true)

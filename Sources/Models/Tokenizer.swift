@@ -1,32 +1,69 @@
+import Foundation
 import IR
 
-/// A byte-level BPE tokenizer built from a GGUF file's tokenizer metadata (`gpt2` model), with
-/// llama.cpp's pre-tokenizers and special-token handling.
+/// A byte-level BPE tokenizer, built from a GGUF file's tokenizer metadata (`gpt2` model, with
+/// llama.cpp's pre-tokenizers) or from a Hugging Face `tokenizer.json` (`TokenizerJSON.swift`).
 ///
-/// Encoding: split out control tokens (when asked), pre-tokenize (for `smollm`: every numeric code
-/// point alone, then the GPT-2 pattern), map each piece's bytes to GPT-2's printable characters,
-/// merge by rank, map to ids. Decoding reverses the byte mapping.
+/// Encoding: split out added tokens (special ones only when asked), normalize, pre-tokenize with
+/// the steps the file names (every numeric code point alone; GPT-2's pattern; a regex split),
+/// map each piece's bytes to GPT-2's printable characters, merge by rank, map to ids. Decoding
+/// reverses the byte mapping. One engine serves both file formats.
 public struct Tokenizer: Sendable {
   /// Token texts by id.
   public let tokens: [String]
-  /// Ids of control tokens (`<|im_start|>` ...), matched in text only when asked.
+  /// Ids of control tokens (`<|im_start|>` ...; a tokenizer.json's special added tokens), matched
+  /// in text only when asked.
   public let controlTokens: [Int32]
   public let beginOfSequence: Int32?
   public let endOfSequence: Int32?
-  /// Whether the model expects BOS before a prompt (`tokenizer.ggml.add_bos_token`).
+  /// Whether the model expects BOS before a prompt (`tokenizer.ggml.add_bos_token`, or a
+  /// tokenizer.json post-processor that adds it).
   public let addsBeginOfSequence: Bool
-  /// The pre-tokenizer's name (`tokenizer.ggml.pre`).
+  /// The pre-tokenizer's name (`tokenizer.ggml.pre`, or a summary of tokenizer.json's).
   public let preTokenizer: String
   /// The chat template text, if the file has one.
   public let chatTemplate: String?
 
   private let ids: [String: Int32]
   private let ranks: [Pair: Int]
-  private let controlByText: [(text: [UInt8], id: Int32)]
+  private let added: [AddedToken]
+  private let addedIDs: Set<Int32>
+  private let steps: [PreTokenizerStep]
+  private let normalization: Normalization
+  /// A piece that is a token as a whole is that token, whatever the merges (tokenizer.json's
+  /// `ignore_merges`, Llama 3's).
+  private let ignoresMerges: Bool
 
-  private struct Pair: Hashable {
+  struct Pair: Hashable {
     var left: String
     var right: String
+  }
+
+  /// A token matched in text before pre-tokenization.
+  struct AddedToken: Sendable {
+    var text: [Unicode.Scalar]
+    var id: Int32
+    /// Matched only when special tokens are parsed.
+    var special: Bool
+    /// Whitespace on its left or right is part of the match.
+    var stripsLeft = false
+    var stripsRight = false
+  }
+
+  /// One step of pre-tokenization; each splits every piece the steps before it made.
+  enum PreTokenizerStep: Sendable {
+    /// Every numeric code point alone (`Digits` with `individual_digits`), or runs of them.
+    case digits(individual: Bool)
+    /// GPT-2's pattern (`ByteLevel` with `use_regex`), as llama.cpp writes it by hand.
+    case gpt2
+    /// A regular expression's matches and the text between them, each a piece (`Split`,
+    /// behavior `Isolated`).
+    case split(SplitPattern)
+  }
+
+  /// What text goes through before pre-tokenization.
+  enum Normalization: Sendable {
+    case none, nfc
   }
 
   /// The pre-tokenizers implemented, by `tokenizer.ggml.pre` name.
@@ -87,45 +124,60 @@ public struct Tokenizer: Sendable {
       }
       return Int32(id)
     }
+    // smollm and its family first isolate every numeric code point.
+    let isolatesDigits = pre != "gpt-2" && pre != "default"
     self.init(
-      tokens: tokens, merges: merges, controlTokens: control,
+      tokens: tokens, merges: merges,
+      added: control.map {
+        AddedToken(text: Array(tokens[Int($0)].unicodeScalars), id: $0, special: true)
+      },
       beginOfSequence: try tokenID("tokenizer.ggml.bos_token_id"),
       endOfSequence: try tokenID("tokenizer.ggml.eos_token_id"),
       addsBeginOfSequence: file["tokenizer.ggml.add_bos_token"]?.bool ?? false,
-      preTokenizer: pre, chatTemplate: file["tokenizer.chat_template"]?.string)
+      preTokenizer: pre, steps: isolatesDigits ? [.digits(individual: true), .gpt2] : [.gpt2],
+      normalization: .none, ignoresMerges: false,
+      chatTemplate: file["tokenizer.chat_template"]?.string)
   }
 
-  private init(
-    tokens: [String], merges: [Pair: Int], controlTokens: [Int32], beginOfSequence: Int32?,
-    endOfSequence: Int32?, addsBeginOfSequence: Bool, preTokenizer: String, chatTemplate: String?
+  init(
+    tokens: [String], merges: [Pair: Int], added: [AddedToken], beginOfSequence: Int32?,
+    endOfSequence: Int32?, addsBeginOfSequence: Bool, preTokenizer: String,
+    steps: [PreTokenizerStep], normalization: Normalization, ignoresMerges: Bool,
+    chatTemplate: String?
   ) {
     self.tokens = tokens
     self.ranks = merges
-    self.controlTokens = controlTokens
+    self.controlTokens = added.filter(\.special).map(\.id)
     self.beginOfSequence = beginOfSequence
     self.endOfSequence = endOfSequence
     self.addsBeginOfSequence = addsBeginOfSequence
     self.preTokenizer = preTokenizer
     self.chatTemplate = chatTemplate
+    self.steps = steps
+    self.normalization = normalization
+    self.ignoresMerges = ignoresMerges
     var ids: [String: Int32] = [:]
     for (id, text) in tokens.enumerated() where ids[text] == nil { ids[text] = Int32(id) }
     self.ids = ids
-    // Longest first, so a control token that contains another wins.
-    controlByText = controlTokens.map { (Array(tokens[Int($0)].utf8), $0) }
-      .filter { !$0.0.isEmpty }.sorted { $0.0.count > $1.0.count }
+    // Longest first, so an added token that contains another wins.
+    self.added = added.filter { !$0.text.isEmpty }.sorted { $0.text.count > $1.text.count }
+    addedIDs = Set(added.map(\.id))
   }
 
   // MARK: - Encoding
 
-  /// The ids of `text`; control tokens written in the text become their ids only when
-  /// `parseSpecial` is set (as for chat-formatted data).
+  /// The ids of `text`; control (special) tokens written in the text become their ids only when
+  /// `parseSpecial` is set (as for chat-formatted data); a tokenizer.json's non-special added
+  /// tokens always do.
   public func encode(_ text: String, parseSpecial: Bool = false) -> [Int32] {
     var result: [Int32] = []
-    for segment in parseSpecial ? splitControl(text) : [.text(text)] {
+    for segment in splitAdded(text, parseSpecial: parseSpecial) {
       switch segment {
       case .control(let id): result.append(id)
       case .text(let part):
-        for piece in preTokenize(part) { result += encodePiece(piece) }
+        let normalized =
+          normalization == .nfc ? part.precomposedStringWithCanonicalMapping : part
+        for piece in preTokenize(normalized) { result += encodePiece(piece) }
       }
     }
     return result
@@ -136,53 +188,87 @@ public struct Tokenizer: Sendable {
     case control(Int32)
   }
 
-  private func splitControl(_ text: String) -> [Segment] {
-    let bytes = Array(text.utf8)
+  /// The text split at the added tokens it contains (leftmost, then longest, match first); a
+  /// token that strips takes the whitespace (White_Space) beside it.
+  private func splitAdded(_ text: String, parseSpecial: Bool) -> [Segment] {
+    let candidates = added.filter { parseSpecial || !$0.special }
+    if candidates.isEmpty { return [.text(text)] }
+    let scalars = Array(text.unicodeScalars)
     var segments: [Segment] = []
     var start = 0
     var position = 0
-    while position < bytes.count {
-      if bytes[position] == UInt8(ascii: "<"),
-        let match = controlByText.first(where: { candidate in
-          position + candidate.text.count <= bytes.count
-            && bytes[position..<(position + candidate.text.count)].elementsEqual(candidate.text)
+    func piece(_ range: Range<Int>) -> String {
+      var piece = ""
+      piece.unicodeScalars.append(contentsOf: scalars[range])
+      return piece
+    }
+    while position < scalars.count {
+      guard
+        let match = candidates.first(where: { candidate in
+          position + candidate.text.count <= scalars.count
+            && scalars[position..<(position + candidate.text.count)].elementsEqual(
+              candidate.text)
         })
-      {
-        if start < position {
-          segments.append(.text(String(decoding: bytes[start..<position], as: UTF8.self)))
-        }
-        segments.append(.control(match.id))
-        position += match.text.count
-        start = position
-      } else {
+      else {
         position += 1
+        continue
       }
+      var textEnd = position
+      if match.stripsLeft {
+        while textEnd > start && scalars[textEnd - 1].properties.isWhitespace { textEnd -= 1 }
+      }
+      if start < textEnd { segments.append(.text(piece(start..<textEnd))) }
+      segments.append(.control(match.id))
+      position += match.text.count
+      if match.stripsRight {
+        while position < scalars.count && scalars[position].properties.isWhitespace {
+          position += 1
+        }
+      }
+      start = position
     }
-    if start < bytes.count {
-      segments.append(.text(String(decoding: bytes[start...], as: UTF8.self)))
-    }
+    if start < scalars.count { segments.append(.text(piece(start..<scalars.count))) }
     return segments
   }
 
-  /// Splits text into pieces the way llama.cpp's pre-tokenizer does.
+  /// Splits text into pieces by the pre-tokenizer's steps, each applied to every piece the steps
+  /// before it made.
   public func preTokenize(_ text: String) -> [[Unicode.Scalar]] {
-    let scalars = Array(text.unicodeScalars)
-    var pieces: [[Unicode.Scalar]] = []
-    // smollm and its family first isolate every numeric code point.
-    let isolatesDigits = preTokenizer != "gpt-2" && preTokenizer != "default"
-    var chunks: [ArraySlice<Unicode.Scalar>] = []
-    if isolatesDigits {
-      var start = 0
-      for (index, scalar) in scalars.enumerated() where Character.Category(scalar) == .number {
-        if start < index { chunks.append(scalars[start..<index]) }
-        chunks.append(scalars[index...index])
-        start = index + 1
+    var pieces: [[Unicode.Scalar]] = text.isEmpty ? [] : [Array(text.unicodeScalars)]
+    for step in steps {
+      var next: [[Unicode.Scalar]] = []
+      for piece in pieces {
+        switch step {
+        case .digits(let individual): next += splitDigits(piece, individual: individual)
+        case .gpt2: next += gpt2Split(piece)
+        case .split(let pattern): next += pattern.split(piece)
+        }
       }
-      if start < scalars.count { chunks.append(scalars[start...]) }
-    } else {
-      chunks = [scalars[...]]
+      pieces = next
     }
-    for chunk in chunks { pieces += gpt2Split(Array(chunk)) }
+    return pieces
+  }
+
+  /// Numeric code points apart from the rest: each alone, or in runs.
+  private func splitDigits(_ scalars: [Unicode.Scalar], individual: Bool) -> [[Unicode.Scalar]] {
+    var pieces: [[Unicode.Scalar]] = []
+    var start = 0
+    var index = 0
+    while index < scalars.count {
+      guard Character.Category(scalars[index]) == .number else {
+        index += 1
+        continue
+      }
+      if start < index { pieces.append(Array(scalars[start..<index])) }
+      var end = index + 1
+      if !individual {
+        while end < scalars.count && Character.Category(scalars[end]) == .number { end += 1 }
+      }
+      pieces.append(Array(scalars[index..<end]))
+      index = end
+      start = end
+    }
+    if start < scalars.count { pieces.append(Array(scalars[start...])) }
     return pieces
   }
 
@@ -248,6 +334,7 @@ public struct Tokenizer: Sendable {
     var bytes: [UInt8] = []
     for scalar in piece { bytes += Array(String(scalar).utf8) }
     var symbols = bytes.map { String(ByteMapping.character(for: $0)) }
+    if ignoresMerges, let id = ids[symbols.joined()] { return [id] }
     while symbols.count > 1 {
       var best: (rank: Int, index: Int)?
       for index in 0..<(symbols.count - 1) {
@@ -286,6 +373,11 @@ public struct Tokenizer: Sendable {
   public func bytes(_ ids: [Int32]) -> [UInt8] {
     var result: [UInt8] = []
     for id in ids where id >= 0 && Int(id) < tokens.count {
+      if addedIDs.contains(id) {
+        // Added tokens are text, not byte-mapped pieces.
+        result += Array(tokens[Int(id)].utf8)
+        continue
+      }
       for scalar in tokens[Int(id)].unicodeScalars {
         if let byte = ByteMapping.byte(for: scalar) {
           result.append(byte)

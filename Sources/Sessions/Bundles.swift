@@ -20,8 +20,10 @@ extension CompiledBundle {
     do {
       model = try LlamaModel(path: path)
       fingerprint = try Fingerprint.file(path)
-      modelBytes = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
+      modelBytes = try Fingerprint.byteCount(ofModel: path)
     } catch let error as GGUFError {
+      throw SessionError(error.message)
+    } catch let error as FileError {
       throw SessionError(error.message)
     } catch {
       throw SessionError("\(path): \(error)")
@@ -113,8 +115,7 @@ public struct BundleSession {
     }
     self.path = path
     modelPath = model ?? bundle.modelPath
-    let size = (try? FileManager.default.attributesOfItem(atPath: modelPath)[.size] as? Int) ?? nil
-    guard let size else {
+    guard let size = try? Fingerprint.byteCount(ofModel: modelPath) else {
       throw SessionError("no such file '\(modelPath)' (the bundle's base model)")
     }
     let fingerprint: String

@@ -365,7 +365,7 @@ public final class DPOSession {
       let targets = parameters.filter { $0.hasSuffix(".lora_a") }.map { String($0.dropLast(7)) }
       try PEFTAdapter(
         rank: c.rank, alpha: c.alpha, useRSLoRA: c.rsLoRA, targets: targets, tensors: tensors
-      ).save(to: folder, config: model.config, baseModel: c.baseModel ?? model.file.baseModelName)
+      ).save(to: folder, config: model.config, baseModel: c.baseModel ?? model.baseModelName)
       try state.write(to: folder)
     }
   }

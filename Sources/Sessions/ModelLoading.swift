@@ -5,17 +5,24 @@ import Passes
 import Runtime
 
 extension LlamaModel {
-  /// The longest sequence the model is made for: `ARCH.context_length` in the GGUF (8192 when the
-  /// file does not say, SmolLM2's).
+  /// The longest sequence the model is made for: `ARCH.context_length` in a GGUF file, the
+  /// family's reading of a folder's config.json (`max_position_embeddings`; Mistral's sliding
+  /// window when shorter), 8192 when neither says (SmolLM2's).
   public var contextLength: Int {
-    let architecture = file["general.architecture"]?.string ?? "llama"
-    guard let length = file["\(architecture).context_length"]?.integer, length > 0 else {
-      return 8192
+    switch source {
+    case .gguf(let file):
+      let architecture = file["general.architecture"]?.string ?? "llama"
+      guard let length = file["\(architecture).context_length"]?.integer, length > 0 else {
+        return 8192
+      }
+      return length
+    case .huggingFace(let folder):
+      let fields = folder.configFields
+      return (try? ModelFamily(fields))?.contextLength(fields) ?? 8192
     }
-    return length
   }
 
-  /// Opens the GGUF model at `path`.
+  /// Opens the model at `path`: a GGUF file or a Hugging Face folder.
   public static func open(_ path: String) throws(SessionError) -> LlamaModel {
     do {
       return try LlamaModel(path: path)
@@ -39,12 +46,21 @@ extension LlamaModel {
     }
   }
 
-  /// The model's tokenizer, from its GGUF metadata.
+  /// The model's tokenizer: from a GGUF file's metadata, or a folder's tokenizer.json.
   public func tokenizer() throws(SessionError) -> Tokenizer {
-    do {
-      return try Tokenizer(gguf: file)
-    } catch {
-      throw SessionError(error.message)
+    switch source {
+    case .gguf(let file):
+      do {
+        return try Tokenizer(gguf: file)
+      } catch {
+        throw SessionError(error.message)
+      }
+    case .huggingFace(let folder):
+      do {
+        return try Tokenizer(huggingFace: folder)
+      } catch {
+        throw SessionError(error.message)
+      }
     }
   }
 }

@@ -203,7 +203,7 @@ public enum RLHFGraphs {
 extension LlamaModel {
   /// The storage dtype of each weight as the file stores it (the f32 precision's graphs).
   public var storedWeightType: (String) -> DType? {
-    let file = self.file
-    return { name in file.info(name)?.dtype }
+    let model = self
+    return { name in model.storedType(of: name)?.dtype }
   }
 }

@@ -653,7 +653,7 @@ public final class RLHFSession {
         Data(metrics.svg().utf8), to: folder.appendingPathComponent("reward.svg"))
       try currentAdapter().save(
         to: folder, config: model.config,
-        baseModel: configuration.baseModel ?? model.file.baseModelName)
+        baseModel: configuration.baseModel ?? model.baseModelName)
       try saveValueHead(to: folder.appendingPathComponent("value_head.safetensors"))
       try state.write(to: folder)
     }

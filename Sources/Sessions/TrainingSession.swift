@@ -411,7 +411,7 @@ public final class TrainingSession {
   /// adapter_config.json (the configuration's rank and alpha).
   public func saveAdapter(to folder: URL) throws(SessionError) {
     let adapter = try adapter()
-    let baseModel = configuration.baseModel ?? model.file.baseModelName
+    let baseModel = configuration.baseModel ?? model.baseModelName
     try wrapping { try adapter.save(to: folder, config: model.config, baseModel: baseModel) }
   }
 }

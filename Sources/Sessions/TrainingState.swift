@@ -154,12 +154,51 @@ public struct Fingerprint: Sendable {
     return String(repeating: "0", count: 16 - digits.count) + digits
   }
 
-  /// The fingerprint of a file's bytes (memory-mapped).
+  /// The fingerprint of a file's bytes (memory-mapped), or of a folder's (a Hugging Face
+  /// checkpoint): the name and bytes of each file in it, in name order.
   public static func file(_ path: String) throws(FileError) -> String {
-    let mapping = try FileMapping(path: path)
     var fingerprint = Fingerprint()
-    fingerprint.add(bytes: mapping.bytes)
+    // The mapping must outlive the read of its bytes (munmap on release).
+    func add(_ file: String) throws(FileError) {
+      let mapping = try FileMapping(path: file)
+      withExtendedLifetime(mapping) { fingerprint.add(bytes: mapping.bytes) }
+    }
+    guard HuggingFaceFolder.isFolder(path) else {
+      try add(path)
+      return fingerprint.hex
+    }
+    for name in try folderFiles(path) {
+      Array(name.utf8).withUnsafeBytes { fingerprint.add(bytes: $0) }
+      try add(path + "/" + name)
+    }
     return fingerprint.hex
+  }
+
+  /// The bytes of a model: a file's size, or the sum of a folder's files' sizes.
+  public static func byteCount(ofModel path: String) throws(FileError) -> Int {
+    func size(_ file: String) throws(FileError) -> Int {
+      guard let size = try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int else {
+        throw FileError(message: "\(file): no such file")
+      }
+      return size
+    }
+    guard HuggingFaceFolder.isFolder(path) else { return try size(path) }
+    var total = 0
+    for name in try folderFiles(path) { total += try size(path + "/" + name) }
+    return total
+  }
+
+  /// The regular, non-empty files of a folder, sorted by name.
+  private static func folderFiles(_ path: String) throws(FileError) -> [String] {
+    guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
+      throw FileError(message: "\(path): cannot list the folder")
+    }
+    return names.sorted().filter { name in
+      var isDirectory: ObjCBool = false
+      let attributes = try? FileManager.default.attributesOfItem(atPath: path + "/" + name)
+      return FileManager.default.fileExists(atPath: path + "/" + name, isDirectory: &isDirectory)
+        && !isDirectory.boolValue && (attributes?[.size] as? Int ?? 0) > 0
+    }
   }
 
   /// The fingerprint of tokenized training examples: their ids and loss weights.

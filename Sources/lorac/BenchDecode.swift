@@ -18,7 +18,7 @@ extension Bench {
         compile_s).
         """)
 
-    @Argument(help: "The GGUF model.")
+    @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
     var model: String
 
     @Option(help: "Comma-separated cache positions.")

@@ -21,7 +21,7 @@ extension Bench {
         caches are emptied before each run, outside the timed part.
         """)
 
-    @Argument(help: "The GGUF model.")
+    @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
     var model: String
 
     @Option(help: "Prompt length.")

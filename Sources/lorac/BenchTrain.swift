@@ -16,7 +16,7 @@ extension Bench {
         trace + passes + memory plan.
         """)
 
-    @Argument(help: "The GGUF model.")
+    @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
     var model: String
 
     @Option(parsing: .unconditional, help: "Sequences per step.")

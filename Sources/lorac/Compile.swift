@@ -19,7 +19,7 @@ struct Compile: ParsableCommand {
       lorac run executes a bundle without tracing again; lorac dump-ir prints its IR.
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(help: "The pass pipeline (default: fuse).")

@@ -17,7 +17,7 @@ struct Eval: ParsableCommand {
       expected text exactly.
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(

@@ -30,6 +30,9 @@ struct Export: ParsableCommand {
       fail("\(adapter): \(LoraMerge.perHeadExportRefusal)")
     }
     let llama = try model.map { path throws(SessionError) in try LlamaModel.open(path) }
+    if let llama, llama.file == nil {
+      fail("--model: \(llama.path) is a folder; a GGUF adapter is for the GGUF model")
+    }
     let peft: PEFTAdapter
     do {
       peft =

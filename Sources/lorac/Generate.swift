@@ -17,7 +17,7 @@ struct Generate: ParsableCommand {
       and penalties; with --adapter, the adapted model's).
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(

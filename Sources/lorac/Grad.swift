@@ -14,7 +14,7 @@ struct Grad: ParsableCommand {
       names and shapes.
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(help: "A PEFT adapter directory.")

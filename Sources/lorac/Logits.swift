@@ -9,7 +9,7 @@ struct Logits: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Write the float32 logits [n, vocab] for every position of --ids to a .npy file.")
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(parsing: .unconditional, help: "Comma-separated token ids, e.g. 1,2,3.")

@@ -38,8 +38,11 @@ struct Merge: ParsableCommand {
     if sameFile(out, model) { fail("\(out): refusing to overwrite the model being merged") }
     let llama = try LlamaModel.open(model)
     guard let peft = try loadAdapters(adapter, for: llama) else { fail("--adapter: no adapter") }
+    guard let file = llama.file else {
+      fail("\(model): merge writes a GGUF file and needs a GGUF model (folders are not merged yet)")
+    }
     do {
-      try LoraMerge.mergedModel(llama.file, adapter: peft, dtype: dtype == "f16" ? .f16 : .f32)
+      try LoraMerge.mergedModel(file, adapter: peft, dtype: dtype == "f16" ? .f16 : .f32)
         .write(to: out)
     } catch {
       fail(error.message)

@@ -12,7 +12,7 @@ struct Names: ParsableCommand {
       TransformerLens hook names.
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Flag(help: "Print one JSON object: {\"names\": [{\"name\", \"dtype\", \"shape\"}]}.")

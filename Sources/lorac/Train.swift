@@ -19,7 +19,7 @@ struct Train: ParsableCommand {
       bit. A resume on another model, other data or other settings is refused.
       """)
 
-  @Argument(help: "The GGUF model.")
+  @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
   var model: String
 
   @Option(help: "A jsonl file of training examples.")

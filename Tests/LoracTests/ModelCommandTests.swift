@@ -61,7 +61,10 @@ import Testing
       ["inspect", "/nonexistent.gguf"],
       "error: /nonexistent.gguf: cannot open: No such file or directory\n"
     ),
-    (["inspect", "/tmp"], "error: /tmp: is a directory\n"),
+    (
+      ["inspect", "/tmp"],
+      "error: /tmp: no config.json (a model is a GGUF file or a Hugging Face folder)\n"
+    ),
     (
       ["logits", path, "--ids", "1,x,3", "--out", out],
       "error: --ids: 'x' is not a token id (expected comma-separated integers like 1,2,3)\n"

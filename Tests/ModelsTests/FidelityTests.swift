@@ -32,9 +32,9 @@ private func load<T: Decodable>(_ name: String, as type: T.Type) throws -> T {
 }
 
 /// The model's logits [n, vocab] for `ids` through the compiled runtime.
-func runLogits(_ model: LlamaModel, _ ids: [Int32]) throws -> [Float] {
+func runLogits(_ model: LlamaModel, _ ids: [Int32], target: Target = .host) throws -> [Float] {
   let graph = try model.trace(batch: 1, sequence: ids.count)
-  let executable = try Executable(graph, constants: try model.weights(for: graph))
+  let executable = try Executable(graph, constants: try model.weights(for: graph), target: target)
   return try executable.run(inputs: [
     "tokens": HostTensor(shape: [1, ids.count], ints: ids),
     "positions": HostTensor(shape: [1, ids.count], ints: (0..<ids.count).map { Int32($0) }),

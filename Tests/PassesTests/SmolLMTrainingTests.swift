@@ -76,7 +76,7 @@ private func adapterProducts(_ graph: Graph, _ target: String) throws -> [[Int]]
 @Test func smolLMLoRATrainingLowersTheLoss() throws {
   // A small fixed data set: three arithmetic examples, trained for a few AdamW steps.
   let model = try LlamaModel(path: try modelPath())
-  let tokenizer = try Tokenizer(gguf: model.file)
+  let tokenizer = try Tokenizer(gguf: try #require(model.file))
   let texts = [
     ">>> mystery_function(12, 30)\n42", ">>> mystery_function(7, 8)\n15",
     ">>> mystery_function(100, 1)\n101",

@@ -12,6 +12,10 @@ public let fixturesFolder = testsFolder.appendingPathComponent("Fixtures")
 /// `Tests/Fixtures/smollm`: what transformers computed for SmolLM2 (make_smollm_fixtures.py).
 public let smolLMFixtures = fixturesFolder.appendingPathComponent("smollm")
 
+/// `Tests/Fixtures/hf`: tiny Hugging Face checkpoints and tokenizers with what transformers and
+/// the tokenizers library computed for them (make_hf_fixtures.py).
+public let huggingFaceFixtures = fixturesFolder.appendingPathComponent("hf")
+
 /// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure telling how to get it.
 ///
 /// `LORAC_MODEL` names the file; otherwise it is `SmolLM2-135M-Instruct.Q4_1.gguf` in

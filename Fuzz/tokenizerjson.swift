@@ -1,0 +1,21 @@
+// libFuzzer target: a Hugging Face tokenizer.json.
+//
+// Any bytes build a tokenizer or throw `HuggingFaceError`; a tokenizer encodes a fixed text (with
+// special tokens parsed, and not) and decodes the ids back.
+import Foundation
+import Models
+
+let sample =
+  "Hello, world! It's 2024: 12345 café 日本語 🙂 <|im_start|>user\n  x<|endoftext|>\r\n\u{0B}\u{85}"
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzTokenizerJSON(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+  let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+  guard let tokenizer = try? Tokenizer(tokenizerJSON: bytes, path: "tokenizer.json") else {
+    return 0
+  }
+  for parseSpecial in [false, true] {
+    _ = tokenizer.decode(tokenizer.encode(sample, parseSpecial: parseSpecial))
+  }
+  return 0
+}
