@@ -258,17 +258,9 @@ public final class DPOSession {
     var firstStep = 0
     var elapsedBefore = 0.0
     if let state = resume {
-      for name in parameters {
-        guard let tensor = state.parameters[name], let first = state.firstMoments[name],
-          let second = state.secondMoments[name]
-        else { throw SessionError("\(folder.path): the training state has no tensor '\(name)'") }
-        do {
-          try trainer.executable.set(name, tensor)
-          try optimizer.setMoments(of: name, first: first, second: second)
-        } catch {
-          throw SessionError("\(folder.path)/\(TrainingState.fileName): \(error.message)")
-        }
-      }
+      try trainer.restore(
+        parameters: state.parameters, first: state.firstMoments, second: state.secondMoments,
+        file: folder.appendingPathComponent(TrainingState.fileName).path)
       guard state.order.count == pairs.count else {
         throw SessionError(
           "\(folder.path): the training state orders \(state.order.count) pairs, not \(pairs.count)"

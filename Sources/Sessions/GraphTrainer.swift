@@ -88,6 +88,25 @@ public final class GraphTrainer {
     return executable.output(0).floats()[0]
   }
 
+  /// Puts saved parameters and their AdamW moments back (a resume); `file` names the saved state
+  /// in errors.
+  public func restore(
+    parameters saved: [String: HostTensor], first: [String: [Float]], second: [String: [Float]],
+    file: String
+  ) throws(SessionError) {
+    for name in parameters {
+      guard let tensor = saved[name], let m = first[name], let v = second[name] else {
+        throw SessionError("\(file): no tensor '\(name)'")
+      }
+      do {
+        try executable.set(name, tensor)
+        try optimizer.setMoments(of: name, first: m, second: v)
+      } catch {
+        throw SessionError("\(file): \(error.message)")
+      }
+    }
+  }
+
   /// Adds the last run's gradients to the running sum (gradient accumulation).
   public func accumulate() { optimizer.accumulate() }
 

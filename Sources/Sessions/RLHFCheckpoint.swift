@@ -48,15 +48,8 @@ public struct RLHFState: Sendable {
 
   /// Writes the state into `folder` crash-safely (temporary file, flush, rename).
   public func write(to folder: URL) throws(SafetensorsError) {
-    var tensors: [(name: String, tensor: HostTensor)] = []
-    for name in parameters.keys.sorted() {
-      guard let tensor = parameters[name], let first = firstMoments[name],
-        let second = secondMoments[name]
-      else { continue }
-      tensors.append(("param.\(name)", tensor))
-      tensors.append(("adam_m.\(name)", HostTensor(shape: tensor.type.shape, floats: first)))
-      tensors.append(("adam_v.\(name)", HostTensor(shape: tensor.type.shape, floats: second)))
-    }
+    let tensors = StateFile.optimizerTensors(
+      parameters, first: firstMoments, second: secondMoments)
     var metadata = [
       "format": RLHFState.format, "phase": String(phase),
       "optimizer_step": String(optimizerStep), "elapsed_s": String(elapsed),
@@ -69,38 +62,16 @@ public struct RLHFState: Sendable {
 
   /// Reads the state in `folder`, or nil when there is none; a damaged file is an error.
   public static func read(from folder: URL) throws(SafetensorsError) -> RLHFState? {
-    let url = folder.appendingPathComponent(fileName)
-    guard FileManager.default.fileExists(atPath: url.path) else { return nil }
-    let file = try SafetensorsFile(path: url.path)
-    let metadata = file.metadata
-    func fail(_ message: String) -> SafetensorsError {
-      SafetensorsError(message: "\(url.path): \(message)")
-    }
-    guard metadata["format"] == format else {
-      throw fail("not a lorac RLHF state (format \(metadata["format"] ?? "missing"))")
-    }
-    func integer(_ key: String) throws(SafetensorsError) -> Int {
-      guard let text = metadata[key], let value = Int(text), value >= 0 else {
-        throw fail("'\(key)' is missing or not a count")
-      }
-      return value
-    }
+    guard
+      let state = try StateFile(
+        folder: folder, fileName: fileName, format: format, kind: "RLHF state")
+    else { return nil }
+    let (metadata, fail, integer) = (state.metadata, state.fail, state.integer)
     guard let elapsedText = metadata["elapsed_s"], let elapsed = Double(elapsedText) else {
       throw fail("'elapsed_s' is missing or malformed")
     }
-    var settings: [String: String] = [:]
-    for (key, value) in metadata where key.hasPrefix("hp.") {
-      settings[String(key.dropFirst(3))] = value
-    }
-    var parameters: [String: HostTensor] = [:]
-    var first: [String: [Float]] = [:]
-    var second: [String: [Float]] = [:]
-    for entry in file.entries where entry.name.hasPrefix("param.") {
-      let name = String(entry.name.dropFirst("param.".count))
-      parameters[name] = try file.tensor(named: entry.name)
-      first[name] = try file.tensor(named: "adam_m.\(name)").floats()
-      second[name] = try file.tensor(named: "adam_v.\(name)").floats()
-    }
+    let settings = state.settings
+    let (parameters, first, second) = try state.optimizerTensors()
     return RLHFState(
       phase: try integer("phase"), optimizerStep: try integer("optimizer_step"), elapsed: elapsed,
       threads: try integer("threads"), settings: settings,

@@ -599,19 +599,9 @@ public final class RLHFSession {
 
   /// Puts a saved state's parameters and moments back.
   func restore(_ state: RLHFState, folder: URL) throws(SessionError) {
-    for name in parameters {
-      guard let tensor = state.parameters[name], let first = state.firstMoments[name],
-        let second = state.secondMoments[name]
-      else {
-        throw SessionError("\(folder.path)/\(RLHFState.fileName): no tensor '\(name)'")
-      }
-      do {
-        try trainer.executable.set(name, tensor)
-        try trainer.optimizer.setMoments(of: name, first: first, second: second)
-      } catch {
-        throw SessionError("\(folder.path)/\(RLHFState.fileName): \(error.message)")
-      }
-    }
+    try trainer.restore(
+      parameters: state.parameters, first: state.firstMoments, second: state.secondMoments,
+      file: folder.appendingPathComponent(RLHFState.fileName).path)
     trainer.optimizer.step = state.optimizerStep
   }
 

@@ -56,15 +56,8 @@ public struct TrainingState: Sendable {
 
   /// Writes the state into `folder` crash-safely (temporary file, flush, rename).
   public func write(to folder: URL) throws(SafetensorsError) {
-    var tensors: [(name: String, tensor: HostTensor)] = []
-    for name in parameters.keys.sorted() {
-      guard let tensor = parameters[name], let first = firstMoments[name],
-        let second = secondMoments[name]
-      else { continue }
-      tensors.append(("param.\(name)", tensor))
-      tensors.append(("adam_m.\(name)", HostTensor(shape: tensor.type.shape, floats: first)))
-      tensors.append(("adam_v.\(name)", HostTensor(shape: tensor.type.shape, floats: second)))
-    }
+    var tensors = StateFile.optimizerTensors(
+      parameters, first: firstMoments, second: secondMoments)
     tensors.append(("data_order", HostTensor(shape: [order.count], ints: order.map { Int32($0) })))
     var metadata = [
       "format": TrainingState.format, "step": String(step),
@@ -79,41 +72,19 @@ public struct TrainingState: Sendable {
 
   /// Reads the state in `folder`, or nil when there is none; a damaged file is an error.
   public static func read(from folder: URL) throws(SafetensorsError) -> TrainingState? {
-    let url = folder.appendingPathComponent(fileName)
-    guard FileManager.default.fileExists(atPath: url.path) else { return nil }
-    let file = try SafetensorsFile(path: url.path)
-    let metadata = file.metadata
-    func fail(_ message: String) -> SafetensorsError {
-      SafetensorsError(message: "\(url.path): \(message)")
-    }
-    guard metadata["format"] == format else {
-      throw fail("not a lorac training state (format \(metadata["format"] ?? "missing"))")
-    }
-    func integer(_ key: String) throws(SafetensorsError) -> Int {
-      guard let text = metadata[key], let value = Int(text), value >= 0 else {
-        throw fail("'\(key)' is missing or not a count")
-      }
-      return value
-    }
+    guard
+      let state = try StateFile(
+        folder: folder, fileName: fileName, format: format, kind: "training state")
+    else { return nil }
+    let (file, metadata, fail, integer) = (state.file, state.metadata, state.fail, state.integer)
     guard let generatorText = metadata["rng_state"], let generator = UInt64(generatorText),
       let elapsedText = metadata["elapsed_s"], let elapsed = Double(elapsedText)
     else { throw fail("'rng_state' or 'elapsed_s' is missing or malformed") }
-    var settings: [String: String] = [:]
-    for (key, value) in metadata where key.hasPrefix("hp.") {
-      settings[String(key.dropFirst(3))] = value
-    }
+    let settings = state.settings
     let order = try file.tensor(named: "data_order").ints().map(Int.init)
     let cursor = try integer("cursor")
     guard cursor <= order.count else { throw fail("the data cursor is past the data order") }
-    var parameters: [String: HostTensor] = [:]
-    var first: [String: [Float]] = [:]
-    var second: [String: [Float]] = [:]
-    for entry in file.entries where entry.name.hasPrefix("param.") {
-      let name = String(entry.name.dropFirst("param.".count))
-      parameters[name] = try file.tensor(named: entry.name)
-      first[name] = try file.tensor(named: "adam_m.\(name)").floats()
-      second[name] = try file.tensor(named: "adam_v.\(name)").floats()
-    }
+    let (parameters, first, second) = try state.optimizerTensors()
     return TrainingState(
       step: try integer("step"), optimizerStep: try integer("optimizer_step"), elapsed: elapsed,
       generator: generator, order: order, cursor: cursor, threads: try integer("threads"),
@@ -211,5 +182,80 @@ public struct Fingerprint: Sendable {
       for weight in example.weights { fingerprint.add(UInt64(weight.bitPattern)) }
     }
     return fingerprint.hex
+  }
+}
+
+/// What the training and RLHF state files share: an optimizer's tensors (`param.NAME`,
+/// `adam_m.NAME`, `adam_v.NAME`), the run's settings as `hp.KEY` metadata, and checks that name the
+/// file.
+struct StateFile {
+  let url: URL
+  let file: SafetensorsFile
+  var metadata: [String: String] { file.metadata }
+
+  /// Opens `folder/fileName`, or nil when there is none; a file of another `format` is an error
+  /// saying it is not a lorac `kind`.
+  init?(folder: URL, fileName: String, format: String, kind: String) throws(SafetensorsError) {
+    url = folder.appendingPathComponent(fileName)
+    guard FileManager.default.fileExists(atPath: url.path) else { return nil }
+    file = try SafetensorsFile(path: url.path)
+    guard file.metadata["format"] == format else {
+      throw SafetensorsError(
+        message:
+          "\(url.path): not a lorac \(kind) (format \(file.metadata["format"] ?? "missing"))")
+    }
+  }
+
+  func fail(_ message: String) -> SafetensorsError {
+    SafetensorsError(message: "\(url.path): \(message)")
+  }
+
+  /// A count in the metadata.
+  func integer(_ key: String) throws(SafetensorsError) -> Int {
+    guard let text = metadata[key], let value = Int(text), value >= 0 else {
+      throw fail("'\(key)' is missing or not a count")
+    }
+    return value
+  }
+
+  /// The run's settings (`hp.KEY` metadata, without the prefix).
+  var settings: [String: String] {
+    var settings: [String: String] = [:]
+    for (key, value) in metadata where key.hasPrefix("hp.") {
+      settings[String(key.dropFirst(3))] = value
+    }
+    return settings
+  }
+
+  /// Each parameter with its AdamW moments.
+  func optimizerTensors() throws(SafetensorsError) -> (
+    parameters: [String: HostTensor], first: [String: [Float]], second: [String: [Float]]
+  ) {
+    var parameters: [String: HostTensor] = [:]
+    var first: [String: [Float]] = [:]
+    var second: [String: [Float]] = [:]
+    for entry in file.entries where entry.name.hasPrefix("param.") {
+      let name = String(entry.name.dropFirst("param.".count))
+      parameters[name] = try file.tensor(named: entry.name)
+      first[name] = try file.tensor(named: "adam_m.\(name)").floats()
+      second[name] = try file.tensor(named: "adam_v.\(name)").floats()
+    }
+    return (parameters, first, second)
+  }
+
+  /// The tensors a state file holds for `parameters` and their moments, by name.
+  static func optimizerTensors(
+    _ parameters: [String: HostTensor], first: [String: [Float]], second: [String: [Float]]
+  ) -> [(name: String, tensor: HostTensor)] {
+    var tensors: [(name: String, tensor: HostTensor)] = []
+    for name in parameters.keys.sorted() {
+      guard let tensor = parameters[name], let m = first[name], let v = second[name] else {
+        continue
+      }
+      tensors.append(("param.\(name)", tensor))
+      tensors.append(("adam_m.\(name)", HostTensor(shape: tensor.type.shape, floats: m)))
+      tensors.append(("adam_v.\(name)", HostTensor(shape: tensor.type.shape, floats: v)))
+    }
+    return tensors
   }
 }
