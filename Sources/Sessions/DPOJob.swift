@@ -57,11 +57,14 @@ public final class DPOJob {
   public let folder: URL
   public let resumedState: TrainingState?
   public let record: CheckpointRecord
+  /// The MPI job this rank trains in (nil: one process).
+  public let dataParallel: DataParallel?
 
   private init(
     session: DPOSession, pairs: [PreferencePair], schedule: Schedule, folder: URL,
-    resumedState: TrainingState?, record: CheckpointRecord
+    resumedState: TrainingState?, dataParallel: DataParallel?, record: CheckpointRecord
   ) {
+    self.dataParallel = dataParallel
     self.session = session
     self.pairs = pairs
     self.schedule = schedule
@@ -72,9 +75,12 @@ public final class DPOJob {
 
   /// Reads the pairs and a saved state, resolves the settings (given, else saved, else default;
   /// a given value that differs from the saved one is refused) and compiles the session.
-  public static func prepare(_ request: DPORequest, note: (String) -> Void) throws(SessionError)
-    -> DPOJob
-  {
+  ///
+  /// With `dataParallel` (a rank of an `mpirun` job) `--batch` counts each rank's pairs; the state
+  /// records a step's pairs in all, so a resume may use any number of ranks that divides it.
+  public static func prepare(
+    _ request: DPORequest, dataParallel: DataParallel? = nil, note: (String) -> Void
+  ) throws(SessionError) -> DPOJob {
     try request.check()
     let folder = URL(fileURLWithPath: request.out)
     var isFolder: ObjCBool = false
@@ -106,7 +112,15 @@ public final class DPOJob {
     c.rank = try settings.resolve("rank", request.rank, default: c.rank)
     c.alpha = try settings.resolve("alpha", request.alpha, default: c.alpha)
     c.targets = try settings.resolve("targets", request.targets, default: c.targets)
-    c.pairs = try settings.resolve("batch", request.batch, default: c.pairs)
+    let ranks = dataParallel?.size ?? 1
+    let stepPairs = try settings.resolve(
+      "batch", request.batch.map { $0 * ranks }, default: c.pairs * ranks)
+    guard stepPairs % ranks == 0 else {
+      throw SessionError(
+        "\(request.out): the training state takes \(stepPairs) pairs per step, which \(ranks) "
+          + "ranks cannot share evenly; run with a number of ranks that divides it")
+    }
+    c.pairs = stepPairs / ranks
     c.seed = try settings.resolve("seed", request.seed, default: c.seed)
     c.rsLoRA = try settings.resolve("rslora", request.rsLoRA, default: c.rsLoRA)
     c.baseModel = request.baseModel
@@ -164,6 +178,7 @@ public final class DPOJob {
     let session = try DPOSession(model: model, configuration: c)
     return DPOJob(
       session: session, pairs: pairs, schedule: schedule, folder: folder, resumedState: saved,
+      dataParallel: dataParallel,
       record: CheckpointRecord(
         seed: c.seed, settings: settings.values, dataFingerprint: dataFingerprint,
         modelFingerprint: modelFingerprint))
@@ -175,6 +190,6 @@ public final class DPOJob {
   ) throws(SessionError) -> TrainingOutcome {
     try session.train(
       pairs: pairs, schedule: schedule, folder: folder, resume: resumedState, record: record,
-      cancellation: cancellation, progress: progress)
+      cancellation: cancellation, dataParallel: dataParallel, progress: progress)
   }
 }

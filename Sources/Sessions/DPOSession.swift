@@ -103,8 +103,13 @@ public enum DPOGraphs {
       let rejected = try (beta * ratios.slice(start: [pairs], end: [rows]))
         .named("rejected_rewards")
       let x = try chosen - rejected
-      // softplus(-x) = relu(-x) + log(1 + exp(-|x|)): no overflow for any x.
-      let losses = try relu(-x) + log(exp(-(x.apply(.abs))) + 1.0)
+      // -log sigmoid(x) = -log_softmax([x, 0])[0]: stable for any x, and its gradient at x = 0 is
+      // -1/2 (relu(-x) + log(1 + exp(-|x|)) has the same value but a zero subgradient there,
+      // where every run starts: the policy equals the reference, so nothing ever learned).
+      let pairsAndZero = try concat(
+        [x.reshaped([pairs, 1]), b.fill(0, shape: [pairs, 1])], axis: 1)
+      let losses = try -logSoftmax(pairsAndZero, axis: 1).slice(start: [0, 0], end: [pairs, 1])
+        .reshaped([pairs])
       let loss = try losses.mean(axes: [0]).named("loss")
       let margin = try x.mean(axes: [0]).named("reward_margin")
       let accuracy = try x.compare(.gt, 0).cast(to: .f32).mean(axes: [0]).named("accuracy")
@@ -243,11 +248,16 @@ public final class DPOSession {
   /// cancellation.
   public func train(
     pairs: [PreferencePair], schedule: Schedule, folder: URL, resume: TrainingState?,
-    record: CheckpointRecord, cancellation: Cancellation? = nil,
+    record: CheckpointRecord, cancellation: Cancellation? = nil, dataParallel: DataParallel? = nil,
     progress: (StepReport, DPOFigures) -> Void = { _, _ in }
   ) throws(SessionError) -> TrainingOutcome {
     try schedule.check()
     guard !pairs.isEmpty else { throw SessionError("no preference pairs") }
+    if let dataParallel {
+      try dataParallel.checkAgreement(
+        record: record, resumedStep: resume?.step, examples: pairs.count, folder: folder)
+    }
+    let (ranks, me) = (dataParallel?.size ?? 1, dataParallel?.rank ?? 0)
     let optimizer = trainer.optimizer
     optimizer.weightDecay = schedule.weightDecay
     optimizer.maxGradientNorm = schedule.maxGradientNorm
@@ -276,19 +286,37 @@ public final class DPOSession {
     let start = DispatchTime.now().uptimeNanoseconds
     for step in firstStep..<schedule.steps {
       optimizer.learningRate = schedule.learningRate(at: step)
+      // Every rank walks the whole global order (a step's pairs for all ranks) and runs its share.
       var batch: [PreferencePair] = []
-      for _ in 0..<configuration.pairs {
+      for index in 0..<(configuration.pairs * ranks) {
         if cursor == order.count {
           order.shuffle(using: &generator)
           cursor = 0
         }
-        batch.append(pairs[order[cursor]])
+        if index / configuration.pairs == me { batch.append(pairs[order[cursor]]) }
         cursor += 1
       }
-      let figures = try evaluate(batch)
+      var figures = try evaluate(batch)
+      var cancelled = cancellation?.isCancelled ?? false
+      if let dataParallel {
+        // The step's figures and gradient are the means over the ranks' equal shares; every rank
+        // stops after the same step.
+        trainer.accumulate()
+        let f = figures
+        let gathered = try dataParallel.allGather(
+          [f.loss, f.rewardMargin, f.accuracy, f.chosenReward, f.rejectedReward, cancelled ? 1 : 0])
+        let mean = (0..<5).map { k in gathered.map { $0[k] }.reduce(0, +) / Double(ranks) }
+        figures = DPOFigures(
+          loss: mean[0], rewardMargin: mean[1], accuracy: mean[2], chosenReward: mean[3],
+          rejectedReward: mean[4])
+        cancelled = gathered.contains { $0[5] != 0 }
+        try optimizer.reduceSums(count: ranks) { (sums, count) throws(SessionError) in
+          try dataParallel.allreduceSum(sums, count: count)
+        }
+      }
       let norm = trainer.update()
       let session = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-      let rate = Double((step + 1 - firstStep) * configuration.pairs) / session
+      let rate = Double((step + 1 - firstStep) * configuration.pairs * ranks) / session
       let loss = Float(figures.loss)
       metrics.append(
         step: step + 1, loss: loss,
@@ -306,9 +334,12 @@ public final class DPOSession {
       if !figures.loss.isFinite {
         throw SessionError("the DPO loss is \(figures.loss) at step \(step + 1); lower --lr")
       }
-      let cancelled = cancellation?.isCancelled ?? false
+      if dataParallel == nil { cancelled = cancellation?.isCancelled ?? false }
       let stopping = cancelled || step + 1 == schedule.stopAfter
       if (step + 1) % schedule.saveEvery == 0 || step + 1 == schedule.steps || stopping {
+        if let dataParallel {
+          try dataParallel.checkSameAdapter(trainer.executable, parameters, step: step + 1)
+        }
         var state = TrainingState(
           step: step + 1, optimizerStep: optimizer.step, elapsed: elapsedBefore + session,
           generator: generator.state, order: order, cursor: cursor, threads: Threads.count,
@@ -321,7 +352,7 @@ public final class DPOSession {
           state.firstMoments[name] = moments.first
           state.secondMoments[name] = moments.second
         }
-        try checkpoint(folder: folder, state: state, metrics: metrics)
+        if me == 0 { try checkpoint(folder: folder, state: state, metrics: metrics) }
       }
       if stopping && step + 1 < schedule.steps {
         return cancelled ? .cancelled(step: step + 1) : .stopped(step: step + 1)

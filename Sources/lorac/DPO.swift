@@ -107,18 +107,26 @@ struct DPO: ParsableCommand {
 
   func run() throws {
     threads.apply()
-    let job = try DPOJob.prepare(request, note: { printError($0) })
+    // Under mpirun: one rank of a data-parallel job; rank 0 alone prints and writes.
+    let parallel = try DataParallel.fromEnvironment()
+    let speaks = parallel?.rank ?? 0 == 0
+    let job = try DPOJob.prepare(
+      request, dataParallel: parallel, note: { if speaks { printError($0) } })
     var progress = TrainingProgress()
     let outcome: TrainingOutcome
     do {
       outcome = try job.run(cancellation: Interruption.install()) { report, _ in
-        progress.report(report)
+        if speaks { progress.report(report) }
       }
     } catch {
       progress.finishLine()
       throw error
     }
     progress.finishLine()
+    guard speaks else {
+      if case .cancelled = outcome { throw ExitCode(130) }
+      return
+    }
     switch outcome {
     case .finished: break
     case .stopped(let step), .cancelled(let step):

@@ -75,3 +75,27 @@ private let tinyDPO = [
     #expect(!FileManager.default.fileExists(atPath: out.path))
   }
 }
+
+@Test func dpoLearnsFromTheFirstStep() throws {
+  // Every run starts with the policy equal to the reference (B = 0), where the loss is ln 2 and
+  // its gradient must still be the sigmoid's -1/2 (a relu/abs form of softplus had a zero
+  // subgradient there, so no DPO run ever moved).
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let data = folder.appendingPathComponent("pairs.jsonl")
+  try writePairs(data)
+  let out = folder.appendingPathComponent("run")
+  let result = try lorac(
+    ["dpo", try modelPath(), "--data", data.path, "--out", out.path] + tinyDPO)
+  #expect(result.status == 0, "\(result.stderr)")
+  let lines = try String(contentsOf: out.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+    .split(separator: "\n")
+  let first = try #require(
+    try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as? [String: Any])
+  #expect(abs((first["loss"] as? Double ?? 0) - log(2)) < 1e-6)
+  #expect((first["grad_norm"] as? Double ?? 0) > 0, "\(first)")
+  // The second step's loss is no longer ln 2: the first update moved the adapter.
+  let second = try #require(
+    try JSONSerialization.jsonObject(with: Data(lines[1].utf8)) as? [String: Any])
+  #expect(abs((second["loss"] as? Double ?? log(2)) - log(2)) > 1e-4, "\(second)")
+}

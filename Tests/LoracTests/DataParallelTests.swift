@@ -203,3 +203,40 @@ private func isDescendant(_ pid: Int32, of root: Int32) -> Bool {
   // And a plain run starts without MPI's environment: one process, as before.
   #expect(try lorac(["train", "--help"]).status == 0)
 }
+
+@Test(.enabled(if: mpirun != nil))
+func dpoOnTwoRanksTrainsAsOneProcessWithTwiceThePairs() throws {
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let data = folder.appendingPathComponent("pairs.jsonl")
+  try """
+  {"prompt": "The capital of France is", "chosen": " Paris.", "rejected": " a cheese."}
+  {"prompt": "Two plus two is", "chosen": " four.", "rejected": " seven."}
+  {"prompt": "The sky is", "chosen": " blue.", "rejected": " made of soup."}
+  {"prompt": "Water is", "chosen": " wet.", "rejected": " a kind of rock."}
+  """.write(to: data, atomically: true, encoding: .utf8)
+  let model = try modelPath()
+  func dpo(_ out: URL, batch: Int) -> [String] {
+    [
+      "dpo", model, "--data", data.path, "--out", out.path, "--batch", "\(batch)",
+      "--steps", "6", "--rank", "2", "--targets", "layers.{0,1}.attn.{q,v}", "--warmup", "1",
+      "--lr", "0.002", "--threads", "1",
+    ]
+  }
+  let (one, two) = (folder.appendingPathComponent("one"), folder.appendingPathComponent("two"))
+  let single = try lorac(dpo(one, batch: 2))
+  #expect(single.status == 0, "\(single.stderr)")
+  let parallel = try mpi(2, dpo(two, batch: 1))
+  #expect(parallel.status == 0, "\(parallel.stderr)")
+  // The same pairs per step; the mean over two pairs is taken in the graph by one process and
+  // across the ranks by two, so the sums round differently: measured 1.2e-6 relative at most.
+  let (a, b) = (try losses(one), try losses(two))
+  #expect(a.count == 6 && b.count == 6)
+  for (step, (x, y)) in zip(a, b).enumerated() {
+    #expect(abs(x - y) <= 1e-5 * abs(x), "step \(step + 1): \(x) against \(y)")
+  }
+  // And it learns: the loss leaves ln 2 (the policy starts equal to the reference).
+  #expect(a.last.map { $0 < 0.6 } == true, "\(a)")
+  // Rank 0 alone wrote: one metrics line per step.
+  #expect(parallel.stderr.components(separatedBy: "step 6/6").count == 2, "\(parallel.stderr)")
+}
