@@ -134,7 +134,9 @@ public final class DataParallel {
     }
   }
 
-  /// Stops every rank of the job (after a rank found an error the others cannot see).
+  /// Stops every rank of the job (after a rank found an error the others cannot see): a rank that
+  /// merely exited would leave the others waiting in a collective, and its own MPI_Finalize
+  /// waiting for them.
   public func abort(code: Int32) -> Never {
     _ = mpi.abort(mpi.world, code)
     exit(code)
@@ -234,6 +236,9 @@ extension DataParallel {
           .joined(separator: " ")
       ),
       ("seed", String(record.seed)), ("resumed step", resumedStep.map(String.init) ?? "none"),
+      // Kernels sum in an order that depends on the thread count (the clipping norm, say), so
+      // ranks with different counts would drift apart.
+      ("threads", String(Threads.count)),
       ("output folder", folder.standardizedFileURL.path),
     ]
     let mine = parts.map { "\($0.0): \($0.1)" }.joined(separator: "\n")

@@ -107,7 +107,9 @@ struct BoundHooks {
       let selector = NameSelector(stringLiteral: edit.name)
       switch edit.action {
       case .ablate:
-        passes.append(Ablate(names: selector))
+        // The hook points the glob matched, by exact name: the graph also names values that
+        // are not hook points (`*.base` of a LoRA target), which a glob must not reach.
+        passes += matched.map { Ablate(names: NameSelector(stringLiteral: $0.name)) }
       case .patch(let tensor), .add(let tensor, _):
         let input = edit.name + (edit.flag == "--add" ? ".add" : ".patch")
         if feeds.contains(where: { $0.input == input }) {

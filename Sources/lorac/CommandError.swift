@@ -128,3 +128,18 @@ extension WeightPrecision: ExpressibleByArgument {
         + (fallback.map { " (default: \($0))" } ?? ""))
   }
 }
+
+/// Runs a step of a data-parallel command; an error on this rank is printed and stops every rank
+/// (the others would wait for it in a collective), else it is thrown as usual.
+func stoppingEveryRank<T>(_ parallel: DataParallel?, _ body: () throws -> T) throws -> T {
+  do {
+    return try body()
+  } catch {
+    if let parallel {
+      let message = (error as? SessionError)?.message ?? String(describing: error)
+      printError("error: rank \(parallel.rank): \(message)")
+      parallel.abort(code: 1)
+    }
+    throw error
+  }
+}

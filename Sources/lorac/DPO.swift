@@ -110,13 +110,16 @@ struct DPO: ParsableCommand {
     // Under mpirun: one rank of a data-parallel job; rank 0 alone prints and writes.
     let parallel = try DataParallel.fromEnvironment()
     let speaks = parallel?.rank ?? 0 == 0
-    let job = try DPOJob.prepare(
-      request, dataParallel: parallel, note: { if speaks { printError($0) } })
+    let job = try stoppingEveryRank(parallel) {
+      try DPOJob.prepare(request, dataParallel: parallel, note: { if speaks { printError($0) } })
+    }
     var progress = TrainingProgress()
     let outcome: TrainingOutcome
     do {
-      outcome = try job.run(cancellation: Interruption.install()) { report, _ in
-        if speaks { progress.report(report) }
+      outcome = try stoppingEveryRank(parallel) {
+        try job.run(cancellation: Interruption.install()) { report, _ in
+          if speaks { progress.report(report) }
+        }
       }
     } catch {
       progress.finishLine()

@@ -179,6 +179,12 @@ struct RLHF: ParsableCommand {
 
   func run() throws {
     threads.apply()
+    if let parallel = try DataParallel.fromEnvironment() {
+      printError(
+        "error: lorac rlhf does not run data-parallel yet (rank \(parallel.rank) of "
+          + "\(parallel.size)); run it as one process, without mpirun")
+      parallel.abort(code: 1)
+    }
     let job = try RLHFJob.prepare(
       model: model, out: out, configuration: configuration, reward: try rewardFunction(),
       saveEvery: saveEvery, stopAfter: stopAfter, resume: resume, note: { printError($0) })

@@ -150,14 +150,20 @@ struct Train: ParsableCommand {
     let parallel = try DataParallel.fromEnvironment()
     let speaks = parallel?.rank ?? 0 == 0
     guard
-      let job = try TrainingJob.prepare(
-        request, dataParallel: parallel, note: { if speaks { printError($0) } })
+      let job = try stoppingEveryRank(
+        parallel,
+        {
+          try TrainingJob.prepare(
+            request, dataParallel: parallel, note: { if speaks { printError($0) } })
+        })
     else { return }
     var progress = TrainingProgress()
     let cancellation = Interruption.install()
     let outcome: TrainingOutcome
     do {
-      outcome = try job.run(cancellation: cancellation) { if speaks { progress.report($0) } }
+      outcome = try stoppingEveryRank(parallel) {
+        try job.run(cancellation: cancellation) { if speaks { progress.report($0) } }
+      }
     } catch {
       progress.finishLine()
       throw error

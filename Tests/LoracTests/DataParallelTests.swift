@@ -119,7 +119,7 @@ func ranksThatDisagreeRefuseToStart() throws {
     environment: mpiEnvironment)
   #expect(result.status != 0)
   #expect(
-    result.stderr.contains("error: rank 1 disagrees with rank 0 on its settings"),
+    result.stderr.contains("rank 1 disagrees with rank 0 on its settings"),
     "\(result.stderr)")
   #expect(
     !FileManager.default.fileExists(atPath: folder.appendingPathComponent("metrics.jsonl").path))
@@ -239,4 +239,37 @@ func dpoOnTwoRanksTrainsAsOneProcessWithTwiceThePairs() throws {
   #expect(a.last.map { $0 < 0.6 } == true, "\(a)")
   // Rank 0 alone wrote: one metrics line per step.
   #expect(parallel.stderr.components(separatedBy: "step 6/6").count == 2, "\(parallel.stderr)")
+}
+
+@Test(.enabled(if: mpirun != nil))
+func aRankThatFailsAloneStopsEveryRank() throws {
+  // Rank 1 cannot read its data; rank 0 would otherwise wait for it in the first collective.
+  let model = try modelPath()
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let good = train(model, out: folder, steps: 4)
+  let missing = folder.appendingPathComponent("missing.jsonl").path
+  var bad = good
+  bad.replaceSubrange(2..<4, with: ["--data", missing])
+  let started = Date()
+  let result = try run(
+    try #require(mpirun),
+    ["-np", "1", "--bind-to", "none", loracExecutable().path] + good
+      + [":", "-np", "1", "--bind-to", "none", loracExecutable().path] + bad,
+    environment: mpiEnvironment)
+  #expect(result.status != 0)
+  #expect(Date().timeIntervalSince(started) < 60)
+  #expect(
+    result.stderr.contains("error: rank 1: \(missing): cannot open"), "\(result.stderr)")
+  // Ranks with other thread counts would drift apart: refused before the first step.
+  var twoThreads = good
+  twoThreads[twoThreads.firstIndex(of: "--threads")! + 1] = "2"
+  let threads = try run(
+    try #require(mpirun),
+    ["-np", "1", "--bind-to", "none", loracExecutable().path] + good
+      + [":", "-np", "1", "--bind-to", "none", loracExecutable().path] + twoThreads,
+    environment: mpiEnvironment)
+  #expect(threads.status != 0)
+  #expect(
+    threads.stderr.contains("rank 1 disagrees with rank 0 on its threads"), "\(threads.stderr)")
 }
