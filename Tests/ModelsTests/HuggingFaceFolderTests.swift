@@ -239,6 +239,14 @@ private func failure(_ folder: URL) throws -> String {
       "config.json: use_sliding_window true is not supported (lorac attends causally to every token)"
     ),
     (
+      {
+        try replace(
+          $0, "config.json", "\"model_type\": \"llama\"",
+          "\"model_type\": \"mistral\", \"sliding_window\": \"4096\"")
+      },
+      "config.json: sliding_window must be a positive integer or null"
+    ),
+    (
       { try replace($0, "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"qwen2\"") },
       "no tensor 'model.layers.0.self_attn.q_proj.bias' in the model's safetensors"
     ),

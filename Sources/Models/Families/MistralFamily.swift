@@ -8,7 +8,11 @@
 public enum MistralFamily {
   /// Reads the hyper-parameters of a Mistral config.json (as Llama's).
   public static func config(_ fields: HuggingFaceConfig) throws(HuggingFaceError) -> LlamaConfig {
-    if case .integer(let window)? = fields.json["sliding_window"], window <= 0 {
+    switch fields.json["sliding_window"] {
+    case nil, .null?: break
+    case .integer(let window)? where window > 0: break
+    default:
+      // A window lorac cannot read would otherwise be ignored: full attention past the window.
       throw fields.fail("sliding_window", "must be a positive integer or null")
     }
     return try LlamaFamily.config(fields)
