@@ -141,8 +141,8 @@ enum HeadLayout: Equatable {
   /// The product's input is `heads` heads of `dimension` laid side by side (o).
   case concatenatedInput(heads: Int, dimension: Int)
 
-  /// The layout of the matmul `instruction` (named `name`): a `reshape` of its result to
-  /// `[..., n, d]`, else its input made by a `reshape` from `[..., n, ..., d]` (the batch
+  /// The layout of the matmul `instruction` (named `name`): a `reshape` of its result (or of its
+  /// result plus a bias) to `[..., n, d]`, else its input made by a `reshape` from `[..., n, ..., d]` (the batch
   /// dimensions kept, the last axis split with `d` innermost).
   ///
   /// - Throws: `PassError` when neither holds: the target is not an attention projection.
@@ -152,7 +152,16 @@ enum HeadLayout: Equatable {
   ) throws(PassError) {
     let result = graph.type(of: instruction.results[0]).shape
     let batch = Array(result.dropLast())
+    // The result, or a bias added to it (Qwen2's q, k, v), is what is split into heads.
+    var outputs = [instruction.results[0]]
     for index in users[instruction.results[0]] ?? [] {
+      if case .binary(.add) = graph.body[index].op,
+        graph.type(of: graph.body[index].results[0]).shape == result
+      {
+        outputs.append(graph.body[index].results[0])
+      }
+    }
+    for index in outputs.flatMap({ users[$0] ?? [] }) {
       guard case .reshape(let shape) = graph.body[index].op, shape.count == result.count + 1,
         Array(shape.prefix(batch.count)) == batch
       else { continue }

@@ -270,3 +270,23 @@ private func logits(_ arguments: [String], ids: [Int]) throws -> [Float] {
     #expect(!FileManager.default.fileExists(atPath: out.path))
   }
 }
+
+@Test func perHeadLoRATrainsOnQwen2WhoseProjectionsHaveABias() throws {
+  // Qwen2 adds a bias between q/k/v's product and the split into heads.
+  let model = fixturesFolder.appendingPathComponent("hf/tiny-qwen2").path
+  let out = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: out) }
+  let run = try lorac([
+    "train", model, "--task", "mystery_function", "--examples", "8", "--steps", "2", "--batch",
+    "1", "--seq", "16", "--rank", "2", "--per-head", "--lr", "0.05", "--out", out.path,
+  ])
+  #expect(run.status == 0, "\(run.stderr)")
+  let config = try String(
+    contentsOf: out.appendingPathComponent("adapter_config.json"), encoding: .utf8)
+  #expect(config.contains("\"per_head\": true"))
+  // The trained adapter changes the logits; at scale 0 it gives the base ones bit for bit.
+  let ids = [1, 2, 3, 4, 5]
+  let base = try logits([model], ids: ids)
+  #expect(try logits([model, "--adapter", out.path], ids: ids) != base)
+  #expect(try logits([model, "--adapter", out.path, "--adapter-scale", "0"], ids: ids) == base)
+}
