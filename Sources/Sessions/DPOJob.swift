@@ -83,29 +83,7 @@ public final class DPOJob {
   ) throws(SessionError) -> DPOJob {
     try request.check()
     let folder = URL(fileURLWithPath: request.out)
-    var isFolder: ObjCBool = false
-    if FileManager.default.fileExists(atPath: request.out, isDirectory: &isFolder),
-      !isFolder.boolValue
-    {
-      throw SessionError("\(request.out): is a file; --out names a folder (made if missing)")
-    }
-    var saved: TrainingState?
-    do {
-      saved = try TrainingState.read(from: folder)
-    } catch {
-      throw SessionError(error.message)
-    }
-    if request.resume && saved == nil {
-      throw SessionError(
-        "\(request.out): no training state to resume (\(TrainingState.fileName) is missing); "
-          + "run without --resume to start")
-    }
-    if !request.resume, let old = saved {
-      note(
-        "note: \(request.out) holds a training state at step \(old.step); starting over (--resume continues it)"
-      )
-      saved = nil
-    }
+    let saved = try TrainingState.continued(in: request.out, resume: request.resume, note: note)
     var settings = ResolvedSettings(saved: saved?.settings ?? [:], folder: request.out)
     var c = DPOConfiguration()
     c.beta = try settings.resolve("beta", request.beta, default: c.beta)

@@ -147,27 +147,7 @@ public final class TrainingJob {
     try request.check()
     let out = request.out
     let folder = URL(fileURLWithPath: out)
-    var isFolder: ObjCBool = false
-    if FileManager.default.fileExists(atPath: out, isDirectory: &isFolder), !isFolder.boolValue {
-      throw SessionError("\(out): is a file; --out names a folder (made if missing)")
-    }
-    var saved: TrainingState?
-    do {
-      saved = try TrainingState.read(from: folder)
-    } catch {
-      throw SessionError(error.message)
-    }
-    if request.resume && saved == nil {
-      throw SessionError(
-        "\(out): no training state to resume (\(TrainingState.fileName) is missing); "
-          + "run without --resume to start")
-    }
-    if !request.resume, let old = saved {
-      note(
-        "note: \(out) holds a training state at step \(old.step); starting over (--resume continues it)"
-      )
-      saved = nil
-    }
+    let saved = try TrainingState.continued(in: out, resume: request.resume, note: note)
     // Settings: given, else (resuming) the saved ones, else the defaults.
     var savedSettings = saved?.settings ?? [:]
     // States from before --rslora trained without it.

@@ -259,3 +259,36 @@ struct StateFile {
     return tensors
   }
 }
+
+extension TrainingState {
+  /// The state a run into the folder `out` continues from.
+  ///
+  /// The saved one with `resume`, none without (a note says an old one is started over). `out`
+  /// naming a file, or `resume` with no state, is an error.
+  static func continued(in out: String, resume: Bool, note: (String) -> Void)
+    throws(SessionError) -> TrainingState?
+  {
+    var isFolder: ObjCBool = false
+    if FileManager.default.fileExists(atPath: out, isDirectory: &isFolder), !isFolder.boolValue {
+      throw SessionError("\(out): is a file; --out names a folder (made if missing)")
+    }
+    let saved: TrainingState?
+    do {
+      saved = try TrainingState.read(from: URL(fileURLWithPath: out))
+    } catch {
+      throw SessionError(error.message)
+    }
+    if resume && saved == nil {
+      throw SessionError(
+        "\(out): no training state to resume (\(TrainingState.fileName) is missing); "
+          + "run without --resume to start")
+    }
+    if !resume, let old = saved {
+      note(
+        "note: \(out) holds a training state at step \(old.step); starting over (--resume continues it)"
+      )
+      return nil
+    }
+    return saved
+  }
+}

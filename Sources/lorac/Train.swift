@@ -157,30 +157,8 @@ struct Train: ParsableCommand {
             request, dataParallel: parallel, note: { if speaks { printError($0) } })
         })
     else { return }
-    var progress = TrainingProgress()
-    let cancellation = Interruption.install()
-    let outcome: TrainingOutcome
-    do {
-      outcome = try stoppingEveryRank(parallel) {
-        try job.run(cancellation: cancellation) { if speaks { progress.report($0) } }
-      }
-    } catch {
-      progress.finishLine()
-      throw error
-    }
-    progress.finishLine()
-    guard speaks else {
-      if case .cancelled = outcome { throw ExitCode(130) }
-      return
-    }
-    switch outcome {
-    case .finished: break
-    case .stopped(let step), .cancelled(let step):
-      let cancelled = outcome == .cancelled(step: step)
-      progress.message(
-        "\(cancelled ? "interrupted" : "stopped"): saved step \(step)/\(job.schedule.steps) in "
-          + "\(job.folder.path); resume with: \(Train.resumeCommand())")
-      if cancelled { throw ExitCode(130) }
+    try runSteps(parallel, total: job.schedule.steps, folder: job.folder) { report in
+      try job.run(cancellation: Interruption.install(), progress: report)
     }
   }
 

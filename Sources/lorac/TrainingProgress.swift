@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import Sessions
 
@@ -85,4 +86,42 @@ enum Interruption {
     pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
     return cancellation
   }
+}
+
+/// Runs a training job's steps (`train`, `dpo`) with a live progress line on rank 0.
+///
+/// Then says how the run ended: a stop or an interruption names the saved step and the command
+/// that resumes (an interruption exits 130). An error on one rank of an MPI job stops every rank.
+func runSteps(
+  _ parallel: DataParallel?, total: Int, folder: URL,
+  _ run: (_ report: @escaping (StepReport) -> Void) throws -> TrainingOutcome
+) throws {
+  let speaks = parallel?.rank ?? 0 == 0
+  let progress = ProgressBox()
+  let outcome: TrainingOutcome
+  do {
+    outcome = try stoppingEveryRank(parallel) {
+      try run { if speaks { progress.line.report($0) } }
+    }
+  } catch {
+    progress.line.finishLine()
+    throw error
+  }
+  progress.line.finishLine()
+  switch outcome {
+  case .finished: break
+  case .stopped(let step), .cancelled(let step):
+    let cancelled = outcome == .cancelled(step: step)
+    if speaks {
+      progress.line.message(
+        "\(cancelled ? "interrupted" : "stopped"): saved step \(step)/\(total) in "
+          + "\(folder.path); resume with: \(Train.resumeCommand())")
+    }
+    if cancelled { throw ExitCode(130) }
+  }
+}
+
+/// The progress line, shared with the report closure.
+private final class ProgressBox {
+  var line = TrainingProgress()
 }
