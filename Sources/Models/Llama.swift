@@ -69,9 +69,13 @@ public enum Llama {
   ///   - extend: Replaces the outputs (and `loss`) with what it returns given the tokens, the
   ///     final residual stream `[batch, sequence, dim]` (before the last norm) and the logits: a
   ///     value head and an objective (RLHF), traced into the same graph.
+  ///   - logitPositions: With `extend`, the positions whose logits it receives (`[batch,
+  ///     logitPositions.count, vocab]`): the final residual stream is sliced before the head, so
+  ///     the other positions' logits (vocabulary-wide, and their gradients) never exist.
   public static func trace(
     _ config: LlamaConfig, batch: Int, sequence: Int, loss: Bool = false,
     weightType: @escaping (String) -> DType? = { _ in nil },
+    logitPositions: Range<Int>? = nil,
     extend: Extension? = nil
   ) throws(TraceError) -> Graph {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
@@ -130,8 +134,18 @@ public enum Llama {
         return try (afterAttention + mlp).named("residual.mlp")
       }
     }
+    if let extend {
+      var final = h
+      if let range = logitPositions {
+        guard range.lowerBound >= 0, range.upperBound <= sequence, !range.isEmpty else {
+          throw TraceError(
+            message: "llama: logit positions \(range) are not within 0..<\(sequence)")
+        }
+        final = try h.slice(start: [0, range.lowerBound, 0], end: [batch, range.upperBound, dim])
+      }
+      return try b.finish(outputs: try extend(tokens, h, parts.head(final, embedding: embedding)))
+    }
     let logits = try parts.head(h, embedding: embedding)
-    if let extend { return try b.finish(outputs: try extend(tokens, h, logits)) }
     guard loss else { return try b.finish(outputs: [logits]) }
     let targets = try b.input(name: "targets", shape: [batch, sequence], dtype: .i32)
     let weights = try b.input(name: "weights", shape: [batch, sequence])

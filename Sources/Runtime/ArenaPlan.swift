@@ -12,6 +12,9 @@ import IR
 public struct ArenaPlan: Sendable {
   /// The arena's size in bytes.
   public var arenaBytes: Int
+  /// The bytes at the start of the arena that hold `runsOnce` values (kept for the program's
+  /// life); everything after them is workspace of a single run.
+  public var persistentBytes: Int
   /// The sum of every intermediate's size: what allocating each separately would take.
   public var naiveBytes: Int
   /// The byte offset of each arena-resident value (indexed by value id; nil elsewhere).
@@ -118,6 +121,7 @@ public struct ArenaPlan: Sendable {
       naive += bytes
       offsets[value.index] = allocate(bytes)
     }
+    let persistent = end
     for (index, instruction) in graph.body.enumerated() {
       for result in instruction.results where aliases[result] == nil && !runsOnce.contains(result) {
         let bytes = graph.type(of: result).byteCount
@@ -137,6 +141,7 @@ public struct ArenaPlan: Sendable {
     }
     for (value, target) in aliases { offsets[value.index] = offsets[root(target).index] }
     self.arenaBytes = end
+    self.persistentBytes = persistent
     self.naiveBytes = naive
     self.offsets = offsets
     self.aliases = aliases

@@ -163,6 +163,21 @@ public final class Executable {
 
   // MARK: - Running
 
+  /// Gives the pages of the arena's workspace (every intermediate and output of a run; not the
+  /// values computed once at load, nor inputs, parameters and state) back to the system.
+  ///
+  /// For executables that take turns (a rollout's decoding graphs, an evaluation graph and a
+  /// training step): each one's workspace is resident only while it is used, so the peak is the
+  /// largest of them rather than their sum. The next `execute()` faults the pages back in, zeroed;
+  /// outputs must be read before this.
+  public func releaseWorkspace() {
+    let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+    let start = (plan.persistentBytes + page - 1) / page * page
+    let end = max(plan.arenaBytes, 64)
+    guard end > start else { return }
+    _ = madvise(arena + start, end - start, MADV_DONTNEED)
+  }
+
   /// Runs every kernel once over the current inputs, parameters and state.
   public func execute() throws(RuntimeError) {
     applyThreads()

@@ -68,6 +68,13 @@ public struct DecodeSession {
     compiled.adapterScale = scale
   }
 
+  /// Gives the compiled graphs' workspaces back to the system (the KV caches stay); for a
+  /// session that takes turns with other executables (RLHF's rollouts). See
+  /// `Executable.releaseWorkspace()`.
+  public func releaseWorkspace() {
+    for executable in compiled.byShape.values { executable.releaseWorkspace() }
+  }
+
   /// Decodes `model` (through `adapter`'s LoRA branches) for up to `context` tokens in all, with
   /// kernels planned for `target`.
   public init(model: LlamaModel, context: Int, adapter: PEFTAdapter?, target: Target = .host) {

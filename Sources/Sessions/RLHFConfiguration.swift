@@ -123,11 +123,15 @@ public struct RLHFConfiguration: Sendable, Hashable {
 
 extension Pipelines {
   /// The PPO objective's pipeline: the adapter, the adapter and the value head trainable, the
-  /// train step's passes with the loss `-J`.
+  /// train step's passes with the loss `-J`, and `cse` after `autodiff`: the log-softmax's
+  /// gradient forms `exp(log p)` again, which the entropy and the KL already formed (a
+  /// vocabulary-wide product, computed once instead of twice).
   public static func rlhf(_ c: RLHFConfiguration) -> String {
     training(
       rank: c.rank, alpha: c.alpha, targets: c.targets, seed: c.seed,
-      rsLoRA: c.rsLoRA ? true : nil, perHead: c.perHead ? true : nil
+      rsLoRA: c.rsLoRA ? true : nil, perHead: c.perHead ? true : nil,
+      passes: trainingPasses.replacingOccurrences(
+        of: "autodiff{loss=loss},", with: "autodiff{loss=loss},cse,")
     ).replacingOccurrences(of: "},freeze,", with: "},freeze{trainable=\(RLHFGraphs.trainable)},")
   }
 

@@ -78,13 +78,10 @@ public enum RLHFGraphs {
     return try value.reshaped([batch, generated]).named("values")
   }
 
-  /// The log-softmax of the logits that predict the sampled tokens, `[batch, generated, vocab]`.
-  static func predictingLogProbabilities(_ logits: Tensor, prefix: Int) throws(TraceError)
-    -> Tensor
-  {
-    let (batch, sequence, vocabulary) = (logits.shape[0], logits.shape[1], logits.shape[2])
-    return try logSoftmax(
-      logits.slice(start: [0, prefix - 1, 0], end: [batch, sequence - 1, vocabulary]))
+  /// The positions whose logits predict the sampled tokens: the only ones the graphs compute
+  /// the head at (`Llama.trace`'s `logitPositions`).
+  static func predicting(prefix: Int, generated: Int) -> Range<Int> {
+    (prefix - 1)..<(prefix + generated - 1)
   }
 
   /// `x[b, t, indices[b, t]]` of `x: [batch, positions, vocab]`: one gather from the flattened
@@ -107,10 +104,10 @@ public enum RLHFGraphs {
   ) throws(TraceError) -> Graph {
     try checkShape(prefix: prefix, generated: generated)
     return try Llama.trace(
-      config, batch: batch, sequence: prefix + generated, weightType: weightType
+      config, batch: batch, sequence: prefix + generated, weightType: weightType,
+      logitPositions: predicting(prefix: prefix, generated: generated)
     ) { _, residual, logits throws(TraceError) in
-      let logProbabilities = try predictingLogProbabilities(logits, prefix: prefix)
-        .named("log_probs")
+      let logProbabilities = try logSoftmax(logits).named("log_probs")
       let values = try values(
         residual, prefix: prefix, epsilon: config.normEpsilon, seed: valueHeadSeed)
       return [logProbabilities, values]
@@ -142,8 +139,10 @@ public enum RLHFGraphs {
     let c = coefficients
     let sequence = prefix + generated
     let vocabulary = config.vocabularySize
-    return try Llama.trace(config, batch: batch, sequence: sequence, weightType: weightType) {
-      tokens, residual, logits throws(TraceError) in
+    return try Llama.trace(
+      config, batch: batch, sequence: sequence, weightType: weightType,
+      logitPositions: predicting(prefix: prefix, generated: generated)
+    ) { tokens, residual, logits throws(TraceError) in
       let b = logits.builder
       let shape = [batch, generated]
       let mask = try b.input(name: "mask", shape: shape)
@@ -154,7 +153,7 @@ public enum RLHFGraphs {
         name: "reference_logprobs", shape: [batch, generated, vocabulary])
       let values = try values(
         residual, prefix: prefix, epsilon: config.normEpsilon, seed: valueHeadSeed)
-      let logProbabilities = try predictingLogProbabilities(logits, prefix: prefix)
+      let logProbabilities = try logSoftmax(logits)
       let targets = try tokens.slice(start: [0, prefix], end: [batch, sequence])
       let picked = try pick(logProbabilities, targets).named("logprobs")
       let count = try mask.sum()

@@ -67,12 +67,29 @@ public struct PhaseReport: Sendable {
   public var samples: [String]
 }
 
+/// What `RLHFSession.runPhase` did: the samples, their rewards, the scored rollout and the mean
+/// PPO terms of the learning phase, with the time of each part.
+public struct PhaseOutcome: Sendable {
+  /// The completions' text (prefix excluded), in row order.
+  public var completions: [String]
+  public var rewards: [Double]
+  public var rollout: RolloutEvaluation
+  public var terms: PPOTerms
+  public var seconds: PhaseSeconds
+}
+
 /// The seconds of a phase's parts: sampling, scoring, evaluating (policy and reference), learning.
 public struct PhaseSeconds: Sendable, Hashable {
   public var rollout: Double
   public var reward: Double
   public var evaluation: Double
   public var learning: Double
+
+  public init(rollout: Double, reward: Double, evaluation: Double, learning: Double) {
+    (self.rollout, self.reward, self.evaluation, self.learning) = (
+      rollout, reward, evaluation, learning
+    )
+  }
 }
 
 /// How a call to `train` ended; every ending but an error leaves a checkpoint of the last phase.
@@ -239,53 +256,10 @@ public final class RLHFSession {
   public func rollout(phase: Int) throws(SessionError) -> [[Int32]] {
     try synchronize()
     let c = configuration
-    let (batch, length, context) = (c.batch, prefix.count, sequence)
-    let vocabulary = model.config.vocabularySize
     var sampler = RolloutSampler(
       temperature: c.temperature, topK: c.topK, seed: seed(1, phase: phase))
-    var generated = [[Int32]](repeating: [], count: batch)
-    try wrapping {
-      let prefill = try decoder.compile(tokens: length, batch: batch, last: true)
-      var mask = [Int32](repeating: 0, count: batch * length * context)
-      for row in 0..<batch {
-        for t in 0..<length { for s in 0...t { mask[(row * length + t) * context + s] = 1 } }
-      }
-      try prefill.set(
-        "tokens",
-        HostTensor(shape: [batch, length], ints: Array((0..<batch).map { _ in prefix }.joined())))
-      try prefill.set(
-        "positions",
-        HostTensor(
-          shape: [batch, length],
-          ints: Array((0..<batch).map { _ in (0..<length).map { Int32($0) } }.joined())))
-      try prefill.set("cache_start", HostTensor(shape: [4], ints: [0, 0, 0, 0]))
-      try prefill.set("key_mask", HostTensor(shape: [batch, length, context], ints: mask))
-      try prefill.execute()
-      var logits = prefill.outputAddress(0).assumingMemoryBound(to: Float.self)
-      var next = (0..<batch).map { sampler.next(logits + $0 * vocabulary, count: vocabulary) }
-      guard c.generated > 1 else {
-        for row in 0..<batch { generated[row] = [next[row]] }
-        return
-      }
-      let step = try decoder.compile(tokens: 1, batch: batch)
-      try step.copyState(from: prefill)
-      var stepMask = [Int32](repeating: 0, count: batch * context)
-      for k in 0..<c.generated {
-        for row in 0..<batch { generated[row].append(next[row]) }
-        if k == c.generated - 1 { break }
-        let slot = length + k
-        for row in 0..<batch { for s in 0...slot { stepMask[row * context + s] = 1 } }
-        try step.set("tokens", HostTensor(shape: [batch, 1], ints: next))
-        try step.set(
-          "positions",
-          HostTensor(shape: [batch, 1], ints: [Int32](repeating: Int32(slot), count: batch)))
-        try step.set("cache_start", HostTensor(shape: [4], ints: [0, 0, Int32(slot), 0]))
-        try step.set("key_mask", HostTensor(shape: [batch, 1, context], ints: stepMask))
-        try step.execute()
-        logits = step.outputAddress(0).assumingMemoryBound(to: Float.self)
-        next = (0..<batch).map { sampler.next(logits + $0 * vocabulary, count: vocabulary) }
-      }
-    }
+    let generated = try decoder.sample(
+      prefix: prefix, batch: c.batch, generated: c.generated, sampler: &sampler)
     return generated.map { prefix + $0 }
   }
 
@@ -518,6 +492,37 @@ public final class RLHFSession {
 
   // MARK: - The loop
 
+  /// One phase without checkpoints or metrics: the rollout (adapter on), its rewards, its
+  /// evaluation under the policy and the reference, and the learning phase's PPO steps, each
+  /// timed. The schedule's factor for `phase` applies.
+  public func runPhase(_ phase: Int, reward: RewardFunction) throws(SessionError) -> PhaseOutcome {
+    func seconds(since start: UInt64) -> Double {
+      Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+    }
+    let rolloutStart = DispatchTime.now().uptimeNanoseconds
+    // The three executables take turns; each one's workspace is given back after its turn, so
+    // the peak is the largest of them, not their sum.
+    let rows = try rollout(phase: phase)
+    decoder.releaseWorkspace()
+    let completions = completions(rows)
+    let rolloutSeconds = seconds(since: rolloutStart)
+    let rewardStart = DispatchTime.now().uptimeNanoseconds
+    let rewards = try reward.rewards(prompt: configuration.prefix, completions: completions)
+    let rewardSeconds = seconds(since: rewardStart)
+    let evaluationStart = DispatchTime.now().uptimeNanoseconds
+    let evaluated = try evaluate(rows: rows, rewards: rewards)
+    evaluator.releaseWorkspace()
+    let evaluationSeconds = seconds(since: evaluationStart)
+    let learningStart = DispatchTime.now().uptimeNanoseconds
+    let terms = try learn(evaluated, phase: phase)
+    trainer.executable.releaseWorkspace()
+    return PhaseOutcome(
+      completions: completions, rewards: rewards, rollout: evaluated, terms: terms,
+      seconds: PhaseSeconds(
+        rollout: rolloutSeconds, reward: rewardSeconds, evaluation: evaluationSeconds,
+        learning: seconds(since: learningStart)))
+  }
+
   /// Runs phases `resume.phase + 1 ... phases` (rollout, reward, evaluation, learning).
   ///
   /// Appends
@@ -546,21 +551,10 @@ public final class RLHFSession {
     let start = DispatchTime.now().uptimeNanoseconds
     for phase in firstPhase..<c.phases {
       let phaseStart = DispatchTime.now().uptimeNanoseconds
-      func seconds(since start: UInt64) -> Double {
-        Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-      }
-      let rows = try rollout(phase: phase)
-      let completions = completions(rows)
-      let rolloutSeconds = seconds(since: phaseStart)
-      let rewardStart = DispatchTime.now().uptimeNanoseconds
-      let rewards = try reward.rewards(prompt: c.prefix, completions: completions)
-      let rewardSeconds = seconds(since: rewardStart)
-      let evaluationStart = DispatchTime.now().uptimeNanoseconds
-      let rollout = try evaluate(rows: rows, rewards: rewards)
-      let evaluationSeconds = seconds(since: evaluationStart)
-      let learningStart = DispatchTime.now().uptimeNanoseconds
-      let terms = try learn(rollout, phase: phase)
-      let learningSeconds = seconds(since: learningStart)
+      let step = try runPhase(phase, reward: reward)
+      let (rollout, terms, completions, rewards) = (
+        step.rollout, step.terms, step.completions, step.rewards
+      )
       let now = DispatchTime.now().uptimeNanoseconds
       let session = Double(now - start) / 1e9
       let (mean, deviation) = meanAndDeviation(rewards)
@@ -572,9 +566,7 @@ public final class RLHFSession {
         samplesPerSecond: Double(c.batch) / (Double(now - phaseStart) / 1e9),
         learningRate: c.learningRate * c.learningRateFactor(phase: phase),
         remainingSeconds: session / Double(phase + 1 - firstPhase) * Double(c.phases - phase - 1),
-        seconds: PhaseSeconds(
-          rollout: rolloutSeconds, reward: rewardSeconds, evaluation: evaluationSeconds,
-          learning: learningSeconds),
+        seconds: step.seconds,
         samples: completions.prefix(shownSamples).map { c.prefix + $0 })
       metrics.append(report, elapsed: elapsedBefore + session)
       progress(report)

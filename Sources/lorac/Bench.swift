@@ -8,7 +8,7 @@ import Sessions
 struct Bench: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract: "Benchmark lorac against baselines measured in the same run.",
-    subcommands: [Kernels.self, Prefill.self, Decode.self, Train.self])
+    subcommands: [Kernels.self, Prefill.self, Decode.self, Train.self, RLHF.self])
 
   /// `lorac bench kernels`.
   struct Kernels: ParsableCommand {

@@ -8,13 +8,15 @@ import Sessions
 struct Eval: ParsableCommand {
   static let configuration = CommandConfiguration(
     abstract:
-      "Loss, perplexity and greedy exact-match accuracy of completions on --data or a --task.",
+      "Loss, perplexity and exact-match accuracy on --data or a --task; or the mean --reward of sampled completions.",
     discussion: """
       The loss is the mean next-token cross-entropy over the completion tokens and the \
       end-of-sequence token after them (the tokens training learns); perplexity is its \
       exponential. Each prompt is also decoded greedily (KV cache) until end-of-sequence, a \
       newline or the answer's length plus 4 tokens; a completion matches when it equals the \
-      expected text exactly.
+      expected text exactly. With --reward (or --reward-cmd) instead, --count completions of \
+      --gen-len tokens are sampled after --prefix as `lorac rlhf` samples its rollouts \
+      (--temperature, --top-k, --batch rows at a time) and scored; it prints their mean reward.
       """)
 
   @Argument(help: "The model: a GGUF file or a Hugging Face folder.")
@@ -48,6 +50,25 @@ struct Eval: ParsableCommand {
 
   @OptionGroup var adapterScale: AdapterScaleOption
 
+  @Option(
+    help: "Instead of --data or --task: score sampled completions with char-count:C or length.")
+  var reward: String?
+
+  @Option(help: "Instead of --reward: a reward program (JSON lines in, one number per line out).")
+  var rewardCmd: String?
+
+  @Option(help: "With --reward: the text every sample starts with.")
+  var prefix = RLHFConfiguration().prefix
+
+  @Option(parsing: .unconditional, help: "With --reward: tokens sampled after the prefix.")
+  var genLen = RLHFConfiguration().generated
+
+  @Option(parsing: .unconditional, help: "With --reward: the sampling temperature.")
+  var temperature = RLHFConfiguration().temperature
+
+  @Option(parsing: .unconditional, help: "With --reward: sample among the k most likely tokens.")
+  var topK = RLHFConfiguration().topK ?? 10
+
   @Flag(help: "Print one JSON object.")
   var json = false
 
@@ -55,8 +76,12 @@ struct Eval: ParsableCommand {
   var showFailures = false
 
   func validate() throws {
-    if (data == nil) == (task == nil) {
-      throw ValidationError("give exactly one of --data and --task")
+    let sources = [data, task, reward, rewardCmd].compactMap { $0 }.count
+    if sources != 1 {
+      throw ValidationError("give exactly one of --data, --task, --reward and --reward-cmd")
+    }
+    if let reward {
+      do { _ = try RewardFunction(parsing: reward) } catch { throw ValidationError(error.message) }
     }
     if let task, task != "mystery_function" {
       throw ValidationError("unknown --task '\(task)' (known: mystery_function)")
@@ -69,6 +94,7 @@ struct Eval: ParsableCommand {
 
   func run() throws {
     threads.apply()
+    if reward != nil || rewardCmd != nil { return try runReward() }
     let loaded = try LlamaModel.open(model)
     let tokenizer = try loaded.tokenizer()
     let cases =
@@ -106,5 +132,33 @@ struct Eval: ParsableCommand {
       String(
         format: "exact match %d/%d = %.1f%% (%.1f s)", result.correct, cases.count,
         result.exactMatch * 100, result.seconds))
+  }
+
+  /// `--reward`: the mean reward of `--count` sampled completions.
+  private func runReward() throws {
+    let function =
+      try rewardCmd.map { RewardFunction.command($0) } ?? RewardFunction(parsing: reward ?? "")
+    let loaded = try LlamaModel.open(model)
+    let evaluation = RewardEvaluation(
+      prefix: prefix, reward: function, samples: count, batch: batch, generated: genLen,
+      temperature: temperature, topK: topK, seed: seed)
+    let result = try evaluation.run(
+      model: loaded, tokenizer: try loaded.tokenizer(),
+      adapter: try loadAdapters(adapter, for: loaded), adapterScale: adapterScale.scale)
+    if json {
+      let rewards = result.rewards.map { "\($0)" }.joined(separator: ", ")
+      let samples = result.completions.prefix(3).map { jsonString(prefix + $0) }
+        .joined(separator: ", ")
+      print(
+        "{\"count\": \(count), \"reward\": \(jsonString(function.description)), \"reward_mean\": \(result.mean), \"reward_std\": \(result.standardDeviation), \"rewards\": [\(rewards)], \"samples\": [\(samples)], \"seconds\": \(result.seconds)}"
+      )
+      return
+    }
+    for completion in result.completions.prefix(3) { print((prefix + completion).debugDescription) }
+    print(
+      String(
+        format: "reward %@: mean %.3f (sd %.3f) over %d samples of %d tokens (%.1f s)",
+        function.description, result.mean, result.standardDeviation, count, genLen,
+        result.seconds))
   }
 }

@@ -334,6 +334,37 @@ extension RuntimeSuite {
 }
 
 extension RuntimeSuite {
+  @Test func aReleasedWorkspaceKeepsWhatRunsOnceAndRunsAgain() throws {
+    // Wide enough that the values computed at load (mask, constant product) fill pages of
+    // their own and the workspace spans many more: giving the workspace back must keep them.
+    let n = 96
+    let b = GraphBuilder(name: "release")
+    let x = try b.input(name: "x", shape: [n, n])
+    let c = try b.constant(name: "c", shape: [n, n])
+    let rows = try b.iota(shape: [n, n], axis: 0)
+    let mask = try b.iota(shape: [n, n], axis: 1).compare(.le, rows)
+    let product = try matmul(c, c)
+    let hidden = try (x * 0.5).apply(.tanh) + x
+    let y = try select(mask, matmul(hidden, product), b.fill(-1, shape: []))
+    let graph = try b.finish(outputs: [y])
+    let constant = HostTensor(shape: [n, n], floats: (0..<(n * n)).map { Float($0 % 7) * 0.01 })
+    let executable = try Executable(graph, constants: ["c": constant])
+    #expect(executable.plan.persistentBytes > 4096)
+    #expect(executable.plan.arenaBytes > executable.plan.persistentBytes + 3 * 4096)
+    for seed in [UInt64(1), 2, 3] {
+      let input = randomTensor(TensorType(.f32, [n, n]), seed: seed)
+      let expected = try Interpreter().run(
+        graph, bindings: ["x": input, "c": DenseTensor(constant)])[0]
+      let actual = try executable.run(inputs: ["x": input.host])[0]
+      executable.releaseWorkspace()
+      for (a, e) in zip(DenseTensor(actual).scalars, expected.scalars) {
+        #expect(abs(a - e) <= 1e-4 * (1 + abs(e)))
+      }
+    }
+  }
+}
+
+extension RuntimeSuite {
   /// A fused chain with every node kind: operands read twice, a literal on each side, a unary
   /// literal-free function, and a leaf reshaped from another shape.
   static func chainGraphs(size: Int) throws -> (primitive: Graph, fused: Graph) {
