@@ -58,8 +58,10 @@ public struct RLHFBenchmark: Sendable {
       peakResidentBytes: peakResidentBytes(), sequence: session.sequence)
   }
 
-  /// The figures as one JSON object, or as lines of text. `tokens_per_s` counts the generated
-  /// tokens of a phase (batch x gen-len) per second of the whole phase.
+  /// The figures as one JSON object, or as lines of text.
+  ///
+  /// `tokens_per_s` counts the generated tokens of a phase (batch x gen-len) per second of the
+  /// whole phase.
   public func report(_ result: Result, json: Bool) -> String {
     let c = configuration
     let tokens = Double(c.batch * c.generated)

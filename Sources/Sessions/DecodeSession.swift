@@ -68,8 +68,9 @@ public struct DecodeSession {
     compiled.adapterScale = scale
   }
 
-  /// Gives the compiled graphs' workspaces back to the system (the KV caches stay); for a
-  /// session that takes turns with other executables (RLHF's rollouts). See
+  /// Gives the compiled graphs' workspaces back to the system (the KV caches stay).
+  ///
+  /// For a session that takes turns with other executables (RLHF's rollouts); see
   /// `Executable.releaseWorkspace()`.
   public func releaseWorkspace() {
     for executable in compiled.byShape.values { executable.releaseWorkspace() }

@@ -492,9 +492,10 @@ public final class RLHFSession {
 
   // MARK: - The loop
 
-  /// One phase without checkpoints or metrics: the rollout (adapter on), its rewards, its
-  /// evaluation under the policy and the reference, and the learning phase's PPO steps, each
-  /// timed. The schedule's factor for `phase` applies.
+  /// One phase without checkpoints or metrics, each part timed.
+  ///
+  /// The rollout (adapter on), its rewards, its evaluation under the policy and the reference,
+  /// and the learning phase's PPO steps; the schedule's factor for `phase` applies.
   public func runPhase(_ phase: Int, reward: RewardFunction) throws(SessionError) -> PhaseOutcome {
     func seconds(since start: UInt64) -> Double {
       Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9

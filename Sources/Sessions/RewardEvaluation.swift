@@ -2,9 +2,10 @@ import Dispatch
 import Models
 import Runtime
 
-/// The mean reward of a policy: samples after a prefix, drawn as `lorac rlhf`'s rollouts are
-/// (batched KV-cache decoding, temperature and top-k, never stopping at end-of-sequence), scored
-/// by a reward. What the RLHF demo reports for the base model and for the trained adapter.
+/// The mean reward of a policy over samples after a prefix.
+///
+/// The samples are drawn as `lorac rlhf`'s rollouts are (batched KV-cache decoding, temperature
+/// and top-k, never stopping at end-of-sequence) and scored by a reward. What the RLHF demo reports for the base model and for the trained adapter.
 public struct RewardEvaluation {
   public var prefix: String
   public var reward: RewardFunction

@@ -2,10 +2,11 @@ import IR
 import Runtime
 
 extension DecodeSession {
-  /// Samples `generated` tokens after `prefix` for `batch` rows decoded together: one batched
-  /// prefill over the KV caches, then one-token steps, each row's token drawn by `sampler` (in
-  /// row order, from one stream), never stopping at end-of-sequence. Returns the sampled tokens of
-  /// each row, the prefix excluded.
+  /// Samples `generated` tokens after `prefix` for `batch` rows decoded together.
+  ///
+  /// One batched prefill over the KV caches, then one-token steps, each row's token drawn by
+  /// `sampler` (in row order, from one stream), never stopping at end-of-sequence. Returns the
+  /// sampled tokens of each row, the prefix excluded.
   func sample(
     prefix: [Int32], batch: Int, generated: Int, sampler: inout RolloutSampler
   ) throws(SessionError) -> [[Int32]] {
