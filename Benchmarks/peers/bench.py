@@ -32,6 +32,15 @@ Workloads (all on SmolLM2-135M-Instruct from the same GGUF):
            copy), llama.cpp (Q4_1 and F32 copy, its default F16 KV cache), PyTorch f32 (HF generate
            with its KV cache, min_new_tokens = max_new_tokens = 128).
   compile  lorac's compile time (trace + passes + plan) of the train step and the decode step.
+  rlhf     one RLHF phase of the tutorial's trainer with its LoRA (rank 4, alpha 32, q,k,v,o):
+           "This is" then 16 sampled tokens (top-k 10) for 16 rows, reward = count of ".", the
+           rollout evaluated by the policy and the reference, 2 passes x 2 minibatches of PPO
+           (kl_coef 0.05); tokens/s counts the sampled tokens per second of a whole phase. lorac
+           (bench rlhf: the reference is the same executables at adapter scale 0); PyTorch +
+           transformers + PEFT (Benchmarks/peers/rlhf_peer.py) with the reference as PEFT's
+           disable_adapter() and as the tutorial's frozen copy of the model; TRL's PPO trainer
+           when the installed TRL has one. The row "lorac train 16x18" is `lorac bench train` at
+           the same batch and row length: the RSS lorac's RLHF phase is compared with.
 """
 import argparse
 import datetime
@@ -314,6 +323,12 @@ def worker_torch_decode(spec):
     rates = [rate for rate, _ in runs]
     return {"tokens_per_s": median(rates), "rates": rates, "prefill_s": median([p for _, p in runs]),
             "peak_rss_after_load_bytes": peak_rss_now()}
+
+
+def worker_torch_rlhf(spec):
+    sys.path.insert(0, HERE)
+    from rlhf_peer import phase_worker
+    return phase_worker(spec, median, peak_rss_now, reset_peak_rss)
 
 
 def llama_load(spec):
@@ -603,6 +618,43 @@ class Driver:
                 self.args.python, "torch_decode", dict(spec, model=self.args.model), 1800)))
         self.run_systems(workload, threads, systems)
 
+    def rlhf(self, threads):
+        workload = "RLHF phase 16 x 16 tokens"
+        spec = {"model": self.args.model, "threads": threads, "batch": 16, "gen_len": 16,
+                "minibatches": 2, "batches_per_phase": 2, "rank": 4, "alpha": 32, "lr": 1e-3,
+                "head_lr": 5e-4, "kl_coef": 0.05, "prefix": "This is"}
+        arguments = ["bench", "rlhf", self.args.model, "--batch", "16", "--gen-len", "16",
+                     "--minibatches", "2", "--batches-per-phase", "2", "--rank", "4", "--kl-coef",
+                     "0.05", "--threads", str(threads), "--runs", str(self.args.runs), "--json"]
+        systems = [("lorac", lambda: self.lorac(arguments, 1800))]
+        if "torch" in self.peers:
+            systems.append(("PyTorch+PEFT, reference = adapter disabled", self.peer(
+                self.args.python, "torch_rlhf", dict(spec, reference="disable"), 1800)))
+            systems.append(("PyTorch+PEFT, reference = model copy", self.peer(
+                self.args.python, "torch_rlhf", dict(spec, reference="copy"), 1800)))
+            systems.append(("TRL PPOTrainer", lambda: self.trl_ppo()))
+        self.run_systems(workload, threads, systems)
+        # lorac's own train step at the same batch and row length (2 + 16 tokens), for its RSS.
+        train = self.lorac(["bench", "train", self.args.model, "--batch", "16", "--seq", "18",
+                            "--rank", "4", "--runs", str(self.args.runs), "--threads",
+                            str(threads), "--json"], 1800)
+        self.record("lorac train 16x18 r4 q,k,v,o (RSS reference)", threads, "lorac", train)
+
+    def trl_ppo(self):
+        """TRL's PPO trainer, when the installed TRL has one (it left TRL's main package)."""
+        code = ("import trl, importlib.util as u; "
+                "print(trl.__version__, any(u.find_spec(m) for m in "
+                "('trl.trainer.ppo_trainer', 'trl.experimental.ppo')))")
+        found = subprocess.run([self.args.python, "-c", code], capture_output=True, text=True)
+        if found.returncode != 0:
+            return {"error": "TRL is not installed: " + failure(found.stderr, found.returncode)}
+        version, has_ppo = found.stdout.split()
+        if has_ppo != "True":
+            return {"error": f"TRL {version} has no PPO trainer (removed from TRL; its online RL "
+                             "trainers are GRPO and RLOO)"}
+        return {"error": f"TRL {version}'s PPOTrainer needs a reward model (an nn.Module), not a "
+                         "rule reward; not run"}
+
     def compile_times(self, threads):
         train = self.lorac(["bench", "train", self.args.model, "--runs", "1", "--threads", str(threads),
                             "--json"], 900)
@@ -776,7 +828,7 @@ def lorac_row(rows, row):
     if row["workload"].startswith("greedy decode"):
         name = {"llama.cpp F32 copy": "lorac F32 copy",
                 "PyTorch f32 (HF generate)": "lorac F32 copy"}.get(row["system"], "lorac Q4_1")
-    elif row["workload"].startswith("train"):
+    elif row["workload"].startswith(("train", "RLHF")):
         name = "lorac"
     else:
         name = None
@@ -915,7 +967,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=None,
                         help="measure every system of a workload this many times, alternating the "
                              "order, and take ratios round by round (default 2; --quick: 1)")
-    parser.add_argument("--only", default="train,prefill,decode,compile")
+    parser.add_argument("--only", default="train,prefill,decode,compile",
+                        help="workloads: train, prefill, decode, compile, rlhf (alone: RESULTS-rlhf.md)")
     parser.add_argument("--peers", default="torch,torch.compile,penzai,llama.cpp",
                         help="which peers to run (lorac always runs)")
     parser.add_argument("--shapes", default=None,
@@ -948,7 +1001,8 @@ def main():
     args.full = (not args.quick and args.tokens == 128 and args.runs >= 5 and set(args.threads) >= {1, 2}
                  and args.shapes is None and set(args.only.split(",")) >= {"train", "prefill", "decode", "compile"}
                  and set(args.peers.split(",")) >= {"torch", "torch.compile", "penzai", "llama.cpp"})
-    args.stem = "results" if args.full else "results-quick"
+    args.stem = ("results-rlhf" if set(args.only.split(",")) == {"rlhf"}
+                 else "results" if args.full else "results-quick")
     if args.model is None:
         args.model = subprocess.run([os.path.join(HERE, "..", "..", "scripts", "fetch-model")],
                                     check=True, capture_output=True, text=True).stdout.strip()
@@ -984,10 +1038,12 @@ def main():
             driver.decode(threads)
         if "compile" in only:
             driver.compile_times(threads)
+        if "rlhf" in only:
+            driver.rlhf(threads)
     header["load_end"] = load_average()
     rows = driver.rows
     markdown = report(args, rows, header)
-    suffix = "-quick" if args.stem == "results-quick" else ""
+    suffix = {"results-quick": "-quick", "results-rlhf": "-rlhf"}.get(args.stem, "")
     with open(os.path.join(args.out, f"RESULTS{suffix}.md"), "w") as f:
         f.write(markdown)
     with open(os.path.join(args.out, f"{args.stem}.json"), "w") as f:
