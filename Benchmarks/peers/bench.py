@@ -33,13 +33,13 @@ Workloads (all on SmolLM2-135M-Instruct from the same GGUF):
            with its KV cache, min_new_tokens = max_new_tokens = 128).
   compile  lorac's compile time (trace + passes + plan) of the train step and the decode step.
   rlhf     one RLHF phase of the tutorial's trainer with its LoRA (rank 4, alpha 32, q,k,v,o):
-           "This is" then 16 sampled tokens (top-k 10) for 16 rows, reward = count of ".", the
+           "This is" then 24 sampled tokens (top-k 10) for 16 rows, reward = count of ".", the
            rollout evaluated by the policy and the reference, 2 passes x 2 minibatches of PPO
            (kl_coef 0.05); tokens/s counts the sampled tokens per second of a whole phase. lorac
            (bench rlhf: the reference is the same executables at adapter scale 0); PyTorch +
            transformers + PEFT (Benchmarks/peers/rlhf_peer.py) with the reference as PEFT's
            disable_adapter() and as the tutorial's frozen copy of the model; TRL's PPO trainer
-           when the installed TRL has one. The row "lorac train 16x18" is `lorac bench train` at
+           when the installed TRL has one. The row "lorac train 16x26" is `lorac bench train` at
            the same batch and row length: the RSS lorac's RLHF phase is compared with.
 """
 import argparse
@@ -619,11 +619,11 @@ class Driver:
         self.run_systems(workload, threads, systems)
 
     def rlhf(self, threads):
-        workload = "RLHF phase 16 x 16 tokens"
-        spec = {"model": self.args.model, "threads": threads, "batch": 16, "gen_len": 16,
+        workload = "RLHF phase 16 x 24 tokens"
+        spec = {"model": self.args.model, "threads": threads, "batch": 16, "gen_len": 24,
                 "minibatches": 2, "batches_per_phase": 2, "rank": 4, "alpha": 32, "lr": 1e-3,
                 "head_lr": 5e-4, "kl_coef": 0.05, "prefix": "This is"}
-        arguments = ["bench", "rlhf", self.args.model, "--batch", "16", "--gen-len", "16",
+        arguments = ["bench", "rlhf", self.args.model, "--batch", "16", "--gen-len", "24",
                      "--minibatches", "2", "--batches-per-phase", "2", "--rank", "4", "--kl-coef",
                      "0.05", "--threads", str(threads), "--runs", str(self.args.runs), "--json"]
         systems = [("lorac", lambda: self.lorac(arguments, 1800))]
@@ -634,11 +634,11 @@ class Driver:
                 self.args.python, "torch_rlhf", dict(spec, reference="copy"), 1800)))
             systems.append(("TRL PPOTrainer", lambda: self.trl_ppo()))
         self.run_systems(workload, threads, systems)
-        # lorac's own train step at the same batch and row length (2 + 16 tokens), for its RSS.
-        train = self.lorac(["bench", "train", self.args.model, "--batch", "16", "--seq", "18",
+        # lorac's own train step at the same batch and row length (2 + 24 tokens), for its RSS.
+        train = self.lorac(["bench", "train", self.args.model, "--batch", "16", "--seq", "26",
                             "--rank", "4", "--runs", str(self.args.runs), "--threads",
                             str(threads), "--json"], 1800)
-        self.record("lorac train 16x18 r4 q,k,v,o (RSS reference)", threads, "lorac", train)
+        self.record("lorac train 16x26 r4 q,k,v,o (RSS reference)", threads, "lorac", train)
 
     def trl_ppo(self):
         """TRL's PPO trainer, when the installed TRL has one (it left TRL's main package)."""

@@ -16,7 +16,7 @@ public struct RLHFConfiguration: Sendable, Hashable {
   /// Samples per phase (`batch_size`).
   public var batch = 16
   /// Tokens sampled after the prefix (`gen_len`).
-  public var generated = 16
+  public var generated = 24
   public var temperature = 1.0
   public var topK: Int? = 10
   // The learning phase.
