@@ -40,6 +40,16 @@ public struct ChatTemplate: Sendable {
     case mistral = "Mistral [INST]"
   }
 
+  /// The family's short name in JSON output: `chatml`, `llama3`, `gemma`, `mistral`.
+  public var identifier: String {
+    switch family {
+    case .chatML: "chatml"
+    case .llama3: "llama3"
+    case .gemma: "gemma"
+    case .mistral: "mistral"
+    }
+  }
+
   /// A piece of a rendered chat, and whether training learns it (an assistant's content and the
   /// marker that ends its turn).
   public struct Segment: Hashable, Sendable {

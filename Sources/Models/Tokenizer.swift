@@ -45,6 +45,16 @@ public struct Tokenizer: Sendable {
   /// The text decoders see for those tokens: their normalized text, as in the library.
   private let decodedTexts: [Int32: String]
 
+  /// The tokenizer model: `gpt2` (byte-level BPE), `llama` (a GGUF's SentencePiece by score)
+  /// or `bpe` (a tokenizer.json's BPE over characters with byte fallback).
+  public var modelName: String {
+    switch model {
+    case .byteLevel: "gpt2"
+    case .scores: "llama"
+    case .characters: "bpe"
+    }
+  }
+
   /// How a piece of text becomes ids.
   enum TokenModel: Sendable {
     /// Its UTF-8 bytes as GPT-2's printable characters, merged by rank (`ranks`).
