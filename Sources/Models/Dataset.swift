@@ -22,7 +22,7 @@ public struct DatasetError: Error, Hashable, Sendable, CustomStringConvertible {
 
 /// Training data: jsonl files of `{"prompt", "completion"}` (loss on the completion),
 /// `{"text"}` (loss on everything) or `{"messages": [{"role", "content"}]}` (the chat template;
-/// loss on the assistant turns, their `<|im_end|>` included), and the tutorials' synthetic
+/// loss on the assistant turns, the marker that ends each included), and the tutorials' synthetic
 /// `mystery_function` task.
 public enum Dataset {
   /// The JSON object on every non-blank line of a jsonl file, with its line number (from 1).
