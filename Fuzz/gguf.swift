@@ -22,7 +22,8 @@ public func fuzzGGUF(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let ids = tokenizer.encode("Hi <|im_start|>user 12 x\n", parseSpecial: true)
     _ = tokenizer.decode(ids)
     if let template = tokenizer.chatTemplate.flatMap(ChatTemplate.init(template:)) {
-      _ = template.render([ChatMessage(role: "user", content: "hi")], addGenerationPrompt: true)
+      _ = try? template.render(
+        [ChatMessage(role: "user", content: "hi")], addGenerationPrompt: true)
     }
   }
   return 0

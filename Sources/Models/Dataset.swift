@@ -22,7 +22,7 @@ public struct DatasetError: Error, Hashable, Sendable, CustomStringConvertible {
 
 /// Training data: jsonl files of `{"prompt", "completion"}` (loss on the completion),
 /// `{"text"}` (loss on everything) or `{"messages": [{"role", "content"}]}` (the chat template;
-/// loss on the assistant turns, their `<|im_end|>` included), and the tutorials' synthetic
+/// loss on the assistant turns, the marker that ends each included), and the tutorials' synthetic
 /// `mystery_function` task.
 public enum Dataset {
   /// The JSON object on every non-blank line of a jsonl file, with its line number (from 1).
@@ -116,7 +116,9 @@ public enum Dataset {
           TrainingExample(ids: ids, weights: [Float](repeating: 1, count: ids.count - 1)))
       } else if case .array(let items)? = json["messages"] {
         guard let template else {
-          throw fail("\"messages\" needs a model with a ChatML chat template")
+          throw fail(
+            "\"messages\" needs a model with a chat template lorac recognises (ChatML, Llama 3, "
+              + "Gemma, Mistral [INST])")
         }
         var messages: [ChatMessage] = []
         for (index, item) in items.enumerated() {
@@ -129,7 +131,11 @@ public enum Dataset {
         guard messages.contains(where: { $0.role == "assistant" }) else {
           throw fail("\"messages\" has no assistant turn to learn")
         }
-        examples.append(chat(messages, template: template, tokenizer: tokenizer))
+        do {
+          examples.append(try chat(messages, template: template, tokenizer: tokenizer))
+        } catch {
+          throw fail("the chat template refuses the messages: \(error.message)")
+        }
       } else {
         throw fail("expected \"prompt\"+\"completion\", \"text\" or \"messages\"")
       }
@@ -151,29 +157,29 @@ public enum Dataset {
     return TrainingExample(ids: ids, weights: weights)
   }
 
-  /// A chat; the assistant turns (content and `<|im_end|>`) are weighted.
+  /// A chat rendered by its template and tokenized whole; the tokens of the assistant turns
+  /// (content and the marker that ends the turn) are weighted.
+  ///
+  /// A segment's tokens are found by encoding the text up to its start and its end: the tokens
+  /// both encodings share with the whole. A token that spans a segment's start belongs to it.
   static func chat(_ messages: [ChatMessage], template: ChatTemplate, tokenizer: Tokenizer)
-    -> TrainingExample
+    throws(ChatTemplateError) -> TrainingExample
   {
-    var ids: [Int32] = []
-    var weighted: [Bool] = []
-    var first = true
-    for message in messages {
-      var prefix = ""
-      if first, let system = template.defaultSystem, message.role != "system" {
-        prefix = "<|im_start|>system\n\(system)<|im_end|>\n"
-      }
-      first = false
-      let head = tokenizer.encode(prefix + "<|im_start|>\(message.role)\n", parseSpecial: true)
-      let body = tokenizer.encode(message.content + "<|im_end|>", parseSpecial: true)
-      let tail = tokenizer.encode("\n")
-      ids += head + body + tail
-      let learn = message.role == "assistant"
-      weighted +=
-        [Bool](repeating: false, count: head.count) + [Bool](repeating: learn, count: body.count)
-        + [Bool](repeating: false, count: tail.count)
+    let segments = try template.segments(messages, addGenerationPrompt: false)
+    let ids = tokenizer.encode(segments.map(\.text).joined(), parseSpecial: true)
+    func shared(_ text: String) -> Int {
+      zip(tokenizer.encode(text, parseSpecial: true), ids).prefix { $0 == $1 }.count
     }
-    let weights = (0..<(ids.count - 1)).map { Float(weighted[$0 + 1] ? 1 : 0) }
+    var weighted = [Bool](repeating: false, count: ids.count)
+    var text = ""
+    var start = 0
+    for segment in segments {
+      text += segment.text
+      let end = max(start, shared(text))
+      if segment.learned { for index in start..<end { weighted[index] = true } }
+      start = end
+    }
+    let weights = (0..<max(0, ids.count - 1)).map { Float(weighted[$0 + 1] ? 1 : 0) }
     return TrainingExample(ids: ids, weights: weights)
   }
 

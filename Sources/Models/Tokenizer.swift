@@ -1,13 +1,16 @@
 import Foundation
 import IR
 
-/// A byte-level BPE tokenizer, built from a GGUF file's tokenizer metadata (`gpt2` model, with
-/// llama.cpp's pre-tokenizers) or from a Hugging Face `tokenizer.json` (`TokenizerJSON.swift`).
+/// A BPE tokenizer, built from a GGUF file's tokenizer metadata (`gpt2` model, with llama.cpp's
+/// pre-tokenizers; `llama`, SentencePiece by score) or from a Hugging Face `tokenizer.json`
+/// (`TokenizerJSON.swift`: byte-level BPE, or SentencePiece-style BPE with byte fallback).
 ///
 /// Encoding: split out added tokens (special ones only when asked), normalize, pre-tokenize with
-/// the steps the file names (every numeric code point alone; GPT-2's pattern; a regex split),
-/// map each piece's bytes to GPT-2's printable characters, merge by rank, map to ids. Decoding
-/// reverses the byte mapping. One engine serves both file formats.
+/// the steps the file names (every numeric code point alone; GPT-2's pattern; a regex split;
+/// Metaspace), then the model: byte-level (each piece's bytes as GPT-2's printable characters,
+/// merged by rank), characters merged by rank with byte fallback, or characters merged by score
+/// (`SentencePiece.swift`). Decoding reverses the byte mapping or runs the file's decoders. One
+/// engine serves both file formats.
 public struct Tokenizer: Sendable {
   /// Token texts by id.
   public let tokens: [String]
@@ -33,6 +36,34 @@ public struct Tokenizer: Sendable {
   /// A piece that is a token as a whole is that token, whatever the merges (tokenizer.json's
   /// `ignore_merges`, Llama 3's).
   private let ignoresMerges: Bool
+  /// How pieces become ids.
+  private let model: TokenModel
+  /// How token texts become text (for models other than byte-level).
+  private let decoders: [TokenDecoder]
+  /// Added tokens matched in the normalized text (`normalized` true), by their normalized text.
+  private let normalizedAdded: [AddedToken]
+  /// The text decoders see for those tokens: their normalized text, as in the library.
+  private let decodedTexts: [Int32: String]
+
+  /// The tokenizer model: `gpt2` (byte-level BPE), `llama` (a GGUF's SentencePiece by score)
+  /// or `bpe` (a tokenizer.json's BPE over characters with byte fallback).
+  public var modelName: String {
+    switch model {
+    case .byteLevel: "gpt2"
+    case .scores: "llama"
+    case .characters: "bpe"
+    }
+  }
+
+  /// How a piece of text becomes ids.
+  enum TokenModel: Sendable {
+    /// Its UTF-8 bytes as GPT-2's printable characters, merged by rank (`ranks`).
+    case byteLevel
+    /// Its characters merged by rank, with byte fallback (tokenizer.json SentencePiece-style).
+    case characters(CharacterBPE)
+    /// Its characters merged by score (GGUF `llama`, llama.cpp's SentencePiece).
+    case scores(ScoreBPE)
+  }
 
   struct Pair: Hashable {
     var left: String
@@ -48,6 +79,8 @@ public struct Tokenizer: Sendable {
     /// Whitespace on its left or right is part of the match.
     var stripsLeft = false
     var stripsRight = false
+    /// Matched in the normalized text, by its normalized form (tokenizer.json's `normalized`).
+    var normalized = false
   }
 
   /// One step of pre-tokenization; each splits every piece the steps before it made.
@@ -56,14 +89,11 @@ public struct Tokenizer: Sendable {
     case digits(individual: Bool)
     /// GPT-2's pattern (`ByteLevel` with `use_regex`), as llama.cpp writes it by hand.
     case gpt2
-    /// A regular expression's matches and the text between them, each a piece (`Split`,
-    /// behavior `Isolated`).
+    /// A regular expression's matches and the text between them, split by the pattern's
+    /// behavior (`Split`).
     case split(SplitPattern)
-  }
-
-  /// What text goes through before pre-tokenization.
-  enum Normalization: Sendable {
-    case none, nfc
+    /// Spaces as `▁`, prepended and split on (`Metaspace`).
+    case metaspace(Metaspace)
   }
 
   /// The pre-tokenizers implemented, by `tokenizer.ggml.pre` name.
@@ -74,13 +104,17 @@ public struct Tokenizer: Sendable {
 
   /// Builds the tokenizer from GGUF metadata.
   ///
-  /// - Throws: `GGUFError` for a missing vocabulary, a tokenizer model other than `gpt2`, an
-  ///   unsupported pre-tokenizer, or malformed merges.
+  /// - Throws: `GGUFError` for a missing vocabulary, a tokenizer model other than `gpt2` or
+  ///   `llama`, an unsupported pre-tokenizer, malformed merges or scores.
   public init(gguf file: GGUFFile) throws(GGUFError) {
     func fail(_ message: String) -> GGUFError { GGUFError(message: "\(file.path): \(message)") }
+    if file["tokenizer.ggml.model"]?.string == "llama" {
+      self = try Tokenizer(sentencePieceGGUF: file)
+      return
+    }
     guard file["tokenizer.ggml.model"]?.string == "gpt2" else {
       throw fail(
-        "tokenizer model '\(file["tokenizer.ggml.model"]?.string ?? "none")' is not supported (expected gpt2)"
+        "tokenizer model '\(file["tokenizer.ggml.model"]?.string ?? "none")' is not supported (expected gpt2 or llama)"
       )
     }
     let pre = file["tokenizer.ggml.pre"]?.string ?? "default"
@@ -143,7 +177,7 @@ public struct Tokenizer: Sendable {
     tokens: [String], merges: [Pair: Int], added: [AddedToken], beginOfSequence: Int32?,
     endOfSequence: Int32?, addsBeginOfSequence: Bool, preTokenizer: String,
     steps: [PreTokenizerStep], normalization: Normalization, ignoresMerges: Bool,
-    chatTemplate: String?
+    chatTemplate: String?, model: TokenModel = .byteLevel, decoders: [TokenDecoder] = []
   ) {
     self.tokens = tokens
     self.ranks = merges
@@ -156,11 +190,25 @@ public struct Tokenizer: Sendable {
     self.steps = steps
     self.normalization = normalization
     self.ignoresMerges = ignoresMerges
+    self.model = model
+    self.decoders = decoders
     var ids: [String: Int32] = [:]
     for (id, text) in tokens.enumerated() where ids[text] == nil { ids[text] = Int32(id) }
     self.ids = ids
     // Longest first, so an added token that contains another wins.
-    self.added = added.filter { !$0.text.isEmpty }.sorted { $0.text.count > $1.text.count }
+    self.added = added.filter { !$0.text.isEmpty && !$0.normalized }
+      .sorted { $0.text.count > $1.text.count }
+    // A normalized token is matched by its text after the normalizers.
+    self.normalizedAdded = added.filter(\.normalized).map { token in
+      var normalized = token
+      var text = ""
+      text.unicodeScalars.append(contentsOf: token.text)
+      normalized.text = Array(normalization.apply(text).unicodeScalars)
+      return normalized
+    }.filter { !$0.text.isEmpty }.sorted { $0.text.count > $1.text.count }
+    decodedTexts = Dictionary(
+      normalizedAdded.map { ($0.id, String(String.UnicodeScalarView($0.text))) }
+    ) { first, _ in first }
     addedIDs = Set(added.map(\.id))
   }
 
@@ -171,37 +219,53 @@ public struct Tokenizer: Sendable {
   /// tokens always do.
   public func encode(_ text: String, parseSpecial: Bool = false) -> [Int32] {
     var result: [Int32] = []
-    for segment in splitAdded(text, parseSpecial: parseSpecial) {
+    // After an added token (or at the start): llama.cpp's is_prev_special.
+    var afterToken = true
+    let candidates = added.filter { parseSpecial || !$0.special }
+    let normalizedCandidates = normalizedAdded.filter { parseSpecial || !$0.special }
+    for segment in splitAdded(Array(text.unicodeScalars), candidates) {
       switch segment {
-      case .control(let id): result.append(id)
-      case .text(let part):
-        let normalized =
-          normalization == .nfc ? part.precomposedStringWithCanonicalMapping : part
-        for piece in preTokenize(normalized) { result += encodePiece(piece) }
+      case .control(let id):
+        result.append(id)
+        afterToken = true
+      case .text(let part, let start):
+        if case .scores(let model) = model {
+          result += model.encode(part, prefixed: afterToken)
+        } else {
+          var string = ""
+          string.unicodeScalars.append(contentsOf: part)
+          let normalized = Array(normalization.apply(string).unicodeScalars)
+          for inner in splitAdded(normalized, normalizedCandidates) {
+            switch inner {
+            case .control(let id): result.append(id)
+            case .text(let piece, let offset):
+              for word in preTokenize(piece, atStart: start == 0 && offset == 0) {
+                result += encodePiece(word)
+              }
+            }
+          }
+        }
+        afterToken = false
       }
     }
     return result
   }
 
   private enum Segment {
-    case text(String)
+    /// Text and the offset of its first scalar.
+    case text([Unicode.Scalar], Int)
     case control(Int32)
   }
 
   /// The text split at the added tokens it contains (leftmost, then longest, match first); a
   /// token that strips takes the whitespace (White_Space) beside it.
-  private func splitAdded(_ text: String, parseSpecial: Bool) -> [Segment] {
-    let candidates = added.filter { parseSpecial || !$0.special }
-    if candidates.isEmpty { return [.text(text)] }
-    let scalars = Array(text.unicodeScalars)
+  private func splitAdded(_ scalars: [Unicode.Scalar], _ candidates: [AddedToken]) -> [Segment] {
+    if scalars.isEmpty { return [] }
+    if candidates.isEmpty { return [.text(scalars, 0)] }
     var segments: [Segment] = []
     var start = 0
     var position = 0
-    func piece(_ range: Range<Int>) -> String {
-      var piece = ""
-      piece.unicodeScalars.append(contentsOf: scalars[range])
-      return piece
-    }
+    func piece(_ range: Range<Int>) -> Segment { .text(Array(scalars[range]), range.lowerBound) }
     while position < scalars.count {
       guard
         let match = candidates.first(where: { candidate in
@@ -217,7 +281,7 @@ public struct Tokenizer: Sendable {
       if match.stripsLeft {
         while textEnd > start && scalars[textEnd - 1].properties.isWhitespace { textEnd -= 1 }
       }
-      if start < textEnd { segments.append(.text(piece(start..<textEnd))) }
+      if start < textEnd { segments.append(piece(start..<textEnd)) }
       segments.append(.control(match.id))
       position += match.text.count
       if match.stripsRight {
@@ -227,26 +291,38 @@ public struct Tokenizer: Sendable {
       }
       start = position
     }
-    if start < scalars.count { segments.append(.text(piece(start..<scalars.count))) }
+    if start < scalars.count { segments.append(piece(start..<scalars.count)) }
     return segments
   }
 
   /// Splits text into pieces by the pre-tokenizer's steps, each applied to every piece the steps
   /// before it made.
   public func preTokenize(_ text: String) -> [[Unicode.Scalar]] {
-    var pieces: [[Unicode.Scalar]] = text.isEmpty ? [] : [Array(text.unicodeScalars)]
+    preTokenize(Array(text.unicodeScalars), atStart: true)
+  }
+
+  /// The pieces of `text`; `atStart` says whether it begins the input (for Metaspace's
+  /// `prepend_scheme` first), and holds for the first piece each step makes of it.
+  private func preTokenize(_ text: [Unicode.Scalar], atStart: Bool) -> [[Unicode.Scalar]] {
+    var pieces: [(scalars: [Unicode.Scalar], atStart: Bool)] = text.isEmpty ? [] : [(text, atStart)]
     for step in steps {
-      var next: [[Unicode.Scalar]] = []
+      var next: [(scalars: [Unicode.Scalar], atStart: Bool)] = []
       for piece in pieces {
+        let split: [[Unicode.Scalar]]
         switch step {
-        case .digits(let individual): next += splitDigits(piece, individual: individual)
-        case .gpt2: next += gpt2Split(piece)
-        case .split(let pattern): next += pattern.split(piece)
+        case .digits(let individual): split = splitDigits(piece.scalars, individual: individual)
+        case .gpt2: split = gpt2Split(piece.scalars)
+        case .split(let pattern): split = pattern.split(piece.scalars)
+        case .metaspace(let metaspace):
+          split = metaspace.pieces(piece.scalars, atStart: piece.atStart)
+        }
+        for (index, part) in split.enumerated() where !part.isEmpty {
+          next.append((part, piece.atStart && index == 0))
         }
       }
       pieces = next
     }
-    return pieces
+    return pieces.map(\.scalars)
   }
 
   /// Numeric code points apart from the rest: each alone, or in runs.
@@ -329,8 +405,14 @@ public struct Tokenizer: Sendable {
     return pieces
   }
 
-  /// BPE over one piece: its bytes as GPT-2 characters, merged by rank (ties: leftmost).
+  /// BPE over one piece: its bytes as GPT-2 characters, merged by rank (ties: leftmost); or its
+  /// characters, as the model says.
   private func encodePiece(_ piece: [Unicode.Scalar]) -> [Int32] {
+    switch model {
+    case .byteLevel: break
+    case .characters(let model): return model.encode(piece)
+    case .scores(let model): return model.encode(piece, prefixed: false)
+    }
     var bytes: [UInt8] = []
     for scalar in piece { bytes += Array(String(scalar).utf8) }
     var symbols = bytes.map { String(ByteMapping.character(for: $0)) }
@@ -365,12 +447,37 @@ public struct Tokenizer: Sendable {
   // MARK: - Decoding
 
   /// The text of `ids`; invalid UTF-8 (a partial character) becomes U+FFFD.
+  ///
+  /// Byte-level BPE reverses the byte mapping; other models run the file's decoders over the
+  /// token texts (so a SentencePiece model's first space, its prefix, is stripped).
   public func decode(_ ids: [Int32]) -> String {
-    String(decoding: bytes(ids), as: UTF8.self)
+    if case .byteLevel = model { return String(decoding: bytes(ids), as: UTF8.self) }
+    let texts = ids.filter { $0 >= 0 && Int($0) < tokens.count }.map {
+      decodedTexts[$0] ?? tokens[Int($0)]
+    }
+    return decoders.reduce(texts) { $1.apply($0) }.joined()
   }
 
-  /// The raw bytes of `ids`, for streaming (callers hold back incomplete characters).
+  /// The raw bytes of `ids`, for streaming (callers hold back incomplete characters): for a
+  /// SentencePiece model, each token's text with `▁` as a space or its `<0xNN>` byte, nothing
+  /// stripped.
   public func bytes(_ ids: [Int32]) -> [UInt8] {
+    if case .byteLevel = model {
+    } else {
+      var result: [UInt8] = []
+      for id in ids where id >= 0 && Int(id) < tokens.count {
+        let text = tokens[Int(id)]
+        if !addedIDs.contains(id), let byte = TokenDecoder.byte(text) {
+          result.append(byte)
+        } else {
+          var piece = ""
+          piece.unicodeScalars.append(
+            contentsOf: replacing(Array(text.unicodeScalars), ["\u{2581}"], with: [" "]))
+          result += Array(piece.utf8)
+        }
+      }
+      return result
+    }
     var result: [UInt8] = []
     for id in ids where id >= 0 && Int(id) < tokens.count {
       if addedIDs.contains(id) {

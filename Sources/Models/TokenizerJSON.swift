@@ -2,8 +2,8 @@ import Foundation
 
 // MARK: - Split patterns
 
-/// The regular expression of a tokenizer.json `Split` pre-tokenizer, with `Isolated` behavior:
-/// every match is a piece, and so is the text between matches.
+/// The regular expression of a tokenizer.json `Split` pre-tokenizer and its behavior (`Isolated`:
+/// every match is a piece, and so is the text between matches).
 ///
 /// The tokenizers library runs Oniguruma; lorac runs ICU (NSRegularExpression). The patterns the
 /// Llama 3 and Qwen2 families use mean the same in both once `\s` and `\S` are spelled as the
@@ -11,6 +11,8 @@ import Foundation
 struct SplitPattern: @unchecked Sendable {
   /// The pattern as the file writes it.
   let source: String
+  /// What becomes of the matches.
+  var behavior = SplitBehavior.isolated
   private let regex: NSRegularExpression
 
   /// A pattern from tokenizer.json's `{"Regex": ...}`, or a literal from `{"String": ...}`.
@@ -48,23 +50,25 @@ struct SplitPattern: @unchecked Sendable {
     return result
   }
 
-  /// The matches of the pattern in `piece` and the text between them, in order.
+  /// The pieces of `piece`: the pattern's (non-empty) matches and the text between them, as the
+  /// behavior joins or drops them.
   func split(_ piece: [Unicode.Scalar]) -> [[Unicode.Scalar]] {
     var text = ""
     text.unicodeScalars.append(contentsOf: piece)
     let whole = NSRange(text.startIndex..<text.endIndex, in: text)
-    var pieces: [[Unicode.Scalar]] = []
-    var last = text.startIndex
+    var matches: [Range<Int>] = []
+    // Scalar offsets, counted forward from the previous match.
+    var index = text.startIndex
+    var offset = 0
     for match in regex.matches(in: text, range: whole) {
       guard let range = Range(match.range, in: text), !range.isEmpty else { continue }
-      if last < range.lowerBound {
-        pieces.append(Array(text[last..<range.lowerBound].unicodeScalars))
-      }
-      pieces.append(Array(text[range].unicodeScalars))
-      last = range.upperBound
+      offset += text.unicodeScalars.distance(from: index, to: range.lowerBound)
+      let length = text.unicodeScalars.distance(from: range.lowerBound, to: range.upperBound)
+      matches.append(offset..<(offset + length))
+      offset += length
+      index = range.upperBound
     }
-    if last < text.endIndex { pieces.append(Array(text[last...].unicodeScalars)) }
-    return pieces
+    return behavior.pieces(piece, matches: matches)
   }
 }
 
@@ -94,14 +98,17 @@ extension Tokenizer {
       modelConfig: folder.config, chatTemplate: template)
   }
 
-  /// Reads the bytes of a tokenizer.json (byte-level BPE), with the optional JSON of the folder's
-  /// other files; `path` names the file in messages.
+  /// Reads the bytes of a tokenizer.json (byte-level or SentencePiece-style BPE), with the
+  /// optional JSON of the folder's other files; `path` names the file in messages.
   ///
   /// What is read: `model` BPE (vocab; merges as `"a b"` strings or `[a, b]` pairs;
-  /// `ignore_merges`), `added_tokens`, `normalizer` (none, NFC, a Sequence of them),
-  /// `pre_tokenizer` (ByteLevel last, after any of Split with a regex or string and `Isolated`
-  /// behavior, Digits, Sequence), `post_processor` (ByteLevel; TemplateProcessing that adds one
-  /// token before the text), `decoder` ByteLevel. Anything else is an error naming it.
+  /// `ignore_merges`; `byte_fallback`, `unk_token`, `fuse_unk` without ByteLevel),
+  /// `added_tokens` (`special`, `normalized`, `lstrip`, `rstrip`), `normalizer` (NFC, Prepend,
+  /// Replace of a string, a Sequence of them), `pre_tokenizer` (ByteLevel last, after any of
+  /// Split with a regex or string, Digits, Sequence; or none, Metaspace, Split, Sequence for
+  /// SentencePiece-style BPE), `post_processor` (ByteLevel; TemplateProcessing that adds one token
+  /// before the text), `decoder` (ByteLevel; or Replace, ByteFallback, Fuse, Strip, Metaspace,
+  /// Sequence). Anything else is an error naming it.
   public init(
     tokenizerJSON bytes: [UInt8], path: String, tokenizerConfig: JSONValue? = nil,
     generationConfig: JSONValue? = nil, modelConfig: JSONValue? = nil, chatTemplate: String? = nil
@@ -112,7 +119,7 @@ extension Tokenizer {
     let json = try HuggingFaceFolder.parseJSON(bytes, path: path)
     guard case .object = json else { throw fail("the file", "is not a JSON object") }
 
-    // The model: byte-level BPE.
+    // The model: BPE, over bytes (with a ByteLevel pre-tokenizer) or characters.
     guard let model = json["model"], case .object = model else {
       throw fail("model", "is missing or not an object")
     }
@@ -120,24 +127,31 @@ extension Tokenizer {
     guard modelType == "BPE" || (model["type"] == nil && model["merges"] != nil) else {
       throw fail("model.type", "'\(modelType ?? "?")' is not supported (lorac reads BPE)")
     }
-    if case .bool(true)? = model["byte_fallback"] {
-      throw fail("model.byte_fallback", "true is not supported (lorac reads byte-level BPE)")
+    func modelFlag(_ name: String) throws(HuggingFaceError) -> Bool {
+      switch model[name] {
+      case nil, .null?: return false
+      case .bool(let value)?: return value
+      default: throw fail("model.\(name)", "must be true or false")
+      }
     }
-    for field in ["unk_token", "continuing_subword_prefix", "end_of_word_suffix"] {
+    let byteFallback = try modelFlag("byte_fallback")
+    let fusesUnknown = try modelFlag("fuse_unk")
+    var unknownText: String?
+    switch model["unk_token"] {
+    case nil, .null?: break
+    case .string(let text)?: unknownText = text
+    default: throw fail("model.unk_token", "must be a string or null")
+    }
+    for field in ["continuing_subword_prefix", "end_of_word_suffix"] {
       switch model[field] {
       case nil, .null?, .string("")?: break
-      default: throw fail("model.\(field)", "is not supported (lorac reads byte-level BPE)")
+      default: throw fail("model.\(field)", "is not supported (lorac reads BPE without it)")
       }
     }
     if let dropout = model["dropout"], dropout != .null {
       throw fail("model.dropout", "is not supported (encoding must be deterministic)")
     }
-    var ignoresMerges = false
-    switch model["ignore_merges"] {
-    case nil, .null?: break
-    case .bool(let value)?: ignoresMerges = value
-    default: throw fail("model.ignore_merges", "must be true or false")
-    }
+    let ignoresMerges = try modelFlag("ignore_merges")
     guard case .object(let vocabulary)? = model["vocab"] else {
       throw fail("model.vocab", "is missing or not an object")
     }
@@ -154,6 +168,8 @@ extension Tokenizer {
       throw fail("model.merges", "is missing or not an array")
     }
     var merges: [Pair: Int] = [:]
+    // In file order, for the character model, whose texts compare by scalars.
+    var mergeList: [Pair] = []
     for (rank, value) in mergeValues.enumerated() {
       var pair: Pair?
       switch value {
@@ -174,6 +190,7 @@ extension Tokenizer {
         throw fail("model.merges[\(rank)]", "is not \"a b\" or [\"a\", \"b\"]")
       }
       if merges[pair] == nil { merges[pair] = rank }
+      mergeList.append(pair)
     }
 
     // Added tokens.
@@ -203,7 +220,8 @@ extension Tokenizer {
         added.append(
           AddedToken(
             text: Array(content.unicodeScalars), id: Int32(id), special: try flag("special"),
-            stripsLeft: try flag("lstrip"), stripsRight: try flag("rstrip")))
+            stripsLeft: try flag("lstrip"), stripsRight: try flag("rstrip"),
+            normalized: try flag("normalized")))
       }
     default: throw fail("added_tokens", "must be an array")
     }
@@ -217,17 +235,62 @@ extension Tokenizer {
     var names: [String] = []
     try Tokenizer.preTokenizerSteps(
       json["pre_tokenizer"], field: "pre_tokenizer", into: &steps, names: &names, fail)
-    guard names.last?.hasPrefix("ByteLevel") == true,
-      names.filter({ $0.hasPrefix("ByteLevel") }).count == 1
-    else {
-      throw fail("pre_tokenizer", "must end with one ByteLevel step (lorac reads byte-level BPE)")
+    let textIDs = Dictionary(tokens.enumerated().map { ($1, Int32($0)) }) { first, _ in first }
+    let tokenModel: TokenModel
+    var decoders: [TokenDecoder] = []
+    if names.contains(where: { $0.hasPrefix("ByteLevel") }) {
+      // Byte-level BPE: GPT-2's byte mapping, no unknown token.
+      guard names.last?.hasPrefix("ByteLevel") == true,
+        names.filter({ $0.hasPrefix("ByteLevel") }).count == 1
+      else {
+        throw fail("pre_tokenizer", "must end with one ByteLevel step (byte-level BPE)")
+      }
+      if names.contains("Metaspace") {
+        throw fail("pre_tokenizer", "Metaspace with ByteLevel is not supported")
+      }
+      if byteFallback {
+        throw fail("model.byte_fallback", "true is not supported with a ByteLevel pre-tokenizer")
+      }
+      if unknownText != nil {
+        throw fail("model.unk_token", "is not supported with a ByteLevel pre-tokenizer")
+      }
+      try Tokenizer.checkDecoder(json["decoder"], field: "decoder", fail)
+      tokenModel = .byteLevel
+    } else {
+      // SentencePiece-style BPE over characters.
+      var unknown: Int32?
+      if let unknownText {
+        guard let id = exactVocabulary(tokens)[Array(unknownText.unicodeScalars)] else {
+          throw fail("model.unk_token", "'\(unknownText)' is not in model.vocab")
+        }
+        unknown = id
+      }
+      let vocabulary = exactVocabulary(tokens)
+      var merged: [UInt64: CharacterBPE.Merge] = [:]
+      for (rank, pair) in mergeList.enumerated() {
+        let left = Array(pair.left.unicodeScalars)
+        let right = Array(pair.right.unicodeScalars)
+        guard let leftID = vocabulary[left], let rightID = vocabulary[right],
+          let result = vocabulary[left + right]
+        else {
+          throw fail(
+            "model.merges[\(rank)]", "'\(pair.left) \(pair.right)' names a token not in model.vocab"
+          )
+        }
+        let key = CharacterBPE.key(leftID, rightID)
+        if merged[key] == nil { merged[key] = CharacterBPE.Merge(rank: Int32(rank), id: result) }
+      }
+      tokenModel = .characters(
+        CharacterBPE(
+          vocabulary: vocabulary, merges: merged, byteTokens: byteTokenIDs(vocabulary),
+          byteFallback: byteFallback,
+          unknown: unknown, fusesUnknown: fusesUnknown, ignoresMerges: ignoresMerges))
+      try Tokenizer.decoderSteps(json["decoder"], field: "decoder", into: &decoders, fail)
     }
     let prefix = try Tokenizer.postProcessorPrefix(
       json["post_processor"], field: "post_processor", vocabulary: tokens.count, fail)
-    try Tokenizer.checkDecoder(json["decoder"], field: "decoder", fail)
 
     // BOS, EOS and the chat template from the folder's other files.
-    let textIDs = Dictionary(tokens.enumerated().map { ($1, Int32($0)) }) { first, _ in first }
     func tokenText(_ value: JSONValue?) -> String? {
       switch value {
       case .string(let text)?: return text
@@ -257,7 +320,7 @@ extension Tokenizer {
       tokens: tokens, merges: merges, added: added, beginOfSequence: bos, endOfSequence: eos,
       addsBeginOfSequence: prefix != nil, preTokenizer: names.joined(separator: "+"),
       steps: steps, normalization: normalization, ignoresMerges: ignoresMerges,
-      chatTemplate: template)
+      chatTemplate: template, model: tokenModel, decoders: decoders)
   }
 
   private static func type(
@@ -275,28 +338,50 @@ extension Tokenizer {
     guard let value, value != .null else { return .none }
     switch try type(value, field: field, fail) {
     case "NFC": return .nfc
+    case "Prepend":
+      guard case .string(let prefix)? = value["prepend"] else {
+        throw fail("\(field).prepend", "must be a string")
+      }
+      return Normalization(steps: [.prepend(prefix)])
+    case "Replace":
+      let (pattern, content) = try replacement(value, field: field, fail)
+      return Normalization(steps: [.replace(pattern, with: content)])
     case "Sequence":
       guard case .array(let parts)? = value["normalizers"] else {
         throw fail("\(field).normalizers", "must be an array")
       }
       var result = Normalization.none
-      for (index, part) in parts.enumerated()
-      where try normalization(part, field: "\(field).normalizers[\(index)]", fail) == .nfc {
-        result = .nfc
+      for (index, part) in parts.enumerated() {
+        result.steps += try normalization(part, field: "\(field).normalizers[\(index)]", fail).steps
       }
       return result
     case let other:
-      throw fail("\(field).type", "'\(other)' is not supported (supported: NFC, Sequence)")
+      throw fail(
+        "\(field).type", "'\(other)' is not supported (supported: NFC, Prepend, Replace, Sequence)")
     }
+  }
+
+  /// The pattern and content of a `Replace` normalizer or decoder (a `{"String": ...}` pattern).
+  private static func replacement(
+    _ value: JSONValue, field: String, _ fail: (String, String) -> HuggingFaceError
+  ) throws(HuggingFaceError) -> ([Unicode.Scalar], [Unicode.Scalar]) {
+    guard case .string(let content)? = value["content"] else {
+      throw fail("\(field).content", "must be a string")
+    }
+    if value["pattern"]?["Regex"] != nil {
+      throw fail("\(field).pattern", "{\"Regex\": ...} is not supported (lorac replaces strings)")
+    }
+    guard case .string(let pattern)? = value["pattern"]?["String"], !pattern.isEmpty else {
+      throw fail("\(field).pattern", "must be {\"String\": ...} with a non-empty string")
+    }
+    return (Array(pattern.unicodeScalars), Array(content.unicodeScalars))
   }
 
   private static func preTokenizerSteps(
     _ value: JSONValue?, field: String, into steps: inout [PreTokenizerStep],
     names: inout [String], _ fail: (String, String) -> HuggingFaceError
   ) throws(HuggingFaceError) {
-    guard let value, value != .null else {
-      throw fail(field, "is missing (lorac reads byte-level BPE)")
-    }
+    guard let value, value != .null else { return }
     func flag(_ name: String, _ fallback: Bool) throws(HuggingFaceError) -> Bool {
       switch value[name] {
       case nil, .null?: return fallback
@@ -327,12 +412,38 @@ extension Tokenizer {
       let individual = try flag("individual_digits", false)
       steps.append(.digits(individual: individual))
       names.append(individual ? "Digits(individual)" : "Digits")
+    case "Metaspace":
+      guard case .string(let text)? = value["replacement"], text.unicodeScalars.count == 1,
+        let replacement = text.unicodeScalars.first
+      else { throw fail("\(field).replacement", "must be one character") }
+      var prepend = Metaspace.Prepend.always
+      switch value["prepend_scheme"] {
+      case nil, .null?: break
+      case .string(let scheme)?:
+        guard let read = Metaspace.Prepend(rawValue: scheme) else {
+          throw fail("\(field).prepend_scheme", "'\(scheme)' is not always, first or never")
+        }
+        prepend = read
+      default: throw fail("\(field).prepend_scheme", "must be a string")
+      }
+      // The older spelling: add_prefix_space false prepends never.
+      if try !flag("add_prefix_space", true) { prepend = .never }
+      let split = try flag("split", true)
+      steps.append(.metaspace(Metaspace(replacement: replacement, prepend: prepend, split: split)))
+      names.append("Metaspace")
     case "Split":
-      if case .string(let behavior)? = value["behavior"], behavior != "Isolated" {
-        throw fail("\(field).behavior", "'\(behavior)' is not supported (lorac splits Isolated)")
+      var behavior = SplitBehavior.isolated
+      if case .string(let name)? = value["behavior"] {
+        guard let read = SplitBehavior(rawValue: name) else {
+          throw fail(
+            "\(field).behavior",
+            "'\(name)' is not supported (supported: Isolated, Removed, MergedWithPrevious, "
+              + "MergedWithNext, Contiguous)")
+        }
+        behavior = read
       }
       if try flag("invert", false) { throw fail("\(field).invert", "true is not supported") }
-      let pattern: SplitPattern
+      var pattern: SplitPattern
       do throws(HuggingFaceError) {
         if case .string(let regex)? = value["pattern"]?["Regex"] {
           pattern = try SplitPattern(regex: regex)
@@ -344,12 +455,13 @@ extension Tokenizer {
       } catch {
         throw fail("\(field).pattern", error.message)
       }
+      pattern.behavior = behavior
       steps.append(.split(pattern))
       names.append("Split")
     case let other:
       throw fail(
         "\(field).type",
-        "'\(other)' is not supported (supported: ByteLevel, Digits, Split, Sequence)")
+        "'\(other)' is not supported (supported: ByteLevel, Digits, Metaspace, Split, Sequence)")
     }
   }
 
@@ -400,6 +512,55 @@ extension Tokenizer {
       throw fail(
         "\(field).type",
         "'\(other)' is not supported (supported: ByteLevel, TemplateProcessing, Sequence)")
+    }
+  }
+
+  /// The decoders of a SentencePiece-style tokenizer, in order.
+  private static func decoderSteps(
+    _ value: JSONValue?, field: String, into decoders: inout [TokenDecoder],
+    _ fail: (String, String) -> HuggingFaceError
+  ) throws(HuggingFaceError) {
+    guard let value, value != .null else {
+      throw fail(field, "is missing (lorac decodes by the file's decoders)")
+    }
+    switch try type(value, field: field, fail) {
+    case "Sequence":
+      guard case .array(let parts)? = value["decoders"], !parts.isEmpty else {
+        throw fail("\(field).decoders", "must be a non-empty array")
+      }
+      for (index, part) in parts.enumerated() {
+        try decoderSteps(part, field: "\(field).decoders[\(index)]", into: &decoders, fail)
+      }
+    case "Replace":
+      let (pattern, content) = try replacement(value, field: field, fail)
+      decoders.append(.replace(pattern, with: content))
+    case "ByteFallback": decoders.append(.byteFallback)
+    case "Fuse": decoders.append(.fuse)
+    case "Strip":
+      guard case .string(let content)? = value["content"], content.unicodeScalars.count == 1,
+        let character = content.unicodeScalars.first
+      else { throw fail("\(field).content", "must be one character") }
+      var counts: [Int] = []
+      for name in ["start", "stop"] {
+        guard case .integer(let count)? = value[name], count >= 0 else {
+          throw fail("\(field).\(name)", "must be a count of characters")
+        }
+        counts.append(count)
+      }
+      decoders.append(.strip(character, start: counts[0], stop: counts[1]))
+    case "Metaspace":
+      guard case .string(let text)? = value["replacement"], text.unicodeScalars.count == 1,
+        let replacement = text.unicodeScalars.first
+      else { throw fail("\(field).replacement", "must be one character") }
+      var prepends = true
+      if case .string(let scheme)? = value["prepend_scheme"] { prepends = scheme != "never" }
+      if case .bool(false)? = value["add_prefix_space"] { prepends = false }
+      decoders.append(.metaspace(replacement, prepends: prepends))
+    case let other:
+      throw fail(
+        "\(field).type",
+        "'\(other)' is not supported without a ByteLevel pre-tokenizer (supported: Replace, "
+          + "ByteFallback, Fuse, Strip, Metaspace, Sequence)")
     }
   }
 

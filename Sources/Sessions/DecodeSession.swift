@@ -397,19 +397,26 @@ public struct TextGenerator {
 }
 
 extension Tokenizer {
-  /// The ids of a prompt: `text` as is, or with `chat` as a user message in the model's ChatML
-  /// template (control tokens parsed); BOS first when the tokenizer metadata asks for it.
+  /// The ids of a prompt: `text` as is, or with `chat` as a user message in the model's chat
+  /// template (control tokens parsed); BOS first when the tokenizer metadata asks for it and the
+  /// template did not write it.
   public func prompt(_ text: String, chat: Bool) throws(SessionError) -> [Int32] {
     var text = text
     if chat {
-      guard let template = chatTemplate.flatMap(ChatTemplate.init(template:)) else {
-        throw SessionError("--chat: the model has no ChatML chat template")
+      do throws(ChatTemplateError) {
+        guard let template = try chatFormat() else {
+          throw ChatTemplateError(message: "the model has no chat template")
+        }
+        text = try template.render(
+          [ChatMessage(role: "user", content: text)], addGenerationPrompt: true)
+      } catch {
+        throw SessionError("--chat: \(error.message)")
       }
-      text = template.render(
-        [ChatMessage(role: "user", content: text)], addGenerationPrompt: true)
     }
     var ids = encode(text, parseSpecial: chat)
-    if addsBeginOfSequence, let bos = beginOfSequence { ids.insert(bos, at: 0) }
+    if addsBeginOfSequence, let bos = beginOfSequence, !(chat && ids.first == bos) {
+      ids.insert(bos, at: 0)
+    }
     return ids
   }
 }

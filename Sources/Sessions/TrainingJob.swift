@@ -280,8 +280,7 @@ public final class TrainingJob {
     case .jsonl(let path):
       do {
         return try Dataset.load(
-          path: path, tokenizer: tokenizer,
-          template: tokenizer.chatTemplate.flatMap(ChatTemplate.init(template:)))
+          path: path, tokenizer: tokenizer, template: try? tokenizer.chatFormat())
       } catch {
         throw SessionError(error.message)
       }

@@ -38,9 +38,9 @@ struct Inspect: ParsableCommand {
         "head_count_kv": \(config.keyValueHeadCount), "feed_forward_length": \(config.feedForwardLength), \
         "rope_freq_base": \(config.ropeTheta), "rms_norm_eps": \(config.normEpsilon), \
         "tied_embeddings": \(config.tiedEmbeddings)}, \
-        "tokenizer": {"model": "gpt2", "pre": \(jsonString(tokenizer.preTokenizer)), "tokens": \(tokenizer.tokens.count), \
+        "tokenizer": {"model": \(jsonString(tokenizer.modelName)), "pre": \(jsonString(tokenizer.preTokenizer)), "tokens": \(tokenizer.tokens.count), \
         "bos": \(tokenizer.beginOfSequence.map(String.init) ?? "null"), "eos": \(tokenizer.endOfSequence.map(String.init) ?? "null"), \
-        "add_bos": \(tokenizer.addsBeginOfSequence), "chat_template": \(tokenizer.chatTemplate == nil ? "null" : "\"chatml\"")}, \
+        "add_bos": \(tokenizer.addsBeginOfSequence), "chat_template": \(chatTemplate(tokenizer))}, \
         "tensors": [\(tensors.joined(separator: ", "))]}
         """)
       return
@@ -67,6 +67,14 @@ struct Inspect: ParsableCommand {
         "    \(tensor.name.padding(toLength: width, withPad: " ", startingAt: 0)) \(shape.padding(toLength: 14, withPad: " ", startingAt: 0)) \(tensor.dtype.padding(toLength: 5, withPad: " ", startingAt: 0)) \(tensor.bytes)"
       )
     }
+  }
+
+  /// The chat family as JSON: null without a template, `"unrecognised"` for one lorac does not
+  /// render.
+  private func chatTemplate(_ tokenizer: Tokenizer) -> String {
+    guard tokenizer.chatTemplate != nil else { return "null" }
+    let format = try? tokenizer.chatFormat()
+    return jsonString(format?.identifier ?? "unrecognised")
   }
 
   /// The format (text and JSON field), the architecture, the model's name and the tensor table.

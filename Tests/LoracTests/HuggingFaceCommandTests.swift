@@ -90,7 +90,7 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
   let empty = try temporaryFolder()
   let unknownType = try editedFolder("config.json", "\"llama\"", "\"gpt_neox\"")
   let metaspace = try editedFolder(
-    "tokenizer.json", "\"type\": \"Split\"", "\"type\": \"Metaspace\"")
+    "tokenizer.json", "\"type\": \"Split\"", "\"type\": \"Whitespace\"")
   let noWeights = try editedFolder()
   try FileManager.default.removeItem(at: noWeights.appendingPathComponent("model.safetensors"))
   defer {
@@ -110,7 +110,7 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
     ),
     (
       ["tokenize", metaspace.path, "--text", "hi"],
-      "error: \(metaspace.path)/tokenizer.json: pre_tokenizer.pretokenizers[0].type 'Metaspace' is not supported (supported: ByteLevel, Digits, Split, Sequence)\n"
+      "error: \(metaspace.path)/tokenizer.json: pre_tokenizer.pretokenizers[0].type 'Whitespace' is not supported (supported: ByteLevel, Digits, Metaspace, Split, Sequence)\n"
     ),
     (
       ["inspect", noWeights.path],

@@ -84,25 +84,25 @@ private func mutated(_ edit: (String) -> String) throws -> [UInt8] {
     ),
     (
       { $0.replacingOccurrences(of: "\"byte_fallback\": false", with: "\"byte_fallback\": true") },
-      "t.json: model.byte_fallback true is not supported (lorac reads byte-level BPE)"
+      "t.json: model.byte_fallback true is not supported with a ByteLevel pre-tokenizer"
     ),
     (
       {
         $0.replacingOccurrences(
           of: "\"normalizer\": null", with: "\"normalizer\": {\"type\": \"NFKC\"}")
       },
-      "t.json: normalizer.type 'NFKC' is not supported (supported: NFC, Sequence)"
+      "t.json: normalizer.type 'NFKC' is not supported (supported: NFC, Prepend, Replace, Sequence)"
     ),
     (
-      { $0.replacingOccurrences(of: "\"type\": \"Split\"", with: "\"type\": \"Metaspace\"") },
-      "t.json: pre_tokenizer.pretokenizers[0].type 'Metaspace' is not supported (supported: ByteLevel, Digits, Split, Sequence)"
+      { $0.replacingOccurrences(of: "\"type\": \"Split\"", with: "\"type\": \"Whitespace\"") },
+      "t.json: pre_tokenizer.pretokenizers[0].type 'Whitespace' is not supported (supported: ByteLevel, Digits, Metaspace, Split, Sequence)"
     ),
     (
       {
         $0.replacingOccurrences(
-          of: "\"behavior\": \"Isolated\"", with: "\"behavior\": \"MergedWithPrevious\"")
+          of: "\"behavior\": \"Isolated\"", with: "\"behavior\": \"Sideways\"")
       },
-      "t.json: pre_tokenizer.pretokenizers[0].behavior 'MergedWithPrevious' is not supported (lorac splits Isolated)"
+      "t.json: pre_tokenizer.pretokenizers[0].behavior 'Sideways' is not supported (supported: Isolated, Removed, MergedWithPrevious, MergedWithNext, Contiguous)"
     ),
     (
       { $0.replacingOccurrences(of: "\"Regex\": \"(?i:", with: "\"Regex\": \"((?i:") },

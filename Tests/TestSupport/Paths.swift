@@ -16,6 +16,11 @@ public let smolLMFixtures = fixturesFolder.appendingPathComponent("smollm")
 /// the tokenizers library computed for them (make_hf_fixtures.py).
 public let huggingFaceFixtures = fixturesFolder.appendingPathComponent("hf")
 
+/// `Tests/Fixtures/tokenizers`: SentencePiece-style tokenizers (tokenizer.json and a GGUF) and chat
+/// templates with what sentencepiece, tokenizers and transformers made of them
+/// (make_tokenizer_fixtures.py).
+public let tokenizerFixtures = fixturesFolder.appendingPathComponent("tokenizers")
+
 /// The cached SmolLM2 GGUF (scripts/fetch-model), or a recorded failure telling how to get it.
 ///
 /// `LORAC_MODEL` names the file; otherwise it is `SmolLM2-135M-Instruct.Q4_1.gguf` in
