@@ -211,7 +211,8 @@ def peft_case(name, folder, cls, ids, fused, others, blocks, layers, lorac_names
     generator = torch.Generator().manual_seed(23)
 
     def run(model):
-        model.train()
+        # eval: GPT-2's configs keep dropout 0.1, which train() would apply.
+        model.eval()
         output = model(torch.tensor([ids]), labels=torch.tensor([ids]))
         output.loss.backward()
         return output.loss.item(), {n.replace(".default", ""): p.grad.detach().contiguous()

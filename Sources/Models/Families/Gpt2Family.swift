@@ -71,7 +71,8 @@ public enum Gpt2Family {
     var config = LlamaConfig(
       vocabularySize: try fields.positive("vocab_size"), embeddingLength: hidden,
       layerCount: try either("n_layer", "num_hidden_layers"), headCount: heads,
-      keyValueHeadCount: heads, feedForwardLength: try fields.positive("n_inner", fallback: 4 * hidden),
+      keyValueHeadCount: heads,
+      feedForwardLength: try fields.positive("n_inner", fallback: 4 * hidden),
       normEpsilon: try fields.number("layer_norm_epsilon", fallback: 1e-5),
       tiedEmbeddings: try fields.flag("tie_word_embeddings", fallback: true),
       interleavedRope: false, attentionBias: true)
@@ -144,7 +145,8 @@ extension TraceParts {
           )
           .reshaped([batch, count, width])
       } else {
-        part = try qkv.slice(start: [0, 0, index * width], end: [batch, count, (index + 1) * width])
+        part = try qkv.slice(
+          start: [0, 0, index * width], end: [batch, count, (index + 1) * width])
       }
       parts.append(try part.named(name).reshaped([batch, count, heads, headDim]))
     }
