@@ -167,8 +167,10 @@ public enum Llama {
   }
 }
 
-/// The pieces every family's trace shares: weights by GGUF name (outside every scope), the
-/// norms, linear layers, causal attention and the head. A family's block lives in its file in
+/// The pieces every family's trace shares.
+///
+/// Weights by GGUF name (outside every scope), the norms, linear layers, causal attention and the
+/// head. A family's block lives in its file in
 /// `Families/` (`TraceParts.gpt2Block`, `TraceParts.neoXBlock`) and is chosen by `block`.
 struct TraceParts {
   let builder: GraphBuilder
@@ -221,9 +223,10 @@ struct TraceParts {
     return try (afterAttention + mlp).named("residual.mlp")
   }
 
-  /// Causal attention of `q: [batch, sequence, heads, headDim]` over `k`, `v: [batch, sequence,
-  /// kvHeads, headDim]`: the context `[batch, sequence, heads * headDim]`, with the probabilities
-  /// named `probs`. The op pattern is the one `fuse` makes `attention` of.
+  /// Causal attention: the context `[batch, sequence, heads * headDim]`.
+  ///
+  /// `q` is `[batch, sequence, heads, headDim]`, `k` and `v` `[batch, sequence, kvHeads,
+  /// headDim]`; the probabilities are named `probs`. The op pattern is the one `fuse` makes `attention` of.
   func attend(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Tensor) throws(TraceError) -> Tensor {
     let (batch, sequence) = (q.shape[0], q.shape[1])
     let (heads, kvHeads, headDim) = (
@@ -271,7 +274,9 @@ struct TraceParts {
     return try centred * rsqrt(variance + config.normEpsilon) * scale + shift
   }
 
-  /// `gelu(x)` as `config.gelu` says. The exact form's `erf` is Abramowitz and Stegun 7.1.26
+  /// `gelu(x)` in the form `config.gelu` names.
+  ///
+  /// The exact form's `erf` is Abramowitz and Stegun 7.1.26
   /// (absolute error below 1.5e-7), composed from elementwise ops so that autodiff and the
   /// kernels need nothing new.
   func gelu(_ x: Tensor) throws(TraceError) -> Tensor {
