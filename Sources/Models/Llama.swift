@@ -453,28 +453,26 @@ extension LlamaConfig {
     guard let architecture = file["general.architecture"]?.string else {
       throw GGUFError(message: "\(file.path): no general.architecture")
     }
-    guard ["llama", "mistral", "granite"].contains(architecture) || architecture == "smollm" else {
+    switch architecture {
+    case "gpt2":
+      self = try Gpt2Family.config(gguf: file)
+      return
+    case "gptneox":
+      self = try GPTNeoXFamily.config(gguf: file)
+      return
+    case "llama", "mistral", "granite", "smollm": break
+    default:
       throw GGUFError(
-        message: "\(file.path): architecture '\(architecture)' is not supported (expected llama)")
+        message:
+          "\(file.path): architecture '\(architecture)' is not supported (expected llama, gpt2 or gptneox)"
+      )
     }
-    func integer(_ key: String) throws(GGUFError) -> Int {
-      guard let value = file["\(architecture).\(key)"]?.integer, value > 0 else {
-        throw GGUFError(message: "\(file.path): missing or invalid \(architecture).\(key)")
-      }
-      return value
+    let integer = { (key: String) throws(GGUFError) -> Int in
+      try LlamaConfig.positive(key, in: file, architecture: architecture)
     }
     let embedding = try integer("embedding_length")
     let heads = try integer("attention.head_count")
-    let vocabulary: Int
-    if file["\(architecture).vocab_size"] != nil {
-      vocabulary = try integer("vocab_size")
-    } else if let tokens = file["tokenizer.ggml.tokens"]?.array {
-      vocabulary = tokens.count
-    } else if let embed = file.info("token_embd.weight") {
-      vocabulary = embed.shape[0]
-    } else {
-      throw GGUFError(message: "\(file.path): cannot tell the vocabulary size")
-    }
+    let vocabulary = try LlamaConfig.vocabularySize(of: file, architecture: architecture)
     self.init(
       vocabularySize: vocabulary, embeddingLength: embedding,
       layerCount: try integer("block_count"), headCount: heads,
@@ -484,6 +482,28 @@ extension LlamaConfig {
       ropeTheta: file["\(architecture).rope.freq_base"]?.number ?? 10_000,
       normEpsilon: file["\(architecture).attention.layer_norm_rms_epsilon"]?.number ?? 1e-5,
       tiedEmbeddings: file.info("output.weight") == nil, interleavedRope: true)
+  }
+
+  /// The positive integer `ARCH.key` of a GGUF file.
+  static func positive(_ key: String, in file: GGUFFile, architecture: String) throws(GGUFError)
+    -> Int
+  {
+    guard let value = file["\(architecture).\(key)"]?.integer, value > 0, value <= 1 << 40 else {
+      throw GGUFError(message: "\(file.path): missing or invalid \(architecture).\(key)")
+    }
+    return value
+  }
+
+  /// A GGUF file's vocabulary size: `ARCH.vocab_size`, the tokens, or the embedding's rows.
+  static func vocabularySize(of file: GGUFFile, architecture: String) throws(GGUFError) -> Int {
+    if file["\(architecture).vocab_size"] != nil {
+      return try positive("vocab_size", in: file, architecture: architecture)
+    } else if let tokens = file["tokenizer.ggml.tokens"]?.array {
+      return tokens.count
+    } else if let embed = file.info("token_embd.weight") {
+      return embed.shape[0]
+    }
+    throw GGUFError(message: "\(file.path): cannot tell the vocabulary size")
   }
 }
 

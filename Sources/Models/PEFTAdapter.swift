@@ -731,10 +731,17 @@ extension PEFTAdapter {
   /// adapter_config.json (with `"per_head": true` for a per-head adapter), each crash-safely.
   public func save(to folder: URL, config: LlamaConfig, baseModel: String) throws {
     let peft = try PEFTAdapter.peftTensors(tensors, config: config)
+    // Each module by its last name, or by its path when the family has two of that name
+    // (GPT-2's attn.c_proj and mlp.c_proj), so that PEFT adapts exactly these.
+    let family = PEFTAdapter.naming(config.architecture).modules.map(\.hf)
     let modules = Set(
       peft.map { name -> String in
         let parts = name.name.split(separator: ".")
-        return String(parts[parts.count - 3])
+        let last = String(parts[parts.count - 3])
+        guard family.filter({ $0.hasSuffix("." + last) || $0 == last }).count > 1 else {
+          return last
+        }
+        return parts[parts.count - 4] + "." + last
       }
     ).sorted()
     // Split q, k, v parts are the fused module's blocks, at rank 3 r and alpha 3 alpha (the

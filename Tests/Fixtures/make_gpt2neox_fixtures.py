@@ -23,6 +23,9 @@ the tokenizers library (lorac itself never runs Python).
                                    output and both MLP linears, A and B random
   tiny-{gpt2,neox}-peft.json       {"ids", "loss", "split_loss"}
   tiny-{gpt2,neox}-peft-grad.safetensors   PEFT's gradients of the fused adapter
+  tiny-gpt2-small.gguf             a one-layer GPT-2 (hidden 32) as llama.cpp's converter writes it
+                                   (tiny-gpt2-small.json, logits of prompts 0, 1, 3)
+  tiny-neox-sequential.gguf        tiny-neox-sequential as llama.cpp's converter writes it
   tiny-{gpt2,neox}-split-*         the split oracle: separate q, k, v adapters (rank 4 each) are a
                                    PEFT rank-12 adapter on the fused module whose B is zero outside
                                    the q/k/v blocks; lorac-named A and B (split.safetensors) and
@@ -149,17 +152,18 @@ def greedy(m, ids, eos):
     return result, float((top[:, 0] - top[:, 1]).min())
 
 
-def checkpoint(name, model, fast, cls):
-    folder = os.path.join(out, name)
+def checkpoint(name, model, fast, cls, folder=None, logits_of=range(len(prompts))):
+    folder = folder or os.path.join(out, name)
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     model = cls.from_pretrained(folder, dtype=torch.float32).eval()
     records = []
     for k, text in enumerate(prompts):
         ids = fast.encode(text)
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0].numpy()
-        np.save(os.path.join(out, f"{name}-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))
+        if k in logits_of:
+            with torch.no_grad():
+                logits = model(torch.tensor([ids])).logits[0].numpy()
+            np.save(os.path.join(out, f"{name}-logits-{k}.npy"), np.ascontiguousarray(logits, dtype=np.float32))
         tokens, gap = greedy(model, ids, fast.eos_token_id)
         records.append({"text": text, "ids": ids, "greedy": tokens})
         print(f"{name} prompt {k}: {len(ids)} tokens, smallest top-2 gap {gap:.2e}")
@@ -293,3 +297,118 @@ peft_case(
                for part in range(3)], 2,
     {"module": lambda n: f"base_model.model.gpt_neox.layers.{n}.attention.query_key_value",
      "peft": lambda n: f"base_model.model.gpt_neox.layers.{n}.attention.query_key_value"})
+
+# ---- GGUF files as llama.cpp's convert_hf_to_gguf.py writes them (gguf package) ----
+# GPT-2: Conv1D weights transposed to [out, in], output.weight a copy of token_embd.weight.
+# GPT-NeoX: query_key_value's per-head rows reordered to all q, then k, then v;
+# rope.dimension_count the rotary share. Both f32, with the byte-level BPE as tokenizer.ggml.*.
+import tempfile  # noqa: E402
+
+import gguf  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+
+def add_tokenizer(writer, tokenizer, fast):
+    data = json.loads(tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    tokens = [None] * tokenizer.get_vocab_size()
+    types = [gguf.TokenType.NORMAL] * len(tokens)
+    for text, index in vocab.items():
+        tokens[index] = text
+    for added in data["added_tokens"]:
+        tokens[added["id"]] = added["content"]
+        types[added["id"]] = gguf.TokenType.CONTROL if added["special"] else gguf.TokenType.USER_DEFINED
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([" ".join(pair) if isinstance(pair, list) else pair for pair in data["model"]["merges"]])
+    writer.add_bos_token_id(fast.bos_token_id)
+    writer.add_eos_token_id(fast.eos_token_id)
+    writer.add_add_bos_token(False)
+
+
+def write_gguf(path, arch, tensors, metadata, tokenizer, fast):
+    writer = gguf.GGUFWriter(path, arch)
+    metadata(writer)
+    add_tokenizer(writer, tokenizer, fast)
+    for name, tensor in tensors:
+        writer.add_tensor(name, np.ascontiguousarray(tensor.detach().float().numpy()))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+# A one-layer GPT-2 (hidden 32), its own logits and greedy tokens, then its GGUF.
+torch.manual_seed(24)
+small = GPT2LMHeadModel(GPT2Config(
+    vocab_size=gpt2_tok.get_vocab_size(), n_positions=64, n_embd=32, n_layer=1, n_head=4,
+    n_inner=64, activation_function="gelu_new", layer_norm_epsilon=1e-5, initializer_range=0.1,
+    bos_token_id=gpt2_fast.eos_token_id, eos_token_id=gpt2_fast.eos_token_id)).eval()
+randomise(small)
+# Only the GGUF is kept (the folder is made in a temporary directory), with the logits of
+# prompts 0, 1 and 3 and every prompt's greedy tokens.
+small_folder, _ = checkpoint(
+    "tiny-gpt2-small", small, gpt2_fast, GPT2LMHeadModel, folder=tempfile.mkdtemp(), logits_of=(0, 1, 3))
+state = load_file(os.path.join(small_folder, "model.safetensors"))
+names = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+         "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+tensors = [("token_embd.weight", state["transformer.wte.weight"]),
+           ("position_embd.weight", state["transformer.wpe.weight"]),
+           ("output_norm.weight", state["transformer.ln_f.weight"]),
+           ("output_norm.bias", state["transformer.ln_f.bias"]),
+           ("output.weight", state["transformer.wte.weight"])]
+for hf, name in names.items():
+    for kind in ["weight", "bias"]:
+        tensor = state[f"transformer.h.0.{hf}.{kind}"]
+        if kind == "weight" and hf not in ("ln_1", "ln_2"):
+            tensor = tensor.t()
+        tensors.append((f"blk.0.{name}.{kind}", tensor))
+
+
+def gpt2_metadata(writer):
+    writer.add_context_length(64)
+    writer.add_embedding_length(32)
+    writer.add_feed_forward_length(64)
+    writer.add_block_count(1)
+    writer.add_head_count(4)
+    writer.add_layer_norm_eps(1e-5)
+
+
+write_gguf(os.path.join(out, "tiny-gpt2-small.gguf"), "gpt2", tensors, gpt2_metadata, gpt2_tok, gpt2_fast)
+
+# The sequential NeoX (its logits are tiny-neox-sequential-logits-K.npy).
+state = load_file(os.path.join(out, "tiny-neox-sequential", "model.safetensors"))
+heads, hidden = 4, 32
+tensors = [("token_embd.weight", state["gpt_neox.embed_in.weight"]),
+           ("output_norm.weight", state["gpt_neox.final_layer_norm.weight"]),
+           ("output_norm.bias", state["gpt_neox.final_layer_norm.bias"]),
+           ("output.weight", state["embed_out.weight"])]
+names = {"input_layernorm": "attn_norm", "attention.query_key_value": "attn_qkv",
+         "attention.dense": "attn_output", "post_attention_layernorm": "ffn_norm",
+         "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
+for hf, name in names.items():
+    for kind in ["weight", "bias"]:
+        tensor = state[f"gpt_neox.layers.0.{hf}.{kind}"]
+        if hf == "attention.query_key_value":
+            shape = (heads, 3, hidden // heads) + tuple(tensor.shape[1:])
+            grouped = tensor.reshape(shape)
+            tensor = torch.cat([grouped[:, part].reshape((-1,) + tuple(tensor.shape[1:])) for part in range(3)], dim=0)
+        tensors.append((f"blk.0.{name}.{kind}", tensor))
+
+
+def neox_metadata(writer):
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(64)
+    writer.add_rope_dimension_count(4)
+    writer.add_rope_freq_base(1000.0)
+    writer.add_head_count(heads)
+    writer.add_parallel_residual(False)
+    writer.add_layer_norm_eps(1e-6)
+
+
+write_gguf(os.path.join(out, "tiny-neox-sequential.gguf"), "gptneox", tensors, neox_metadata, neox_tok, neox_fast)
+print("wrote tiny-gpt2-small.gguf, tiny-neox-sequential.gguf")

@@ -217,3 +217,25 @@ func fusedPEFTAdapterGradientsMatchPEFT(_ name: String) throws {
   }
   #expect(worst <= 1e-4, "worst relative gradient difference \(worst)")
 }
+
+/// `lorac generate` on the GGUF forms of a GPT-2 and a GPT-NeoX (KV-cache decoding from the prompt
+/// ids): transformers' greedy tokens.
+@Test(arguments: [
+  ("tiny-gpt2-small.gguf", "tiny-gpt2-small"),
+  ("tiny-neox-sequential.gguf", "tiny-neox-sequential"),
+])
+func generateOnGPT2AndNeoXGGUFMatchesTransformersGreedy(_ file: String, _ name: String) throws {
+  let fixture = try JSONDecoder().decode(
+    TinyFixture.self,
+    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent(name + ".json")))
+  let model = huggingFaceFixtures.appendingPathComponent(file).path
+  for prompt in fixture.prompts {
+    let result = try lorac([
+      "generate", model, "--prompt-ids", prompt.ids.map(String.init).joined(separator: ","),
+      "--max-tokens", "16", "--ignore-eos", "--json",
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+    #expect((object?["ids"] as? [Int]) == prompt.greedy.map(Int.init), "\(prompt.text)")
+  }
+}

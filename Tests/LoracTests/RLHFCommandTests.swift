@@ -236,3 +236,41 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
   }
   #expect(kl.count == 2 && kl[0] == 0 && kl[1] != 0, "\(kl)")
 }
+
+/// The TransformerLens tutorial's smoke test on the tiny GPT-NeoX folder: rank 4, alpha 32,
+/// batch 8, 2 minibatches, 8 tokens, 2 phases, the default targets (q, k, v: parts of the fused
+/// `query_key_value`, and o). The first phase's policy is the reference (B starts at zero), the
+/// second's is not; the adapter is PEFT's fused module at rank 12 and lorac reads it back.
+@Test func rlhfRunsTwoPhasesOnTheTinyNeoXFolder() throws {
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let model = huggingFaceFixtures.appendingPathComponent("tiny-neox").path
+  let result = try lorac([
+    "rlhf", model, "--out", folder.path, "--reward", "char-count:e", "--phases", "2", "--batch",
+    "8", "--minibatches", "2", "--gen-len", "8", "--rank", "4", "--alpha", "32", "--threads", "2",
+    "--show-every", "0",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let lines = try String(
+    contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8
+  ).split(separator: "\n")
+  #expect(lines.count == 2)
+  let phases = try lines.map { line in
+    try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+  }
+  #expect(phases.first?["kl"] as? Double == 0)
+  #expect((phases.last?["kl"] as? Double ?? 0) > 0)
+  for phase in phases {
+    for field in ["reward_mean", "entropy", "policy_loss", "value_loss"] {
+      #expect((phase[field] as? Double)?.isFinite == true, "\(field)")
+    }
+  }
+  let config = try String(
+    contentsOf: folder.appendingPathComponent("adapter_config.json"), encoding: .utf8)
+  #expect(config.contains("\"rank_pattern\": {\"query_key_value\": 12}"))
+  #expect(config.contains("\"target_modules\": [\"dense\", \"query_key_value\"]"))
+  let generated = try lorac([
+    "generate", model, "--adapter", folder.path, "--prompt", "This is", "--max-tokens", "4",
+  ])
+  #expect(generated.status == 0, "\(generated.stderr)")
+}

@@ -165,3 +165,41 @@ func gpt2AndNeoXFoldersMatchTransformers(_ name: String) throws {
     }
   }
 }
+
+/// GGUF files written as llama.cpp's converter writes them (GPT-2's linears transposed to
+/// `[out, in]` and its head a copy of the embedding; NeoX's q/k/v rows reordered from per head to
+/// all q, k, v): logits within 1e-4 of transformers' on the checkpoint they were made from, and
+/// the greedy tokens.
+@Test(arguments: [
+  ("tiny-gpt2-small.gguf", "tiny-gpt2-small"),
+  ("tiny-neox-sequential.gguf", "tiny-neox-sequential"),
+])
+func gpt2AndNeoXGGUFFilesMatchTransformers(_ file: String, _ name: String) throws {
+  let model = try LlamaModel(path: folder(file))
+  #expect(model.file != nil)
+  #expect(!model.config.inputMajorWeights && !model.config.qkvPerHead)
+  var worst: Float = 0
+  var compared = 0
+  for (k, prompt) in try prompts(name).enumerated() {
+    let url = huggingFaceFixtures.appendingPathComponent("\(name)-logits-\(k).npy")
+    if FileManager.default.fileExists(atPath: url.path) {
+      let reference = try readNumPy(url)
+      let logits = try runLogits(model, prompt.ids)
+      #expect(logits.count == reference.values.count)
+      for (ours, theirs) in zip(logits, reference.values) { worst = max(worst, abs(ours - theirs)) }
+      compared += 1
+    }
+    var ids = prompt.ids
+    var generated: [Int32] = []
+    while generated.count < 16 {
+      let all = try runLogits(model, ids)
+      let last = Array(all[((ids.count - 1) * model.config.vocabularySize)...])
+      let next = Int32(try #require(last.indices.max { last[$0] < last[$1] }))
+      generated.append(next)
+      ids.append(next)
+    }
+    #expect(generated == prompt.greedy, "\(prompt.text)")
+  }
+  #expect(compared >= 3)
+  #expect(worst <= 1e-4, "max |difference| \(worst)")
+}

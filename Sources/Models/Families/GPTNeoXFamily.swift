@@ -90,6 +90,39 @@ public enum GPTNeoXFamily {
   }
 }
 
+extension GPTNeoXFamily {
+  /// Reads the hyper-parameters of a `gptneox` GGUF file as llama.cpp's converter writes it:
+  /// `rope.dimension_count` rotary dimensions of each head, `rope.freq_base` (10000 when absent,
+  /// as llama.cpp reads it), `use_parallel_residual`, the fused q/k/v rows reordered to all q,
+  /// then k, then v.
+  public static func config(gguf file: GGUFFile) throws(GGUFError) -> LlamaConfig {
+    let key = { (name: String) throws(GGUFError) -> Int in
+      try LlamaConfig.positive(name, in: file, architecture: "gptneox")
+    }
+    let (hidden, heads) = (try key("embedding_length"), try key("attention.head_count"))
+    let rotary = try key("rope.dimension_count")
+    guard hidden % heads == 0, rotary % 2 == 0, rotary <= hidden / heads else {
+      throw GGUFError(
+        message:
+          "\(file.path): gptneox.attention.head_count \(heads) and rope.dimension_count \(rotary) do not fit embedding length \(hidden)"
+      )
+    }
+    var config = LlamaConfig(
+      vocabularySize: try LlamaConfig.vocabularySize(of: file, architecture: "gptneox"),
+      embeddingLength: hidden, layerCount: try key("block_count"), headCount: heads,
+      keyValueHeadCount: heads, feedForwardLength: try key("feed_forward_length"),
+      ropeTheta: file["gptneox.rope.freq_base"]?.number ?? 10_000,
+      normEpsilon: file["gptneox.attention.layer_norm_epsilon"]?.number ?? 1e-5,
+      tiedEmbeddings: file.info("output.weight") == nil, interleavedRope: false,
+      attentionBias: true)
+    config.architecture = .gptNeoX
+    config.rotaryDimension = rotary
+    config.parallelResidual = file["gptneox.use_parallel_residual"]?.bool ?? true
+    config.gelu = .exact
+    return config
+  }
+}
+
 extension TraceParts {
   /// GPT-NeoX's block in scope `layers.N`: with a parallel residual
   /// `h + attn(ln1(h)) + mlp(ln2(h))`, else as GPT-2's.

@@ -83,6 +83,31 @@ public enum Gpt2Family {
     return config
   }
 
+  /// Reads the hyper-parameters of a `gpt2` GGUF file as llama.cpp's converter writes it: the
+  /// linears `[out, in]` (transposed from Conv1D), `output.weight` a copy of the embedding (tied
+  /// when absent), `gpt2.context_length` learned positions, tanh GELU.
+  public static func config(gguf file: GGUFFile) throws(GGUFError) -> LlamaConfig {
+    let key = { (name: String) throws(GGUFError) -> Int in
+      try LlamaConfig.positive(name, in: file, architecture: "gpt2")
+    }
+    let (hidden, heads) = (try key("embedding_length"), try key("attention.head_count"))
+    guard hidden % heads == 0 else {
+      throw GGUFError(
+        message: "\(file.path): gpt2.attention.head_count \(heads) does not divide \(hidden)")
+    }
+    var config = LlamaConfig(
+      vocabularySize: try LlamaConfig.vocabularySize(of: file, architecture: "gpt2"),
+      embeddingLength: hidden, layerCount: try key("block_count"), headCount: heads,
+      keyValueHeadCount: heads, feedForwardLength: try key("feed_forward_length"),
+      normEpsilon: file["gpt2.attention.layer_norm_epsilon"]?.number ?? 1e-5,
+      tiedEmbeddings: file.info("output.weight") == nil, interleavedRope: false,
+      attentionBias: true)
+    config.architecture = .gpt2
+    config.positionCount = try key("context_length")
+    config.gelu = .tanh
+    return config
+  }
+
   /// The GELU a config.json's activation field names (GPT-2's and GPT-NeoX's spellings).
   static func gelu(_ fields: HuggingFaceConfig, _ field: String, fallback: String)
     throws(HuggingFaceError) -> LlamaConfig.GELU
