@@ -126,10 +126,12 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   let out = folder.appendingPathComponent("x.npy").path
   try expectError(
     ["logits", gpt2.path, "--ids", "1", "--out", out],
-    "error: \(gpt2.path): architecture 'bloom' is not supported (expected llama, gpt2 or gptneox)\n")
+    "error: \(gpt2.path): architecture 'bloom' is not supported (expected llama, gpt2 or gptneox)\n"
+  )
   try expectError(
     ["generate", gpt2.path, "--prompt", "hi"],
-    "error: \(gpt2.path): architecture 'bloom' is not supported (expected llama, gpt2 or gptneox)\n")
+    "error: \(gpt2.path): architecture 'bloom' is not supported (expected llama, gpt2 or gptneox)\n"
+  )
   try expectError(
     ["logits", q5.path, "--ids", "1", "--out", out],
     "error: \(q5.path): tensor 'blk.0.attn_q.weight' is Q5_0, which lorac does not read directly\n")

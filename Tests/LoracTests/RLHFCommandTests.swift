@@ -237,8 +237,9 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
   #expect(kl.count == 2 && kl[0] == 0 && kl[1] != 0, "\(kl)")
 }
 
-/// The TransformerLens tutorial's smoke test on the tiny GPT-NeoX folder: rank 4, alpha 32,
-/// batch 8, 2 minibatches, 8 tokens, 2 phases, the default targets (q, k, v: parts of the fused
+/// The TransformerLens tutorial's RLHF smoke test on the tiny GPT-NeoX folder.
+///
+/// Rank 4, alpha 32, batch 8, 2 minibatches, 8 tokens, 2 phases, the default targets (q, k, v: parts of the fused
 /// `query_key_value`, and o). The first phase's policy is the reference (B starts at zero), the
 /// second's is not; the adapter is PEFT's fused module at rank 12 and lorac reads it back.
 @Test func rlhfRunsTwoPhasesOnTheTinyNeoXFolder() throws {
