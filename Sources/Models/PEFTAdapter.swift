@@ -271,6 +271,9 @@ public struct PEFTAdapter: Sendable {
       }
       let aValues = a.floats()
       var bValues = b.floats()
+      if target.hasSuffix("attn.qkv") {
+        bValues = PEFTAdapter.fusedRowsForModel(bValues, columns: rank, config: config)
+      }
       // A Hugging Face folder's q/k rows are in PEFT's order already (no interleaved RoPE).
       if config.interleavedRope && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
@@ -353,11 +356,34 @@ public struct PEFTAdapter: Sendable {
     return (config.embeddingLength, config.headCount * config.headDimension)
   }
 
-  /// The rows of the fused q/k/v product's output that are `part` (0: q, 1: k, 2: v): all q,
-  /// then k, then v, or with `qkvPerHead` each head's q, k, v side by side.
-  static func fusedRows(part: Int, config: LlamaConfig) -> [Int] {
+  /// Whether PEFT's fused q/k/v rows are per head (`[heads, 3, headDim]`): GPT-NeoX's, as its
+  /// Hugging Face checkpoint stores them, also for a GGUF whose rows llama.cpp reordered.
+  static func peftRowsPerHead(_ config: LlamaConfig) -> Bool { config.architecture == .gptNeoX }
+
+  /// Per-head PEFT rows of the fused product to the model's order (all q, k, v) when the two
+  /// differ (a `gptneox` GGUF), or back with `inverse`; `values` is `[rows, columns]`.
+  static func fusedRowsForModel(
+    _ values: [Float], columns: Int, config: LlamaConfig, inverse: Bool = false
+  ) -> [Float] {
+    guard peftRowsPerHead(config) != config.qkvPerHead else { return values }
+    var result = values
+    for part in 0..<3 {
+      let peft = fusedRows(part: part, config: config)
+      let model = fusedRows(part: part, config: config, perHead: config.qkvPerHead)
+      for (source, target) in zip(peft, model) {
+        let (from, to) = inverse ? (target, source) : (source, target)
+        for c in 0..<columns { result[to * columns + c] = values[from * columns + c] }
+      }
+    }
+    return result
+  }
+
+  /// The rows of the fused q/k/v product's output that are `part` (0: q, 1: k, 2: v) in PEFT's
+  /// order (or with `perHead` given, in that order): all q, then k, then v, or each head's q, k,
+  /// v side by side.
+  static func fusedRows(part: Int, config: LlamaConfig, perHead: Bool? = nil) -> [Int] {
     let (heads, headDim) = (config.headCount, config.headDimension)
-    if !config.qkvPerHead {
+    if !(perHead ?? PEFTAdapter.peftRowsPerHead(config)) {
       return Array((part * heads * headDim)..<((part + 1) * heads * headDim))
     }
     var rows: [Int] = []
@@ -622,6 +648,9 @@ public struct PEFTAdapter: Sendable {
       }
       let (rows, columns) = (tensor.type.shape[0], tensor.type.shape[1])
       var values = transpose(tensor.floats(), rows: rows, columns: columns)
+      if !isA && target.hasSuffix("attn.qkv") {
+        values = fusedRowsForModel(values, columns: rows, config: config, inverse: true)
+      }
       if !isA && config.interleavedRope
         && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k"))
       {
@@ -659,6 +688,53 @@ public struct PEFTAdapter: Sendable {
       }
     }
     return result.sorted { $0.name < $1.name }
+  }
+
+  /// The adapter with q, k, v parts of a fused product folded into one target per layer.
+  ///
+  /// Each layer's parts (GPT-2, GPT-NeoX) become one `attn.qkv` target of rank 3 r at the same scale, its B in the model's row order and zero
+  /// outside the parts' blocks: what folding into the fused weight, or a llama.cpp adapter,
+  /// needs. Other adapters are returned as they are.
+  public func fusingParts(_ config: LlamaConfig) -> PEFTAdapter {
+    guard splitsFusedProduct(config), !perHead else { return self }
+    var result = self
+    var layers: [Int: [String: HostTensor]] = [:]
+    for target in targets {
+      let parts = target.split(separator: ".")
+      guard parts.count == 4, let layer = Int(parts[1]), parts[2] == "attn",
+        ["q", "k", "v"].contains(parts[3])
+      else { continue }
+      for suffix in [".lora_a", ".lora_b"] {
+        layers[layer, default: [:]][parts[3] + suffix] = tensors[target + suffix]
+        result.tensors[target + suffix] = nil
+      }
+    }
+    result.targets = targets.filter { target in
+      !["attn.q", "attn.k", "attn.v"].contains(
+        target.split(separator: ".").suffix(2).joined(separator: "."))
+    }
+    for (layer, parts) in layers.sorted(by: { $0.key < $1.key }) {
+      guard
+        let inputs = ["q", "k", "v"].lazy.compactMap({ parts[$0 + ".lora_a"] }).first?.type
+          .shape[0]
+      else { continue }
+      let peftA = PEFTAdapter.fusedTensors(
+        ["q", "k", "v"].map { parts[$0 + ".lora_a"] }, isA: true, rank: rank, inputs: inputs,
+        config: config)
+      let peftB = PEFTAdapter.fusedTensors(
+        ["q", "k", "v"].map { parts[$0 + ".lora_b"] }, isA: false, rank: rank, inputs: inputs,
+        config: config)
+      let outputs = peftB.type.shape[0]
+      let b = PEFTAdapter.fusedRowsForModel(peftB.floats(), columns: 3 * rank, config: config)
+      let target = "layers.\(layer).attn.qkv"
+      result.targets.append(target)
+      result.tensors[target + ".lora_a"] = HostTensor(
+        shape: [inputs, 3 * rank],
+        floats: transpose(peftA.floats(), rows: 3 * rank, columns: inputs))
+      result.tensors[target + ".lora_b"] = HostTensor(
+        shape: [3 * rank, outputs], floats: transpose(b, rows: outputs, columns: 3 * rank))
+    }
+    return result
   }
 
   /// Whether the adapter holds q, k or v parts of a fused product (GPT-2, GPT-NeoX), which PEFT
