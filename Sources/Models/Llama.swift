@@ -241,7 +241,9 @@ struct TraceParts {
     }
     let qt = try q.transposed([0, 2, 1, 3])
     let kt = try expand(k).transposed([0, 2, 1, 3])
-    let vt = try expand(v).transposed([0, 2, 1, 3])
+    // (The reshape to v's own shape is the one the Llama trace always had; `fold` drops it.)
+    let vt = try expand(v.reshaped([batch, sequence, config.keyValueHeadCount, headDim]))
+      .transposed([0, 2, 1, 3])
     let scores = try matmul(qt, kt, transposeB: true) * (1.0 / Double(headDim).squareRoot())
     let masked = try builder.emit(
       .select, [.value(causal.value), .value(scores.value), .scalar(-.infinity)])[0]

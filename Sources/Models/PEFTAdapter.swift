@@ -50,13 +50,18 @@ public struct PEFTAdapter: Sendable {
   ]
 
   /// The prefix of a layer's modules in PEFT tensor names and the modules, for a family.
+  ///
+  /// GPT-2 and GPT-NeoX also name the q, k, v parts of their fused product as lorac does
+  /// (`attn.q`), for per-head adapters, which PEFT cannot hold on any module (ordinary ones are
+  /// saved as the fused module's blocks).
   static func naming(_ architecture: LlamaConfig.Architecture) -> (
     prefix: String, modules: [(hf: String, lorac: String)]
   ) {
+    let parts = [("attn.q", "attn.q"), ("attn.k", "attn.k"), ("attn.v", "attn.v")]
     switch architecture {
-    case .llama: ("base_model.model.model.layers.", modules)
-    case .gpt2: ("base_model.model.transformer.h.", gpt2Modules)
-    case .gptNeoX: ("base_model.model.gpt_neox.layers.", neoXModules)
+    case .llama: return ("base_model.model.model.layers.", modules)
+    case .gpt2: return ("base_model.model.transformer.h.", gpt2Modules + parts)
+    case .gptNeoX: return ("base_model.model.gpt_neox.layers.", neoXModules + parts)
     }
   }
 
@@ -620,12 +625,9 @@ public struct PEFTAdapter: Sendable {
       }
       let target = String(name.dropLast(7))
       let parts = target.split(separator: ".")
-      if fused, parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]),
-        parts[2] == "attn", ["q", "k", "v"].contains(parts[3])
+      if fused, tensor.type.rank == 2, parts.count == 4, parts[0] == "layers",
+        let layer = Int(parts[1]), parts[2] == "attn", ["q", "k", "v"].contains(parts[3])
       {
-        guard tensor.type.rank == 2 else {
-          throw FileError(message: "'\(name)' is 3-D: a fused product's parts are not per head")
-        }
         split[layer, default: [:]][parts[3] + (isA ? ".a" : ".b")] = tensor
         continue
       }
@@ -823,7 +825,7 @@ extension PEFTAdapter {
     // Split q, k, v parts are the fused module's blocks, at rank 3 r and alpha 3 alpha (the
     // same scale); lorac reads them back as the parts.
     var pattern = ("{}", "{}")
-    if splitsFusedProduct(config),
+    if splitsFusedProduct(config), !perHead,
       let module = PEFTAdapter.naming(config.architecture).modules.first(where: {
         $0.lorac == "attn.qkv"
       })?.hf.split(separator: ".").last

@@ -115,3 +115,68 @@ func splitQKVAdaptersRoundTripThroughTheFusedPEFTModule(_ name: String) throws {
   try session.setAdapterScale(0)
   #expect(try session.logits(tokens).data == base.data)
 }
+
+/// Per-head LoRA on the parts of GPT-2's fused product: head h of q, k, v adds
+/// `s (x A[h]) B[h]`, which is an ordinary adapter of rank heads x r whose A stacks the heads' A
+/// and whose B is block-diagonal (same logits within 1e-4); saved and read back as it was.
+@Test(arguments: ["tiny-gpt2", "tiny-neox"])
+func perHeadAdaptersOnFusedPartsAreBlockDiagonalOrdinaryOnes(_ name: String) throws {
+  let model = try LlamaModel.open(huggingFaceFixtures.appendingPathComponent(name).path)
+  let (heads, headDim, width) = (
+    model.config.headCount, model.config.headDimension, model.config.embeddingLength
+  )
+  let rank = 2
+  var random = SplitMix64(seed: 7)
+  var perHead: [String: HostTensor] = [:]
+  var ordinary: [String: HostTensor] = [:]
+  var targets: [String] = []
+  for layer in 0..<model.config.layerCount {
+    for part in ["q", "k", "v"] {
+      let target = "layers.\(layer).attn.\(part)"
+      targets.append(target)
+      let a = (0..<(heads * width * rank)).map { _ in Float(random.uniform(-0.3, 0.3)) }
+      let b = (0..<(heads * rank * headDim)).map { _ in Float(random.uniform(-0.3, 0.3)) }
+      perHead[target + ".lora_a"] = HostTensor(shape: [heads, width, rank], floats: a)
+      perHead[target + ".lora_b"] = HostTensor(shape: [heads, rank, headDim], floats: b)
+      var wideA = [Float](repeating: 0, count: width * heads * rank)
+      var wideB = [Float](repeating: 0, count: heads * rank * heads * headDim)
+      for h in 0..<heads {
+        for i in 0..<width {
+          for k in 0..<rank {
+            wideA[i * heads * rank + h * rank + k] = a[(h * width + i) * rank + k]
+          }
+        }
+        for k in 0..<rank {
+          for j in 0..<headDim {
+            wideB[(h * rank + k) * heads * headDim + h * headDim + j] =
+              b[(h * rank + k) * headDim + j]
+          }
+        }
+      }
+      ordinary[target + ".lora_a"] = HostTensor(shape: [width, heads * rank], floats: wideA)
+      ordinary[target + ".lora_b"] = HostTensor(
+        shape: [heads * rank, heads * headDim], floats: wideB)
+    }
+  }
+  let alpha = 4.0
+  let adapter = PEFTAdapter(
+    rank: rank, alpha: alpha, targets: targets, tensors: perHead, perHead: true)
+  let wide = PEFTAdapter(
+    rank: heads * rank, alpha: alpha * Double(heads), targets: targets, tensors: ordinary)
+  let tokens: [Int32] = [5, 9, 17, 33, 2, 101]
+  let base = try ForwardSession(model: model, sequence: tokens.count, adapter: nil).logits(tokens)
+  let mine = try ForwardSession(model: model, sequence: tokens.count, adapter: adapter).logits(
+    tokens)
+  let theirs = try ForwardSession(model: model, sequence: tokens.count, adapter: wide).logits(
+    tokens)
+  let worst = zip(mine.floats(), theirs.floats()).map { abs($0 - $1) }.max() ?? .infinity
+  let moved = zip(mine.floats(), base.floats()).map { abs($0 - $1) }.max() ?? 0
+  #expect(worst <= 1e-4 && moved > 1e-2, "per head vs block-diagonal \(worst), effect \(moved)")
+
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  try adapter.save(to: folder, config: model.config, baseModel: model.baseModelName)
+  let read = try PEFTAdapter.load(folder.path, for: model)
+  #expect(read.perHead && Set(read.targets) == Set(targets))
+  for (key, tensor) in perHead { #expect(read.tensors[key]?.floats() == tensor.floats(), "\(key)") }
+}
