@@ -45,6 +45,43 @@ public struct LlamaConfig: Hashable, Sendable {
 
   /// The dimension of one attention head: explicit, or embeddingLength / headCount.
   public var headDimension: Int { explicitHeadDimension ?? embeddingLength / headCount }
+
+  /// The block a family traces; every one keeps the value names of `Llama.trace`.
+  public enum Architecture: String, Hashable, Sendable {
+    /// RMSNorm, RoPE, separate q/k/v, SwiGLU (Llama, Mistral, Qwen2).
+    case llama
+    /// LayerNorm with bias, learned positions, fused qkv, GELU MLP (`Gpt2Family`).
+    case gpt2
+    /// LayerNorm with bias, partial RoPE, fused per-head qkv, GELU MLP, parallel residual
+    /// (`GPTNeoXFamily`).
+    case gptNeoX
+  }
+
+  /// The GELU a GPT-2 or GPT-NeoX MLP applies.
+  public enum GELU: String, Hashable, Sendable {
+    /// `0.5 x (1 + erf(x / sqrt 2))` (`gelu`).
+    case exact
+    /// `0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))` (`gelu_new`, `gelu_pytorch_tanh`).
+    case tanh
+  }
+
+  /// The block the trace builds.
+  public var architecture: Architecture = .llama
+  /// GPT-2: the rows of the learned position table (`position_embd.weight`).
+  public var positionCount: Int = 0
+  /// GPT-NeoX: the leading dimensions of each head that RoPE rotates (the rest pass through);
+  /// nil rotates all of them.
+  public var rotaryDimension: Int?
+  /// GPT-NeoX: attention and MLP both read the block input (`use_parallel_residual`).
+  public var parallelResidual: Bool = false
+  /// GPT-2, GPT-NeoX: the MLP's activation.
+  public var gelu: GELU = .exact
+  /// Weights stored `[in, out]` and applied without `transpose_b` (GPT-2's Conv1D in a Hugging
+  /// Face folder); GGUF files store `[out, in]`.
+  public var inputMajorWeights: Bool = false
+  /// GPT-NeoX in a Hugging Face folder: the fused qkv output is `[heads, 3, headDim]` (each
+  /// head's q, k, v side by side); else `[3, heads, headDim]` (all q, then k, then v).
+  public var qkvPerHead: Bool = false
 }
 
 /// A Llama-family decoder traced into the IR from its hyper-parameters alone.
@@ -81,7 +118,10 @@ public enum Llama {
     guard config.headCount > 0, config.keyValueHeadCount > 0,
       config.headCount % config.keyValueHeadCount == 0,
       config.explicitHeadDimension != nil || config.embeddingLength % config.headCount == 0,
-      config.headDimension > 0, config.headDimension % 2 == 0
+      config.headDimension > 0,
+      config.architecture == .gpt2
+        || (config.rotaryDimension ?? config.headDimension) % 2 == 0
+          && (config.rotaryDimension ?? 0) <= config.headDimension
     else {
       throw TraceError(
         message:
@@ -89,14 +129,11 @@ public enum Llama {
       )
     }
     let b = GraphBuilder(name: "llama")
-    let (dim, heads, kvHeads) = (config.embeddingLength, config.headCount, config.keyValueHeadCount)
-    let headDim = config.headDimension
-    let parts = LlamaParts(builder: b, config: config, weightType: weightType)
-    let (weight, rmsNorm, linear) = (parts.weight, parts.rmsNorm, parts.linear)
+    let parts = TraceParts(builder: b, config: config, weightType: weightType)
     let tokens = try b.input(name: "tokens", shape: [batch, sequence], dtype: .i32)
     let positions = try b.input(name: "positions", shape: [batch, sequence], dtype: .i32)
-    let embedding = try weight("token_embd.weight", [config.vocabularySize, dim])
-    var h = try gather(embedding, tokens, axis: 0).named("embed")
+    let (embedding, embedded) = try parts.embed(tokens, positions: positions)
+    var h = embedded
 
     // Causal mask [sequence, sequence]: key position <= query position.
     let rows = try b.iota(shape: [sequence, sequence], axis: 0)
@@ -104,34 +141,9 @@ public enum Llama {
     let causal = try columns.compare(.le, rows)
 
     for layer in 0..<config.layerCount {
-      let gguf = "blk.\(layer)."
+      let block = h
       h = try b.scope("layers.\(layer)") { () throws(TraceError) -> Tensor in
-        let x = try rmsNorm(h, gguf + "attn_norm.weight")
-        let attention = try b.scope("attn") { () throws(TraceError) -> Tensor in
-          let (qr, kr, v) = try parts.projections(x, layer: layer, positions: positions)
-          // Grouped-query attention: each key/value head serves heads / kvHeads query heads.
-          func expand(_ t: Tensor) throws(TraceError) -> Tensor {
-            if heads == kvHeads { return t }
-            return try t.reshaped([batch, sequence, kvHeads, 1, headDim])
-              .broadcast(to: [batch, sequence, kvHeads, heads / kvHeads, headDim])
-              .reshaped([batch, sequence, heads, headDim])
-          }
-          let qt = try qr.transposed([0, 2, 1, 3])
-          let kt = try expand(kr).transposed([0, 2, 1, 3])
-          let vt = try expand(v.reshaped([batch, sequence, kvHeads, headDim])).transposed([
-            0, 2, 1, 3,
-          ])
-          let scores = try matmul(qt, kt, transposeB: true) * (1.0 / Double(headDim).squareRoot())
-          let masked = try b.emit(
-            .select, [.value(causal.value), .value(scores.value), .scalar(-.infinity)])[0]
-          let probabilities = try softmax(masked).named("probs")
-          let context = try matmul(probabilities, vt).transposed([0, 2, 1, 3])
-            .reshaped([batch, sequence, heads * headDim])
-          return try linear(context, gguf + "attn_output.weight", dim, "o")
-        }
-        let afterAttention = try (h + attention).named("residual.attn")
-        let mlp = try parts.mlp(rmsNorm(afterAttention, gguf + "ffn_norm.weight"), layer: layer)
-        return try (afterAttention + mlp).named("residual.mlp")
+        try parts.block(block, layer: layer, positions: positions, causal: causal)
       }
     }
     if let extend {
@@ -169,9 +181,12 @@ public enum Llama {
   }
 }
 
-/// The pieces both Llama tracers share: weights by GGUF name (outside every scope), RMSNorm,
-/// linear layers and the SwiGLU MLP.
-private struct LlamaParts {
+/// The pieces every family's trace shares.
+///
+/// Weights by GGUF name (outside every scope), the norms, linear layers, causal attention and the
+/// head. A family's block lives in its file in
+/// `Families/` (`TraceParts.gpt2Block`, `TraceParts.neoXBlock`) and is chosen by `block`.
+struct TraceParts {
   let builder: GraphBuilder
   let config: LlamaConfig
   let weightType: (String) -> DType?
@@ -182,11 +197,140 @@ private struct LlamaParts {
     }
   }
 
+  /// The token embedding table and the embedded tokens (`embed`), plus GPT-2's learned
+  /// positions (`pos_embed`).
+  func embed(_ tokens: Tensor, positions: Tensor) throws(TraceError) -> (
+    table: Tensor, embedded: Tensor
+  ) {
+    let table = try weight("token_embd.weight", [config.vocabularySize, config.embeddingLength])
+    let embedded = try gather(table, tokens, axis: 0).named("embed")
+    guard config.architecture == .gpt2 else { return (table, embedded) }
+    let positionTable = try weight(
+      "position_embd.weight", [config.positionCount, config.embeddingLength])
+    return (table, try embedded + gather(positionTable, positions, axis: 0).named("pos_embed"))
+  }
+
+  /// One block of `layer` on the residual stream `h`, in scope `layers.N`.
+  func block(_ h: Tensor, layer: Int, positions: Tensor, causal: Tensor) throws(TraceError)
+    -> Tensor
+  {
+    switch config.architecture {
+    case .llama: try llamaBlock(h, layer: layer, positions: positions, causal: causal)
+    case .gpt2: try gpt2Block(h, layer: layer, positions: positions, causal: causal)
+    case .gptNeoX: try neoXBlock(h, layer: layer, positions: positions, causal: causal)
+    }
+  }
+
+  /// Llama's block: pre-norm attention and SwiGLU MLP, each added to the residual stream.
+  func llamaBlock(_ h: Tensor, layer: Int, positions: Tensor, causal: Tensor) throws(TraceError)
+    -> Tensor
+  {
+    let gguf = "blk.\(layer)."
+    let x = try norm(h, gguf + "attn_norm")
+    let attention = try builder.scope("attn") { () throws(TraceError) -> Tensor in
+      let (qr, kr, v) = try projections(x, layer: layer, positions: positions)
+      let context = try attend(qr, kr, v, causal: causal)
+      return try linear(context, gguf + "attn_output.weight", config.embeddingLength, "o")
+    }
+    let afterAttention = try (h + attention).named("residual.attn")
+    let mlp = try self.mlp(norm(afterAttention, gguf + "ffn_norm"), layer: layer)
+    return try (afterAttention + mlp).named("residual.mlp")
+  }
+
+  /// Causal attention: the context `[batch, sequence, heads * headDim]`.
+  ///
+  /// `q` is `[batch, sequence, heads, headDim]`, `k` and `v` `[batch, sequence, kvHeads,
+  /// headDim]`; the probabilities are named `probs`. The op pattern is the one `fuse` makes `attention` of.
+  func attend(_ q: Tensor, _ k: Tensor, _ v: Tensor, causal: Tensor) throws(TraceError) -> Tensor {
+    let (batch, sequence) = (q.shape[0], q.shape[1])
+    let (heads, kvHeads, headDim) = (
+      config.headCount, config.keyValueHeadCount, config.headDimension
+    )
+    // Grouped-query attention: each key/value head serves heads / kvHeads query heads.
+    func expand(_ t: Tensor) throws(TraceError) -> Tensor {
+      if heads == kvHeads { return t }
+      return try t.reshaped([batch, sequence, kvHeads, 1, headDim])
+        .broadcast(to: [batch, sequence, kvHeads, heads / kvHeads, headDim])
+        .reshaped([batch, sequence, heads, headDim])
+    }
+    let qt = try q.transposed([0, 2, 1, 3])
+    let kt = try expand(k).transposed([0, 2, 1, 3])
+    // (The reshape to v's own shape is the one the Llama trace always had; `fold` drops it.)
+    let vt = try expand(v.reshaped([batch, sequence, config.keyValueHeadCount, headDim]))
+      .transposed([0, 2, 1, 3])
+    let scores = try matmul(qt, kt, transposeB: true) * (1.0 / Double(headDim).squareRoot())
+    let masked = try builder.emit(
+      .select, [.value(causal.value), .value(scores.value), .scalar(-.infinity)])[0]
+    let probabilities = try softmax(masked).named("probs")
+    return try matmul(probabilities, vt).transposed([0, 2, 1, 3])
+      .reshaped([batch, sequence, heads * headDim])
+  }
+
+  /// The norm whose weights are `prefix.weight` (and, for LayerNorm, `prefix.bias`) over the last
+  /// axis: RMSNorm for Llama, LayerNorm for GPT-2 and GPT-NeoX.
+  func norm(_ x: Tensor, _ prefix: String) throws(TraceError) -> Tensor {
+    guard config.architecture != .llama else { return try rmsNorm(x, prefix + ".weight") }
+    return try layerNorm(x, prefix)
+  }
+
   /// `x * (mean(x^2) + eps)^(-1/2) * w` over the last axis.
   func rmsNorm(_ x: Tensor, _ name: String) throws(TraceError) -> Tensor {
     let scale = try weight(name, [config.embeddingLength])
     let meanSquare = try (x * x).mean(axes: [-1], keepDims: true)
     return try x * rsqrt(meanSquare + config.normEpsilon) * scale
+  }
+
+  /// `c * (mean(c^2) + eps)^(-1/2) * w + b` with `c = x - mean(x)` over the last axis: the
+  /// centred part is the RMSNorm pattern, which `fuse` makes `rms_norm`.
+  func layerNorm(_ x: Tensor, _ prefix: String) throws(TraceError) -> Tensor {
+    let scale = try weight(prefix + ".weight", [config.embeddingLength])
+    let shift = try weight(prefix + ".bias", [config.embeddingLength])
+    let centred = try x - x.mean(axes: [-1], keepDims: true)
+    let variance = try (centred * centred).mean(axes: [-1], keepDims: true)
+    return try centred * rsqrt(variance + config.normEpsilon) * scale + shift
+  }
+
+  /// `gelu(x)` in the form `config.gelu` names.
+  ///
+  /// The exact form's `erf` is Abramowitz and Stegun 7.1.26
+  /// (absolute error below 1.5e-7), composed from elementwise ops so that autodiff and the
+  /// kernels need nothing new.
+  func gelu(_ x: Tensor) throws(TraceError) -> Tensor {
+    switch config.gelu {
+    case .tanh:
+      let inner = try (x + x * x * x * 0.044715) * (2.0 / Double.pi).squareRoot()
+      return try x * 0.5 * (tanh(inner) + 1.0)
+    case .exact:
+      // Phi(x) = 1 - q for x >= 0 and q for x < 0, q = 0.5 poly(t) exp(-x^2 / 2),
+      // t = 1 / (1 + p |x| / sqrt 2).
+      let z = try x.apply(.abs) * (1.0 / 2.0.squareRoot())
+      let t = try 1.0 / (z * 0.327_591_1 + 1.0)
+      var poly = try t * 1.061_405_429 - 1.453_152_027
+      poly = try poly * t + 1.421_413_741
+      poly = try poly * t - 0.284_496_736
+      poly = try poly * t + 0.254_829_592
+      poly = try poly * t
+      let tail = try poly * exp(z * z * -1.0) * 0.5
+      let cdf = try select(x.compare(.ge, 0), 1.0 - tail, tail)
+      return try x * cdf
+    }
+  }
+
+  /// The product of `x` and the weight `weightName` (`[outputs, in]`, or `[in, outputs]` with
+  /// `inputMajorWeights`), named `name`, plus the bias `biasName` after it when given (a LoRA
+  /// branch on the named product is then added before the bias: the same sum).
+  func affine(
+    _ x: Tensor, _ weightName: String, bias biasName: String?, _ outputs: Int, _ name: String
+  ) throws(TraceError) -> Tensor {
+    let inputs = x.shape[x.rank - 1]
+    let product: Tensor
+    if config.inputMajorWeights {
+      product = try matmul(x, weight(weightName, [inputs, outputs])).named(name)
+    } else {
+      product = try matmul(x, weight(weightName, [outputs, inputs]), transposeB: true).named(name)
+    }
+    guard let biasName else { return product }
+    return try product + weight(biasName, [outputs])
   }
 
   /// `x W^T` with W stored [outputs, inputs], the result named `name` in the current scope.
@@ -238,7 +382,7 @@ private struct LlamaParts {
 
   /// The logits of `h` through the final norm and the (tied or separate) output head.
   func head(_ h: Tensor, embedding: Tensor) throws(TraceError) -> Tensor {
-    let normed = try rmsNorm(h, "output_norm.weight")
+    let normed = try norm(h, "output_norm")
     let head =
       config.tiedEmbeddings
       ? embedding : try weight("output.weight", [config.vocabularySize, config.embeddingLength])
@@ -262,7 +406,10 @@ extension Llama {
     let b = GraphBuilder(name: count == 1 ? "step" : "prefill")
     let (dim, heads, kvHeads) = (config.embeddingLength, config.headCount, config.keyValueHeadCount)
     let headDim = config.headDimension
-    let parts = LlamaParts(builder: b, config: config, weightType: weightType)
+    guard config.architecture == .llama else {
+      throw TraceError(message: "traceDecoding traces Llama blocks only (use the decode pass)")
+    }
+    let parts = TraceParts(builder: b, config: config, weightType: weightType)
     let (weight, rmsNorm, linear) = (parts.weight, parts.rmsNorm, parts.linear)
     let tokens = try b.input(name: "tokens", shape: [batch, count], dtype: .i32)
     let positions = try b.input(name: "positions", shape: [batch, count], dtype: .i32)
@@ -322,28 +469,26 @@ extension LlamaConfig {
     guard let architecture = file["general.architecture"]?.string else {
       throw GGUFError(message: "\(file.path): no general.architecture")
     }
-    guard ["llama", "mistral", "granite"].contains(architecture) || architecture == "smollm" else {
+    switch architecture {
+    case "gpt2":
+      self = try Gpt2Family.config(gguf: file)
+      return
+    case "gptneox":
+      self = try GPTNeoXFamily.config(gguf: file)
+      return
+    case "llama", "mistral", "granite", "smollm": break
+    default:
       throw GGUFError(
-        message: "\(file.path): architecture '\(architecture)' is not supported (expected llama)")
+        message:
+          "\(file.path): architecture '\(architecture)' is not supported (expected llama, gpt2 or gptneox)"
+      )
     }
-    func integer(_ key: String) throws(GGUFError) -> Int {
-      guard let value = file["\(architecture).\(key)"]?.integer, value > 0 else {
-        throw GGUFError(message: "\(file.path): missing or invalid \(architecture).\(key)")
-      }
-      return value
+    let integer = { (key: String) throws(GGUFError) -> Int in
+      try LlamaConfig.positive(key, in: file, architecture: architecture)
     }
     let embedding = try integer("embedding_length")
     let heads = try integer("attention.head_count")
-    let vocabulary: Int
-    if file["\(architecture).vocab_size"] != nil {
-      vocabulary = try integer("vocab_size")
-    } else if let tokens = file["tokenizer.ggml.tokens"]?.array {
-      vocabulary = tokens.count
-    } else if let embed = file.info("token_embd.weight") {
-      vocabulary = embed.shape[0]
-    } else {
-      throw GGUFError(message: "\(file.path): cannot tell the vocabulary size")
-    }
+    let vocabulary = try LlamaConfig.vocabularySize(of: file, architecture: architecture)
     self.init(
       vocabularySize: vocabulary, embeddingLength: embedding,
       layerCount: try integer("block_count"), headCount: heads,
@@ -353,6 +498,28 @@ extension LlamaConfig {
       ropeTheta: file["\(architecture).rope.freq_base"]?.number ?? 10_000,
       normEpsilon: file["\(architecture).attention.layer_norm_rms_epsilon"]?.number ?? 1e-5,
       tiedEmbeddings: file.info("output.weight") == nil, interleavedRope: true)
+  }
+
+  /// The positive integer `ARCH.key` of a GGUF file.
+  static func positive(_ key: String, in file: GGUFFile, architecture: String) throws(GGUFError)
+    -> Int
+  {
+    guard let value = file["\(architecture).\(key)"]?.integer, value > 0, value <= 1 << 40 else {
+      throw GGUFError(message: "\(file.path): missing or invalid \(architecture).\(key)")
+    }
+    return value
+  }
+
+  /// A GGUF file's vocabulary size: `ARCH.vocab_size`, the tokens, or the embedding's rows.
+  static func vocabularySize(of file: GGUFFile, architecture: String) throws(GGUFError) -> Int {
+    if file["\(architecture).vocab_size"] != nil {
+      return try positive("vocab_size", in: file, architecture: architecture)
+    } else if let tokens = file["tokenizer.ggml.tokens"]?.array {
+      return tokens.count
+    } else if let embed = file.info("token_embd.weight") {
+      return embed.shape[0]
+    }
+    throw GGUFError(message: "\(file.path): cannot tell the vocabulary size")
   }
 }
 
@@ -411,11 +578,18 @@ public struct LlamaModel: Sendable {
       guard let info = file.info(name), let dtype = info.dtype else { return nil }
       return TensorType(dtype, info.shape)
     case .huggingFace(let folder):
-      guard let hf = LlamaFamily.huggingFaceName(ofGGUF: name), let entry = folder.entry(hf),
+      guard let hf = huggingFaceName(ofGGUF: name, in: folder), let entry = folder.entry(hf),
         let dtype = HuggingFaceFolder.dtypes[entry.dtype]
       else { return nil }
       return TensorType(dtype, entry.shape)
     }
+  }
+
+  /// The Hugging Face tensor of a weight the trace declares by its GGUF name: the first of the
+  /// family's names for it that the folder holds, else the usual one (nil: none is known).
+  func huggingFaceName(ofGGUF name: String, in folder: HuggingFaceFolder) -> String? {
+    let names = ModelFamily.huggingFaceNames(ofGGUF: name, architecture: config.architecture)
+    return names.first(where: folder.contains) ?? names.first
   }
 
   /// A stored weight by the name the trace declares it with, sharing the file's memory.
@@ -424,7 +598,7 @@ public struct LlamaModel: Sendable {
     case .gguf(let file):
       return try file.tensor(named: name)
     case .huggingFace(let folder):
-      guard let hf = LlamaFamily.huggingFaceName(ofGGUF: name) else {
+      guard let hf = huggingFaceName(ofGGUF: name, in: folder) else {
         throw GGUFError(message: "\(folder.path): no Hugging Face tensor is known for '\(name)'")
       }
       do {
@@ -476,7 +650,9 @@ public struct LlamaModel: Sendable {
         converted.append((declaration.name, stored, declared.dtype))
       } else {
         var what = declaration.name
-        if case .huggingFace = source, let hf = LlamaFamily.huggingFaceName(ofGGUF: what) {
+        if case .huggingFace(let folder) = source,
+          let hf = huggingFaceName(ofGGUF: what, in: folder)
+        {
           what = hf
         }
         throw GGUFError(

@@ -16,7 +16,7 @@ public enum LoraMerge {
     }
     let modules = [
       "attn.q": "attn_q", "attn.k": "attn_k", "attn.v": "attn_v", "attn.o": "attn_output",
-      "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down",
+      "mlp.gate": "ffn_gate", "mlp.up": "ffn_up", "mlp.down": "ffn_down", "attn.qkv": "attn_qkv",
     ]
     guard let module = modules["\(parts[2]).\(parts[3])"] else { return nil }
     return "blk.\(layer).\(module).weight"
@@ -87,6 +87,8 @@ public enum LoraMerge {
     guard dtype == .f32 || dtype == .f16 else {
       throw GGUFError(message: "merged weights can be f32 or f16, not \(dtype.rawValue)")
     }
+    // GPT-2's and GPT-NeoX's q, k, v parts are blocks of the fused weight.
+    let adapter = adapter.fusingParts(try LlamaConfig(gguf: model))
     var adapted: [String: String] = [:]  // GGUF weight name -> target
     for target in adapter.targets {
       guard let name = ggufWeightName(ofTarget: target) else {
@@ -118,7 +120,6 @@ public enum LoraMerge {
       adapted[name] = target
     }
     let scale = Float(adapter.scale)
-    let rank = adapter.rank
     // The stored bytes of every tensor, whatever its type, from a second read-only mapping.
     let mapping: FileMapping
     do {
@@ -144,6 +145,8 @@ public enum LoraMerge {
       let (outputs, inputs) = (info.shape[0], info.shape[1])
       let instances =
         adapter.perHead ? adapter.tensors[target + ".lora_a"]?.type.shape.first : nil
+      // A fused q/k/v target's rank is 3 r.
+      let rank = adapter.tensors[target + ".lora_a"]?.type.shape.last ?? adapter.rank
       tensors.append(
         GGUFTensorData(name: info.name, shape: info.shape, typeID: dtype == .f16 ? 1 : 0) {
           () throws(GGUFError) -> Data in
@@ -180,6 +183,10 @@ public enum LoraMerge {
   {
     if adapter.perHead { throw GGUFError(message: perHeadExportRefusal) }
     let architecture = model?["general.architecture"]?.string ?? "llama"
+    var adapter = adapter
+    if let model, architecture == "gpt2" || architecture == "gptneox" {
+      adapter = adapter.fusingParts(try LlamaConfig(gguf: model))
+    }
     var tensors: [GGUFTensorData] = []
     let order = adapter.targets.sorted { lhs, rhs in
       let (l, r) = (layerAndModule(lhs), layerAndModule(rhs))
@@ -211,10 +218,13 @@ public enum LoraMerge {
         .f32(
           name: name + ".lora_a", shape: [rank, inputs],
           floats: transpose(a.floats(), rows: inputs, columns: rank)))
+      // llama.cpp scales each weight's branch by alpha / its own rank: a fused q/k/v target of
+      // rank 3 r keeps the adapter's scale with B times 3.
+      let factor = Float(rank) / Float(adapter.rank)
       tensors.append(
         .f32(
           name: name + ".lora_b", shape: [outputs, rank],
-          floats: transpose(b.floats(), rows: rank, columns: outputs)))
+          floats: transpose(b.floats(), rows: rank, columns: outputs).map { $0 * factor }))
     }
     return GGUFFileWriter(
       metadata: [

@@ -37,6 +37,34 @@ public struct PEFTAdapter: Sendable {
     ("mlp.down_proj", "mlp.down"),
   ]
 
+  /// GPT-2's PEFT modules (`c_attn` is the fused q/k/v product) and lorac's names for them.
+  static let gpt2Modules: [(hf: String, lorac: String)] = [
+    ("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.o"), ("mlp.c_fc", "mlp.up"),
+    ("mlp.c_proj", "mlp.down"),
+  ]
+
+  /// GPT-NeoX's PEFT modules (`query_key_value` is the fused q/k/v product) and lorac's names.
+  static let neoXModules: [(hf: String, lorac: String)] = [
+    ("attention.query_key_value", "attn.qkv"), ("attention.dense", "attn.o"),
+    ("mlp.dense_h_to_4h", "mlp.up"), ("mlp.dense_4h_to_h", "mlp.down"),
+  ]
+
+  /// The prefix of a layer's modules in PEFT tensor names and the modules, for a family.
+  ///
+  /// GPT-2 and GPT-NeoX also name the q, k, v parts of their fused product as lorac does
+  /// (`attn.q`), for per-head adapters, which PEFT cannot hold on any module (ordinary ones are
+  /// saved as the fused module's blocks).
+  static func naming(_ architecture: LlamaConfig.Architecture) -> (
+    prefix: String, modules: [(hf: String, lorac: String)]
+  ) {
+    let parts = [("attn.q", "attn.q"), ("attn.k", "attn.k"), ("attn.v", "attn.v")]
+    switch architecture {
+    case .llama: return ("base_model.model.model.layers.", modules)
+    case .gpt2: return ("base_model.model.transformer.h.", gpt2Modules + parts)
+    case .gptNeoX: return ("base_model.model.gpt_neox.layers.", neoXModules + parts)
+    }
+  }
+
   /// An adapter from tensors in lorac orientation (`<target>.lora_a` `[in, r]`, `.lora_b`
   /// `[r, out]`; per head `[n, in, r]` and `[n, r, out]`), as a training session holds them.
   public init(
@@ -135,10 +163,29 @@ public struct PEFTAdapter: Sendable {
     case nil: alpha = 8
     default: throw fail("adapter_config.json: 'lora_alpha' must be a number")
     }
+    // Per-module ranks only as lorac writes split q/k/v adapters of a fused product: the fused
+    // module at 3 r and 3 alpha (the same scale), its B zero outside the q, k, v blocks.
+    let fusedModule = PEFTAdapter.naming(config.architecture).modules.first {
+      $0.lorac == "attn.qkv"
+    }?.hf.split(separator: ".").last.map(String.init)
+    var splitsFused = false
     for key in ["rank_pattern", "alpha_pattern"] {
-      if case .object(let pairs)? = json[key], !pairs.isEmpty {
-        throw fail("adapter_config.json: per-module '\(key)' is not supported yet")
+      guard case .object(let pairs)? = json[key], !pairs.isEmpty else { continue }
+      let expected = key == "rank_pattern" ? Double(3 * rank) : 3 * alpha
+      var matches = false
+      if let fusedModule, pairs.count == 1 {
+        switch json[key]?[fusedModule] {
+        case .integer(let value)?: matches = Double(value) == expected
+        case .number(let value)?: matches = value == expected
+        default: break
+        }
       }
+      guard matches else {
+        throw fail(
+          "adapter_config.json: per-module '\(key)' is not supported (lorac reads it only as it writes split q/k/v adapters: {\"\(fusedModule ?? "c_attn")\": 3 r})"
+        )
+      }
+      splitsFused = true
     }
     if case .bool(true)? = json["use_dora"] { throw fail("DoRA adapters are not supported") }
     self.rank = rank
@@ -154,14 +201,20 @@ public struct PEFTAdapter: Sendable {
     var pairs: [String: (a: HostTensor?, b: HostTensor?)] = [:]
     var order: [String] = []
     for entry in weights.entries {
-      guard let (target, isA) = PEFTAdapter.loracName(entry.name, layers: config.layerCount) else {
-        if let layer = PEFTAdapter.layerIndex(entry.name), layer >= config.layerCount {
+      let architecture = config.architecture
+      guard
+        let (target, isA) = PEFTAdapter.loracName(
+          entry.name, layers: config.layerCount, architecture: architecture)
+      else {
+        if let layer = PEFTAdapter.layerIndex(entry.name, architecture: architecture),
+          layer >= config.layerCount
+        {
           throw fail(
             "tensor '\(entry.name)' adapts layer \(layer), but the model has \(config.layerCount) "
               + "layers (an adapter for another model?)")
         }
         throw fail(
-          "unexpected tensor '\(entry.name)' (expected base_model.model.model.layers.N.<module>.lora_{A,B}.weight)"
+          "unexpected tensor '\(entry.name)' (expected \(PEFTAdapter.naming(architecture).prefix)N.<module>.lora_{A,B}.weight)"
         )
       }
       let tensor: HostTensor
@@ -178,6 +231,8 @@ public struct PEFTAdapter: Sendable {
       }
     }
     var tensors: [String: HostTensor] = [:]
+    // Fused targets read as their q, k, v parts (rank_pattern), by fused target.
+    var replaced: [String: [String]] = [:]
     for target in order {
       guard let a = pairs[target]?.a, let b = pairs[target]?.b else {
         throw fail("'\(target)' has only one of lora_A and lora_B")
@@ -194,6 +249,22 @@ public struct PEFTAdapter: Sendable {
         continue
       }
       let (inputs, outputs) = PEFTAdapter.dimensions(of: target, config: config)
+      if splitsFused && target.hasSuffix("attn.qkv") {
+        guard a.type.shape == [3 * rank, inputs], b.type.shape == [outputs, 3 * rank] else {
+          throw fail(
+            "'\(target)': lora_A is \(a.type.shape) and lora_B \(b.type.shape); rank_pattern 3 x \(rank) on this model needs [\(3 * rank), \(inputs)] and [\(outputs), \(3 * rank)]"
+          )
+        }
+        let layer = String(target.dropLast(9))
+        let split = try PEFTAdapter.splitFused(a, b, rank: rank, config: config) { problem in
+          fail("'\(target)': \(problem)")
+        }
+        for (part, parts) in split {
+          for (suffix, tensor) in parts { tensors[layer + "." + part + suffix] = tensor }
+          replaced[target, default: []].append(layer + "." + part)
+        }
+        continue
+      }
       guard a.type.shape == [rank, inputs], b.type.shape == [outputs, rank] else {
         let hint =
           a.type.rank == 3
@@ -205,6 +276,9 @@ public struct PEFTAdapter: Sendable {
       }
       let aValues = a.floats()
       var bValues = b.floats()
+      if target.hasSuffix("attn.qkv") {
+        bValues = PEFTAdapter.fusedRowsForModel(bValues, columns: rank, config: config)
+      }
       // A Hugging Face folder's q/k rows are in PEFT's order already (no interleaved RoPE).
       if config.interleavedRope && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k")) {
         let heads = target.hasSuffix("attn.q") ? config.headCount : config.keyValueHeadCount
@@ -217,7 +291,7 @@ public struct PEFTAdapter: Sendable {
         shape: [rank, outputs], floats: transpose(bValues, rows: outputs, columns: rank))
     }
     if order.isEmpty { throw fail("the adapter holds no LoRA tensors") }
-    targets = order
+    targets = order.flatMap { replaced[$0] ?? [$0] }
     self.tensors = tensors
   }
 
@@ -241,9 +315,13 @@ public struct PEFTAdapter: Sendable {
     return (shapeA, shapeB)
   }
 
-  /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` -> (`layers.3.attn.q`, A).
-  static func loracName(_ name: String, layers: Int) -> (String, Bool)? {
-    let prefix = "base_model.model.model.layers."
+  /// `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` -> (`layers.3.attn.q`, A);
+  /// `base_model.model.transformer.h.3.attn.c_attn.lora_A.weight` -> (`layers.3.attn.qkv`, A) for
+  /// GPT-2.
+  static func loracName(
+    _ name: String, layers: Int, architecture: LlamaConfig.Architecture = .llama
+  ) -> (String, Bool)? {
+    let (prefix, modules) = naming(architecture)
     guard name.hasPrefix(prefix) else { return nil }
     let rest = name.dropFirst(prefix.count)
     // Layer numbers as PEFT writes them: `Int` alone would also read `+1` and `01`.
@@ -259,8 +337,8 @@ public struct PEFTAdapter: Sendable {
   }
 
   /// The layer number in a PEFT tensor name (`...layers.3....` -> 3), whatever follows it.
-  static func layerIndex(_ name: String) -> Int? {
-    let prefix = "base_model.model.model.layers."
+  static func layerIndex(_ name: String, architecture: LlamaConfig.Architecture = .llama) -> Int? {
+    let prefix = naming(architecture).prefix
     guard name.hasPrefix(prefix) else { return nil }
     return Int(name.dropFirst(prefix.count).prefix { $0 != "." })
   }
@@ -277,7 +355,121 @@ public struct PEFTAdapter: Sendable {
     if target.hasSuffix("attn.o") {
       return (config.headCount * config.headDimension, config.embeddingLength)
     }
+    if target.hasSuffix("attn.qkv") {
+      return (config.embeddingLength, 3 * config.headCount * config.headDimension)
+    }
     return (config.embeddingLength, config.headCount * config.headDimension)
+  }
+
+  /// Whether PEFT's fused q/k/v rows are per head (`[heads, 3, headDim]`): GPT-NeoX's, as its
+  /// Hugging Face checkpoint stores them, also for a GGUF whose rows llama.cpp reordered.
+  static func peftRowsPerHead(_ config: LlamaConfig) -> Bool { config.architecture == .gptNeoX }
+
+  /// Per-head PEFT rows of the fused product to the model's order (all q, k, v) when the two
+  /// differ (a `gptneox` GGUF), or back with `inverse`; `values` is `[rows, columns]`.
+  static func fusedRowsForModel(
+    _ values: [Float], columns: Int, config: LlamaConfig, inverse: Bool = false
+  ) -> [Float] {
+    guard peftRowsPerHead(config) != config.qkvPerHead else { return values }
+    var result = values
+    for part in 0..<3 {
+      let peft = fusedRows(part: part, config: config)
+      let model = fusedRows(part: part, config: config, perHead: config.qkvPerHead)
+      for (source, target) in zip(peft, model) {
+        let (from, to) = inverse ? (target, source) : (source, target)
+        for c in 0..<columns { result[to * columns + c] = values[from * columns + c] }
+      }
+    }
+    return result
+  }
+
+  /// The rows of the fused q/k/v product's output that are `part` (0: q, 1: k, 2: v) in PEFT's
+  /// order (or with `perHead` given, in that order): all q, then k, then v, or each head's q, k,
+  /// v side by side.
+  static func fusedRows(part: Int, config: LlamaConfig, perHead: Bool? = nil) -> [Int] {
+    let (heads, headDim) = (config.headCount, config.headDimension)
+    if !(perHead ?? PEFTAdapter.peftRowsPerHead(config)) {
+      return Array((part * heads * headDim)..<((part + 1) * heads * headDim))
+    }
+    var rows: [Int] = []
+    for head in 0..<heads {
+      let start = (head * 3 + part) * headDim
+      rows += Array(start..<(start + headDim))
+    }
+    return rows
+  }
+
+  /// A fused target's PEFT A `[3r, in]` and B `[out, 3r]` read as its q, k, v parts in lorac
+  /// orientation (`.lora_a` `[in, r]`, `.lora_b` `[r, width]`), the inverse of `fusedTensors`:
+  /// B must be zero outside the blocks; a part whose A and B are all zero is left out.
+  static func splitFused(
+    _ a: HostTensor, _ b: HostTensor, rank: Int, config: LlamaConfig,
+    fail: (String) -> FileError
+  ) throws(FileError) -> [(String, [String: HostTensor])] {
+    let (inputs, outputs) = (a.type.shape[1], b.type.shape[0])
+    let (aValues, bValues) = (a.floats(), b.floats())
+    let width = outputs / 3
+    var result: [(String, [String: HostTensor])] = []
+    var inBlock = [[Bool]](
+      repeating: [Bool](repeating: false, count: 3 * rank), count: outputs)
+    for part in 0..<3 {
+      let rows = fusedRows(part: part, config: config)
+      var partA = [Float](repeating: 0, count: inputs * rank)
+      var partB = [Float](repeating: 0, count: rank * width)
+      for k in 0..<rank {
+        for i in 0..<inputs { partA[i * rank + k] = aValues[(part * rank + k) * inputs + i] }
+        for (j, row) in rows.enumerated() {
+          partB[k * width + j] = bValues[row * 3 * rank + part * rank + k]
+          inBlock[row][part * rank + k] = true
+        }
+      }
+      if partA.allSatisfy({ $0 == 0 }) && partB.allSatisfy({ $0 == 0 }) { continue }
+      result.append(
+        (
+          ["attn.q", "attn.k", "attn.v"][part],
+          [
+            ".lora_a": HostTensor(shape: [inputs, rank], floats: partA),
+            ".lora_b": HostTensor(shape: [rank, width], floats: partB),
+          ]
+        ))
+    }
+    for row in 0..<outputs {
+      for column in 0..<(3 * rank)
+      where !inBlock[row][column] && bValues[row * 3 * rank + column] != 0 {
+        throw fail("lora_B is not zero outside the q, k, v blocks (row \(row), column \(column))")
+      }
+    }
+    return result
+  }
+
+  /// Split q, k, v tensors of one layer (lorac names and orientation, `[in, r]` and `[r, width]`,
+  /// any of them absent) as the fused target's PEFT A `[3r, in]` and B `[out, 3r]`: A stacks the
+  /// parts' rows, B holds each part's columns on its rows and zero elsewhere.
+  static func fusedTensors(
+    _ parts: [HostTensor?], isA: Bool, rank: Int, inputs: Int, config: LlamaConfig
+  ) -> HostTensor {
+    let outputs = 3 * config.headCount * config.headDimension
+    if isA {
+      var values = [Float](repeating: 0, count: 3 * rank * inputs)
+      for (part, tensor) in parts.enumerated() {
+        guard let tensor else { continue }
+        let floats = tensor.floats()
+        for k in 0..<rank {
+          for i in 0..<inputs { values[(part * rank + k) * inputs + i] = floats[i * rank + k] }
+        }
+      }
+      return HostTensor(shape: [3 * rank, inputs], floats: values)
+    }
+    var values = [Float](repeating: 0, count: outputs * 3 * rank)
+    for (part, tensor) in parts.enumerated() {
+      guard let tensor else { continue }
+      let floats = tensor.floats()
+      let width = outputs / 3
+      for (j, row) in fusedRows(part: part, config: config).enumerated() {
+        for k in 0..<rank { values[row * 3 * rank + part * rank + k] = floats[k * width + j] }
+      }
+    }
+    return HostTensor(shape: [outputs, 3 * rank], floats: values)
   }
 
   /// Several adapters as one whose branch is the weighted sum of theirs:
@@ -401,12 +593,14 @@ public struct PEFTAdapter: Sendable {
   public static func canAdapt(_ target: String) -> Bool {
     let parts = target.split(separator: ".")
     return parts.count == 4 && parts[0] == "layers" && Int(parts[1]) != nil
-      && modules.contains { $0.lorac == "\(parts[2]).\(parts[3])" }
+      && (modules.contains { $0.lorac == "\(parts[2]).\(parts[3])" }
+        || "\(parts[2]).\(parts[3])" == "attn.qkv")
   }
 
-  /// The linear layers a PEFT adapter can hold, as a glob: what `canAdapt` accepts.
+  /// The linear layers a PEFT adapter can hold, as a glob: what `canAdapt` accepts
+  /// (`attn.qkv`: GPT-2's and GPT-NeoX's fused product).
   public static let adaptableTargets =
-    "layers.N.{" + modules.map(\.lorac).joined(separator: ",") + "}"
+    "layers.N.{" + modules.map(\.lorac).joined(separator: ",") + ",attn.qkv}"
 
   /// Tensors in lorac's names and orientation (`layers.0.attn.q.lora_a` [in, r], `.lora_b`
   /// [r, out]: adapter weights or their gradients) as PEFT names and shapes, sorted by name:
@@ -419,6 +613,10 @@ public struct PEFTAdapter: Sendable {
     -> [(name: String, tensor: HostTensor)]
   {
     var result: [(name: String, tensor: HostTensor)] = []
+    let (prefix, modules) = naming(config.architecture)
+    let fused = config.architecture != .llama
+    // Split q, k, v of a fused product, by layer: written as the fused module's blocks.
+    var split: [Int: [String: HostTensor]] = [:]
     for (name, tensor) in tensors {
       let isA = name.hasSuffix(".lora_a")
       guard isA || name.hasSuffix(".lora_b"), tensor.type.rank == 2 || tensor.type.rank == 3
@@ -427,11 +625,16 @@ public struct PEFTAdapter: Sendable {
       }
       let target = String(name.dropLast(7))
       let parts = target.split(separator: ".")
+      if fused, tensor.type.rank == 2, parts.count == 4, parts[0] == "layers",
+        let layer = Int(parts[1]), parts[2] == "attn", ["q", "k", "v"].contains(parts[3])
+      {
+        split[layer, default: [:]][parts[3] + (isA ? ".a" : ".b")] = tensor
+        continue
+      }
       guard parts.count == 4, parts[0] == "layers", let layer = Int(parts[1]),
         let module = modules.first(where: { $0.lorac == "\(parts[2]).\(parts[3])" })
-      else { throw FileError(message: "'\(name)' does not name a Llama linear layer") }
-      let peftName =
-        "base_model.model.model.layers.\(layer).\(module.hf).lora_\(isA ? "A" : "B").weight"
+      else { throw FileError(message: "'\(name)' does not name a linear layer of the model") }
+      let peftName = "\(prefix)\(layer).\(module.hf).lora_\(isA ? "A" : "B").weight"
       if tensor.type.rank == 3 {
         guard canAdaptPerHead(target) else {
           throw FileError(message: "'\(name)' is 3-D, but only attention projections are per head")
@@ -447,6 +650,9 @@ public struct PEFTAdapter: Sendable {
       }
       let (rows, columns) = (tensor.type.shape[0], tensor.type.shape[1])
       var values = transpose(tensor.floats(), rows: rows, columns: columns)
+      if !isA && target.hasSuffix("attn.qkv") {
+        values = fusedRowsForModel(values, columns: rows, config: config, inverse: true)
+      }
       if !isA && config.interleavedRope
         && (target.hasSuffix("attn.q") || target.hasSuffix("attn.k"))
       {
@@ -456,7 +662,91 @@ public struct PEFTAdapter: Sendable {
       }
       result.append((peftName, HostTensor(shape: [columns, rows], floats: values)))
     }
+    if let module = modules.first(where: { $0.lorac == "attn.qkv" }) {
+      for (layer, parts) in split {
+        if tensors.keys.contains("layers.\(layer).attn.qkv.lora_a") {
+          throw FileError(
+            message: "layer \(layer) adapts both attn.qkv and its parts: they are one PEFT module")
+        }
+        guard let some = parts.first(where: { $0.key.hasSuffix(".a") })?.value else {
+          throw FileError(message: "layers.\(layer).attn: a q/k/v part has only lora_b")
+        }
+        let (inputs, rank) = (some.type.shape[0], some.type.shape[1])
+        for (isA, suffix) in [(true, "A"), (false, "B")] {
+          let tensors = ["q", "k", "v"].map { parts[$0 + (isA ? ".a" : ".b")] }
+          for case let tensor? in tensors
+          where tensor.type.shape
+            != (isA ? [inputs, rank] : [rank, config.headCount * config.headDimension])
+          {
+            throw FileError(
+              message: "layers.\(layer).attn: q, k, v adapters must share rank and widths")
+          }
+          result.append(
+            (
+              "\(prefix)\(layer).\(module.hf).lora_\(suffix).weight",
+              fusedTensors(tensors, isA: isA, rank: rank, inputs: inputs, config: config)
+            ))
+        }
+      }
+    }
     return result.sorted { $0.name < $1.name }
+  }
+
+  /// The adapter with q, k, v parts of a fused product folded into one target per layer.
+  ///
+  /// Each layer's parts (GPT-2, GPT-NeoX) become one `attn.qkv` target of rank 3 r at the same scale, its B in the model's row order and zero
+  /// outside the parts' blocks: what folding into the fused weight, or a llama.cpp adapter,
+  /// needs. Other adapters are returned as they are.
+  public func fusingParts(_ config: LlamaConfig) -> PEFTAdapter {
+    guard splitsFusedProduct(config), !perHead else { return self }
+    var result = self
+    var layers: [Int: [String: HostTensor]] = [:]
+    for target in targets {
+      let parts = target.split(separator: ".")
+      guard parts.count == 4, let layer = Int(parts[1]), parts[2] == "attn",
+        ["q", "k", "v"].contains(parts[3])
+      else { continue }
+      for suffix in [".lora_a", ".lora_b"] {
+        layers[layer, default: [:]][parts[3] + suffix] = tensors[target + suffix]
+        result.tensors[target + suffix] = nil
+      }
+    }
+    result.targets = targets.filter { target in
+      !["attn.q", "attn.k", "attn.v"].contains(
+        target.split(separator: ".").suffix(2).joined(separator: "."))
+    }
+    for (layer, parts) in layers.sorted(by: { $0.key < $1.key }) {
+      guard
+        let inputs = ["q", "k", "v"].lazy.compactMap({ parts[$0 + ".lora_a"] }).first?.type
+          .shape[0]
+      else { continue }
+      let peftA = PEFTAdapter.fusedTensors(
+        ["q", "k", "v"].map { parts[$0 + ".lora_a"] }, isA: true, rank: rank, inputs: inputs,
+        config: config)
+      let peftB = PEFTAdapter.fusedTensors(
+        ["q", "k", "v"].map { parts[$0 + ".lora_b"] }, isA: false, rank: rank, inputs: inputs,
+        config: config)
+      let outputs = peftB.type.shape[0]
+      let b = PEFTAdapter.fusedRowsForModel(peftB.floats(), columns: 3 * rank, config: config)
+      let target = "layers.\(layer).attn.qkv"
+      result.targets.append(target)
+      result.tensors[target + ".lora_a"] = HostTensor(
+        shape: [inputs, 3 * rank],
+        floats: transpose(peftA.floats(), rows: 3 * rank, columns: inputs))
+      result.tensors[target + ".lora_b"] = HostTensor(
+        shape: [3 * rank, outputs], floats: transpose(b, rows: outputs, columns: 3 * rank))
+    }
+    return result
+  }
+
+  /// Whether the adapter holds q, k or v parts of a fused product (GPT-2, GPT-NeoX), which PEFT
+  /// holds as the fused module at rank 3 r (`rank_pattern`).
+  func splitsFusedProduct(_ config: LlamaConfig) -> Bool {
+    config.architecture != .llama
+      && targets.contains {
+        ["attn.q", "attn.k", "attn.v"].contains(
+          $0.split(separator: ".").suffix(2).joined(separator: "."))
+      }
   }
 
   /// Hugging Face row order to GGUF's for q/k outputs (or back, with `inverse`): GGUF row
@@ -519,25 +809,42 @@ extension PEFTAdapter {
   /// adapter_config.json (with `"per_head": true` for a per-head adapter), each crash-safely.
   public func save(to folder: URL, config: LlamaConfig, baseModel: String) throws {
     let peft = try PEFTAdapter.peftTensors(tensors, config: config)
+    // Each module by its last name, or by its path when the family has two of that name
+    // (GPT-2's attn.c_proj and mlp.c_proj), so that PEFT adapts exactly these.
+    let family = PEFTAdapter.naming(config.architecture).modules.map(\.hf)
     let modules = Set(
       peft.map { name -> String in
         let parts = name.name.split(separator: ".")
-        return String(parts[parts.count - 3])
+        let last = String(parts[parts.count - 3])
+        guard family.filter({ $0.hasSuffix("." + last) || $0 == last }).count > 1 else {
+          return last
+        }
+        return parts[parts.count - 4] + "." + last
       }
     ).sorted()
+    // Split q, k, v parts are the fused module's blocks, at rank 3 r and alpha 3 alpha (the
+    // same scale); lorac reads them back as the parts.
+    var pattern = ("{}", "{}")
+    if splitsFusedProduct(config), !perHead,
+      let module = PEFTAdapter.naming(config.architecture).modules.first(where: {
+        $0.lorac == "attn.qkv"
+      })?.hf.split(separator: ".").last
+    {
+      pattern = ("{\"\(module)\": \(3 * rank)}", "{\"\(module)\": \(3 * alpha)}")
+    }
     let text = """
       {
         "base_model_name_or_path": \(jsonString(baseModel)),
         "bias": "none",
-        "fan_in_fan_out": false,
+        "fan_in_fan_out": \(config.architecture == .gpt2),
         "inference_mode": true,
         "init_lora_weights": true,
         "lora_alpha": \(alpha),
         "lora_dropout": 0.0,
         "peft_type": "LORA",\(perHead ? "\n  \"per_head\": true," : "")
         "r": \(rank),
-        "rank_pattern": {},
-        "alpha_pattern": {},
+        "rank_pattern": \(pattern.0),
+        "alpha_pattern": \(pattern.1),
         "target_modules": [\(modules.map { "\"\($0)\"" }.joined(separator: ", "))],
         "task_type": "CAUSAL_LM",
         "use_rslora": \(useRSLoRA)

@@ -58,11 +58,39 @@ public struct Lora: Pass {
   public func run(_ graph: Graph) throws(PassError) -> Graph {
     var emitter = Emitter(graph)
     emitter.graph.body = []
-    let (users, definers) = perHead ? (graph.users(), graph.definers()) : ([:], [:])
+    let (users, definers) = (graph.users(), graph.definers())
     var matched = 0
     for instruction in graph.body {
+      guard let name = instruction.name, targets.matches(name) else {
+        emitter.graph.body.append(instruction)
+        continue
+      }
+      // A named part of a fused product (GPT-2's and GPT-NeoX's q, k, v) is a linear layer of
+      // the product's input: its branch is added to the part, unless the product has one.
+      if let part = Lora.selectedColumns(of: instruction, in: graph, definers: definers),
+        !(part.product.name.map(targets.matches) ?? false)
+      {
+        let inputs = graph.type(of: part.x).shape.last ?? 0
+        let outputs = graph.type(of: instruction.results[0]).shape.last ?? 0
+        var base = instruction
+        base.results = [emitter.graph.newValue(graph.type(of: instruction.results[0]))]
+        base.name = name + ".base"
+        emitter.graph.body.append(base)
+        let branch = try branch(
+          &emitter, x: part.x, instruction: instruction, name: name, inputs: inputs,
+          outputs: outputs, seed: seed &+ UInt64(matched), graph: graph, users: users,
+          definers: definers)
+        // Never fused into `lora_linear`, so it takes the run-time adapter scale as an input.
+        let scaled = try emitter.binary(
+          .mul, try emitter.binary(.mul, branch, scale), emitter.adapterScaleInput())
+        emitter.graph.body.append(
+          Instruction(
+            results: instruction.results, op: .binary(.add),
+            operands: [.value(base.results[0]), .value(scaled)], name: name))
+        matched += 1
+        continue
+      }
       guard case .matmul(let transposeA, let transposeB) = instruction.op,
-        let name = instruction.name, targets.matches(name),
         case .value(let x) = instruction.operands[0]
       else {
         emitter.graph.body.append(instruction)
@@ -84,28 +112,10 @@ public struct Lora: Pass {
       var base = instruction
       base.results = [emitter.graph.newValue(graph.type(of: instruction.results[0]))]
       base.name = name + ".base"
-      let branch: Value
-      if perHead {
-        let layout = try HeadLayout(
-          of: instruction, name: name, in: graph, users: users, definers: definers)
-        emitter.graph.body.append(base)
-        branch = try emitter.perHeadBranch(
-          x, layout: layout, inputs: inputs, outputs: outputs, rank: rank, name: name, seed: seed)
-      } else {
-        let a = emitter.graph.newValue(TensorType(.f32, [inputs, rank]))
-        let b = emitter.graph.newValue(TensorType(.f32, [rank, outputs]))
-        emitter.graph.declarations += [
-          Declaration(
-            kind: .parameter, name: name + ".lora_a", value: a,
-            initializer: .kaimingUniformDefault, seed: seed),
-          Declaration(kind: .parameter, name: name + ".lora_b", value: b, initializer: .zeros),
-        ]
-        emitter.graph.body.append(base)
-        let xa = try emitter.emit(
-          .matmul(transposeA: false, transposeB: false), [.value(x), .value(a)])
-        branch = try emitter.emit(
-          .matmul(transposeA: false, transposeB: false), [.value(xa), .value(b)])
-      }
+      emitter.graph.body.append(base)
+      let branch = try branch(
+        &emitter, x: x, instruction: instruction, name: name, inputs: inputs, outputs: outputs,
+        seed: seed, graph: graph, users: users, definers: definers)
       var scaled = try emitter.binary(.mul, branch, scale)
       if perHead {
         // Unfused branches take the run-time adapter scale as an input (fused `lora_linear`
@@ -121,7 +131,11 @@ public struct Lora: Pass {
     }
     if matched == 0 {
       let named = graph.body.compactMap { instruction -> String? in
-        if case .matmul = instruction.op { instruction.name } else { nil }
+        if case .matmul = instruction.op { return instruction.name }
+        if Lora.selectedColumns(of: instruction, in: graph, definers: definers) != nil {
+          return instruction.name
+        }
+        return nil
       }
       let nearest = NameSelector.nearest(to: targets.pattern, among: named)
       throw PassError(
@@ -129,6 +143,88 @@ public struct Lora: Pass {
           + (nearest.isEmpty ? "" : " (nearest: \(nearest.joined(separator: ", ")))"))
     }
     return emitter.graph
+  }
+}
+
+extension Lora {
+  /// Declares the target's A and B and appends its unscaled branch for the input `x`: `(x A) B`,
+  /// or per head.
+  fileprivate func branch(
+    _ emitter: inout Emitter, x: Value, instruction: Instruction, name: String, inputs: Int,
+    outputs: Int, seed: UInt64, graph: Graph, users: [Value: [Int]], definers: [Value: Int]
+  ) throws(PassError) -> Value {
+    if perHead {
+      let layout = try HeadLayout(
+        of: instruction, name: name, in: graph, users: users, definers: definers)
+      return try emitter.perHeadBranch(
+        x, layout: layout, inputs: inputs, outputs: outputs, rank: rank, name: name, seed: seed)
+    }
+    let a = emitter.graph.newValue(TensorType(.f32, [inputs, rank]))
+    let b = emitter.graph.newValue(TensorType(.f32, [rank, outputs]))
+    emitter.graph.declarations += [
+      Declaration(
+        kind: .parameter, name: name + ".lora_a", value: a,
+        initializer: .kaimingUniformDefault, seed: seed),
+      Declaration(kind: .parameter, name: name + ".lora_b", value: b, initializer: .zeros),
+    ]
+    let xa = try emitter.emit(
+      .matmul(transposeA: false, transposeB: false), [.value(x), .value(a)])
+    return try emitter.emit(
+      .matmul(transposeA: false, transposeB: false), [.value(xa), .value(b)])
+  }
+
+  /// When `instruction` (a `slice` or `reshape`) selects some of the output columns of a linear
+  /// product `x W` (or `x W + b`), for every row on its own: the product and `x`.
+  ///
+  /// Walks back through `slice`s and `reshape`s that keep the leading (row) axes and a bias added
+  /// to the product, to a `matmul` of a 2-D weight; the selected value is then `x W'` (+ `b'`)
+  /// for the selected columns `W'` of `W`, so a LoRA branch `s (x A) B` on it is a linear layer's.
+  static func selectedColumns(
+    of instruction: Instruction, in graph: Graph, definers: [Value: Int]
+  ) -> (x: Value, product: Instruction)? {
+    switch instruction.op {
+    case .slice, .reshape: break
+    default: return nil
+    }
+    let rows = Array(graph.type(of: instruction.results[0]).shape.dropLast())
+    guard !rows.isEmpty else { return nil }
+    func keepsRows(_ value: Value) -> Bool {
+      let shape = graph.type(of: value).shape
+      return shape.count > rows.count && Array(shape.prefix(rows.count)) == rows
+    }
+    var current = instruction
+    while keepsRows(current.results[0]) {
+      var source: Value?
+      switch current.op {
+      case .slice(let start, let end):
+        let shape = graph.type(of: current.results[0]).shape
+        guard start.prefix(rows.count).allSatisfy({ $0 == 0 }),
+          Array(end.prefix(rows.count)) == Array(shape.prefix(rows.count))
+        else { return nil }
+        source = current.operands[0].value
+      case .reshape:
+        source = current.operands[0].value
+      case .binary(.add):
+        // The product plus a bias vector along the last axis.
+        let shape = graph.type(of: current.results[0]).shape
+        guard current.operands.count == 2, let first = current.operands[0].value,
+          let second = current.operands[1].value,
+          graph.type(of: first).shape == shape,
+          graph.type(of: second).shape == [shape.last ?? 0]
+        else { return nil }
+        source = first
+      case .matmul(false, _):
+        guard let x = current.operands[0].value, let w = current.operands[1].value,
+          graph.type(of: w).rank == 2, keepsRows(x)
+        else { return nil }
+        return (x, current)
+      default:
+        return nil
+      }
+      guard let source, let index = definers[source] else { return nil }
+      current = graph.body[index]
+    }
+    return nil
   }
 }
 

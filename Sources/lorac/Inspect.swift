@@ -51,9 +51,21 @@ struct Inspect: ParsableCommand {
       "  vocab \(config.vocabularySize), embedding \(config.embeddingLength), \(config.layerCount) layers, "
         + "\(config.headCount) heads (\(config.keyValueHeadCount) key/value), ffn \(config.feedForwardLength)"
     )
-    print(
-      "  rope theta \(config.ropeTheta), rms eps \(config.normEpsilon), "
-        + (config.tiedEmbeddings ? "tied embeddings" : "separate output head"))
+    let head = config.tiedEmbeddings ? "tied embeddings" : "separate output head"
+    switch config.architecture {
+    case .llama:
+      print("  rope theta \(config.ropeTheta), rms eps \(config.normEpsilon), \(head)")
+    case .gpt2:
+      print(
+        "  \(config.positionCount) learned positions, layer norm eps \(config.normEpsilon), "
+          + "\(config.gelu) GELU, \(head)")
+    case .gptNeoX:
+      print(
+        "  rope theta \(config.ropeTheta) on \(config.rotaryDimension ?? config.headDimension) of "
+          + "\(config.headDimension) per head, layer norm eps \(config.normEpsilon), "
+          + "\(config.parallelResidual ? "parallel" : "sequential") residual, \(config.gelu) GELU, "
+          + head)
+    }
     let bos = tokenizer.beginOfSequence.map { "\($0) \(tokenizer.tokens[Int($0)])" } ?? "none"
     let eos = tokenizer.endOfSequence.map { "\($0) \(tokenizer.tokens[Int($0)])" } ?? "none"
     print(

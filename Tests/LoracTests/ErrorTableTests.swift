@@ -117,8 +117,8 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
 @Test func unsupportedArchitecturesAndDtypesAreNamed() throws {
   let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let gpt2 = folder.appendingPathComponent("gpt2.gguf")
-  try writeTinyGGUF(gpt2, architecture: "gpt2")
+  let gpt2 = folder.appendingPathComponent("bloom.gguf")
+  try writeTinyGGUF(gpt2, architecture: "bloom")
   let q5 = folder.appendingPathComponent("q5.gguf")
   try writeTinyGGUF(q5, qType: 6)
   let tiny = folder.appendingPathComponent("tiny.gguf")
@@ -126,10 +126,12 @@ private func writeTinyGGUF(_ url: URL, architecture: String = "llama", qType: UI
   let out = folder.appendingPathComponent("x.npy").path
   try expectError(
     ["logits", gpt2.path, "--ids", "1", "--out", out],
-    "error: \(gpt2.path): architecture 'gpt2' is not supported (expected llama)\n")
+    "error: \(gpt2.path): architecture 'bloom' is not supported (expected llama, gpt2 or gptneox)\n"
+  )
   try expectError(
     ["generate", gpt2.path, "--prompt", "hi"],
-    "error: \(gpt2.path): architecture 'gpt2' is not supported (expected llama)\n")
+    "error: \(gpt2.path): architecture 'bloom' is not supported (expected llama, gpt2 or gptneox)\n"
+  )
   try expectError(
     ["logits", q5.path, "--ids", "1", "--out", out],
     "error: \(q5.path): tensor 'blk.0.attn_q.weight' is Q5_0, which lorac does not read directly\n")

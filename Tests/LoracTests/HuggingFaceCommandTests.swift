@@ -35,9 +35,14 @@ private struct TinyFixture: Decodable {
 }
 
 /// `lorac generate` decodes with the KV cache; its greedy tokens are transformers', for the
-/// Llama folder (BOS added by its tokenizer.json), the Qwen2 one (q/k/v biases, no BOS) and a
-/// Llama whose head_dim is not hidden_size / heads.
-@Test(arguments: ["tiny-llama", "tiny-qwen2", "tiny-llama-head-dim", "tiny-mistral"])
+/// Llama folder (BOS added by its tokenizer.json), the Qwen2 one (q/k/v biases, no BOS), a
+/// Llama whose head_dim is not hidden_size / heads, GPT-2 (learned positions) and GPT-NeoX
+/// (partial RoPE, parallel and sequential residuals).
+@Test(
+  arguments: [
+    "tiny-llama", "tiny-qwen2", "tiny-llama-head-dim", "tiny-mistral", "tiny-gpt2", "tiny-neox",
+    "tiny-neox-sequential",
+  ])
 func generateOnAFolderMatchesTransformersGreedy(_ name: String) throws {
   let fixture = try JSONDecoder().decode(
     TinyFixture.self,
@@ -88,7 +93,7 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
 
 @Test func badFoldersAreOneLineErrorsAtTheCommandLine() throws {
   let empty = try temporaryFolder()
-  let unknownType = try editedFolder("config.json", "\"llama\"", "\"gpt_neox\"")
+  let unknownType = try editedFolder("config.json", "\"llama\"", "\"gemma\"")
   let metaspace = try editedFolder(
     "tokenizer.json", "\"type\": \"Split\"", "\"type\": \"Whitespace\"")
   let noWeights = try editedFolder()
@@ -106,7 +111,7 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
     ),
     (
       ["logits", unknownType.path, "--ids", "1", "--out", out],
-      "error: \(unknownType.path)/config.json: model_type 'gpt_neox' is not supported (supported: llama, mistral, qwen2)\n"
+      "error: \(unknownType.path)/config.json: model_type 'gemma' is not supported (supported: gpt2, gpt_neox, llama, mistral, qwen2)\n"
     ),
     (
       ["tokenize", metaspace.path, "--text", "hi"],
@@ -174,4 +179,63 @@ private func editedFolder(_ file: String? = nil, _ old: String = "", _ new: Stri
     worst = max(worst, difference / norm)
   }
   #expect(worst <= 1e-4, "worst relative gradient difference \(worst)")
+}
+
+/// PEFT adapters on GPT-2's and GPT-NeoX's fused q/k/v module (`c_attn`, `query_key_value`), the
+/// attention output and both MLP linears: `lorac grad`'s loss and every gradient tensor are
+/// PEFT's within 1e-4 relative, under PEFT's names.
+@Test(arguments: ["tiny-gpt2", "tiny-neox"])
+func fusedPEFTAdapterGradientsMatchPEFT(_ name: String) throws {
+  let fixture =
+    try JSONSerialization.jsonObject(
+      with: Data(contentsOf: huggingFaceFixtures.appendingPathComponent(name + "-peft.json")))
+    as? [String: Any]
+  let ids = try #require(fixture?["ids"] as? [Int]).map(String.init).joined(separator: ",")
+  let referenceLoss = try #require(fixture?["loss"] as? Double)
+  let folder = huggingFaceFixtures.appendingPathComponent(name).path
+  let adapter = huggingFaceFixtures.appendingPathComponent(name + "-peft").path
+  let out = temporaryURL(".safetensors")
+  defer { try? FileManager.default.removeItem(at: out) }
+  let grad = try lorac(["grad", folder, "--adapter", adapter, "--ids", ids, "--out", out.path])
+  #expect(grad.status == 0, "\(grad.stderr)")
+  let printed = try JSONSerialization.jsonObject(with: Data(grad.stdout.utf8)) as? [String: Double]
+  let loss = try #require(printed?["loss"])
+  #expect(abs(loss - referenceLoss) <= 1e-4 * abs(referenceLoss), "\(loss) vs \(referenceLoss)")
+  let (mine, theirs) = (
+    try SafetensorsReader(url: out),
+    try SafetensorsReader(
+      url: huggingFaceFixtures.appendingPathComponent(name + "-peft-grad.safetensors"))
+  )
+  #expect(mine.names == theirs.names && theirs.names.count == 16)
+  var worst = 0.0
+  for name in theirs.names {
+    let (a, b) = (try mine.floats(name), try theirs.floats(name))
+    #expect(a.count == b.count, "\(name)")
+    let difference = zip(a, b).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
+    let norm = b.map { Double($0) * Double($0) }.reduce(0, +).squareRoot()
+    worst = max(worst, difference / norm)
+  }
+  #expect(worst <= 1e-4, "worst relative gradient difference \(worst)")
+}
+
+/// `lorac generate` on the GGUF forms of a GPT-2 and a GPT-NeoX (KV-cache decoding from the prompt
+/// ids): transformers' greedy tokens.
+@Test(arguments: [
+  ("tiny-gpt2-small.gguf", "tiny-gpt2-small"),
+  ("tiny-neox-sequential.gguf", "tiny-neox-sequential"),
+])
+func generateOnGPT2AndNeoXGGUFMatchesTransformersGreedy(_ file: String, _ name: String) throws {
+  let fixture = try JSONDecoder().decode(
+    TinyFixture.self,
+    from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent(name + ".json")))
+  let model = huggingFaceFixtures.appendingPathComponent(file).path
+  for prompt in fixture.prompts {
+    let result = try lorac([
+      "generate", model, "--prompt-ids", prompt.ids.map(String.init).joined(separator: ","),
+      "--max-tokens", "16", "--ignore-eos", "--json",
+    ])
+    #expect(result.status == 0, "\(result.stderr)")
+    let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+    #expect((object?["ids"] as? [Int]) == prompt.greedy.map(Int.init), "\(prompt.text)")
+  }
 }

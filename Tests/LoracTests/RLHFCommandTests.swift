@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import TestSupport
 import Testing
 
@@ -235,4 +236,103 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
         as? Double)
   }
   #expect(kl.count == 2 && kl[0] == 0 && kl[1] != 0, "\(kl)")
+}
+
+/// The TransformerLens tutorial's RLHF smoke test on the tiny GPT-NeoX folder.
+///
+/// Rank 4, alpha 32, batch 8, 2 minibatches, 8 tokens, 2 phases, the default targets (q, k, v: parts of the fused
+/// `query_key_value`, and o). The first phase's policy is the reference (B starts at zero), the
+/// second's is not; the adapter is PEFT's fused module at rank 12 and lorac reads it back.
+@Test func rlhfRunsTwoPhasesOnTheTinyNeoXFolder() throws {
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let model = huggingFaceFixtures.appendingPathComponent("tiny-neox").path
+  let result = try lorac([
+    "rlhf", model, "--out", folder.path, "--reward", "char-count:e", "--phases", "2", "--batch",
+    "8", "--minibatches", "2", "--gen-len", "8", "--rank", "4", "--alpha", "32", "--threads", "2",
+    "--show-every", "0",
+  ])
+  #expect(result.status == 0, "\(result.stderr)")
+  let lines = try String(
+    contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8
+  ).split(separator: "\n")
+  #expect(lines.count == 2)
+  let phases = try lines.map { line in
+    try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+  }
+  #expect(phases.first?["kl"] as? Double == 0)
+  #expect((phases.last?["kl"] as? Double ?? 0) > 0)
+  for phase in phases {
+    for field in ["reward_mean", "entropy", "policy_loss", "value_loss"] {
+      #expect((phase[field] as? Double)?.isFinite == true, "\(field)")
+    }
+  }
+  let config = try String(
+    contentsOf: folder.appendingPathComponent("adapter_config.json"), encoding: .utf8)
+  #expect(config.contains("\"rank_pattern\": {\"query_key_value\": 12}"))
+  #expect(config.contains("\"target_modules\": [\"dense\", \"query_key_value\"]"))
+  let generated = try lorac([
+    "generate", model, "--adapter", folder.path, "--prompt", "This is", "--max-tokens", "4",
+  ])
+  #expect(generated.status == 0, "\(generated.stderr)")
+}
+
+/// An adapter trained on the GGUF forms of GPT-2 and GPT-NeoX with the default targets (q, k, v:
+/// parts of the fused weight; o): `lorac merge` folds the parts into the fused `attn_qkv` weight,
+/// and the merged model's logits are the adapted model's within 1e-4; `lorac export` writes the
+/// fused weight's adapter at rank 3r, whose llama.cpp branch (alpha / its rank) is the merged
+/// change of the weight.
+@Test(arguments: ["tiny-gpt2-small.gguf", "tiny-neox-sequential.gguf"])
+func mergeAndExportFoldQKVPartsIntoTheFusedWeight(_ file: String) throws {
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let model = huggingFaceFixtures.appendingPathComponent(file).path
+  let adapter = folder.appendingPathComponent("adapter").path
+  let trained = try lorac([
+    "rlhf", model, "--out", adapter, "--reward", "char-count:e", "--phases", "2", "--batch", "8",
+    "--minibatches", "2", "--gen-len", "8", "--rank", "4", "--alpha", "32", "--threads", "2",
+    "--show-every", "0",
+  ])
+  #expect(trained.status == 0, "\(trained.stderr)")
+  let merged = folder.appendingPathComponent("merged.gguf").path
+  let merge = try lorac(["merge", model, "--adapter", adapter, "--out", merged])
+  #expect(merge.status == 0, "\(merge.stderr)")
+  let ids = "5,9,17,33,2,101,64,7"
+  func logits(_ arguments: [String]) throws -> [Float] {
+    let out = folder.appendingPathComponent("logits.npy")
+    let result = try lorac(["logits"] + arguments + ["--ids", ids, "--out", out.path])
+    #expect(result.status == 0, "\(result.stderr)")
+    return try readNumPy(out).values
+  }
+  let (adapted, folded, base) = (
+    try logits([model, "--adapter", adapter]), try logits([merged]), try logits([model])
+  )
+  let worst = zip(adapted, folded).map { abs($0 - $1) }.max() ?? .infinity
+  let moved = zip(adapted, base).map { abs($0 - $1) }.max() ?? 0
+  #expect(worst <= 1e-4 && moved > 1e-3, "merged vs adapted \(worst), adapter effect \(moved)")
+
+  let exported = folder.appendingPathComponent("adapter.gguf").path
+  let export = try lorac(["export", adapter, "--gguf-adapter", exported, "--model", model])
+  #expect(export.status == 0, "\(export.stderr)")
+  let (lora, original, folding) = (
+    try GGUFFile(path: exported), try GGUFFile(path: model), try GGUFFile(path: merged)
+  )
+  let name = "blk.0.attn_qkv.weight"
+  let a = try lora.tensor(named: name + ".lora_a")  // [3r, in]
+  let b = try lora.tensor(named: name + ".lora_b")  // [out, 3r]
+  let (rank, inputs, outputs) = (a.type.shape[0], a.type.shape[1], b.type.shape[0])
+  #expect(rank == 12)
+  let alpha = try #require(lora["adapter.lora.alpha"]?.number)
+  let scale = Float(alpha) / Float(rank)
+  let (av, bv) = (a.floats(), b.floats())
+  let (w0, w1) = (try original.dequantized(named: name), try folding.dequantized(named: name))
+  var worstDelta: Float = 0
+  for o in 0..<outputs {
+    for i in 0..<inputs {
+      var delta: Float = 0
+      for k in 0..<rank { delta += bv[o * rank + k] * av[k * inputs + i] }
+      worstDelta = max(worstDelta, abs(scale * delta - (w1[o * inputs + i] - w0[o * inputs + i])))
+    }
+  }
+  #expect(worstDelta <= 1e-5, "llama.cpp's branch differs from the merged change by \(worstDelta)")
 }

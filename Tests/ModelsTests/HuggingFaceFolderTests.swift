@@ -228,7 +228,7 @@ private func failure(_ folder: URL) throws -> String {
   let cases: [(edit: (URL) throws -> Void, expected: String)] = [
     (
       { try replace($0, "config.json", "\"llama\"", "\"llama9\"") },
-      "config.json: model_type 'llama9' is not supported (supported: llama, mistral, qwen2)"
+      "config.json: model_type 'llama9' is not supported (supported: gpt2, gpt_neox, llama, mistral, qwen2)"
     ),
     (
       {

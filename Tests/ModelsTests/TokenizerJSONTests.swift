@@ -24,7 +24,7 @@ private func fixtureTokenizer(_ name: String) throws -> Tokenizer {
   return try Tokenizer(tokenizerJSON: Array(Data(contentsOf: path)), path: path.path)
 }
 
-@Test(arguments: ["llama3", "qwen2", "smollm"])
+@Test(arguments: ["llama3", "qwen2", "smollm", "gpt2", "neox"])
 func tokenizerJSONMatchesTheTokenizersLibrary(_ name: String) throws {
   let tokenizer = try fixtureTokenizer(name)
   let fixture = try JSONDecoder().decode(

@@ -147,7 +147,7 @@ private func request(out: URL, steps: Int = 6, resume: Bool = false) throws -> T
 
 @Test func aTargetNoPEFTAdapterCanHoldIsRefusedBeforeAnyStep() throws {
   let model = try LlamaModel.open(try modelPath())
-  let adaptable = "layers.N.{attn.q,attn.k,attn.v,attn.o,mlp.gate,mlp.up,mlp.down}"
+  let adaptable = "layers.N.{attn.q,attn.k,attn.v,attn.o,mlp.gate,mlp.up,mlp.down,attn.qkv}"
   #expect(
     throws: SessionError(
       "--targets 'head' selects 'head', which a PEFT adapter cannot hold; adaptable: \(adaptable)")

@@ -1,8 +1,11 @@
 /// The model families lorac reads from Hugging Face folders, by config.json's `model_type`.
 ///
 /// One case and one file (`Families/<Name>Family.swift`) each. Every family is traced by
-/// `Llama.trace` from the `LlamaConfig` its file reads, with the same value names.
+/// `Llama.trace` from the `LlamaConfig` its file reads (its `architecture` picks the block, which
+/// for GPT-2 and GPT-NeoX lives in the family's file), with the same value names.
 public enum ModelFamily: String, CaseIterable, Sendable {
+  case gpt2
+  case gptNeoX = "gpt_neox"
   case llama
   case mistral
   case qwen2
@@ -25,6 +28,8 @@ public enum ModelFamily: String, CaseIterable, Sendable {
     case .llama: try LlamaFamily.config(fields)
     case .mistral: try MistralFamily.config(fields)
     case .qwen2: try Qwen2Family.config(fields)
+    case .gpt2: try Gpt2Family.config(fields)
+    case .gptNeoX: try GPTNeoXFamily.config(fields)
     }
   }
 
@@ -32,8 +37,21 @@ public enum ModelFamily: String, CaseIterable, Sendable {
   /// `max_position_embeddings`, or for Mistral the sliding window when that is shorter.
   public func contextLength(_ fields: HuggingFaceConfig) -> Int? {
     switch self {
-    case .llama, .qwen2: ModelFamily.maximumPositions(fields)
+    case .llama, .qwen2, .gptNeoX: ModelFamily.maximumPositions(fields)
     case .mistral: MistralFamily.contextLength(fields)
+    case .gpt2: Gpt2Family.contextLength(fields)
+    }
+  }
+
+  /// The Hugging Face tensor names a weight the trace declares by its GGUF name may have in a
+  /// folder of a model of `architecture`, the usual first; empty when the trace never declares it.
+  public static func huggingFaceNames(
+    ofGGUF name: String, architecture: LlamaConfig.Architecture
+  ) -> [String] {
+    switch architecture {
+    case .llama: LlamaFamily.huggingFaceName(ofGGUF: name).map { [$0] } ?? []
+    case .gpt2: Gpt2Family.huggingFaceNames(ofGGUF: name)
+    case .gptNeoX: GPTNeoXFamily.huggingFaceName(ofGGUF: name).map { [$0] } ?? []
     }
   }
 
