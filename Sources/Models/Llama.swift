@@ -153,7 +153,8 @@ public enum Llama {
           throw TraceError(
             message: "llama: logit positions \(range) are not within 0..<\(sequence)")
         }
-        final = try h.slice(start: [0, range.lowerBound, 0], end: [batch, range.upperBound, dim])
+        final = try h.slice(
+          start: [0, range.lowerBound, 0], end: [batch, range.upperBound, config.embeddingLength])
       }
       return try b.finish(outputs: try extend(tokens, h, parts.head(final, embedding: embedding)))
     }
