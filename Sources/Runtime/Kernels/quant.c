@@ -1094,115 +1094,143 @@ LC_AVX2 INLINE __m256 combine_digits_avx2(const __m256i *dot, int digits) {
   return _mm256_fmadd_ps(rest, step, value);
 }
 
-/// One q4_1 block of 8 rows (`chunks`: the half's first chunk, 64 bytes apart) against R <= 2
-/// activation rows' digit arrays (`x[i]`, digits 8 dwords apart), which share each chunk's
-/// nibbles: each row's dot before the block's scale, into dot[i].
-LC_AVX2 INLINE void q4_1x_block_avx2(const uint8_t *chunks, const int32_t *const *x, int R,
-                                     int digits, __m256 *dot) {
+// The kernels below work on two "slots" at a time (or one): a slot is one activation row against
+// one half (8 rows) of a group. Two activation rows on one half share each chunk's decoding;
+// one activation row takes both halves in one pass, so the whole 64-byte chunks are consumed as
+// they stream in (a pass per half left DRAM idle while the second half read its group from L1/L2:
+// 0.3-0.5 of the read rate on 576 x 1536, whose groups are 15 KB). A slot's arithmetic is the
+// same in every pairing, so results do not depend on M.
+
+/// One q4_1 block of 8 rows per slot (`chunks[s]`: the slot's half's first chunk, 64 bytes apart;
+/// `shared`: both slots read the same half) against each slot's digit arrays (`x[s]`, digits 8
+/// dwords apart): each slot's dot before the block's scale, into dot[s].
+LC_AVX2 INLINE void q4_1x_block_avx2(const uint8_t *const *chunks, const int32_t *const *x,
+                                     int slots, int shared, int digits, __m256 *dot) {
   const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   __m256i sums[2][3];
   for (int c = 0; c < 4; c++) {
-    __m256i bytes = _mm256_loadu_si256((const __m256i *)(chunks + 64 * c));
-    __m256i lo = _mm256_and_si256(bytes, low);
-    __m256i hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
-    for (int i = 0; i < R; i++) {
+    __m256i lo, hi;
+    for (int s = 0; s < slots; s++) {
+      if (s == 0 || !shared) {
+        __m256i bytes = _mm256_loadu_si256((const __m256i *)(chunks[s] + 64 * c));
+        lo = _mm256_and_si256(bytes, low);
+        hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+      }
       for (int j = 0; j < digits; j++) {
-        __m256i l = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[i][8 * j + 2 * c]));
-        __m256i h = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[i][8 * j + 2 * c + 1]));
+        __m256i l = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[s][8 * j + 2 * c]));
+        __m256i h = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[s][8 * j + 2 * c + 1]));
         __m256i both = _mm256_add_epi16(l, h);
-        sums[i][j] = c == 0 ? both : _mm256_add_epi16(sums[i][j], both);
+        sums[s][j] = c == 0 ? both : _mm256_add_epi16(sums[s][j], both);
       }
     }
   }
-  for (int i = 0; i < R; i++) {
+  for (int s = 0; s < slots; s++) {
     __m256i total[3];
-    for (int j = 0; j < digits; j++) total[j] = _mm256_madd_epi16(sums[i][j], ones);
-    dot[i] = combine_digits_avx2(total, digits);
+    for (int j = 0; j < digits; j++) total[j] = _mm256_madd_epi16(sums[s][j], ones);
+    dot[s] = combine_digits_avx2(total, digits);
   }
 }
 
-/// One q8_0 block of 8 rows (`chunks` as above, eight of them) against R <= 2 activation rows.
-LC_AVX2 INLINE void q8_0x_block_avx2(const uint8_t *chunks, const int32_t *const *x, int R,
-                                     int digits, __m256 *dot) {
+/// One q8_0 block of 8 rows per slot (`chunks` as above, eight of them).
+LC_AVX2 INLINE void q8_0x_block_avx2(const uint8_t *const *chunks, const int32_t *const *x,
+                                     int slots, int shared, int digits, __m256 *dot) {
   const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
   __m256i totals[2][3];
   for (int c = 0; c < 8; c++) {
-    __m256i w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(chunks + 64 * c)), flip);
-    __m256i magnitude = _mm256_abs_epi8(w);  // -128 stays 0x80: 128 as the unsigned operand
-    for (int i = 0; i < R; i++) {
+    __m256i w, magnitude;
+    for (int s = 0; s < slots; s++) {
+      if (s == 0 || !shared) {
+        w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(chunks[s] + 64 * c)), flip);
+        magnitude = _mm256_abs_epi8(w);  // -128 stays 0x80: 128 as the unsigned operand
+      }
       for (int j = 0; j < digits; j++) {
-        __m256i signed_x = _mm256_sign_epi8(_mm256_set1_epi32(x[i][8 * j + c]), w);
+        __m256i signed_x = _mm256_sign_epi8(_mm256_set1_epi32(x[s][8 * j + c]), w);
         __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), ones);
-        totals[i][j] = c == 0 ? pairs : _mm256_add_epi32(totals[i][j], pairs);
+        totals[s][j] = c == 0 ? pairs : _mm256_add_epi32(totals[s][j], pairs);
       }
     }
   }
-  for (int i = 0; i < R; i++) dot[i] = combine_digits_avx2(totals[i], digits);
+  for (int s = 0; s < slots; s++) dot[s] = combine_digits_avx2(totals[s], digits);
 }
 
-/// Activation rows [i0, i0 + R) (R <= 2) against 8 rows of a group (half h) over the chunk's
-/// blocks; stores the R x 8 results where `mask` is set. Each activation row's arithmetic is the
-/// same for R = 1 and 2.
-LC_AVX2 INLINE void half_rows_avx2(const lc_qjob *job, const float *prep, int i0, int R,
-                                   const uint8_t *group, int h, int64_t r, int64_t blocks,
-                                   int accumulate, int dtype, int digits, __m256i mask) {
+/// Slots (activation row row[s], half half[s] of the group) over the chunk's blocks; stores
+/// each slot's 8 results (at out row row[s], columns r + 8 half[s]) where mask[s] is set.
+LC_AVX2 INLINE void slots_avx2(const lc_qjob *job, const float *prep, int slots, int shared,
+                               const int *row, const int *half, const __m256i *mask,
+                               const uint8_t *group, int64_t r, int64_t blocks, int accumulate,
+                               int dtype, int digits) {
   int64_t size = interleaved_block_bytes(dtype);
   int scales = digits == 1 ? PREP_SCALES : PREP_DIGIT_SCALES;
   const float *p[2];
   const int32_t *x[2];
-  // Two sets of accumulators per row (even and odd blocks) hide the FMA latency.
+  const uint8_t *chunks[2];
+  // Two sets of accumulators per slot (even and odd blocks) hide the FMA latency.
   __m256 acc[2][2], mins[2][2];
-  for (int i = 0; i < R; i++) {
-    p[i] = prep + (i0 + i) * PREP_ROW;
-    acc[i][0] = acc[i][1] = mins[i][0] = mins[i][1] = _mm256_setzero_ps();
+  for (int s = 0; s < slots; s++) {
+    p[s] = prep + row[s] * PREP_ROW;
+    acc[s][0] = acc[s][1] = mins[s][0] = mins[s][1] = _mm256_setzero_ps();
   }
   for (int64_t b = 0; b < blocks; b++) {
     const uint8_t *block = group + size * b;
-    __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * h)));
-    for (int i = 0; i < R; i++) x[i] = (const int32_t *)p[i] + 8 * digits * b;
     __m256 dot[2];
-    if (dtype == LC_Q4_1) {
-      __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32 + 16 * h)));
-      for (int i = 0; i < R; i++) {
-        mins[i][b & 1] = _mm256_fmadd_ps(m, _mm256_set1_ps(p[i][PREP_SUMS + b]), mins[i][b & 1]);
-      }
-      q4_1x_block_avx2(block + 64 + 32 * h, x, R, digits, dot);
-    } else {
-      q8_0x_block_avx2(block + 32 + 32 * h, x, R, digits, dot);
+    for (int s = 0; s < slots; s++) {
+      x[s] = (const int32_t *)p[s] + 8 * digits * b;
+      chunks[s] = block + (dtype == LC_Q4_1 ? 64 : 32) + 32 * half[s];
     }
-    for (int i = 0; i < R; i++) {
-      __m256 scale = _mm256_mul_ps(d, _mm256_set1_ps(p[i][scales + b]));
-      acc[i][b & 1] = _mm256_fmadd_ps(dot[i], scale, acc[i][b & 1]);
+    if (dtype == LC_Q4_1) {
+      for (int s = 0; s < slots; s++) {
+        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32 + 16 * half[s])));
+        mins[s][b & 1] = _mm256_fmadd_ps(m, _mm256_set1_ps(p[s][PREP_SUMS + b]), mins[s][b & 1]);
+      }
+      q4_1x_block_avx2(chunks, x, slots, shared, digits, dot);
+    } else {
+      q8_0x_block_avx2(chunks, x, slots, shared, digits, dot);
+    }
+    for (int s = 0; s < slots; s++) {
+      __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * half[s])));
+      __m256 scale = _mm256_mul_ps(d, _mm256_set1_ps(p[s][scales + b]));
+      acc[s][b & 1] = _mm256_fmadd_ps(dot[s], scale, acc[s][b & 1]);
     }
   }
-  for (int i = 0; i < R; i++) {
-    __m256 v = _mm256_add_ps(_mm256_add_ps(acc[i][0], acc[i][1]),
-                             _mm256_add_ps(mins[i][0], mins[i][1]));
-    float *o = job->out + (i0 + i) * job->n + r;
-    if (accumulate) v = _mm256_add_ps(v, _mm256_maskload_ps(o, mask));
-    _mm256_maskstore_ps(o, mask, v);
+  for (int s = 0; s < slots; s++) {
+    __m256 v = _mm256_add_ps(_mm256_add_ps(acc[s][0], acc[s][1]),
+                             _mm256_add_ps(mins[s][0], mins[s][1]));
+    float *o = job->out + row[s] * job->n + r + 8 * half[s];
+    if (accumulate) v = _mm256_add_ps(v, _mm256_maskload_ps(o, mask[s]));
+    _mm256_maskstore_ps(o, mask[s], v);
   }
 }
 
-/// rows_interleaved on AVX2: rows [r0, r1) (r0 a multiple of 16) eight at a time, activation rows
-/// two at a time sharing each chunk's decoding (a half group's span of blocks is read from DRAM
-/// by the first pair and from L1/L2 by the rest).
+/// rows_interleaved on AVX2: rows [r0, r1) (r0 a multiple of 16) a group at a time; activation
+/// rows two at a time per half, a last one over both halves at once.
 LC_AVX2 INLINE void rows_interleaved_avx2(const lc_qjob *job, const float *prep, int64_t r0,
                                           int64_t r1, int64_t b0, int64_t blocks,
                                           int accumulate, int dtype, int digits) {
   int64_t total = job->k / 32, size = interleaved_block_bytes(dtype);
-  for (int64_t r = r0; r < r1; r += 8) {
-    int h = (int)(r / 8 % 2);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t r = r0; r < r1; r += 16) {
     const uint8_t *group = job->w + size * ((r / 16) * total + b0);
-    int live = r1 - r >= 8 ? 8 : (int)(r1 - r);
-    __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(live),
-                                      _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    int halves = r1 - r > 8 ? 2 : 1;
+    __m256i mask[2];
+    for (int h = 0; h < halves; h++) {
+      int64_t live = r1 - r - 8 * h;
+      mask[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(live >= 8 ? 8 : (int)live), lanes);
+    }
     int i = 0;
     for (; i + 2 <= job->m; i += 2) {
-      half_rows_avx2(job, prep, i, 2, group, h, r, blocks, accumulate, dtype, digits, mask);
+      for (int h = 0; h < halves; h++) {
+        int row[2] = {i, i + 1}, half[2] = {h, h};
+        __m256i masks[2] = {mask[h], mask[h]};
+        slots_avx2(job, prep, 2, 1, row, half, masks, group, r, blocks, accumulate, dtype, digits);
+      }
     }
     if (i < job->m) {
-      half_rows_avx2(job, prep, i, 1, group, h, r, blocks, accumulate, dtype, digits, mask);
+      int row[2] = {i, i}, half[2] = {0, 1};
+      if (halves == 2) {
+        slots_avx2(job, prep, 2, 0, row, half, mask, group, r, blocks, accumulate, dtype, digits);
+      } else {
+        slots_avx2(job, prep, 1, 0, row, half, mask, group, r, blocks, accumulate, dtype, digits);
+      }
     }
   }
 }
