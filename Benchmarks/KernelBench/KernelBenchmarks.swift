@@ -54,15 +54,17 @@ public enum KernelBenchmarks {
         for dtype in [DType.q4_1, .q8_0, .f32, .f16, .bf16] {
           results.append(try matvec(dtype, k: k, n: n, target: target, runs: runs))
         }
-        // The same products with the activations rounded to int8 (the VNNI path).
-        for dtype in [DType.q4_1, .q8_0] {
+        // The same products with the activations rounded to int8 (the stored layout's VNNI
+        // path; below avx512-vnni only the interleaved form below rounds them).
+        for dtype in [DType.q4_1, .q8_0] where target.isa >= .avx512VNNI {
           var int8 = target
           int8.int8Activations = true
           results.append(try matvec(dtype, k: k, n: n, target: int8, runs: runs))
         }
-        // Interleaved by 16 rows (what decoding multiplies by with avx512_vnni): activations
-        // as three int8 digits (f32-accurate), then rounded to int8.
-        for dtype in [DType.q4_1, .q8_0] where target.isa >= .avx512VNNI {
+        // Interleaved by 16 rows (what decoding multiplies q4_1 by from avx2 and q8_0 by from
+        // avx512-vnni, or with int8 activations): activations as three int8 digits
+        // (f32-accurate), then rounded to int8; on the VNNI kernels from avx512-vnni, else AVX2.
+        for dtype in [DType.q4_1, .q8_0] where target.isa >= .avx2 {
           for int8 in [false, true] {
             var interleaved = target
             interleaved.int8Activations = int8
@@ -168,7 +170,8 @@ public enum KernelBenchmarks {
   /// row kernel for M <= 8 rows), on the ISA path `target` plans for the dtype. With the
   /// target's int8 activations the activations are rounded to int8 (the VNNI path, as llama.cpp
   /// does); `interleaved` multiplies by q4_1/q8_0 weights packed by `lc_interleave`
-  /// (activations as three int8 digits, or one with int8 activations).
+  /// (activations as three int8 digits, or one with int8 activations), on the VNNI kernels from
+  /// `avx512-vnni` and the AVX2 ones below it.
   static func matvec(
     _ dtype: DType, k: Int, n: Int, m: Int = 1, target: Target, interleaved: Bool = false,
     runs: Int
@@ -176,6 +179,8 @@ public enum KernelBenchmarks {
     let int8Activations = target.roundsActivationsToInt8
     // The path a kernel plan gives a few rows by this weight read as stored.
     let path = KernelPlan.quantizedPath(dtype, target).quantPathCode
+    let interleavedPath =
+      target.isa >= .avx512VNNI ? Int32(LC_QUANT_VNNI.rawValue) : Int32(LC_QUANT_AVX2.rawValue)
     let type = TensorType(dtype, [n, k])
     let bytes = type.byteCount
     let copies = max(1, (256 << 20) / bytes + 1)
@@ -217,8 +222,9 @@ public enum KernelBenchmarks {
       for copy in 0..<copies {
         let w = buffer + copy * bytes
         if interleaved {
-          lc_matmul_interleaved(
-            code, int8Activations ? 1 : 3, &y, x, w, Int64(m), Int64(n), Int64(k))
+          lc_matmul_interleaved_path(
+            interleavedPath, code, int8Activations ? 1 : 3, &y, x, w, Int64(m), Int64(n),
+            Int64(k))
         } else if dtype == .f32 {
           lc_matmul_f32(
             &y, x, w.assumingMemoryBound(to: Float.self), 1, offsets, offsets, Int64(m),

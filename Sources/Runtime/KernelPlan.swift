@@ -149,6 +149,16 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
     return .portable
   }
 
+  /// The path of the products of a few rows by a q4_1 or q8_0 constant's interleaved form within
+  /// the target's tier, nil where the stored layout's kernels serve: `avx512-vnni` for both;
+  /// below it `avx2` for q4_1, and for q8_0 only with int8 activations (three digits of
+  /// `vpmaddubsw` work per q8_0 chunk cost about what the stored layout's f32 kernel does).
+  public static func interleavedPath(_ dtype: DType, _ target: Target) -> Target.ISA? {
+    guard dtype == .q4_1 || dtype == .q8_0, target.isa >= .avx2 else { return nil }
+    if target.isa >= .avx512VNNI { return .avx512VNNI }
+    return dtype == .q4_1 || target.roundsActivationsToInt8 ? .avx2 : nil
+  }
+
   private static func choose(
     _ instruction: Instruction, _ graph: Graph, _ target: Target, _ constants: Set<Value>,
     _ sharedForms: Bool
@@ -217,11 +227,11 @@ public struct KernelPlan: Hashable, Sendable, CustomStringConvertible {
       if rows > 8 {
         return Entry(kernel: .dequantizeSgemm, weight: .stored, scratchBytes: scratch)
       }
-      // A few rows against a q4_1 or q8_0 constant with avx512_vnni: its interleaved form.
-      if target.isa >= .avx512VNNI, rhs.dtype == .q4_1 || rhs.dtype == .q8_0, isConstant {
+      // A few rows against a q4_1 or q8_0 constant: its interleaved form where that is faster.
+      if isConstant, let isa = interleavedPath(rhs.dtype, target) {
         return Entry(
           kernel: target.roundsActivationsToInt8 ? .interleaved1 : .interleaved3,
-          weight: .interleaved, isa: .avx512VNNI, scratchBytes: scratch)
+          weight: .interleaved, isa: isa, scratchBytes: scratch)
       }
       return Entry(
         kernel: .quantizedRows, weight: .stored, isa: quantizedPath(rhs.dtype, target),

@@ -486,8 +486,8 @@ struct StepBuilder {
         let form = try executable.packedForm(weight, .interleaved)
         let digits: Int32 = entry.kernel == .interleaved1 ? 1 : 3
         return {
-          lc_matmul_interleaved(
-            code, digits, out.assumingMemoryBound(to: Float.self),
+          lc_matmul_interleaved_path(
+            path, code, digits, out.assumingMemoryBound(to: Float.self),
             a.assumingMemoryBound(to: Float.self), form, rows, n, k)
           return nil
         }

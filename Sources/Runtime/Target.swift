@@ -11,7 +11,8 @@ public struct Target: Hashable, Sendable, CustomStringConvertible {
   public enum ISA: String, CaseIterable, Comparable, Sendable {
     /// Plain C (decode a block, dot it), OpenBLAS for GEMM.
     case portable
-    /// AVX2 with FMA and F16C: q8_0 and q4_1 decoding products.
+    /// AVX2 with FMA and F16C: q8_0 and q4_1 decoding products (q4_1 weights interleaved by 16
+    /// rows, int8-digit activations through `vpmaddubsw`).
     case avx2
     /// AVX-512 F/BW/VL/DQ: every storage type's decoding product and the f32 row kernel.
     case avx512
@@ -60,7 +61,8 @@ public struct Target: Hashable, Sendable, CustomStringConvertible {
   /// Whether decoding products on q4_1/q8_0 weights round the activations to int8.
   ///
   /// Per block of 32, llama.cpp's rounding: about 1.5-2x faster, logits move by up to ~2 on
-  /// SmolLM2. Needs `avx512-vnni`; ignored below it.
+  /// SmolLM2. Needs `avx2` (the interleaved products; the stored layout's int8 kernels need
+  /// `avx512-vnni`); ignored below it.
   public var int8Activations: Bool
   /// Whether products of more than 8 rows on bf16 constants run on packed bf16 panels.
   ///
@@ -87,8 +89,8 @@ public struct Target: Hashable, Sendable, CustomStringConvertible {
   /// The widest tier this CPU runs, f32 activations, bf16 products, the thread count in force.
   public static var host: Target { Target() }
 
-  /// Whether int8 activations take effect (the tier has VNNI).
-  public var roundsActivationsToInt8: Bool { int8Activations && isa >= .avx512VNNI }
+  /// Whether int8 activations take effect (the tier has AVX2).
+  public var roundsActivationsToInt8: Bool { int8Activations && isa >= .avx2 }
 
   /// Whether bf16 products run on packed panels (the tier has avx512_bf16).
   public var packsBF16Weights: Bool { bf16Products && isa >= .avx512BF16 }

@@ -5,7 +5,8 @@ import Runtime
 import Testing
 
 extension RuntimeSuite {
-  /// The q4_1 and q8_0 products on weights interleaved by 16 rows (avx512_vnni).
+  /// The q4_1 and q8_0 products on weights interleaved by 16 rows, on every path this CPU runs
+  /// (the VNNI kernels with avx512_vnni, the AVX2 ones with AVX2).
   ///
   /// Against the oracles of `QuantizedMatvecTests`, with S = sum_j |x_j| magnitude_j (magnitude
   /// |d q_j| + |m| for q4_1):
@@ -17,7 +18,14 @@ extension RuntimeSuite {
   ///   1e-5 S, the f64 sum over the f32 activations within that plus the int8 rounding bound, and
   ///   the stored-layout VNNI kernel.
   struct InterleavedProductTests {
-    static var available: Bool { lc_cpu_features() & 6 == 6 }
+    static var available: Bool { lc_cpu_features() & 1 != 0 }
+
+    /// The interleaved paths this CPU runs, widest first.
+    static var paths: [(name: String, code: Int32)] {
+      let features = lc_cpu_features()
+      return (features & 6 == 6 ? [("vnni", Int32(LC_QUANT_VNNI.rawValue))] : [])
+        + (features & 1 != 0 ? [("avx2", Int32(LC_QUANT_AVX2.rawValue))] : [])
+    }
 
     /// The interleaved form of a q4_1 or q8_0 weight.
     static func interleave(_ weight: HostTensor) -> [UInt8] {
@@ -29,12 +37,13 @@ extension RuntimeSuite {
     }
 
     static func run(
-      _ dtype: DType, digits: Int32, _ packed: [UInt8], _ a: [Float], m: Int, n: Int, k: Int
+      _ dtype: DType, digits: Int32, _ packed: [UInt8], _ a: [Float], m: Int, n: Int, k: Int,
+      path: Int32 = Int32(LC_QUANT_AUTO.rawValue)
     ) -> [Float]? {
       var out = [Float](repeating: .nan, count: m * n)
       let code = QuantizedMatvecTests.code(dtype)
-      let ran = lc_matmul_interleaved(
-        code, digits, &out, a, packed, Int64(m), Int64(n), Int64(k))
+      let ran = lc_matmul_interleaved_path(
+        path, code, digits, &out, a, packed, Int64(m), Int64(n), Int64(k))
       return ran != 0 ? out : nil
     }
 
@@ -50,12 +59,21 @@ extension RuntimeSuite {
           let magnitudes = dtype == .q4_1 ? q.q4_1Magnitudes(weight) : dequantized.map(abs)
           let minimums =
             dtype == .q4_1 ? q.q4_1Minimums(weight) : [Double](repeating: 0, count: n * k)
-          for m in [1, 2, 5, 9] {
+          for (m, path) in [1, 2, 5, 9].flatMap({ m in Self.paths.map { (m, $0) } }) {
             let a = q.activations(m * k, seed: UInt64(k * 1000 + n + m))
             let rounded = q.int8Rounded(a)
-            let out = try #require(Self.run(dtype, digits: digits, packed, a, m: m, n: n, k: k))
-            let path = digits == 1 ? LC_QUANT_VNNI : LC_QUANT_AVX512
-            let stored = try #require(q.run(path: Int32(path.rawValue), dtype, weight, a, m: m))
+            let out = try #require(
+              Self.run(dtype, digits: digits, packed, a, m: m, n: n, k: k, path: path.code))
+            // The stored layout's kernel of the same activations: VNNI (int8) or the widest f32
+            // one; none for int8 activations on a CPU without VNNI.
+            let features = lc_cpu_features()
+            let storedPath =
+              digits == 1
+              ? (features & 6 == 6 ? LC_QUANT_VNNI : nil)
+              : (features & 2 != 0 ? LC_QUANT_AVX512 : LC_QUANT_AVX2)
+            let stored = storedPath.flatMap {
+              q.run(path: Int32($0.rawValue), dtype, weight, a, m: m)
+            }
             for i in 0..<m {
               for r in 0..<n {
                 var (exact, same, scale, rounding) = (0.0, 0.0, 0.0, 0.0)
@@ -79,16 +97,19 @@ extension RuntimeSuite {
                   rounding += step * error * weights * 1.001
                 }
                 let value = Double(out[i * n + r])
-                let context = "\(dtype) \(digits) digits n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
+                let context =
+                  "\(dtype) \(path.name) \(digits) digits n=\(n) k=\(k) m=\(m) [\(i), \(r)]"
                 if digits == 1 {
                   #expect(abs(value - same) <= q.bound * scale, "\(context) vs int8 in f64")
                 }
                 #expect(abs(value - exact) <= q.bound * scale + rounding, "\(context) vs f64")
                 // The stored layout's kernels round the same activations (int8) or none (f32).
                 let slack = digits == 1 ? 0 : rounding
-                #expect(
-                  abs(value - Double(stored[i * n + r])) <= 2 * q.bound * scale + slack,
-                  "\(context) vs the stored layout")
+                if let stored {
+                  #expect(
+                    abs(value - Double(stored[i * n + r])) <= 2 * q.bound * scale + slack,
+                    "\(context) vs the stored layout")
+                }
               }
             }
           }
@@ -144,28 +165,37 @@ extension RuntimeSuite {
 
     @Test(.enabled(if: available), arguments: [DType.q4_1, .q8_0], [Int32(3), 1])
     func bitIdenticalAcrossThreadsAndRowCounts(dtype: DType, digits: Int32) throws {
-      // k = 2,080: past the 64 blocks of activations prepared at a time.
-      let (n, k) = (1536, 2080)
+      // k = 2,080: past the 64 blocks of activations prepared at a time; n = 1,529: a last
+      // group of 9 rows (one whole half of 8 and one row), split unevenly between threads.
+      let (n, k) = (1529, 2080)
       let weight = try QuantizedMatvecTests.weights(dtype, n: n, k: k, seed: 77)
       let packed = Self.interleave(weight)
       let a = QuantizedMatvecTests.activations(3 * k, seed: 78)
-      Threads.set(1)
-      let one = try #require(Self.run(dtype, digits: digits, packed, a, m: 3, n: n, k: k))
-      Threads.set(2)
-      let two = try #require(Self.run(dtype, digits: digits, packed, a, m: 3, n: n, k: k))
-      Threads.set(nil)
-      #expect(one.map(\.bitPattern) == two.map(\.bitPattern))
-      for i in 0..<3 {
-        let row = Array(a[i * k..<(i + 1) * k])
-        let single = try #require(Self.run(dtype, digits: digits, packed, row, m: 1, n: n, k: k))
-        #expect(single.map(\.bitPattern) == Array(one[i * n..<(i + 1) * n]).map(\.bitPattern))
+      for path in Self.paths {
+        func run(_ a: [Float], m: Int) throws -> [Float] {
+          try #require(
+            Self.run(dtype, digits: digits, packed, a, m: m, n: n, k: k, path: path.code))
+        }
+        Threads.set(1)
+        let one = try run(a, m: 3)
+        Threads.set(2)
+        let two = try run(a, m: 3)
+        Threads.set(nil)
+        #expect(one.map(\.bitPattern) == two.map(\.bitPattern), "\(path.name)")
+        for i in 0..<3 {
+          let single = try run(Array(a[i * k..<(i + 1) * k]), m: 1)
+          #expect(
+            single.map(\.bitPattern) == Array(one[i * n..<(i + 1) * n]).map(\.bitPattern),
+            "\(path.name) row \(i)")
+        }
       }
     }
 
     /// An executable's products of a few rows by q4_1 and q8_0 constants run on their
     /// interleaved forms (made once per constant, counted in `packedWeightBytes`): three digits,
     /// or one for a target with int8 activations; executables of both targets live side by side.
-    @Test(.enabled(if: available)) func executablesRunTheInterleavedForms() throws {
+    @Test(.enabled(if: lc_cpu_features() & 6 == 6)) func executablesRunTheInterleavedForms() throws
+    {
       let (k, q4, q8) = (576, 48, 33)
       let b = GraphBuilder(name: "decode")
       let x = try b.input(name: "x", shape: [3, k])
@@ -211,6 +241,50 @@ extension RuntimeSuite {
           let stored = try oracle(int8 ? LC_QUANT_VNNI : LC_QUANT_AVX512, name)
           let scale = stored.map(abs).max() ?? 1
           #expect(zip(output, stored).allSatisfy { abs($0 - $1) <= 1e-5 * scale }, "\(name)")
+        }
+      }
+    }
+
+    /// An `avx2` target's executables: q4_1 constants on the interleaved form's AVX2 kernels (three
+    /// digits, one with int8 activations), q8_0 on the stored layout's f32 kernel, or interleaved
+    /// with int8 activations; each bit for bit the kernel called directly.
+    @Test(.enabled(if: available)) func avx2TargetsRunTheAVX2Kernels() throws {
+      let (k, q4, q8) = (608, 40, 17)  // 19 blocks; a half group of 8 and a lone row
+      let b = GraphBuilder(name: "decode")
+      let x = try b.input(name: "x", shape: [5, k])
+      let w4 = try b.constant(name: "w4", shape: [q4, k], dtype: .q4_1)
+      let w8 = try b.constant(name: "w8", shape: [q8, k], dtype: .q8_0)
+      let graph = try b.finish(outputs: [
+        try matmul(x, w4, transposeB: true), try matmul(x, w8, transposeB: true),
+      ])
+      let q = QuantizedMatvecTests.self
+      let weights = [
+        "w4": try q.weights(.q4_1, n: q4, k: k, seed: 41),
+        "w8": try q.weights(.q8_0, n: q8, k: k, seed: 42),
+      ]
+      let a = q.activations(5 * k, seed: 43)
+      let avx2 = Int32(LC_QUANT_AVX2.rawValue)
+      for int8 in [false, true] {
+        let executable = try Executable(
+          graph, constants: weights, target: Target(isa: .avx2, int8Activations: int8))
+        let forms =
+          Int(lc_interleaved_bytes(q.code(.q4_1), Int64(q4), Int64(k)))
+          + (int8 ? Int(lc_interleaved_bytes(q.code(.q8_0), Int64(q8), Int64(k))) : 0)
+        #expect(executable.packedWeightBytes == forms, "int8 \(int8)")
+        let outputs = try executable.run(inputs: ["x": HostTensor(shape: [5, k], floats: a)])
+        for (output, name) in zip(outputs.map { $0.floats() }, ["w4", "w8"]) {
+          let weight = try #require(weights[name])
+          let dtype = weight.type.dtype
+          let n = output.count / 5
+          let direct =
+            dtype == .q8_0 && !int8
+            ? q.run(path: avx2, dtype, weight, a, m: 5)
+            : Self.run(
+              dtype, digits: int8 ? 1 : 3, Self.interleave(weight), a, m: 5, n: n, k: k,
+              path: avx2)
+          #expect(
+            output.map(\.bitPattern) == (try #require(direct)).map(\.bitPattern),
+            "\(name) int8 \(int8)")
         }
       }
     }

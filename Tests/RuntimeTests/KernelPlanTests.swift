@@ -44,7 +44,8 @@ private func planConstants(_ graph: Graph) throws -> [String: HostTensor] {
 
 extension RuntimeSuite {
   /// The plan of a small graph on every tier: bf16 panels only with avx512-bf16, interleaved
-  /// q4_1/q8_0 from avx512-vnni, ISA paths capped by the tier, f32 row kernels from avx512.
+  /// q4_1/q8_0 from avx512-vnni, interleaved q4_1 (and q8_0 with int8 activations) on the AVX2
+  /// kernels from avx2, ISA paths capped by the tier, f32 row kernels from avx512.
   @Test func planOfEachTarget() throws {
     let graph = try planGraph()
     func kernels(_ target: Target) -> [String] {
@@ -67,14 +68,14 @@ extension RuntimeSuite {
       ] + tail)
     #expect(
       kernels(Target(isa: .avx2)) == [
-        "quant_rows/stored/avx2", "quant_rows/stored/avx2",
+        "interleaved3/interleaved/avx2", "quant_rows/stored/avx2",
       ] + common + [
         "quant_rows/stored/portable", "dequant_sgemm/stored/-", "f32_rows/huge_pages/avx2",
         "alias/-/-", "f32_rows/stored/avx2", "sgemm/stored/-",
       ] + tail)
     #expect(
       kernels(Target(isa: .avx512)) == [
-        "quant_rows/stored/avx512", "quant_rows/stored/avx512",
+        "interleaved3/interleaved/avx2", "quant_rows/stored/avx512",
       ] + common + [
         "quant_rows/stored/avx512", "dequant_sgemm/stored/-", "f32_rows/huge_pages/avx512",
         "alias/-/-", "f32_rows/stored/avx512", "sgemm/stored/-",
@@ -92,12 +93,16 @@ extension RuntimeSuite {
     #expect(kernels(Target(isa: .avx512BF16)) == vnni + common + bf16 + tail)
     #expect(
       kernels(Target(isa: .avx512BF16, bf16Products: false)) == vnni + common + rest + tail)
-    // int8 activations: one digit on the interleaved forms; nothing changes below VNNI.
+    // int8 activations: one digit on the interleaved forms, q8_0's too below VNNI; nothing
+    // changes on the portable tier.
     let int8 = ["interleaved1/interleaved/avx512-vnni", "interleaved1/interleaved/avx512-vnni"]
     #expect(
       kernels(Target(isa: .avx512BF16, int8Activations: true)) == int8 + common + bf16 + tail)
+    var avx2Int8 = kernels(Target(isa: .avx2))
+    avx2Int8[0...1] = ["interleaved1/interleaved/avx2", "interleaved1/interleaved/avx2"]
+    #expect(kernels(Target(isa: .avx2, int8Activations: true)) == avx2Int8)
     #expect(
-      kernels(Target(isa: .avx2, int8Activations: true)) == kernels(Target(isa: .avx2)))
+      kernels(Target(isa: .portable, int8Activations: true)) == kernels(Target(isa: .portable)))
     // Runs once: the mask (iota, iota, le) and nothing else; scratch: the decoded rows of
     // stored-layout weights, the bf16 product's rounded activations.
     let plan = KernelPlan(graph, target: Target(isa: .avx512BF16))

@@ -287,6 +287,17 @@ extension RuntimeSuite {
       for (target, dtype, isa) in expected {
         #expect(KernelPlan.quantizedPath(dtype, target) == isa, "\(target) \(dtype)")
       }
+      // Constants' interleaved forms: VNNI from avx512-vnni; below it AVX2 for q4_1, and for q8_0
+      // only with int8 activations; none on the portable tier or for other dtypes.
+      let interleaved: [(Target, DType, Target.ISA?)] = [
+        (Target(isa: .portable), .q4_1, nil), (Target(isa: .avx2), .q4_1, .avx2),
+        (Target(isa: .avx2), .q8_0, nil), (Target(isa: .avx2, int8Activations: true), .q8_0, .avx2),
+        (Target(isa: .avx512), .q4_1, .avx2), (Target(isa: .avx512), .q4_k, nil),
+        (Target(isa: .avx512VNNI), .q8_0, .avx512VNNI), (Target(isa: .avx512BF16), .f16, nil),
+      ]
+      for (target, dtype, isa) in interleaved {
+        #expect(KernelPlan.interleavedPath(dtype, target) == isa, "\(target) \(dtype)")
+      }
     }
 
     @Test func resultsAreBitIdenticalAcrossThreadsRepeatsAndRowCounts() throws {

@@ -1018,6 +1018,234 @@ ROWS_INTERLEAVED(rows_q4_1x_digits, LC_Q4_1, 3)
 ROWS_INTERLEAVED(rows_q8_0x_digits, LC_Q8_0, 3)
 #undef ROWS_INTERLEAVED
 
+// ---- the interleaved layouts on AVX2 (no VNNI) ----
+//
+// The same packed form and the same int8 digits of the activations as above, with vpdpbusd's
+// work done by vpmaddubsw (u8 x s8 pairs into int16) and vpmaddwd (int16 pairs into int32). A
+// 256-bit half of each 64-byte chunk holds 8 rows, so a group of 16 is walked as two halves of 8.
+// q4_1: a pair of nibble products is at most 2 * 15 * 127 = 3810, so one block's eight pairs (4
+// chunks, low and high nibbles) add up in int16 (<= 30480) before one vpmaddwd. q8_0: the weights
+// are flipped back to signed; |w| against x carrying w's sign (llama.cpp's trick) keeps a pair
+// within 2 * 128 * 127, but two pairs would not fit int16, so each chunk has its own vpmaddwd.
+
+LC_AVX2 INLINE float hmax256(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/// digits_prepare (three digits) and the int8 path's layout (one) on AVX2: digit j of block b at
+/// bytes 32 (digits b + j), d_x at PREP_DIGIT_SCALES (PREP_SCALES for one digit), sum(x) at
+/// PREP_SUMS. The digits equal the AVX-512 preparation's (the same f32 operations and rounding);
+/// the starting sums of the VNNI q8_0 kernels are not needed here.
+LC_AVX2 INLINE void digits_prepare_avx2(const lc_qjob *job, float *prep, int64_t b0,
+                                        int64_t blocks, int digits) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), base = _mm256_set1_ps(DIGIT_BASE);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  int scales = digits == 1 ? PREP_SCALES : PREP_DIGIT_SCALES;
+  for (int i = 0; i < job->m; i++) {
+    float *p = prep + i * PREP_ROW;
+    for (int64_t b = 0; b < blocks; b++) {
+      const float *x = job->a + i * job->k + 32 * (b0 + b);
+      __m256 v[4], t[4];
+      for (int l = 0; l < 4; l++) v[l] = _mm256_loadu_ps(x + 8 * l);
+      __m256 magnitude = _mm256_max_ps(
+          _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+          _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+      float amax = hmax256(magnitude);
+      float inverse = amax > 0 ? 127.0f / amax : 0.0f;
+      for (int l = 0; l < 4; l++) t[l] = _mm256_mul_ps(v[l], _mm256_set1_ps(inverse));
+      int8_t *q = (int8_t *)p + 32 * digits * b;
+      for (int j = 0; j < digits; j++) {
+        // Rounded to nearest; the remainder t - q is exact and |t - q| <= 1/2.
+        __m256i n[4];
+        for (int l = 0; l < 4; l++) n[l] = _mm256_cvtps_epi32(t[l]);
+        __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(n[0], n[1]),
+                                           _mm256_packs_epi32(n[2], n[3]));
+        _mm256_storeu_si256((__m256i *)(q + 32 * j), _mm256_permutevar8x32_epi32(bytes, order));
+        for (int l = 0; l < 4; l++) {
+          t[l] = _mm256_mul_ps(_mm256_sub_ps(t[l], _mm256_cvtepi32_ps(n[l])), base);
+        }
+      }
+      p[scales + b] = amax / 127.0f;
+      p[PREP_SUMS + b] =
+          hsum256(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3])));
+    }
+  }
+}
+
+LC_AVX2 static void int8_prepare_avx2(const lc_qjob *job, float *prep, int64_t b0,
+                                      int64_t blocks) {
+  digits_prepare_avx2(job, prep, b0, blocks, 1);
+}
+
+LC_AVX2 static void digits3_prepare_avx2(const lc_qjob *job, float *prep, int64_t b0,
+                                         int64_t blocks) {
+  digits_prepare_avx2(job, prep, b0, blocks, 3);
+}
+
+/// The digits' integer dots as one float per row: q0 + (q1 + q2 / 254) / 254.
+LC_AVX2 INLINE __m256 combine_digits_avx2(const __m256i *dot, int digits) {
+  __m256 value = _mm256_cvtepi32_ps(dot[0]);
+  if (digits == 1) return value;
+  const __m256 step = _mm256_set1_ps(1.0f / DIGIT_BASE);
+  __m256 rest = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot[2]), step, _mm256_cvtepi32_ps(dot[1]));
+  return _mm256_fmadd_ps(rest, step, value);
+}
+
+// The kernels below work on two "slots" at a time (or one): a slot is one activation row against
+// one half (8 rows) of a group. Two activation rows on one half share each chunk's decoding;
+// one activation row takes both halves in one pass, so the whole 64-byte chunks are consumed as
+// they stream in (a pass per half left DRAM idle while the second half read its group from L1/L2:
+// 0.3-0.5 of the read rate on 576 x 1536, whose groups are 15 KB). A slot's arithmetic is the
+// same in every pairing, so results do not depend on M.
+
+/// One q4_1 block of 8 rows per slot (`chunks[s]`: the slot's half's first chunk, 64 bytes apart;
+/// `shared`: both slots read the same half) against each slot's digit arrays (`x[s]`, digits 8
+/// dwords apart): each slot's dot before the block's scale, into dot[s].
+LC_AVX2 INLINE void q4_1x_block_avx2(const uint8_t *const *chunks, const int32_t *const *x,
+                                     int slots, int shared, int digits, __m256 *dot) {
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256i sums[2][3];
+  for (int c = 0; c < 4; c++) {
+    __m256i lo, hi;
+    for (int s = 0; s < slots; s++) {
+      if (s == 0 || !shared) {
+        __m256i bytes = _mm256_loadu_si256((const __m256i *)(chunks[s] + 64 * c));
+        lo = _mm256_and_si256(bytes, low);
+        hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+      }
+      for (int j = 0; j < digits; j++) {
+        __m256i l = _mm256_maddubs_epi16(lo, _mm256_set1_epi32(x[s][8 * j + 2 * c]));
+        __m256i h = _mm256_maddubs_epi16(hi, _mm256_set1_epi32(x[s][8 * j + 2 * c + 1]));
+        __m256i both = _mm256_add_epi16(l, h);
+        sums[s][j] = c == 0 ? both : _mm256_add_epi16(sums[s][j], both);
+      }
+    }
+  }
+  for (int s = 0; s < slots; s++) {
+    __m256i total[3];
+    for (int j = 0; j < digits; j++) total[j] = _mm256_madd_epi16(sums[s][j], ones);
+    dot[s] = combine_digits_avx2(total, digits);
+  }
+}
+
+/// One q8_0 block of 8 rows per slot (`chunks` as above, eight of them).
+LC_AVX2 INLINE void q8_0x_block_avx2(const uint8_t *const *chunks, const int32_t *const *x,
+                                     int slots, int shared, int digits, __m256 *dot) {
+  const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+  __m256i totals[2][3];
+  for (int c = 0; c < 8; c++) {
+    __m256i w, magnitude;
+    for (int s = 0; s < slots; s++) {
+      if (s == 0 || !shared) {
+        w = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(chunks[s] + 64 * c)), flip);
+        magnitude = _mm256_abs_epi8(w);  // -128 stays 0x80: 128 as the unsigned operand
+      }
+      for (int j = 0; j < digits; j++) {
+        __m256i signed_x = _mm256_sign_epi8(_mm256_set1_epi32(x[s][8 * j + c]), w);
+        __m256i pairs = _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude, signed_x), ones);
+        totals[s][j] = c == 0 ? pairs : _mm256_add_epi32(totals[s][j], pairs);
+      }
+    }
+  }
+  for (int s = 0; s < slots; s++) dot[s] = combine_digits_avx2(totals[s], digits);
+}
+
+/// Slots (activation row row[s], half half[s] of the group) over the chunk's blocks; stores
+/// each slot's 8 results (at out row row[s], columns r + 8 half[s]) where mask[s] is set.
+LC_AVX2 INLINE void slots_avx2(const lc_qjob *job, const float *prep, int slots, int shared,
+                               const int *row, const int *half, const __m256i *mask,
+                               const uint8_t *group, int64_t r, int64_t blocks, int accumulate,
+                               int dtype, int digits) {
+  int64_t size = interleaved_block_bytes(dtype);
+  int scales = digits == 1 ? PREP_SCALES : PREP_DIGIT_SCALES;
+  const float *p[2];
+  const int32_t *x[2];
+  const uint8_t *chunks[2];
+  // Two sets of accumulators per slot (even and odd blocks) hide the FMA latency.
+  __m256 acc[2][2], mins[2][2];
+  for (int s = 0; s < slots; s++) {
+    p[s] = prep + row[s] * PREP_ROW;
+    acc[s][0] = acc[s][1] = mins[s][0] = mins[s][1] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < blocks; b++) {
+    const uint8_t *block = group + size * b;
+    __m256 dot[2];
+    for (int s = 0; s < slots; s++) {
+      x[s] = (const int32_t *)p[s] + 8 * digits * b;
+      chunks[s] = block + (dtype == LC_Q4_1 ? 64 : 32) + 32 * half[s];
+    }
+    if (dtype == LC_Q4_1) {
+      for (int s = 0; s < slots; s++) {
+        __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 32 + 16 * half[s])));
+        mins[s][b & 1] = _mm256_fmadd_ps(m, _mm256_set1_ps(p[s][PREP_SUMS + b]), mins[s][b & 1]);
+      }
+      q4_1x_block_avx2(chunks, x, slots, shared, digits, dot);
+    } else {
+      q8_0x_block_avx2(chunks, x, slots, shared, digits, dot);
+    }
+    for (int s = 0; s < slots; s++) {
+      __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(block + 16 * half[s])));
+      __m256 scale = _mm256_mul_ps(d, _mm256_set1_ps(p[s][scales + b]));
+      acc[s][b & 1] = _mm256_fmadd_ps(dot[s], scale, acc[s][b & 1]);
+    }
+  }
+  for (int s = 0; s < slots; s++) {
+    __m256 v = _mm256_add_ps(_mm256_add_ps(acc[s][0], acc[s][1]),
+                             _mm256_add_ps(mins[s][0], mins[s][1]));
+    float *o = job->out + row[s] * job->n + r + 8 * half[s];
+    if (accumulate) v = _mm256_add_ps(v, _mm256_maskload_ps(o, mask[s]));
+    _mm256_maskstore_ps(o, mask[s], v);
+  }
+}
+
+/// rows_interleaved on AVX2: rows [r0, r1) (r0 a multiple of 16) a group at a time; activation
+/// rows two at a time per half, a last one over both halves at once.
+LC_AVX2 INLINE void rows_interleaved_avx2(const lc_qjob *job, const float *prep, int64_t r0,
+                                          int64_t r1, int64_t b0, int64_t blocks,
+                                          int accumulate, int dtype, int digits) {
+  int64_t total = job->k / 32, size = interleaved_block_bytes(dtype);
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int64_t r = r0; r < r1; r += 16) {
+    const uint8_t *group = job->w + size * ((r / 16) * total + b0);
+    int halves = r1 - r > 8 ? 2 : 1;
+    __m256i mask[2];
+    for (int h = 0; h < halves; h++) {
+      int64_t live = r1 - r - 8 * h;
+      mask[h] = _mm256_cmpgt_epi32(_mm256_set1_epi32(live >= 8 ? 8 : (int)live), lanes);
+    }
+    int i = 0;
+    for (; i + 2 <= job->m; i += 2) {
+      for (int h = 0; h < halves; h++) {
+        int row[2] = {i, i + 1}, half[2] = {h, h};
+        __m256i masks[2] = {mask[h], mask[h]};
+        slots_avx2(job, prep, 2, 1, row, half, masks, group, r, blocks, accumulate, dtype, digits);
+      }
+    }
+    if (i < job->m) {
+      int row[2] = {i, i}, half[2] = {0, 1};
+      if (halves == 2) {
+        slots_avx2(job, prep, 2, 0, row, half, mask, group, r, blocks, accumulate, dtype, digits);
+      } else {
+        slots_avx2(job, prep, 1, 0, row, half, mask, group, r, blocks, accumulate, dtype, digits);
+      }
+    }
+  }
+}
+
+#define ROWS_INTERLEAVED_AVX2(name, dtype, digits)                                             \
+  LC_AVX2 static void name(const lc_qjob *job, const float *prep, int64_t r0, int64_t r1,      \
+                           int64_t b0, int64_t blocks, int accumulate) {                       \
+    rows_interleaved_avx2(job, prep, r0, r1, b0, blocks, accumulate, dtype, digits);           \
+  }
+ROWS_INTERLEAVED_AVX2(rows_q4_1x_int8_avx2, LC_Q4_1, 1)
+ROWS_INTERLEAVED_AVX2(rows_q8_0x_int8_avx2, LC_Q8_0, 1)
+ROWS_INTERLEAVED_AVX2(rows_q4_1x_digits_avx2, LC_Q4_1, 3)
+ROWS_INTERLEAVED_AVX2(rows_q8_0x_digits_avx2, LC_Q8_0, 3)
+#undef ROWS_INTERLEAVED_AVX2
+
 /// For block pair j of a group of 16: lanes 0-7 take scale 2j, lanes 8-15 scale 2j + 1.
 static const int32_t pair_lanes[8][16] = {
 #define PAIR(j) {2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j + 1, 2 * j + 1, \
@@ -1281,21 +1509,39 @@ int lc_matmul_quantized_path(int path, int dtype, float *out, const float *a, co
   return 1;
 }
 
-int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,
-                          int64_t m, int64_t n, int64_t k) {
+int lc_matmul_interleaved_path(int path, int dtype, int digits, float *out, const float *a,
+                               const void *packed, int64_t m, int64_t n, int64_t k) {
 #if defined(__x86_64__)
-  if ((lc_cpu_features() & 6) != 6 || (dtype != LC_Q4_1 && dtype != LC_Q8_0)) return 0;
+  int features = lc_cpu_features();
+  if (path == LC_QUANT_AUTO) path = (features & 6) == 6 ? LC_QUANT_VNNI : LC_QUANT_AVX2;
+  if (dtype != LC_Q4_1 && dtype != LC_Q8_0) return 0;
   if (digits != 1 && digits != 3) return 0;
-  lc_qrows_fn kernel = dtype == LC_Q4_1 ? (digits == 1 ? rows_q4_1x_int8 : rows_q4_1x_digits)
-                                        : (digits == 1 ? rows_q8_0x_int8 : rows_q8_0x_digits);
-  // One digit: q8_0's int8 preparation serves both (q4_1 ignores its starting sums).
-  run_rows(dtype, kernel, digits == 3 ? digits_prepare : q8_0_int8_prepare, out, a, packed, m, n,
-           k);
+  lc_qrows_fn kernel;
+  lc_qprep_fn prepare;
+  if (path == LC_QUANT_VNNI && (features & 6) == 6) {
+    kernel = dtype == LC_Q4_1 ? (digits == 1 ? rows_q4_1x_int8 : rows_q4_1x_digits)
+                              : (digits == 1 ? rows_q8_0x_int8 : rows_q8_0x_digits);
+    // One digit: q8_0's int8 preparation serves both (q4_1 ignores its starting sums).
+    prepare = digits == 3 ? digits_prepare : q8_0_int8_prepare;
+  } else if (path == LC_QUANT_AVX2 && (features & 1)) {
+    kernel = dtype == LC_Q4_1 ? (digits == 1 ? rows_q4_1x_int8_avx2 : rows_q4_1x_digits_avx2)
+                              : (digits == 1 ? rows_q8_0x_int8_avx2 : rows_q8_0x_digits_avx2);
+    prepare = digits == 3 ? digits3_prepare_avx2 : int8_prepare_avx2;
+  } else {
+    return 0;
+  }
+  run_rows(dtype, kernel, prepare, out, a, packed, m, n, k);
   return 1;
 #else
-  (void)dtype, (void)digits, (void)out, (void)a, (void)packed, (void)m, (void)n, (void)k;
+  (void)path, (void)dtype, (void)digits, (void)out, (void)a, (void)packed, (void)m, (void)n;
+  (void)k;
   return 0;
 #endif
+}
+
+int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,
+                          int64_t m, int64_t n, int64_t k) {
+  return lc_matmul_interleaved_path(LC_QUANT_AUTO, dtype, digits, out, a, packed, m, n, k);
 }
 
 void lc_matmul_quantized_small(int dtype, float *out, const float *a, const void *w, int64_t m,

@@ -208,10 +208,16 @@ int64_t lc_interleaved_bytes(int dtype, int64_t n, int64_t k);
 int lc_interleave(int dtype, const void *w, int64_t n, int64_t k, void *packed);
 /// out [m, n] = a [m, k] x w^T on the interleaved form of a q4_1 or q8_0 w, each block of 32
 /// activations as `digits` int8 digits times d_x = max|x| / 127: 1 is the int8 path (llama.cpp's
-/// rounding), 3 is f32-accurate (per value error <= ~2^-24 max|x| of its block). Returns 0 and
-/// writes nothing without avx512_vnni or for other dtypes or digit counts.
+/// rounding), 3 is f32-accurate (per value error <= ~2^-24 max|x| of its block), on the VNNI
+/// kernels where this CPU has avx512_vnni and on the AVX2 ones otherwise. Returns 0 and writes
+/// nothing without AVX2 or for other dtypes or digit counts.
 int lc_matmul_interleaved(int dtype, int digits, float *out, const float *a, const void *packed,
                           int64_t m, int64_t n, int64_t k);
+/// lc_matmul_interleaved on one path: LC_QUANT_VNNI, LC_QUANT_AVX2 or LC_QUANT_AUTO (the widest
+/// of the two this CPU runs); returns 0 and writes nothing when this CPU lacks that path. Both
+/// paths round the activations to the same digits; only the order of the float sums differs.
+int lc_matmul_interleaved_path(int path, int dtype, int digits, float *out, const float *a,
+                               const void *packed, int64_t m, int64_t n, int64_t k);
 
 /// Step kinds of an elementwise program (postfix; each step is a kind and an argument): push
 /// input `argument`, push literal `argument`, apply unary op `argument` to the top, apply binary
