@@ -1,4 +1,5 @@
 import Foundation
+import IR
 import Runtime
 
 #if canImport(Glibc)
@@ -110,6 +111,23 @@ public final class DataParallel {
     }
     guard status == 0 else { throw SessionError("MPI_Allgather failed with code \(status)") }
     return (0..<size).map { Array(result[($0 * values.count)..<(($0 + 1) * values.count)]) }
+  }
+
+  /// Every rank's `values` (the same count on each), concatenated in rank order.
+  public func allGather(floats values: [Float]) throws(SessionError) -> [Float] {
+    guard values.count <= Int(Int32.max) else {
+      throw SessionError("MPI_Allgather: \(values.count) floats per rank are too many")
+    }
+    var result = [Float](repeating: 0, count: values.count * size)
+    let status = values.withUnsafeBytes { send in
+      result.withUnsafeMutableBytes { receive in
+        mpi.allGather(
+          send.baseAddress, Int32(values.count), mpi.float, receive.baseAddress,
+          Int32(values.count), mpi.float, mpi.world)
+      }
+    }
+    guard status == 0 else { throw SessionError("MPI_Allgather failed with code \(status)") }
+    return result
   }
 
   /// Every rank's text (for fingerprints), in rank order.
@@ -241,6 +259,12 @@ extension DataParallel {
       ("threads", String(Threads.count)),
       ("output folder", folder.standardizedFileURL.path),
     ]
+    try checkAgreement(parts)
+  }
+
+  /// Fails on every rank unless all ranks give the same `parts` (name, value) as rank 0, naming
+  /// the first that differs.
+  func checkAgreement(_ parts: [(String, String)]) throws(SessionError) {
     let mine = parts.map { "\($0.0): \($0.1)" }.joined(separator: "\n")
     let all = try allGather(text: mine)
     let first = all[0].split(separator: "\n", omittingEmptySubsequences: false)
@@ -254,10 +278,17 @@ extension DataParallel {
     }
   }
 
-  /// Fails on every rank unless all ranks hold the same adapter bits after `step`.
-  func checkSameAdapter(_ executable: Executable, _ parameters: [String], step: Int)
-    throws(SessionError)
-  {
+  /// Fails on every rank unless all ranks hold the same adapter bits after `step` (`unit`
+  /// names what is counted; `what` the parameters compared).
+  ///
+  /// For tests only: with `LORAC_TEST_PERTURB_RANK` set to this rank's number (and
+  /// `LORAC_TEST_PERTURB_FROM`, if set, at most `step`), the first element of the first parameter
+  /// is changed first, as a rank that drifted would be, so the comparison must fail.
+  func checkSameAdapter(
+    _ executable: Executable, _ parameters: [String], step: Int, unit: String = "step",
+    what: String = "adapters"
+  ) throws(SessionError) {
+    try perturbForTests(executable, parameters, step: step)
     var fingerprint = Fingerprint()
     for name in parameters {
       let tensor = try wrapping { try executable.value(named: name) }
@@ -266,8 +297,25 @@ extension DataParallel {
     let all = try allGather(text: fingerprint.hex)
     if let other = all.indices.first(where: { all[$0] != all[0] }) {
       throw SessionError(
-        "the ranks' adapters differ after step \(step) (rank 0 \(all[0]), rank \(other) "
+        "the ranks' \(what) differ after \(unit) \(step) (rank 0 \(all[0]), rank \(other) "
           + "\(all[other])); stopping before a checkpoint is written")
     }
+  }
+
+  /// The test hook of `checkSameAdapter` (docs/distributed.md): adds 1 to the first element of the
+  /// first parameter on rank `LORAC_TEST_PERTURB_RANK` from step `LORAC_TEST_PERTURB_FROM` on.
+  private func perturbForTests(_ executable: Executable, _ parameters: [String], step: Int)
+    throws(SessionError)
+  {
+    let environment = ProcessInfo.processInfo.environment
+    guard let text = environment["LORAC_TEST_PERTURB_RANK"], Int(text) == rank,
+      step >= Int(environment["LORAC_TEST_PERTURB_FROM"] ?? "") ?? 0,
+      let name = parameters.first
+    else { return }
+    let tensor = try wrapping { try executable.value(named: name) }
+    var values = tensor.floats()
+    guard !values.isEmpty else { return }
+    values[0] += 1
+    try wrapping { try executable.set(name, HostTensor(shape: tensor.type.shape, floats: values)) }
   }
 }

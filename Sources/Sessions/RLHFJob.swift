@@ -32,11 +32,18 @@ public final class RLHFJob {
   /// Resuming needs the same settings as the saved run (only `--phases` may grow), the same model
   /// file and the same reward; anything else is refused before a phase runs. A state found without
   /// `resume` is noted and started over.
+  ///
+  /// With `dataParallel` (a rank of an `mpirun` job) the ranks share every phase's `--batch` rows
+  /// and every minibatch's `accumulate` runs (default: one run per rank). A saved state depends
+  /// on neither, so any number of ranks dividing the minibatch resumes it.
   public static func prepare(
     model path: String, out: String, configuration: RLHFConfiguration, reward: RewardFunction,
-    saveEvery: Int, stopAfter: Int? = nil, resume: Bool, note: (String) -> Void
+    saveEvery: Int, stopAfter: Int? = nil, resume: Bool, dataParallel: DataParallel? = nil,
+    accumulate: Int? = nil, note: (String) -> Void
   ) throws(SessionError) -> RLHFJob {
     try configuration.check()
+    let ranks = dataParallel?.size ?? 1
+    try RLHFSession.checkRanks(configuration, ranks: ranks, accumulate: accumulate ?? ranks)
     try SettingChecks.atLeast(1, [("--save-every", saveEvery), ("--stop-after", stopAfter)])
     let folder = URL(fileURLWithPath: out)
     var isFolder: ObjCBool = false
@@ -103,7 +110,8 @@ public final class RLHFJob {
       }
     }
     let session = try RLHFSession(
-      model: model, tokenizer: try model.tokenizer(), configuration: configuration)
+      model: model, tokenizer: try model.tokenizer(), configuration: configuration,
+      dataParallel: dataParallel, accumulate: accumulate)
     return RLHFJob(
       session: session, reward: reward, folder: folder, saveEvery: saveEvery,
       stopAfter: stopAfter, resumedState: saved,

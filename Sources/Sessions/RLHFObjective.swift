@@ -117,18 +117,25 @@ public enum RLHFGraphs {
   /// The PPO objective of one minibatch as a loss to minimise, `loss = -J`.
   ///
   /// `J = surrogate - value_loss + entropy_bonus - kl_penalty` (rlhf.md), every mean taken over
-  /// the generated positions weighted by `mask`:
+  /// the generated positions weighted by `mask` and divided by `count`:
   /// ```
-  /// A'      = (A - mean A) / (std A + 1e-8)            std with Bessel's correction
+  /// A'      = (A - advantage_mean) / (advantage_std + 1e-8)
   /// ratio   = exp(log p(token) - old_logprobs)
   /// surrogate     = mean(min(ratio A', clip(ratio, 1 - c, 1 + c) A'))
   /// value_loss    = 0.5 vf_coef mean((V - returns)^2)
   /// entropy_bonus = ent_coef mean(-sum_v p log p)
   /// kl_penalty    = kl_coef mean(sum_v p (log p - reference_logprobs))
   /// ```
+  /// The minibatch's statistics are inputs, computed on the host over the whole minibatch:
+  /// `count` (the mask's sum), `advantage_mean` and `advantage_std` (the masked mean and the
+  /// standard deviation with Bessel's correction). A data-parallel run evaluates each rank's share
+  /// of a minibatch with the whole minibatch's statistics, so the ranks' objectives (and their
+  /// gradients) add up to the whole minibatch's.
+  ///
   /// Inputs: `tokens`, `positions` (i32 `[batch, sequence]`), `mask`, `old_logprobs`,
   /// `advantages`, `returns` (f32 `[batch, generated]`), `reference_logprobs`
-  /// (f32 `[batch, generated, vocab]`). Outputs: `loss`, `surrogate`, `value_loss`,
+  /// (f32 `[batch, generated, vocab]`), `count`, `advantage_mean`, `advantage_std` (f32 `[]`).
+  /// Outputs: `loss`, `surrogate`, `value_loss`,
   /// `entropy_bonus`, `kl_penalty`, `entropy`, `kl`, `clipfrac` (all f32[]).
   public static func objective(
     _ config: LlamaConfig, batch: Int, prefix: Int, generated: Int,
@@ -156,12 +163,12 @@ public enum RLHFGraphs {
       let logProbabilities = try logSoftmax(logits)
       let targets = try tokens.slice(start: [0, prefix], end: [batch, sequence])
       let picked = try pick(logProbabilities, targets).named("logprobs")
-      let count = try mask.sum()
+      let count = try b.input(name: "count", shape: [])
+      let advantageMean = try b.input(name: "advantage_mean", shape: [])
+      let deviation = try b.input(name: "advantage_std", shape: [])
       func mean(_ x: Tensor) throws(TraceError) -> Tensor { try (x * mask).sum() / count }
 
-      let centered = try advantages - mean(advantages)
-      let deviation = try sqrt((centered * centered * mask).sum() / (count - 1))
-      let normalized = try centered / (deviation + 1e-8)
+      let normalized = try (advantages - advantageMean) / (deviation + 1e-8)
       let ratio = try exp(picked - old).named("ratio")
       let clipped = try ratio.apply(.min, 1 + c.clip).apply(.max, 1 - c.clip)
       let surrogate = try mean(minimum(ratio * normalized, clipped * normalized))

@@ -42,6 +42,20 @@ public struct PPOTerms: Sendable, Hashable {
   public var clipFraction: Double
 }
 
+extension PPOTerms {
+  /// The terms in the objective graph's output order (the objective first, not the loss).
+  var figures: [Double] {
+    [objective, surrogate, valueLoss, entropyBonus, klPenalty, entropy, kl, clipFraction]
+  }
+
+  /// Terms from `figures` in that order.
+  init(figures f: [Double]) {
+    (objective, surrogate, valueLoss, entropyBonus, klPenalty, entropy, kl, clipFraction) = (
+      f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7]
+    )
+  }
+}
+
 /// One phase's figures, reported as training goes and written to metrics.jsonl.
 public struct PhaseReport: Sendable {
   /// The phase just done (from 1) and the last.
@@ -114,18 +128,37 @@ public final class RLHFSession {
   /// The prefix's ids (BOS first when the tokenizer asks for it).
   public let prefix: [Int32]
   public let trainer: GraphTrainer
-  /// The evaluation graph for a minibatch of rows.
+  /// The evaluation graph for a minibatch of rows (a rank's share of one, data-parallel).
   public let evaluator: Executable
   let decoder: DecodeSession
+  /// The job this session is a rank of (`mpirun`), or nil (one process); see RLHFDataParallel.
+  public let dataParallel: DataParallel?
+  /// The runs each minibatch is cut into (`--accumulate`; the rollout and the evaluation too),
+  /// shared by the ranks: their gradients are summed before the update.
+  public let accumulate: Int
+  /// The rows the objective and the evaluation graphs take per run: the minibatch's divided by
+  /// `accumulate`.
+  public let rowsPerRun: Int
   /// Trainable parameter names (adapter, then value head), in the order of their gradients.
   public var parameters: [String] { trainer.parameters }
   public var sequence: Int { prefix.count + configuration.generated }
 
   /// Traces, differentiates and compiles the objective, the evaluation and the decoding graphs.
-  public init(model: LlamaModel, tokenizer: Tokenizer, configuration: RLHFConfiguration)
-    throws(SessionError)
-  {
+  ///
+  /// Each minibatch runs in `accumulate` parts (default: 1, or the number of ranks), with the
+  /// rollout and the evaluation cut alike. With `dataParallel` (a rank of an `mpirun` job) the
+  /// ranks share the parts and the phase's collectives run with the other ranks
+  /// (RLHFDataParallel.swift); N ranks compute what one process with `accumulate` N does.
+  public init(
+    model: LlamaModel, tokenizer: Tokenizer, configuration: RLHFConfiguration,
+    dataParallel: DataParallel? = nil, accumulate: Int? = nil
+  ) throws(SessionError) {
     try configuration.check()
+    let parts = accumulate ?? dataParallel?.size ?? 1
+    try RLHFSession.checkRanks(configuration, ranks: dataParallel?.size ?? 1, accumulate: parts)
+    self.dataParallel = dataParallel
+    self.accumulate = parts
+    rowsPerRun = configuration.minibatchSize / parts
     self.model = model
     self.tokenizer = tokenizer
     self.configuration = configuration
@@ -141,7 +174,7 @@ public final class RLHFSession {
     let forms = PackedForms()
     let prefixLength = prefix.count
     let objective = try RLHFSession.objectiveGraph(
-      model: model, configuration: c, prefix: prefixLength)
+      model: model, configuration: c, prefix: prefixLength, rows: rowsPerRun)
     trainer = try wrapping {
       let executable = try Executable(
         objective, constants: try model.weights(for: objective), packedForms: forms,
@@ -162,7 +195,8 @@ public final class RLHFSession {
           + "adaptable: \(PEFTAdapter.adaptableTargets)")
     }
     evaluator = try RLHFSession.evaluationExecutable(
-      model: model, configuration: c, prefix: prefixLength, adapted: true, packedForms: forms)
+      model: model, configuration: c, prefix: prefixLength, adapted: true, rows: rowsPerRun,
+      packedForms: forms)
     decoder = DecodeSession(
       model: model, context: sequence,
       adapter: try RLHFSession.adapter(of: trainer, configuration: c), target: c.target)
@@ -171,28 +205,29 @@ public final class RLHFSession {
     }
   }
 
-  /// The differentiated PPO objective for one minibatch, as `lorac dump-ir --rlhf` prints it.
+  /// The differentiated PPO objective for one minibatch (or `rows` of it), as `lorac dump-ir
+  /// --rlhf` prints it.
   public static func objectiveGraph(
-    model: LlamaModel, configuration c: RLHFConfiguration, prefix: Int
+    model: LlamaModel, configuration c: RLHFConfiguration, prefix: Int, rows: Int? = nil
   ) throws(SessionError) -> Graph {
     try wrapping {
       let traced = try RLHFGraphs.objective(
-        model.config, batch: c.minibatchSize, prefix: prefix, generated: c.generated,
+        model.config, batch: rows ?? c.minibatchSize, prefix: prefix, generated: c.generated,
         coefficients: c.coefficients, valueHeadSeed: c.valueHeadSeed,
         weightType: model.storedWeightType)
       return try parsePipeline(Pipelines.rlhf(c)).run(traced)
     }
   }
 
-  /// The rollout's evaluation graph for a minibatch of rows, compiled: with the run's adapter
-  /// (`adapted`; its values are set from the trainer) or with none (the base model).
+  /// The rollout's evaluation graph for a minibatch of rows (or `rows` rows), compiled: with the
+  /// run's adapter (`adapted`; its values are set from the trainer) or with none (the base model).
   public static func evaluationExecutable(
     model: LlamaModel, configuration c: RLHFConfiguration, prefix: Int, adapted: Bool,
-    packedForms: PackedForms? = nil
+    rows: Int? = nil, packedForms: PackedForms? = nil
   ) throws(SessionError) -> Executable {
     try wrapping {
       let traced = try RLHFGraphs.evaluation(
-        model.config, batch: c.minibatchSize, prefix: prefix, generated: c.generated,
+        model.config, batch: rows ?? c.minibatchSize, prefix: prefix, generated: c.generated,
         valueHeadSeed: c.valueHeadSeed, weightType: model.storedWeightType)
       let pipeline = adapted ? Pipelines.rlhfEvaluation(c) : "fuse,dce"
       let graph = try parsePipeline(pipeline).run(traced)
@@ -251,16 +286,35 @@ public final class RLHFSession {
     return generator.next()
   }
 
-  /// Samples `batch` rows of `generated` tokens after the prefix with the adapter on: one batched
-  /// prefill, then one-token steps over the KV cache, never stopping at end-of-sequence.
-  public func rollout(phase: Int) throws(SessionError) -> [[Int32]] {
+  /// Samples the phase's rows `rows` (all `batch` when nil) of `generated` tokens after the prefix
+  /// with the adapter on: one batched prefill, then one-token steps over the KV cache, never
+  /// stopping at end-of-sequence.
+  ///
+  /// Each row draws from its own stream, seeded by the run's seed, the phase and the row's index
+  /// in the phase, so a row's tokens do not depend on which rows are sampled with it (or on the
+  /// number of ranks sharing the batch).
+  public func rollout(phase: Int, rows: Range<Int>? = nil) throws(SessionError) -> [[Int32]] {
     try synchronize()
     let c = configuration
-    var sampler = RolloutSampler(
-      temperature: c.temperature, topK: c.topK, seed: seed(1, phase: phase))
-    let generated = try decoder.sample(
-      prefix: prefix, batch: c.batch, generated: c.generated, sampler: &sampler)
-    return generated.map { prefix + $0 }
+    let rows = rows ?? 0..<c.batch
+    // Decoded `batch / accumulate` rows at a time, so each rank decodes the shapes one process
+    // with `accumulate` parts does.
+    let group = c.batch / accumulate
+    var result: [[Int32]] = []
+    for first in stride(from: rows.lowerBound, to: rows.upperBound, by: group) {
+      var samplers = (first..<min(first + group, rows.upperBound)).map {
+        RolloutSampler(
+          temperature: c.temperature, topK: c.topK, seed: rolloutSeed(phase: phase, row: $0))
+      }
+      result += try decoder.sample(prefix: prefix, generated: c.generated, samplers: &samplers)
+    }
+    return result.map { prefix + $0 }
+  }
+
+  /// The sampling stream's seed of row `row` in phase `phase`.
+  func rolloutSeed(phase: Int, row: Int) -> UInt64 {
+    var generator = SplitMix64(seed: seed(1, phase: phase) ^ (UInt64(row) &* 0xD1B5_4A32_D192_ED03))
+    return generator.next()
   }
 
   /// The completions' text (the sampled tokens decoded) of full rows.
@@ -271,6 +325,9 @@ public final class RLHFSession {
   /// Evaluates a scored rollout without gradients: the policy's log-probabilities and values
   /// (adapter on), the reference's log-softmax (adapter scale 0, same executable), then the
   /// normalised rewards, the advantages and the returns (rlhf.md, step 2).
+  ///
+  /// Data-parallel, every rank evaluates its own rows (`ownRows`) and gathers the others', so
+  /// each rank returns the whole rollout's evaluation.
   public func evaluate(rows: [[Int32]], rewards: [Double]) throws(SessionError)
     -> RolloutEvaluation
   {
@@ -289,14 +346,45 @@ public final class RLHFSession {
       throw SessionError("rollout: token \(bad) is out of range 0..<\(vocabulary)")
     }
     try synchronize()
-    let chunk = c.minibatchSize
+    let part = try gather(try evaluatePart(rows[ownRows]))
+    // The runs' sums of KL and entropy added in the runs' order, however the ranks shared them.
+    let (kl, entropy) = (part.kl.reduce(0, +), part.entropy.reduce(0, +))
+    let positionsCount = Double(batch * generated)
+    let normalized = normalizedRewards(rewards)
+    let (advantages, returns) = RLHFSession.advantages(
+      values: part.values, rewards: normalized, generated: generated, gamma: Float(c.gamma),
+      lambda: Float(c.gaeLambda))
+    return RolloutEvaluation(
+      batch: batch, generated: generated, vocabulary: vocabulary, rows: rows, rewards: rewards,
+      normalizedRewards: normalized, logprobs: part.logprobs, values: part.values,
+      advantages: advantages, returns: returns, reference: part.reference,
+      kl: kl / positionsCount, entropy: entropy / positionsCount)
+  }
+
+  /// What the evaluation graph gives for some rows: their policy log-probabilities and values,
+  /// the reference's log-softmax, and each run's sums (not yet means) of KL and entropy.
+  struct EvaluatedRows {
+    var logprobs: [Float]
+    var values: [Float]
+    var reference: [Float]
+    var kl: [Double]
+    var entropy: [Double]
+  }
+
+  /// Evaluates `rows` (a multiple of `rowsPerRun`) in runs of `rowsPerRun`.
+  func evaluatePart(_ rows: ArraySlice<[Int32]>) throws(SessionError) -> EvaluatedRows {
+    let (generated, length) = (configuration.generated, prefix.count)
+    let vocabulary = model.config.vocabularySize
+    let (batch, chunk) = (rows.count, rowsPerRun)
+    let rows = Array(rows)
     let perRow = generated * vocabulary
     var logprobs = [Float](repeating: 0, count: batch * generated)
     var values = [Float](repeating: 0, count: batch * generated)
     var reference = [Float](repeating: 0, count: batch * perRow)
     var policy = [Float](repeating: 0, count: chunk * perRow)
-    var (kl, entropy) = (0.0, 0.0)
+    var (klSums, entropySums): ([Double], [Double]) = ([], [])
     for first in stride(from: 0, to: batch, by: chunk) {
+      var (kl, entropy) = (0.0, 0.0)
       let tokens = Array(rows[first..<(first + chunk)].joined())
       try wrapping {
         try evaluator.set("tokens", HostTensor(shape: [chunk, sequence], ints: tokens))
@@ -330,18 +418,13 @@ public final class RLHFSession {
         kl += p * (logP - Double(referenceOut[index]))
         entropy -= p * logP
       }
+      klSums.append(kl)
+      entropySums.append(entropy)
     }
     try wrapping { try Sessions.setAdapterScale(1, of: evaluator) }
-    let positionsCount = Double(batch * generated)
-    let normalized = normalizedRewards(rewards)
-    let (advantages, returns) = RLHFSession.advantages(
-      values: values, rewards: normalized, generated: generated, gamma: Float(c.gamma),
-      lambda: Float(c.gaeLambda))
-    return RolloutEvaluation(
-      batch: batch, generated: generated, vocabulary: vocabulary, rows: rows, rewards: rewards,
-      normalizedRewards: normalized, logprobs: logprobs, values: values, advantages: advantages,
-      returns: returns, reference: reference, kl: kl / positionsCount,
-      entropy: entropy / positionsCount)
+    return EvaluatedRows(
+      logprobs: logprobs, values: values, reference: reference, kl: klSums,
+      entropy: entropySums)
   }
 
   /// `(r - mean) / (std + 1e-5)` with Bessel's correction, when the run normalises rewards.
@@ -387,16 +470,28 @@ public final class RLHFSession {
 
   /// Runs the objective and its gradients on the minibatch of `rows` (indices into the rollout)
   /// without updating anything; the gradients wait in the trainer's outputs for `update()`.
-  public func objective(_ rollout: RolloutEvaluation, rows: [Int]) throws(SessionError)
-    -> PPOTerms
+  ///
+  /// Data-parallel, `rows` is this rank's share of `minibatch`, whose statistics (the advantages'
+  /// mean and deviation, the count of positions) the objective uses, and the terms are this
+  /// rank's part of the minibatch's (they add up over the ranks).
+  public func objective(_ rollout: RolloutEvaluation, rows: [Int], minibatch: [Int]? = nil)
+    throws(SessionError) -> PPOTerms
   {
-    let c = configuration
-    guard rows.count == c.minibatchSize, rows.allSatisfy({ rollout.rows.indices.contains($0) })
+    let minibatch = minibatch ?? rows
+    guard rows.count == rowsPerRun,
+      (rows + minibatch).allSatisfy({ rollout.rows.indices.contains($0) })
     else {
       throw SessionError(
-        "a PPO minibatch takes \(c.minibatchSize) row indices below \(rollout.batch), got \(rows)")
+        "a PPO minibatch takes \(rowsPerRun) row indices below \(rollout.batch), got \(rows)")
     }
     let (generated, vocabulary) = (rollout.generated, rollout.vocabulary)
+    // The mask is all ones: every generated position counts.
+    var advantages: [Double] = []
+    for row in minibatch {
+      advantages += rollout.advantages[(row * generated)..<((row + 1) * generated)].map(Double.init)
+    }
+    let (mean, deviation) = meanAndDeviation(advantages)
+    func scalar(_ value: Double) -> HostTensor { HostTensor(shape: [], floats: [Float(value)]) }
     func pick(_ values: [Float], width: Int) -> HostTensor {
       var picked: [Float] = []
       picked.reserveCapacity(rows.count * width)
@@ -416,15 +511,14 @@ public final class RLHFSession {
       "advantages": pick(rollout.advantages, width: generated),
       "returns": pick(rollout.returns, width: generated),
       "reference_logprobs": pick(rollout.reference, width: generated * vocabulary),
+      "count": scalar(Double(advantages.count)), "advantage_mean": scalar(mean),
+      "advantage_std": scalar(deviation),
     ]
     _ = try trainer.run(inputs)
     let figures = (0..<RLHFGraphs.objectiveOutputs.count).map {
       Double(trainer.executable.outputAddress($0).assumingMemoryBound(to: Float.self).pointee)
     }
-    return PPOTerms(
-      objective: -figures[0], surrogate: figures[1], valueLoss: figures[2],
-      entropyBonus: figures[3], klPenalty: figures[4], entropy: figures[5], kl: figures[6],
-      clipFraction: figures[7])
+    return PPOTerms(figures: [-figures[0]] + figures[1...])
   }
 
   /// The gradients of the objective J (to maximise) of the last `objective` run, by parameter.
@@ -468,15 +562,21 @@ public final class RLHFSession {
 
   /// The learning phase (rlhf.md, step 3): one optimizer step per minibatch; returns the mean
   /// terms over the minibatches.
+  ///
+  /// Data-parallel, each rank runs its share of every minibatch; the terms are added up and the
+  /// gradients summed over the ranks before clipping and AdamW.
   public func learn(_ rollout: RolloutEvaluation, phase: Int) throws(SessionError) -> PPOTerms {
     var sums = [Double](repeating: 0, count: 8)
     let batches = minibatches(phase: phase)
-    for rows in batches {
-      let terms = try objective(rollout, rows: rows)
-      let figures = [
-        terms.objective, terms.surrogate, terms.valueLoss, terms.entropyBonus, terms.klPenalty,
-        terms.entropy, terms.kl, terms.clipFraction,
-      ]
+    for minibatch in batches {
+      // This rank's runs of the minibatch, their gradients summed, then summed over the ranks.
+      var parts: [[Double]] = []
+      for rows in runs(of: minibatch) {
+        parts.append(try objective(rollout, rows: rows, minibatch: minibatch).figures)
+        if accumulate > 1 { trainer.accumulate() }
+      }
+      let figures = try sumOverRuns(parts)
+      try sumGradientsOverRanks()
       if let bad = figures.first(where: { !$0.isFinite }) {
         throw SessionError(
           "the PPO objective is \(bad) in phase \(phase + 1); lower --lr or --head-lr")
@@ -484,10 +584,7 @@ public final class RLHFSession {
       for index in sums.indices { sums[index] += figures[index] }
       update(phase: phase)
     }
-    let mean = sums.map { $0 / Double(batches.count) }
-    return PPOTerms(
-      objective: mean[0], surrogate: mean[1], valueLoss: mean[2], entropyBonus: mean[3],
-      klPenalty: mean[4], entropy: mean[5], kl: mean[6], clipFraction: mean[7])
+    return PPOTerms(figures: sums.map { $0 / Double(batches.count) })
   }
 
   // MARK: - The loop
@@ -503,12 +600,15 @@ public final class RLHFSession {
     let rolloutStart = DispatchTime.now().uptimeNanoseconds
     // The three executables take turns; each one's workspace is given back after its turn, so
     // the peak is the largest of them, not their sum.
-    let rows = try rollout(phase: phase)
+    // Data-parallel, each rank samples and scores its own rows, then gathers the others'.
+    let rows = try gatherRows(try rollout(phase: phase, rows: ownRows))
     decoder.releaseWorkspace()
     let completions = completions(rows)
     let rolloutSeconds = seconds(since: rolloutStart)
     let rewardStart = DispatchTime.now().uptimeNanoseconds
-    let rewards = try reward.rewards(prompt: configuration.prefix, completions: completions)
+    let rewards = try gather(
+      doubles: try reward.rewards(
+        prompt: configuration.prefix, completions: Array(completions[ownRows])))
     let rewardSeconds = seconds(since: rewardStart)
     let evaluationStart = DispatchTime.now().uptimeNanoseconds
     let evaluated = try evaluate(rows: rows, rewards: rewards)
@@ -538,6 +638,7 @@ public final class RLHFSession {
     progress: (PhaseReport) -> Void = { _ in }
   ) throws(SessionError) -> RLHFOutcome {
     try SettingChecks.atLeast(1, [("--save-every", saveEvery)])
+    try checkRanksAgree(record: record, reward: reward, resumedPhase: resume?.phase, folder: folder)
     let c = configuration
     var firstPhase = 0
     var elapsedBefore = 0.0
@@ -571,17 +672,22 @@ public final class RLHFSession {
         samples: completions.prefix(shownSamples).map { c.prefix + $0 })
       metrics.append(report, elapsed: elapsedBefore + session)
       progress(report)
-      let cancelled = cancellation?.isCancelled ?? false
+      // Ranks stop after the same phase if any was asked to.
+      let cancelled = try anyRank(cancellation?.isCancelled ?? false)
       let stopping = cancelled || phase + 1 == stopAfter
       if (phase + 1) % saveEvery == 0 || phase + 1 == c.phases || stopping {
-        try checkpoint(
-          folder: folder,
-          state: RLHFState(
-            phase: phase + 1, optimizerStep: trainer.optimizer.step,
-            elapsed: elapsedBefore + session, threads: Threads.count, settings: record.settings,
-            modelFingerprint: record.modelFingerprint, reward: reward.description,
-            parameters: [:], firstMoments: [:], secondMoments: [:]),
-          metrics: metrics)
+        try checkSameParameters(phase: phase + 1)
+        // Rank 0 alone writes.
+        if rank == 0 {
+          try checkpoint(
+            folder: folder,
+            state: RLHFState(
+              phase: phase + 1, optimizerStep: trainer.optimizer.step,
+              elapsed: elapsedBefore + session, threads: Threads.count, settings: record.settings,
+              modelFingerprint: record.modelFingerprint, reward: reward.description,
+              parameters: [:], firstMoments: [:], secondMoments: [:]),
+            metrics: metrics)
+        }
       }
       if stopping && phase + 1 < c.phases {
         return cancelled ? .cancelled(phase: phase + 1) : .stopped(phase: phase + 1)

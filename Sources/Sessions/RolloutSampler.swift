@@ -2,8 +2,8 @@ import Foundation
 import IR
 
 /// Draws tokens for a rollout as TransformerLens's `generate` does: logits divided by the
-/// temperature, the top k kept, a draw from their softmax (greedy at temperature 0); one seeded
-/// stream for the whole batch.
+/// temperature, the top k kept, a draw from their softmax (greedy at temperature 0), from one
+/// seeded stream (`lorac rlhf` gives every row its own, `lorac eval --reward` one to a batch).
 struct RolloutSampler {
   let temperature: Double
   let topK: Int?

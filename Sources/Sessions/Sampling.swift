@@ -10,6 +10,28 @@ extension DecodeSession {
   func sample(
     prefix: [Int32], batch: Int, generated: Int, sampler: inout RolloutSampler
   ) throws(SessionError) -> [[Int32]] {
+    let vocabulary = model.config.vocabularySize
+    return try sample(prefix: prefix, batch: batch, generated: generated) { _, logits in
+      sampler.next(logits, count: vocabulary)
+    }
+  }
+
+  /// Samples as above with one sampler per row (`samplers[row]` draws row `row`'s tokens), so a
+  /// row's tokens do not depend on the other rows sampled with it.
+  func sample(
+    prefix: [Int32], generated: Int, samplers: inout [RolloutSampler]
+  ) throws(SessionError) -> [[Int32]] {
+    let vocabulary = model.config.vocabularySize
+    return try sample(prefix: prefix, batch: samplers.count, generated: generated) { row, logits in
+      samplers[row].next(logits, count: vocabulary)
+    }
+  }
+
+  /// The batched decoding of both `sample`s; `draw(row, logits)` picks row `row`'s next token.
+  private func sample(
+    prefix: [Int32], batch: Int, generated: Int,
+    draw: (Int, UnsafePointer<Float>) -> Int32
+  ) throws(SessionError) -> [[Int32]] {
     let (length, vocabulary) = (prefix.count, model.config.vocabularySize)
     guard length + generated <= context, length > 0, generated > 0, batch > 0 else {
       throw SessionError(
@@ -35,7 +57,7 @@ extension DecodeSession {
       try prefill.set("key_mask", HostTensor(shape: [batch, length, context], ints: mask))
       try prefill.execute()
       var logits = prefill.outputAddress(0).assumingMemoryBound(to: Float.self)
-      var next = (0..<batch).map { sampler.next(logits + $0 * vocabulary, count: vocabulary) }
+      var next = (0..<batch).map { draw($0, logits + $0 * vocabulary) }
       guard generated > 1 else {
         for row in 0..<batch { rows[row] = [next[row]] }
         return
@@ -56,7 +78,7 @@ extension DecodeSession {
         try step.set("key_mask", HostTensor(shape: [batch, 1, context], ints: stepMask))
         try step.execute()
         logits = step.outputAddress(0).assumingMemoryBound(to: Float.self)
-        next = (0..<batch).map { sampler.next(logits + $0 * vocabulary, count: vocabulary) }
+        next = (0..<batch).map { draw($0, logits + $0 * vocabulary) }
       }
     }
     return rows

@@ -18,7 +18,8 @@ struct RLHF: ParsableCommand {
       checkpoint (--save-every, the end, Ctrl-C): adapter_config.json + adapter_model.safetensors \
       (PEFT), value_head.safetensors, rlhf_state.safetensors, metrics.jsonl (one line per phase) \
       and reward.svg. --resume continues the run with the same settings (only --phases may \
-      grow); with the same threads it equals an uninterrupted run bit for bit.
+      grow); with the same threads it equals an uninterrupted run bit for bit. Under mpirun the \
+      ranks share every phase's rows and minibatches (docs/distributed.md).
       """)
 
   private static let defaults = RLHFConfiguration()
@@ -55,6 +56,13 @@ struct RLHF: ParsableCommand {
 
   @Option(parsing: .unconditional, help: "Minibatches per pass (--batch must be a multiple).")
   var minibatches = defaults.minibatches
+
+  @Option(
+    parsing: .unconditional,
+    help:
+      "Run each minibatch (and the rollout) in N parts whose gradients are summed (default: 1, or the number of ranks under mpirun); N ranks compute what one process does with --accumulate N."
+  )
+  var accumulate: Int?
 
   @Option(parsing: .unconditional, help: "The PPO ratio's clip range, 1 +- clip.")
   var clip = defaults.coefficients.clip
@@ -147,9 +155,15 @@ struct RLHF: ParsableCommand {
       throw ValidationError("give exactly one of --reward and --reward-cmd")
     }
     if showEvery < 0 { throw ValidationError("--show-every must be at least 0, got \(showEvery)") }
+    if let accumulate, accumulate < 1 {
+      throw ValidationError("--accumulate must be at least 1, got \(accumulate)")
+    }
     try threads.check()
     do {
       try configuration.check()
+      if let accumulate {
+        try RLHFSession.checkRanks(configuration, ranks: 1, accumulate: accumulate)
+      }
       _ = try rewardFunction()
     } catch {
       throw ValidationError(error.message)
@@ -179,19 +193,21 @@ struct RLHF: ParsableCommand {
 
   func run() throws {
     threads.apply()
-    if let parallel = try DataParallel.fromEnvironment() {
-      printError(
-        "error: lorac rlhf does not run data-parallel yet (rank \(parallel.rank) of "
-          + "\(parallel.size)); run it as one process, without mpirun")
-      parallel.abort(code: 1)
+    // Under mpirun: one rank of a data-parallel job; rank 0 alone prints and writes.
+    let parallel = try DataParallel.fromEnvironment()
+    let speaks = parallel?.rank ?? 0 == 0
+    let job = try stoppingEveryRank(parallel) {
+      try RLHFJob.prepare(
+        model: model, out: out, configuration: configuration, reward: try rewardFunction(),
+        saveEvery: saveEvery, stopAfter: stopAfter, resume: resume, dataParallel: parallel,
+        accumulate: accumulate, note: { if speaks { printError($0) } })
     }
-    let job = try RLHFJob.prepare(
-      model: model, out: out, configuration: configuration, reward: try rewardFunction(),
-      saveEvery: saveEvery, stopAfter: stopAfter, resume: resume, note: { printError($0) })
     var progress = RLHFProgress(showEvery: showEvery)
     let outcome: RLHFOutcome
     do {
-      outcome = try job.run(cancellation: Interruption.install()) { progress.report($0) }
+      outcome = try stoppingEveryRank(parallel) {
+        try job.run(cancellation: Interruption.install()) { if speaks { progress.report($0) } }
+      }
     } catch {
       progress.finishLine()
       throw error
@@ -201,9 +217,11 @@ struct RLHF: ParsableCommand {
     case .finished: break
     case .stopped(let phase), .cancelled(let phase):
       let cancelled = outcome == .cancelled(phase: phase)
-      progress.message(
-        "\(cancelled ? "interrupted" : "stopped"): saved phase \(phase)/\(phases) in "
-          + "\(job.folder.path); resume with: \(Train.resumeCommand())")
+      if speaks {
+        progress.message(
+          "\(cancelled ? "interrupted" : "stopped"): saved phase \(phase)/\(phases) in "
+            + "\(job.folder.path); resume with: \(Train.resumeCommand())")
+      }
       if cancelled { throw ExitCode(130) }
     }
   }

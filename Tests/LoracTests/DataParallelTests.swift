@@ -23,12 +23,14 @@ private let mpiEnvironment = [
   "OMPI_MCA_btl_vader_single_copy_mechanism": "none", "OMPI_MCA_rmaps_base_oversubscribe": "1",
 ]
 
-/// `mpirun -np ranks lorac arguments`.
-private func mpi(_ ranks: Int, _ arguments: [String]) throws -> RunResult {
+/// `mpirun -np ranks lorac arguments`, with `environment` added to mpirun's.
+private func mpi(_ ranks: Int, _ arguments: [String], environment: [String: String] = [:]) throws
+  -> RunResult
+{
   try run(
     try #require(mpirun),
     ["-np", "\(ranks)", "--bind-to", "none", loracExecutable().path] + arguments,
-    environment: mpiEnvironment)
+    environment: mpiEnvironment.merging(environment) { $1 })
 }
 
 private func train(_ model: String, out: URL, steps: Int = 20) -> [String] {
@@ -272,4 +274,139 @@ func aRankThatFailsAloneStopsEveryRank() throws {
   #expect(threads.status != 0)
   #expect(
     threads.stderr.contains("rank 1 disagrees with rank 0 on its threads"), "\(threads.stderr)")
+}
+
+@Test(.enabled(if: mpirun != nil))
+func aChecksumMismatchStopsTheRunAndKeepsThePreviousCheckpoint() throws {
+  let model = try modelPath()
+  let (folder, reference) = (try temporaryFolder(), try temporaryFolder())
+  defer { for url in [folder, reference] { try? FileManager.default.removeItem(at: url) } }
+  // The test hook changes one adapter value on rank 1 before the checksum of step 10 (the second
+  // checkpoint); the first checkpoint, at step 5, was written by agreeing ranks.
+  let result = try mpi(
+    2, train(model, out: folder, steps: 20),
+    environment: ["LORAC_TEST_PERTURB_RANK": "1", "LORAC_TEST_PERTURB_FROM": "10"])
+  #expect(result.status != 0)
+  #expect(
+    result.stderr.contains("the ranks' adapters differ after step 10 (rank 0 "),
+    "\(result.stderr)")
+  #expect(
+    result.stderr.contains("; stopping before a checkpoint is written"), "\(result.stderr)")
+  #expect(!result.stderr.contains("step 11/20"), "\(result.stderr)")
+  // The checkpoint of step 5 is intact: its metrics, and the adapter one process writes after the
+  // same 5 steps (two ranks train bit for bit as one process accumulating two micro-batches).
+  #expect(try losses(folder).count == 5)
+  let stopped = try lorac(
+    train(model, out: reference, steps: 20) + ["--accumulate", "2", "--stop-after", "5"])
+  #expect(stopped.status == 0, "\(stopped.stderr)")
+  #expect(try losses(reference) == losses(folder))
+  #expect(
+    try Data(contentsOf: folder.appendingPathComponent("adapter_model.safetensors"))
+      == Data(contentsOf: reference.appendingPathComponent("adapter_model.safetensors")))
+  // Without the hook the same job passes the check (the hook, not the ranks, made the mismatch).
+  let clean = try mpi(2, train(model, out: folder, steps: 10) + ["--resume"])
+  #expect(clean.status == 0, "\(clean.stderr)")
+  #expect(try losses(folder).count == 10)
+}
+
+// MARK: - RLHF
+
+/// A small `lorac rlhf` run: 4 samples of 4 tokens, 2 minibatches of 2 rows, 1 thread a process.
+private func rlhf(_ model: String, out: URL, phases: Int = 3) -> [String] {
+  [
+    "rlhf", model, "--out", out.path, "--reward", "char-count:e", "--phases", "\(phases)",
+    "--batch", "4", "--gen-len", "4", "--minibatches", "2", "--batches-per-phase", "1",
+    "--rank", "2", "--targets", "layers.{0,1}.attn.{q,v}", "--lr", "0.01", "--head-lr", "0.01",
+    "--kl-coef", "0.2", "--seed", "7", "--threads", "1", "--show-every", "0", "--save-every", "1",
+  ]
+}
+
+/// metrics.jsonl of an RLHF run: one dictionary per phase.
+private func phases(_ folder: URL) throws -> [[String: Double]] {
+  try String(contentsOf: folder.appendingPathComponent("metrics.jsonl"), encoding: .utf8)
+    .split(separator: "\n").map { line in
+      let object = try #require(
+        JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+      return object.compactMapValues { ($0 as? NSNumber)?.doubleValue }
+    }
+}
+
+@Test(.enabled(if: mpirun != nil))
+func rlhfOnTwoRanksMatchesOneProcess() throws {
+  let model = try modelPath()
+  let (single, parallel, again) = (
+    try temporaryFolder(), try temporaryFolder(), try temporaryFolder()
+  )
+  defer { for url in [single, parallel, again] { try? FileManager.default.removeItem(at: url) } }
+  // One process cutting every minibatch (and the rollout) in two runs, against two ranks taking
+  // one run each.
+  let one = try lorac(rlhf(model, out: single) + ["--accumulate", "2"])
+  #expect(one.status == 0, "\(one.stderr)")
+  let two = try mpi(2, rlhf(model, out: parallel))
+  #expect(two.status == 0, "\(two.stderr)")
+  // Rank 0 alone printed progress.
+  #expect(two.stderr.components(separatedBy: "phase 3/3").count == 2, "\(two.stderr)")
+  let (a, b) = (try phases(single), try phases(parallel))
+  #expect(a.count == 3 && b.count == 3)
+  // Every row samples from its own stream and the runs have the same shapes, so the rows, the
+  // rewards and every figure are the same; the two runs' gradients are summed as a + b either
+  // way (bound: 1e-6 relative; expected and measured: equal).
+  for (phase, (x, y)) in zip(a, b).enumerated() {
+    for field in [
+      "reward_mean", "reward_std", "kl", "entropy", "clipfrac", "policy_loss", "value_loss", "lr",
+    ] {
+      let (p, q) = (try #require(x[field]), try #require(y[field]))
+      #expect(abs(p - q) <= 1e-6 * abs(p), "phase \(phase + 1) \(field): \(p) vs \(q)")
+      #expect(p == q, "phase \(phase + 1) \(field): \(p) vs \(q) (not bit for bit)")
+    }
+  }
+  // The run learned something: the policy left the reference.
+  #expect(a.last?["kl"].map { $0 > 0 } == true, "\(a)")
+  for file in ["adapter_model.safetensors", "value_head.safetensors"] {
+    #expect(
+      try Data(contentsOf: single.appendingPathComponent(file))
+        == Data(contentsOf: parallel.appendingPathComponent(file)), "\(file)")
+  }
+  // The summation order is fixed: a rerun of the two ranks gives the same bits.
+  let rerun = try mpi(2, rlhf(model, out: again))
+  #expect(rerun.status == 0, "\(rerun.stderr)")
+  for file in ["adapter_model.safetensors", "value_head.safetensors"] {
+    #expect(
+      try Data(contentsOf: again.appendingPathComponent(file))
+        == Data(contentsOf: parallel.appendingPathComponent(file)), "\(file)")
+  }
+  // Three ranks cannot share minibatches of 2 rows; two cannot share one run.
+  let three = try mpi(3, rlhf(model, out: again))
+  #expect(three.status != 0)
+  #expect(
+    three.stderr.contains(
+      "--batch 4 with --minibatches 2 makes minibatches of 2 rows, which 3 ranks cannot share "
+        + "equally"), "\(three.stderr)")
+  let oneRun = try mpi(2, rlhf(model, out: again) + ["--accumulate", "1"])
+  #expect(oneRun.status != 0)
+  #expect(
+    oneRun.stderr.contains("--accumulate 1 is not a multiple of the 2 ranks"), "\(oneRun.stderr)")
+}
+
+@Test(.enabled(if: mpirun != nil))
+func rlhfRanksCompareAdapterAndValueHeadAtEveryCheckpoint() throws {
+  let model = try modelPath()
+  let folder = try temporaryFolder()
+  defer { try? FileManager.default.removeItem(at: folder) }
+  let result = try mpi(
+    2, rlhf(model, out: folder),
+    environment: ["LORAC_TEST_PERTURB_RANK": "1", "LORAC_TEST_PERTURB_FROM": "2"])
+  #expect(result.status != 0)
+  #expect(
+    result.stderr.contains(
+      "the ranks' adapters and value heads differ after phase 2 (rank 0 "), "\(result.stderr)")
+  // Phase 1's checkpoint is intact, and one process (any number of ranks dividing the
+  // minibatch) resumes it to the end.
+  let first = try phases(folder)
+  #expect(first.count == 1)
+  let resumed = try lorac(rlhf(model, out: folder) + ["--resume"])
+  #expect(resumed.status == 0, "\(resumed.stderr)")
+  let all = try phases(folder)
+  #expect(all.count == 3)
+  #expect(all.first?["reward_mean"] == first.first?["reward_mean"])
 }
