@@ -46,17 +46,23 @@ public enum RLHFGraphs {
   public static let trainable = "{*.lora_{a,b},value_head.*}"
 
   /// `value_head(normalized)[:, prefix - 1 ..< sequence - 1]`: Linear(d, 4d), ReLU, Linear(4d, 1)
-  /// on `x / sqrt(mean(x^2) + eps)` of the final residual stream `x` (TransformerLens's
-  /// `ln_final.hook_normalized`: the final norm without its weight, which TransformerLens folds
-  /// into the unembedding), as `[batch, generated]`, named "values".
-  static func values(_ residual: Tensor, prefix: Int, epsilon: Double, seed: UInt64)
-    throws(TraceError) -> Tensor
-  {
+  /// on the final residual stream `x` normalised as the model's final norm does it without its
+  /// weight and bias (TransformerLens's `ln_final.hook_normalized`; TransformerLens folds them into
+  /// the unembedding): `x / sqrt(mean(x^2) + eps)` after an RMSNorm (Llama), `c / sqrt(mean(c^2) +
+  /// eps)` with `c = x - mean(x)` after a LayerNorm (GPT-2, GPT-NeoX); as `[batch, generated]`,
+  /// named "values".
+  static func values(
+    _ residual: Tensor, prefix: Int, config: LlamaConfig, seed: UInt64
+  ) throws(TraceError) -> Tensor {
     let b = residual.builder
     let (batch, sequence, d) = (residual.shape[0], residual.shape[1], residual.shape[2])
     let generated = sequence - prefix
-    let meanSquare = try (residual * residual).mean(axes: [-1], keepDims: true)
-    let normalized = try (residual * rsqrt(meanSquare + epsilon)).named("value_head.input")
+    let centred =
+      config.architecture == .llama
+      ? residual : try residual - residual.mean(axes: [-1], keepDims: true)
+    let meanSquare = try (centred * centred).mean(axes: [-1], keepDims: true)
+    let normalized = try (centred * rsqrt(meanSquare + config.normEpsilon))
+      .named("value_head.input")
     let predicting = try normalized.slice(
       start: [0, prefix - 1, 0], end: [batch, sequence - 1, d]
     ).reshaped([batch * generated, d])
@@ -108,8 +114,7 @@ public enum RLHFGraphs {
       logitPositions: predicting(prefix: prefix, generated: generated)
     ) { _, residual, logits throws(TraceError) in
       let logProbabilities = try logSoftmax(logits).named("log_probs")
-      let values = try values(
-        residual, prefix: prefix, epsilon: config.normEpsilon, seed: valueHeadSeed)
+      let values = try values(residual, prefix: prefix, config: config, seed: valueHeadSeed)
       return [logProbabilities, values]
     }
   }
@@ -158,8 +163,7 @@ public enum RLHFGraphs {
       let returns = try b.input(name: "returns", shape: shape)
       let reference = try b.input(
         name: "reference_logprobs", shape: [batch, generated, vocabulary])
-      let values = try values(
-        residual, prefix: prefix, epsilon: config.normEpsilon, seed: valueHeadSeed)
+      let values = try values(residual, prefix: prefix, config: config, seed: valueHeadSeed)
       let logProbabilities = try logSoftmax(logits)
       let targets = try tokens.slice(start: [0, prefix], end: [batch, sequence])
       let picked = try pick(logProbabilities, targets).named("logprobs")

@@ -201,3 +201,43 @@ private func relativeDifference(_ a: Double, _ b: Double) -> Double { abs(a - b)
   }
   #expect(policyDiffers)
 }
+
+/// The value head reads the final residual stream normalised as the family's final norm does it
+/// without its weight (TransformerLens's `ln_final.hook_normalized`): after a LayerNorm (GPT-2,
+/// GPT-NeoX) every position's vector has mean 0 and mean square `var / (var + eps)`; after an
+/// RMSNorm (Llama) mean square `ms / (ms + eps)` and no centring. Checked on `value_head.input`
+/// captured from the rollout's evaluation graph against those sums computed here.
+@Test(arguments: ["tiny-neox", "tiny-gpt2", "tiny-llama"])
+func theValueHeadReadsTheResidualNormalisedAsTheFamilysFinalNorm(_ name: String) throws {
+  let model = try LlamaModel.open(huggingFaceFixtures.appendingPathComponent(name).path)
+  let (prefix, generated) = (2, 3)
+  let traced = try RLHFGraphs.evaluation(
+    model.config, batch: 1, prefix: prefix, generated: generated, valueHeadSeed: 1,
+    weightType: model.storedWeightType)
+  let graph = try parsePipeline("capture{names=value_head.input},fuse,dce").run(traced)
+  let executable = try Executable(graph, constants: try model.weights(for: graph))
+  let sequence = prefix + generated
+  let outputs = try executable.run(inputs: [
+    "tokens": HostTensor(shape: [1, sequence], ints: [5, 9, 2, 7, 11]),
+    "positions": HostTensor(shape: [1, sequence], ints: (0..<Int32(sequence)).map { $0 }),
+  ])
+  let captured = try #require(outputs.last).floats()
+  let d = model.config.embeddingLength
+  #expect(captured.count == sequence * d)
+  let layerNorm = name != "tiny-llama"
+  var uncentredSomewhere = false
+  for position in 0..<sequence {
+    let row = captured[(position * d)..<((position + 1) * d)].map(Double.init)
+    let mean = row.reduce(0, +) / Double(d)
+    let meanSquare = row.map { $0 * $0 }.reduce(0, +) / Double(d)
+    // mean square of x / sqrt(m + eps) is m / (m + eps): within eps / m of 1.
+    #expect(abs(meanSquare - 1) < 1e-3, "\(name) position \(position): \(meanSquare)")
+    if layerNorm {
+      #expect(abs(mean) < 1e-5, "\(name) position \(position): mean \(mean)")
+    } else if abs(mean) > 1e-3 {
+      uncentredSomewhere = true
+    }
+  }
+  // The Llama residual is not centred: some position's normalised vector has a mean far from 0.
+  if !layerNorm { #expect(uncentredSomewhere) }
+}
