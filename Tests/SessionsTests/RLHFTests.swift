@@ -202,10 +202,11 @@ private func relativeDifference(_ a: Double, _ b: Double) -> Double { abs(a - b)
   #expect(policyDiffers)
 }
 
-/// The value head reads the final residual stream normalised as the family's final norm does it
-/// without its weight (TransformerLens's `ln_final.hook_normalized`): after a LayerNorm (GPT-2,
-/// GPT-NeoX) every position's vector has mean 0 and mean square `var / (var + eps)`; after an
-/// RMSNorm (Llama) mean square `ms / (ms + eps)` and no centring. Checked on `value_head.input`
+/// The value head reads the final residual stream normalised as the family's final norm does it.
+///
+/// That is without its weight (TransformerLens's `ln_final.hook_normalized`): after a LayerNorm
+/// (GPT-2, GPT-NeoX) every position's vector has mean 0 and mean square `var / (var + eps)`; after
+/// an RMSNorm (Llama) mean square `ms / (ms + eps)` and no centring. Checked on `value_head.input`
 /// captured from the rollout's evaluation graph against those sums computed here.
 @Test(arguments: ["tiny-neox", "tiny-gpt2", "tiny-llama"])
 func theValueHeadReadsTheResidualNormalisedAsTheFamilysFinalNorm(_ name: String) throws {
