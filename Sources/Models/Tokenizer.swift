@@ -141,13 +141,18 @@ public struct Tokenizer: Sendable {
         rank
     }
     guard tokens.count <= Int(Int32.max) else { throw fail("too many tokens") }
+    // llama.cpp's token types: 3 CONTROL (matched in text only when special tokens are parsed),
+    // 4 USER_DEFINED (always matched in text, and written as raw text, not byte-mapped: Pythia's
+    // runs of spaces).
     var control: [Int32] = []
+    var userDefined: [Int32] = []
     if let types = file["tokenizer.ggml.token_type"]?.array {
       guard types.count == tokens.count else {
         throw fail(
           "tokenizer.ggml.token_type has \(types.count) entries for \(tokens.count) tokens")
       }
       control = types.indices.filter { types[$0].integer == 3 }.map { Int32($0) }
+      userDefined = types.indices.filter { types[$0].integer == 4 }.map { Int32($0) }
     }
     /// A special token's id, which must name a token.
     func tokenID(_ key: String) throws(GGUFError) -> Int32? {
@@ -164,7 +169,10 @@ public struct Tokenizer: Sendable {
       tokens: tokens, merges: merges,
       added: control.map {
         AddedToken(text: Array(tokens[Int($0)].unicodeScalars), id: $0, special: true)
-      },
+      }
+        + userDefined.map {
+          AddedToken(text: Array(tokens[Int($0)].unicodeScalars), id: $0, special: false)
+        },
       beginOfSequence: try tokenID("tokenizer.ggml.bos_token_id"),
       endOfSequence: try tokenID("tokenizer.ggml.eos_token_id"),
       addsBeginOfSequence: file["tokenizer.ggml.add_bos_token"]?.bool ?? false,

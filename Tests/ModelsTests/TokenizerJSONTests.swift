@@ -145,3 +145,33 @@ private func mutated(_ edit: (String) -> String) throws -> [UInt8] {
     }
   }
 }
+
+/// The GGUF form of Pythia's tokenizer (`tokenizer.ggml.model` gpt2, as llama.cpp's converter
+/// writes it: its runs of spaces as USER_DEFINED tokens in raw text) tokenizes as the tokenizers
+/// library does on every string that NFC leaves alone (llama.cpp applies no normalizer; the
+/// tokenizer.json's NFC is not in the GGUF), and decodes the library's ids to its text.
+@Test func ggufNeoXTokenizerMatchesTheTokenizersLibrary() throws {
+  let tokenizer = try Tokenizer(
+    gguf: GGUFFile(
+      path: huggingFaceFixtures.appendingPathComponent("tiny-neox-sequential.gguf").path))
+  let fixture = try JSONDecoder().decode(
+    StringsFixture.self, from: Data(contentsOf: tokenizerFolder.appendingPathComponent("neox.json"))
+  )
+  var mismatches: [String] = []
+  var compared = 0
+  var withSpaceRuns = 0
+  // Compared scalar by scalar: String's == holds for canonically equivalent texts.
+  for item in fixture.strings
+  where item.text.precomposedStringWithCanonicalMapping.unicodeScalars.elementsEqual(
+    item.text.unicodeScalars)
+  {
+    compared += 1
+    if item.text.contains("  ") { withSpaceRuns += 1 }
+    let ids = tokenizer.encode(item.text, parseSpecial: true)
+    if ids != item.ids { mismatches.append("\(item.text.debugDescription): \(ids) != \(item.ids)") }
+    #expect(tokenizer.decode(item.ids) == item.decoded, "decode(\(item.ids))")
+  }
+  #expect(
+    compared >= 200 && withSpaceRuns >= 10, "\(compared) strings, \(withSpaceRuns) with spaces")
+  #expect(mismatches.isEmpty, "\(mismatches.count) mismatches: \(mismatches.prefix(5))")
+}
