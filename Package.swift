@@ -50,7 +50,7 @@ let package = Package(
       path: "Benchmarks/LoracBench"
     ),
     // Helpers every test target shares (paths, the model, temporary files, .npy, running lorac).
-    .target(name: "TestSupport", dependencies: ["IR"], path: "Tests/TestSupport"),
+    .target(name: "TestSupport", dependencies: ["IR", "Models"], path: "Tests/TestSupport"),
     .testTarget(name: "IRTests", dependencies: ["IR", "TestSupport"], exclude: ["Invalid"]),
     // Kernel and fused-op benchmarks (they build IR, which the runtime never does).
     .target(

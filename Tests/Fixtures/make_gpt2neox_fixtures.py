@@ -23,14 +23,15 @@ the tokenizers library (lorac itself never runs Python).
                                    output and both MLP linears, A and B random
   tiny-{gpt2,neox}-peft.json       {"ids", "loss", "split_loss"}
   tiny-{gpt2,neox}-peft-grad.safetensors   PEFT's gradients of the fused adapter
-  tiny-gpt2-small.gguf             a one-layer GPT-2 (hidden 32) as llama.cpp's converter writes it
+  tiny-gpt2-small.gguf.json             a one-layer GPT-2 (hidden 32) as llama.cpp's converter writes it
                                    (tiny-gpt2-small.json, logits of prompts 0, 1, 3)
-  tiny-neox-sequential.gguf        tiny-neox-sequential as llama.cpp's converter writes it
+  tiny-neox-sequential.gguf.json        tiny-neox-sequential as llama.cpp's converter writes it
   tiny-{gpt2,neox}-split-*         the split oracle: separate q, k, v adapters (rank 4 each) are a
                                    PEFT rank-12 adapter on the fused module whose B is zero outside
                                    the q/k/v blocks; lorac-named A and B (split.safetensors) and
                                    their gradients (the blocks of PEFT's, split-grad.safetensors)
 """
+from gguf_parts import write_parts  # the GGUFs are committed as text (gguf_parts.py)
 import json
 import os
 import random
@@ -377,6 +378,7 @@ def gpt2_metadata(writer):
 
 
 write_gguf(os.path.join(out, "tiny-gpt2-small.gguf"), "gpt2", tensors, gpt2_metadata, gpt2_tok, gpt2_fast)
+write_parts(os.path.join(out, "tiny-gpt2-small.gguf"), remove=True)
 
 # The sequential NeoX (its logits are tiny-neox-sequential-logits-K.npy).
 state = load_file(os.path.join(out, "tiny-neox-sequential", "model.safetensors"))
@@ -411,4 +413,5 @@ def neox_metadata(writer):
 
 
 write_gguf(os.path.join(out, "tiny-neox-sequential.gguf"), "gptneox", tensors, neox_metadata, neox_tok, neox_fast)
+write_parts(os.path.join(out, "tiny-neox-sequential.gguf"), remove=True)
 print("wrote tiny-gpt2-small.gguf, tiny-neox-sequential.gguf")

@@ -23,7 +23,7 @@ sentencepiece and tokenizers libraries and transformers (lorac itself never runs
   NAME.json             {"strings": [{"text", "ids", "ids_special", "decoded"}]}: 230 strings
                         encoded by the tokenizers library with add_special_tokens False (ids) and
                         True (ids_special), and its decoding of ids
-  llama-spm.gguf        a GGUF with no tensors and the llama2 vocabulary as tokenizer.ggml.model
+  llama-spm.gguf.json   a GGUF (as text, gguf_parts.py) with no tensors and the llama2 vocabulary as tokenizer.ggml.model
                         "llama" (tokens, scores, token types, BOS/EOS/UNK, add_bos_token), the
                         Mistral v0.1 chat template
   llama-spm.json        {"strings": [{"text", "ids", "ids_raw", "decoded"}]}: sentencepiece's ids
@@ -44,6 +44,7 @@ import os
 import random
 
 import gguf
+from gguf_parts import write_parts
 import sentencepiece as spm
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers.tokenization_utils_base import generate_merges
@@ -260,6 +261,7 @@ writer.write_header_to_file()
 writer.write_kv_data_to_file()
 writer.write_tensors_to_file()
 writer.close()
+write_parts(os.path.join(out, "llama-spm.gguf"), remove=True)  # committed as text, gguf_parts.py
 
 
 def fragments(text, specials):

@@ -228,7 +228,7 @@ func generateOnGPT2AndNeoXGGUFMatchesTransformersGreedy(_ file: String, _ name: 
   let fixture = try JSONDecoder().decode(
     TinyFixture.self,
     from: Data(contentsOf: huggingFaceFixtures.appendingPathComponent(name + ".json")))
-  let model = huggingFaceFixtures.appendingPathComponent(file).path
+  let model = try fixtureGGUF(huggingFaceFixtures, file)
   for prompt in fixture.prompts {
     let result = try lorac([
       "generate", model, "--prompt-ids", prompt.ids.map(String.init).joined(separator: ","),

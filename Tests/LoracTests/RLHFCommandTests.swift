@@ -286,7 +286,7 @@ func aBadRewardProgramStopsTheRunAndKeepsTheLastCheckpoint(bad: String, message:
 func mergeAndExportFoldQKVPartsIntoTheFusedWeight(_ file: String) throws {
   let folder = try temporaryFolder()
   defer { try? FileManager.default.removeItem(at: folder) }
-  let model = huggingFaceFixtures.appendingPathComponent(file).path
+  let model = try fixtureGGUF(huggingFaceFixtures, file)
   let adapter = folder.appendingPathComponent("adapter").path
   let trained = try lorac([
     "rlhf", model, "--out", adapter, "--reward", "char-count:e", "--phases", "2", "--batch", "8",

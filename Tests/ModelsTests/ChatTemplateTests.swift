@@ -101,7 +101,7 @@ private func chatFixture() throws -> ChatFixture {
 @Test func chatFormatUsesTheTokenizersSpecialTexts() throws {
   // The GGUF llama fixture carries Mistral v0.1's template; BOS and EOS come from its metadata.
   let tokenizer = try Tokenizer(
-    gguf: GGUFFile(path: tokenizerFixtures.appendingPathComponent("llama-spm.gguf").path))
+    gguf: GGUFFile(path: fixtureGGUF(tokenizerFixtures, "llama-spm.gguf")))
   let template = try #require(try tokenizer.chatFormat())
   #expect(template.family == .mistral)
   let text = try template.render(

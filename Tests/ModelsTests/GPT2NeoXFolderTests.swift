@@ -175,7 +175,7 @@ func gpt2AndNeoXFoldersMatchTransformers(_ name: String) throws {
   ("tiny-neox-sequential.gguf", "tiny-neox-sequential"),
 ])
 func gpt2AndNeoXGGUFFilesMatchTransformers(_ file: String, _ name: String) throws {
-  let model = try LlamaModel(path: folder(file))
+  let model = try LlamaModel(path: fixtureGGUF(huggingFaceFixtures, file))
   #expect(model.file != nil)
   #expect(!model.config.inputMajorWeights && !model.config.qkvPerHead)
   var worst: Float = 0

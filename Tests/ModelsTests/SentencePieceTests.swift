@@ -33,7 +33,7 @@ private func jsonTokenizer(_ name: String) throws -> Tokenizer {
 
 private func ggufTokenizer() throws -> Tokenizer {
   try Tokenizer(
-    gguf: GGUFFile(path: tokenizerFixtures.appendingPathComponent("llama-spm.gguf").path))
+    gguf: GGUFFile(path: fixtureGGUF(tokenizerFixtures, "llama-spm.gguf")))
 }
 
 @Test(arguments: ["llama2", "mistral", "gemma", "metaspace"])
@@ -193,7 +193,7 @@ private func mutated(_ edit: (String) -> String) throws -> [UInt8] {
 }
 
 @Test func ggufLlamaTokenizerErrorsNameTheKey() throws {
-  let path = tokenizerFixtures.appendingPathComponent("llama-spm.gguf").path
+  let path = try fixtureGGUF(tokenizerFixtures, "llama-spm.gguf")
   let file = try GGUFFile(path: path)
   // A GGUF without scores: rebuilt from the fixture's metadata minus one key.
   let metadata = file.metadata.filter { $0.key != "tokenizer.ggml.scores" }

@@ -153,7 +153,7 @@ private func mutated(_ edit: (String) -> String) throws -> [UInt8] {
 @Test func ggufNeoXTokenizerMatchesTheTokenizersLibrary() throws {
   let tokenizer = try Tokenizer(
     gguf: GGUFFile(
-      path: huggingFaceFixtures.appendingPathComponent("tiny-neox-sequential.gguf").path))
+      path: fixtureGGUF(huggingFaceFixtures, "tiny-neox-sequential.gguf")))
   let fixture = try JSONDecoder().decode(
     StringsFixture.self, from: Data(contentsOf: tokenizerFolder.appendingPathComponent("neox.json"))
   )
