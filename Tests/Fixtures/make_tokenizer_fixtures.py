@@ -43,6 +43,8 @@ import json
 import os
 import random
 
+import fixture_corpus  # the tokenizers' training corpus, shared by the fixture scripts
+
 import gguf
 from gguf_parts import write_parts
 import sentencepiece as spm
@@ -53,33 +55,8 @@ out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tokenizers")
 os.makedirs(out, exist_ok=True)
 
 # ---- a small corpus: prose, code, numbers, several scripts ----
-corpus = [
-    "The quick brown fox jumps over the lazy dog. It's a sentence we've all seen; they'll see it again.",
-    "Once upon a time, in a small village, there lived a compiler engineer who loved tensors.",
-    "LoRA adapters add a low-rank update to each weight: W + (alpha / r) * B A.",
-    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
-    "for (int i = 0; i < n; i++) {\n\ta[i] += b[i] * 2;\n}\n",
-    "import numpy as np\nx = np.zeros((3, 4), dtype=np.float32)\nprint(x.shape)\n",
-    "SELECT name, age FROM users WHERE id = 42 ORDER BY age DESC;",
-    ">>> mystery_function(123, 456)\n579\n>>> mystery_function(7, 8)\n15\n",
-    "The year 2024 had 366 days; 3.14159 is pi and 2.71828 is e. Call 555-0100 before 10:30.",
-    "café naïve résumé façade jalapeño Ünïcödé ÅÄÖ æøå ß",
-    "日本語のテキストです。中文文本测试。한국어 텍스트입니다.",
-    "Привет, мир! Как дела? Γειά σου Κόσμε. مرحبا بالعالم. שלום עולם.",
-    "Emoji: 🙂 🎉 👍 — and dashes – with “curly quotes” and ‘single’ ones… ok?",
-    "<html><body><p>Hello, world!</p></body></html>",
-    "https://example.com/path?query=value&other=1#anchor",
-    "I'M SURE IT'S FINE. DON'T WORRY, WE'LL SEE. You'd know; I've been there.",
-    "snake_case_name CamelCaseName kebab-case-name SCREAMING_CASE",
-    "    indented with spaces\n\tindented with a tab\n\n\nthree newlines\r\nwindows line",
-    "Mathematics: ∑ ∫ √ ∞ ≠ ≤ ≥ ± × ÷ x² y³ ½ ¼",
-    "Tokenizers split text into pieces, then merge pairs by score until no merge applies.",
-]
-rng = random.Random(19)
-words = ["the", "model", "tensor", "adapter", "compiler", "token", "weight", "layer", "rank",
-         "Swift", "kernel", "value", "graph", "batch", "2024", "42", "café", "日本", "🙂", "don't"]
-for _ in range(400):
-    corpus.append(" ".join(rng.choice(words) for _ in range(rng.randint(3, 14))) + rng.choice([".", "!", "\n", "?", ""]))
+corpus = fixture_corpus.corpus(fixture_corpus.SCORES)
+words = fixture_corpus.WORDS
 
 
 def train_spm(**options):
